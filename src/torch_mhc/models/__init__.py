@@ -1,0 +1,5 @@
+"""Models to try mHC in: a GPT-style LM and a deep plain stack, each with one switch."""
+from .deep_stack import DeepStack, DeepStackConfig
+from .gpt import GPT, GPT_PRESETS, GPTConfig, gpt_config
+
+__all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config", "DeepStack", "DeepStackConfig"]

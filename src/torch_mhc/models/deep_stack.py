@@ -1,0 +1,78 @@
+"""A deep plain stack for gradient-flow studies (the seed study's 100 layers of width 512).
+
+Token ids -> embedding -> ``depth`` x ``HyperConnection(RMSNorm -> Linear -> GELU)`` ->
+stream reduction -> RMSNorm -> logits. Each position is predicted from its own token only
+(no mixing across positions), so the network is purely deep, not wide in time: what
+differs between ``connection="residual" | "hc" | "mhc"`` is how signal and gradient travel
+through depth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn import HyperConnection, RMSNorm, expand_streams, reduce_streams
+
+__all__ = ["DeepStack", "DeepStackConfig"]
+
+
+@dataclass
+class DeepStackConfig:
+    """Shape and switches of :class:`DeepStack` (default: the seed study's 100 x 512)."""
+
+    vocab_size: int = 256
+    seq_len: int = 64
+    depth: int = 100
+    width: int = 512
+    connection: str = "mhc"
+    n: int = 4
+    init_std: float = 0.02
+    backend: str = "auto"
+    sinkhorn_iters: int = 20
+
+    @property
+    def streams(self) -> int:
+        """Number of residual streams actually used (1 for the plain residual)."""
+        return 1 if self.connection == "residual" else self.n
+
+
+class DeepStack(nn.Module):
+    """``forward(idx, targets=None) -> (logits, loss)``, like :class:`torch_mhc.models.GPT`."""
+
+    def __init__(self, cfg: DeepStackConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.layers = nn.ModuleList(
+            HyperConnection(nn.Sequential(RMSNorm(cfg.width), nn.Linear(cfg.width, cfg.width),
+                                          nn.GELU()),
+                            cfg.width, n=cfg.streams, mode=cfg.connection, layer_index=i,
+                            backend=cfg.backend, sinkhorn_iters=cfg.sinkhorn_iters)
+            for i in range(cfg.depth))
+        self.norm = RMSNorm(cfg.width)
+        self.head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and not name.endswith((".fn", ".theta")):
+                nn.init.normal_(p, 0.0, cfg.init_std)
+
+    def connections(self):
+        """The ``HyperConnection`` modules in depth order."""
+        return list(self.layers)
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
+        x = expand_streams(self.embed(idx), self.cfg.streams)
+        for layer in self.layers:
+            x = layer(x)
+        logits = self.head(self.norm(reduce_streams(x)))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return logits, loss
+
+    def num_parameters(self) -> int:
+        """Parameter count."""
+        return sum(p.numel() for p in self.parameters())

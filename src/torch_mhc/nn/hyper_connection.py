@@ -1,0 +1,194 @@
+"""``HyperConnection``: mHC, HC and the plain residual behind one switch (mHC paper, Eq. 3).
+
+    x_{l+1} = H_res x_l + H_post^T F(H_pre x_l)                        (Eq. 3)
+
+* ``mode="mhc"``: coefficients of Eq. 7-9 (RMSNorm of the flattened streams, gated dynamic
+  projection plus static bias; sigmoid, 2*sigmoid, Sinkhorn-Knopp). Parameters in
+  DeepSeek-V4's layout (``fn``, ``base``, ``scale``; see ``torch_mhc.ops.coefficients``).
+* ``mode="hc"``: unconstrained Hyper-Connections (Eq. 5; Zhu et al. 2409.19606) with that
+  paper's init: ``H_pre`` one-hot on stream ``layer_index mod n``, ``H_res = I``,
+  ``H_post = 1``, dynamic weights zero, gates 0.01.
+* ``mode="residual"``: ``x + F(x)``. With ``n = 1`` it is bit for bit the hand-written
+  residual; with ``n > 1`` the streams are treated as one (the branch reads their mean and
+  its output is added to every stream).
+
+Initialisation of mHC (the paper states only the gates, a = 0.01). Ours makes a fresh mHC
+network fed ``n`` copies of one vector compute exactly what its residual twin computes,
+while breaking the symmetry between streams (with identical streams and a symmetric init,
+every stream would receive the same gradient and stay a copy forever):
+
+* ``fn = 0``: no dynamic part at step 0, so the mappings are the same for every input;
+* ``H_pre`` sums to 1 and leans on stream ``layer_index mod n`` (weight 2/3, the others
+  share 1/3): the branch reads the residual hidden state, like HC's one-hot init but soft;
+* ``H_post = 2 sigmoid(0) = 1``: the branch output is added to every stream;
+* ``H_res`` doubly stochastic with 3/4 on the diagonal: identical streams stay identical.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..ops._backend import check_backend
+from ..ops.coefficients import mhc_coefficients
+from ..ops.hc_coefficients import hc_coefficients_reference
+from ..ops.post_res import post_res
+from ..ops.pre_mix import pre_mix
+
+__all__ = ["HyperConnection", "MODES", "mhc_bias_init", "hc_bias_init"]
+
+MODES = ("mhc", "hc", "residual")
+
+
+def mhc_bias_init(n: int, layer_index: int = 0) -> torch.Tensor:
+    """Static biases ``[b_pre (n), b_post (n), comb (n^2)]`` of our mHC init (module doc)."""
+    if n == 1:  # H_res = 1 whatever the logit; H_pre as close to 1 as a sigmoid allows
+        return torch.tensor([16.0, 0.0, 0.0])
+    pre = torch.full((n,), -math.log(3 * n - 4))  # sigmoid -> 1 / (3(n-1))
+    pre[layer_index % n] = math.log(2.0)  # sigmoid -> 2/3
+    post = torch.zeros(n)
+    comb = torch.eye(n) * math.log(3 * (n - 1))  # softmax/Sinkhorn -> 3/4 on the diagonal
+    return torch.cat([pre, post, comb.flatten()])
+
+
+def hc_bias_init(n: int, layer_index: int = 0) -> torch.Tensor:
+    """HC's published static init: one-hot ``b_pre``, ``b_post = 1``, ``b_res = I``."""
+    pre = torch.zeros(n)
+    pre[layer_index % n] = 1.0
+    return torch.cat([pre, torch.ones(n), torch.eye(n).flatten()])
+
+
+class HyperConnection(nn.Module):
+    """Wrap ``branch`` (attention, MLP, any ``(..., dim) -> (..., dim)`` module) in a
+    hyper-connection over ``n`` residual streams.
+
+    Args:
+        branch: the sublayer ``F``; extra args and kwargs of ``forward`` are passed to it;
+            if it returns a tuple, the first element is the output and the rest is passed
+            back after the new streams.
+        dim: stream width ``C``.
+        n: expansion rate (number of streams), >= 1.
+        mode: ``"mhc"``, ``"hc"`` or ``"residual"``.
+        layer_index: position of this connection in the network (HC's one-hot init and
+            our mHC init lean on stream ``layer_index mod n``).
+        backend: ``"auto"`` (fused Triton on CUDA when available, else PyTorch),
+            ``"torch"`` or ``"triton"``.
+        sinkhorn_iters: Sinkhorn-Knopp iterations ``t_max`` (paper: 20).
+        rms_eps: RMSNorm epsilon (paper: 1e-20; DeepSeek-V4: 1e-6).
+        hc_eps: DeepSeek-V4's ``+eps`` terms in ``H_pre`` and Sinkhorn (paper: 0).
+        gate_init: initial value of the gates ``a_pre, a_post, a_res`` (paper: 0.01).
+
+    Call ``hc(streams, *args, **kwargs)`` with ``streams`` of shape ``(..., n, dim)``.
+    """
+
+    def __init__(self, branch: nn.Module, dim: int, n: int = 4, mode: str = "mhc",
+                 layer_index: int = 0, backend: str = "auto", *, sinkhorn_iters: int = 20,
+                 rms_eps: float = 1e-20, hc_eps: float = 0.0, gate_init: float = 0.01):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if int(sinkhorn_iters) < 1:
+            raise ValueError(f"sinkhorn_iters must be >= 1, got {sinkhorn_iters}")
+        self.branch = branch
+        self.dim, self.n, self.mode = dim, n, mode
+        self.layer_index = layer_index
+        self.backend = check_backend(backend)
+        self.sinkhorn_iters, self.rms_eps, self.hc_eps = int(sinkhorn_iters), rms_eps, hc_eps
+        self.record_mappings = False  # diagnostics: keep the last mappings (detached)
+        self.last_mappings: Optional[Tuple[torch.Tensor, ...]] = None
+        if mode == "mhc":
+            self.fn = nn.Parameter(torch.zeros((n + 2) * n, n * dim))
+            self.base = nn.Parameter(mhc_bias_init(n, layer_index))
+            self.scale = nn.Parameter(torch.full((3,), float(gate_init)))
+        elif mode == "hc":
+            self.theta = nn.Parameter(torch.zeros(n + 2, dim))
+            self.alpha = nn.Parameter(torch.full((3,), float(gate_init)))
+            self.bias = nn.Parameter(hc_bias_init(n, layer_index))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, n={self.n}, mode={self.mode!r}, layer_index={self.layer_index}"
+
+    # -- DeepSeek-V4 convention (spec section 6) ------------------------------------------
+    @classmethod
+    def from_deepseek_v4(cls, branch: nn.Module, fn: torch.Tensor, base: torch.Tensor,
+                         scale: torch.Tensor, eps: float = 1e-6, iters: int = 20,
+                         backend: str = "auto") -> "HyperConnection":
+        """Build an mHC connection from a DeepSeek-V4 site's ``fn [(n+2)n, nC]``,
+        ``base [(n+2)n]`` and ``scale [3]``; computes what V4 computes (eps terms included)."""
+        if fn.dim() != 2 or base.dim() != 1 or scale.shape != (3,):
+            raise ValueError("expected fn [(n+2)n, nC], base [(n+2)n], scale [3]; got "
+                             f"{tuple(fn.shape)}, {tuple(base.shape)}, {tuple(scale.shape)}")
+        n = int(round(math.sqrt(base.numel() + 1))) - 1  # (n+2)n = (n+1)^2 - 1
+        if (n + 2) * n != base.numel() or fn.shape[0] != base.numel() or fn.shape[1] % n:
+            raise ValueError(f"inconsistent V4 shapes fn {tuple(fn.shape)}, base {tuple(base.shape)}")
+        hc = cls(branch, fn.shape[1] // n, n, "mhc", backend=backend, sinkhorn_iters=iters,
+                 rms_eps=eps, hc_eps=eps)
+        with torch.no_grad():
+            hc.fn.copy_(fn)
+            hc.base.copy_(base)
+            hc.scale.copy_(scale)
+        return hc
+
+    def to_deepseek_v4(self) -> dict:
+        """The parameters under V4's names and shapes: ``{"fn", "base", "scale"}``."""
+        if self.mode != "mhc":
+            raise ValueError("only mode='mhc' has a DeepSeek-V4 form")
+        return {"fn": self.fn.detach(), "base": self.base.detach(), "scale": self.scale.detach()}
+
+    # -- the layer -------------------------------------------------------------------------
+    def _check_streams(self, streams: torch.Tensor) -> None:
+        if not isinstance(streams, torch.Tensor):
+            raise TypeError(f"HyperConnection expects a tensor of streams, got {type(streams).__name__}")
+        if streams.dim() < 2 or streams.shape[-2] != self.n or streams.shape[-1] != self.dim:
+            raise ValueError(
+                f"HyperConnection(dim={self.dim}, n={self.n}) expects streams of shape "
+                f"(..., {self.n}, {self.dim}), got {tuple(streams.shape)}; widen a hidden "
+                f"state (..., {self.dim}) with torch_mhc.expand_streams(x, {self.n})")
+
+    def mappings(self, streams: torch.Tensor):
+        """``(H_pre (..., n), H_post (..., n), H_res (..., n, n))`` for these streams, float32."""
+        self._check_streams(streams)
+        if self.mode == "mhc":
+            return mhc_coefficients(streams, self.fn, self.base, self.scale, self.sinkhorn_iters,
+                                    self.rms_eps, self.hc_eps, backend=self.backend)
+        if self.mode == "hc":
+            return hc_coefficients_reference(streams, self.theta, self.alpha, self.bias)
+        lead = streams.shape[:-2]
+        eye = torch.eye(self.n, device=streams.device)
+        return (torch.full((*lead, self.n), 1.0 / self.n, device=streams.device),
+                torch.ones(*lead, self.n, device=streams.device),
+                eye.expand(*lead, self.n, self.n))
+
+    def forward(self, streams: torch.Tensor, *args, **kwargs):
+        """Streams ``(..., n, dim)`` -> next streams (plus any extra outputs of the branch)."""
+        self._check_streams(streams)
+        if self.mode == "residual":
+            h = streams.squeeze(-2) if self.n == 1 else streams.mean(dim=-2)
+            out = self.branch(h, *args, **kwargs)
+            y, rest = _split_output(out)
+            return _pack(streams + y.unsqueeze(-2), rest)
+        h_pre, h_post, h_res = self.mappings(streams)
+        if self.record_mappings:
+            self.last_mappings = (h_pre.detach(), h_post.detach(), h_res.detach())
+        backend = self.backend if self.mode == "mhc" else "torch"
+        out = self.branch(pre_mix(streams, h_pre, backend), *args, **kwargs)
+        y, rest = _split_output(out)
+        return _pack(post_res(streams, y, h_post, h_res, backend), rest)
+
+
+def _split_output(out):
+    if isinstance(out, tuple):
+        if not out:
+            raise ValueError("the branch returned an empty tuple")
+        return out[0], out[1:]
+    return out, ()
+
+
+def _pack(streams: torch.Tensor, rest: tuple):
+    return (streams, *rest) if rest else streams

@@ -1,0 +1,21 @@
+"""RMSNorm over the last dim (with a learned weight), as used inside the model branches."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["RMSNorm"]
+
+
+class RMSNorm(nn.Module):
+    """``x / RMS(x) * weight``; the math runs in float32 and returns ``x``'s dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (out * self.weight.float()).to(x.dtype)
