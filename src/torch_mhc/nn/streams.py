@@ -22,8 +22,8 @@ def expand_streams(x: torch.Tensor, n: int) -> torch.Tensor:
 def reduce_streams(streams: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """``(..., n, C) -> (..., C)`` by the mean (default) or the sum over the streams.
 
-    The mean is the default because it makes ``reduce_streams(expand_streams(x, n)) == x``
-    and so keeps an mHC network at initialisation equal to its residual twin (every stream
+    The mean is the default because it makes ``reduce_streams(expand_streams(x, n))``
+    equal ``x`` (to rounding) and so keeps an mHC network at initialisation equal to its residual twin (every stream
     equals the residual hidden state; see ``HyperConnection``). The sum scales the output
     by ``n``, which the final norm of a transformer hides but a plain stack does not.
     """

@@ -72,7 +72,12 @@ def _column_error(m: torch.Tensor) -> float:
 
 
 class _SinkhornRecompute(torch.autograd.Function):
-    """Forward without a graph; backward re-runs the iterations and differentiates them."""
+    """Forward without a graph; backward re-runs the iterations and differentiates them.
+
+    For ``eps == 0`` the backward is written out: each step ``z' = z - logsumexp(z)``
+    along a dim has the vector-Jacobian product ``dz = dz' - exp(z') * sum(dz')`` (the
+    softmax of ``z`` is ``exp(z')``), so only the normalised iterates are recomputed.
+    """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
@@ -84,6 +89,18 @@ class _SinkhornRecompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         (logits,) = ctx.saved_tensors
+        if ctx.eps == 0.0:
+            z = logits.to(_compute_dtype(logits.dtype))
+            probs = []  # exp of every iterate, alternately after a column and a row step
+            for _ in range(ctx.iters):
+                z = z - torch.logsumexp(z, dim=-2, keepdim=True)
+                probs.append(z.exp())
+                z = z - torch.logsumexp(z, dim=-1, keepdim=True)
+                probs.append(z.exp())
+            grad = grad_out.to(z.dtype) * probs[-1]
+            for k in reversed(range(len(probs))):
+                grad = grad - probs[k] * grad.sum(dim=-1 if k % 2 else -2, keepdim=True)
+            return grad.to(logits.dtype), None, None
         with torch.enable_grad():
             leaf = logits.detach().requires_grad_(True)
             out = sinkhorn_reference(leaf, ctx.iters, ctx.eps)
