@@ -31,8 +31,9 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..ops._backend import check_backend
+from ..ops._backend import check_backend, resolve_backend
 from ..ops.coefficients import mhc_coefficients
+from ..ops.connection import connection_post, connection_pre
 from ..ops.hc_coefficients import hc_coefficients_reference
 from ..ops.post_res import post_res
 from ..ops.pre_mix import pre_mix
@@ -173,6 +174,8 @@ class HyperConnection(nn.Module):
             out = self.branch(h, *args, **kwargs)
             y, rest = _split_output(out)
             return _pack(streams + y.unsqueeze(-2), rest)
+        if self.mode == "mhc" and resolve_backend(self.backend, streams) == "triton":
+            return self._forward_fused(streams, *args, **kwargs)
         h_pre, h_post, h_res = self.mappings(streams)
         if self.record_mappings:
             self.last_mappings = (h_pre.detach(), h_post.detach(), h_res.detach())
@@ -180,6 +183,17 @@ class HyperConnection(nn.Module):
         out = self.branch(pre_mix(streams, h_pre, backend), *args, **kwargs)
         y, rest = _split_output(out)
         return _pack(post_res(streams, y, h_post, h_res, backend), rest)
+
+    def _forward_fused(self, streams: torch.Tensor, *args, **kwargs):
+        """mHC through the fused Triton connection (``torch_mhc.ops.connection``): one
+        coefficient + pre-mix half, the branch, one post-res half; a single ``dx`` pass."""
+        h, h_pre, h_post, h_res, link = connection_pre(
+            streams, self.fn, self.base, self.scale, self.sinkhorn_iters, self.rms_eps,
+            self.hc_eps)
+        if self.record_mappings:
+            self.last_mappings = (h_pre.detach(), h_post.detach(), h_res.detach())
+        y, rest = _split_output(self.branch(h, *args, **kwargs))
+        return _pack(connection_post(streams, y, h_post, h_res, link), rest)
 
 
 def _split_output(out):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 
@@ -45,3 +46,73 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
                 "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU "
                 "interpreter); use backend='auto' to fall back to the PyTorch reference")
     return backend
+
+
+# -- helpers shared by the Triton kernels ------------------------------------------------------
+
+def next_pow2(v: int) -> int:
+    """Smallest power of two >= ``v`` (>= 1)."""
+    return 1 << max(0, int(v) - 1).bit_length()
+
+
+class LazyJit:
+    """A Triton kernel compiled on first launch, separately for GPU and interpreter mode.
+
+    ``triton.jit`` decides at decoration time whether a function runs on the GPU or in the
+    CPU interpreter (it reads ``TRITON_INTERPRET`` then). Decorating lazily, per mode, lets
+    tests switch the interpreter on after ``torch_mhc`` was imported, and keeps importing
+    ``torch_mhc`` free of Triton. Kernels must not call other ``@triton.jit`` helpers (the
+    interpreter does not resolve them from a closure); they are written inline.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._compiled = {}
+        functools.update_wrapper(self, fn)
+
+    def jit(self, interpret: Optional[bool] = None):
+        """The ``triton.jit`` object for the requested (default: current) mode."""
+        mode = interpret_mode() if interpret is None else interpret
+        kernel = self._compiled.get(mode)
+        if kernel is None:
+            import os
+            import triton
+            import triton.language as tl
+            # the kernel sources use ``tl`` as a global; provide it here so that importing
+            # torch_mhc does not import Triton
+            self.fn.__globals__.setdefault("tl", tl)
+            old = os.environ.get("TRITON_INTERPRET")
+            os.environ["TRITON_INTERPRET"] = "1" if mode else "0"
+            try:
+                kernel = triton.jit(self.fn)
+            finally:
+                if old is None:
+                    del os.environ["TRITON_INTERPRET"]
+                else:
+                    os.environ["TRITON_INTERPRET"] = old
+            self._compiled[mode] = kernel
+        return kernel
+
+    def __getitem__(self, grid):
+        return self.jit()[grid]
+
+
+def dot_mode(dtype: torch.dtype) -> int:
+    """How the kernels run a product with float32 weights (``PREC`` constexpr).
+
+    * 2: 16-bit ``bf16`` streams: the float32 operand is split ``w = hi + lo`` into two
+      bf16 numbers and multiplied on the tensor cores as ``x hi + x lo`` (x is exact in bf16),
+      about 16 mantissa bits, at bf16 speed;
+    * 1: float32 / float16 streams: ``tf32x3`` (float32-level accuracy on tensor cores);
+    * 0: the interpreter, exact float32 (``ieee``);
+    * 3: the interpreter with bf16 streams: the split of mode 2 with float32 products (the
+      interpreter cannot multiply bf16 matrices).
+    """
+    if dtype == torch.bfloat16:
+        return 3 if interpret_mode() else 2
+    return 0 if interpret_mode() else 1
+
+
+def kernel_device_ok(*tensors: torch.Tensor) -> bool:
+    """True when the Triton kernels can run on these tensors (CUDA, or the interpreter)."""
+    return all(t.is_cuda for t in tensors) or interpret_mode()

@@ -19,7 +19,7 @@ from typing import Tuple
 
 import torch
 
-from ._backend import resolve_backend
+from ._backend import LazyJit, dot_mode, interpret_mode, next_pow2, resolve_backend
 from .sinkhorn import sinkhorn
 
 __all__ = ["mhc_coefficients", "mhc_coefficients_reference", "split_logits"]
@@ -54,10 +54,563 @@ def mhc_coefficients_reference(x: torch.Tensor, fn: torch.Tensor, base: torch.Te
     return h_pre, h_post, h_res
 
 
+# =============================================================================================
+# Fused Triton path
+#
+# Forward, two kernels (the paper's kernels 1-3, Sec. 4.3.1):
+#   1. ``_coef_gemm_kernel``: one pass over x (T, nC): the projection x fn^T for all
+#      (n+2)n outputs (padded to a power of two >= 16 for ``tl.dot``) and sum(x^2), split
+#      over K = nC so that T/BT x SPLIT programs fill the GPU; partial sums go to a small
+#      (SPLIT, T, (n+2)n + 1) fp32 buffer.
+#   2. ``_coef_token_kernel``: per token, reduce the partials, r = RMS(vec x) (Eq. 14),
+#      gates, biases, sigmoid / 2 sigmoid and Sinkhorn (Eq. 15-19, 9) in registers;
+#      writes H_pre, H_post, H_res and keeps the raw projection and 1/r (25 floats/token
+#      at n = 4) for the backward.
+# Backward:
+#   3. ``_coef_token_bwd_kernel``: recomputes the logits and the Sinkhorn iterations from
+#      the saved projection (the per-step matrices go to a transient per-token scratch that
+#      is written and read back by the same program, then freed) and runs them backwards:
+#      dL for the (n+2)n logits -> G = dmix (T, NP), d(sum x^2), partial dscale/dbase.
+#   4. ``_coef_bwd_x_kernel``: one pass over x: dx = G fn + 2 x d(sum x^2) (+ the pre-mix
+#      and post-res terms when called from the fused connection) and dfn = G^T x, split
+#      over tokens (partials summed in fp32).
+#
+# Gradient formulas (mix = x fn^T, inv_r = (sum x^2 / K + eps)^-1/2, logit = a mix inv_r + b):
+#   G      = dlogit * a * inv_r                       (d mix)
+#   dinv_r = sum_o dlogit_o a_o mix_o,  d(sum x^2) = -dinv_r inv_r^3 / (2K)
+#   dx     = G fn + 2 x d(sum x^2),  dfn = G^T x,  da = sum dlogit mix inv_r,  db = sum dlogit
+# =============================================================================================
+
+# padded Sinkhorn entries hold -1e30 ("minus infinity", finite: no inf - inf) in the kernels
+
+
+def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, k_per_split,
+                      N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      PREC: tl.constexpr):
+    # part[s, t, :N] = x[t, ks] @ fn[:, ks]^T over this program's K-slice ks; part[s, t, N] = sum x^2
+    pid_t = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_t * BT + tl.arange(0, BT)
+    rmask = rows < T
+    r64 = rows.to(tl.int64)
+    oo = tl.arange(0, NP)
+    omask = oo < N
+    acc = tl.zeros([BT, NP], dtype=tl.float32)
+    ss = tl.zeros([BT], dtype=tl.float32)
+    k_lo = pid_s * k_per_split
+    for kk in range(0, k_per_split, BK):
+        ks = k_lo + kk + tl.arange(0, BK)
+        kmask = ks < K
+        xt = tl.load(x_ptr + r64[:, None] * K + ks[None, :],
+                     mask=rmask[:, None] & kmask[None, :], other=0.0)
+        xf = xt.to(tl.float32)
+        ss += tl.sum(xf * xf, axis=1)
+        w = tl.load(fn_ptr + oo[None, :] * K + ks[:, None],
+                    mask=omask[None, :] & kmask[:, None], other=0.0).to(tl.float32)  # [BK, NP]
+        if PREC >= 2:  # bf16 x: w = hi + lo, two bf16 products (x is exact in bf16)
+            w_hi = w.to(tl.bfloat16)
+            w_lo = (w - w_hi.to(tl.float32)).to(tl.bfloat16)
+            if PREC == 2:
+                acc = tl.dot(xt, w_hi, acc)
+                acc = tl.dot(xt, w_lo, acc)
+            else:  # interpreter: the same split, products in float32
+                acc = tl.dot(xf, w_hi.to(tl.float32), acc, input_precision="ieee")
+                acc = tl.dot(xf, w_lo.to(tl.float32), acc, input_precision="ieee")
+        elif PREC == 1:
+            acc = tl.dot(xf, w, acc, input_precision="tf32x3")
+        else:
+            acc = tl.dot(xf, w, acc, input_precision="ieee")
+    out = part_ptr + (pid_s * T + r64) * (N + 1)
+    tl.store(out[:, None] + oo[None, :], acc, mask=rmask[:, None] & omask[None, :])
+    tl.store(out + N, ss, mask=rmask)
+
+
+def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr, hres_ptr,
+                       T, SPLIT, K, iters, rms_eps, hc_eps,
+                       n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
+                       LOG: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BT + tl.arange(0, BT)
+    rmask = rows < T
+    r64 = rows.to(tl.int64)
+    ii = tl.arange(0, NB)
+    m2 = rmask[:, None] & (ii < n)[None, :]
+    aa = tl.arange(0, NB)[None, :, None]  # comb row (V4 layout); H_res = comb^T
+    bb = tl.arange(0, NB)[None, None, :]  # comb column
+    valid = (aa < n) & (bb < n)
+    m3 = rmask[:, None, None] & valid
+    pre = tl.zeros([BT, NB], dtype=tl.float32)
+    post = tl.zeros([BT, NB], dtype=tl.float32)
+    comb = tl.zeros([BT, NB, NB], dtype=tl.float32)
+    ss = tl.zeros([BT], dtype=tl.float32)
+    for s in range(SPLIT):  # reduce the split-K partials
+        p = part_ptr + (s * T + r64) * (N + 1)
+        pre += tl.load(p[:, None] + ii[None, :], mask=m2, other=0.0)
+        post += tl.load(p[:, None] + n + ii[None, :], mask=m2, other=0.0)
+        comb += tl.load(p[:, None, None] + 2 * n + aa * n + bb, mask=m3, other=0.0)
+        ss += tl.load(p + N, mask=rmask, other=0.0)
+    # keep the raw projection (N floats) and 1/r for the backward
+    mrow = mix_ptr + r64 * (N + 1)
+    tl.store(mrow[:, None] + ii[None, :], pre, mask=m2)
+    tl.store(mrow[:, None] + n + ii[None, :], post, mask=m2)
+    tl.store(mrow[:, None, None] + 2 * n + aa * n + bb, comb, mask=m3)
+    inv_r = 1.0 / tl.sqrt(ss / K + rms_eps)  # Eq. 14: r = ||vec x|| / sqrt(nC)
+    tl.store(mrow + N, inv_r, mask=rmask)
+    a_pre = tl.load(scale_ptr).to(tl.float32)
+    a_post = tl.load(scale_ptr + 1).to(tl.float32)
+    a_res = tl.load(scale_ptr + 2).to(tl.float32)
+    b_pre = tl.load(base_ptr + ii, mask=ii < n, other=0.0).to(tl.float32)
+    b_post = tl.load(base_ptr + n + ii, mask=ii < n, other=0.0).to(tl.float32)
+    b_res = tl.load(base_ptr + 2 * n + aa * n + bb, mask=valid, other=0.0).to(tl.float32)
+    # Eq. 15-18: H~ = a * (x phi) / r + b; sigmoid, 2 sigmoid
+    h_pre = tl.sigmoid(a_pre * pre * inv_r[:, None] + b_pre[None, :]) + hc_eps
+    h_post = 2.0 * tl.sigmoid(a_post * post * inv_r[:, None] + b_post[None, :])
+    tl.store(hpre_ptr + r64[:, None] * n + ii[None, :], h_pre, mask=m2)
+    tl.store(hpost_ptr + r64[:, None] * n + ii[None, :], h_post, mask=m2)
+    # Eq. 19, 9: Sinkhorn on comb (= H_res^T): normalising comb rows (axis 2) is T_c on H_res
+    L = a_res * comb * inv_r[:, None, None] + b_res
+    if LOG:  # paper: log domain, columns then rows of H_res
+        L = tl.where(valid, L, -1.0e30)
+        for _ in range(iters):
+            mx = tl.max(L, axis=2)
+            L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, :, None]), axis=2)))[:, :, None]
+            L = tl.where(valid, L, -1.0e30)
+            mx = tl.max(L, axis=1)
+            L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, None, :]), axis=1)))[:, None, :]
+            L = tl.where(valid, L, -1.0e30)
+        P = tl.exp(L)
+    else:  # DeepSeek-V4: softmax + eps, column norm, then (row, column) norms, each / (sum + eps)
+        L = tl.where(valid, L, -1.0e30)
+        mx = tl.max(L, axis=2)
+        E = tl.exp(L - mx[:, :, None])
+        P = tl.where(valid, E / tl.sum(E, axis=2)[:, :, None] + hc_eps, 0.0)
+        P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
+        for _ in range(iters - 1):
+            P = P / (tl.sum(P, axis=2)[:, :, None] + hc_eps)
+            P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
+    # H_res[t, b, a] = comb[t, a, b]
+    tl.store(hres_ptr + r64[:, None, None] * (n * n) + bb * n + aa, P, mask=m3)
+
+
+def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dres_ptr,
+                           g_ptr, dss_ptr, dscale_ptr, dbase_ptr, scr_ptr,
+                           T, K, iters, hc_eps,
+                           n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NN: tl.constexpr,
+                           NP: tl.constexpr, BT: tl.constexpr, LOG: tl.constexpr,
+                           HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
+                           HAS_DRES: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BT + tl.arange(0, BT)
+    rmask = rows < T
+    r64 = rows.to(tl.int64)
+    ii = tl.arange(0, NB)
+    m2 = rmask[:, None] & (ii < n)[None, :]
+    aa = tl.arange(0, NB)[None, :, None]
+    bb = tl.arange(0, NB)[None, None, :]
+    valid = (aa < n) & (bb < n)
+    m3 = rmask[:, None, None] & valid
+    mrow = mix_ptr + r64 * (N + 1)
+    pre = tl.load(mrow[:, None] + ii[None, :], mask=m2, other=0.0)
+    post = tl.load(mrow[:, None] + n + ii[None, :], mask=m2, other=0.0)
+    comb = tl.load(mrow[:, None, None] + 2 * n + aa * n + bb, mask=m3, other=0.0)
+    inv_r = tl.load(mrow + N, mask=rmask, other=0.0)
+    a_pre = tl.load(scale_ptr).to(tl.float32)
+    a_post = tl.load(scale_ptr + 1).to(tl.float32)
+    a_res = tl.load(scale_ptr + 2).to(tl.float32)
+    b_pre = tl.load(base_ptr + ii, mask=ii < n, other=0.0).to(tl.float32)
+    b_post = tl.load(base_ptr + n + ii, mask=ii < n, other=0.0).to(tl.float32)
+    b_res = tl.load(base_ptr + 2 * n + aa * n + bb, mask=valid, other=0.0).to(tl.float32)
+    # pre / post: d sigmoid = s (1 - s)
+    s_pre = tl.sigmoid(a_pre * pre * inv_r[:, None] + b_pre[None, :])
+    s_post = tl.sigmoid(a_post * post * inv_r[:, None] + b_post[None, :])
+    if HAS_DPRE:
+        d_pre = tl.load(dpre_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0).to(tl.float32)
+        d_pre = d_pre * s_pre * (1.0 - s_pre)
+    else:
+        d_pre = tl.zeros([BT, NB], dtype=tl.float32)
+    if HAS_DPOST:
+        d_post = tl.load(dpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0).to(tl.float32)
+        d_post = 2.0 * d_post * s_post * (1.0 - s_post)
+    else:
+        d_post = tl.zeros([BT, NB], dtype=tl.float32)
+    # Sinkhorn: re-run the iterations from the logits, keeping each step's input in the
+    # per-token scratch (2 * iters matrices), then differentiate the steps in reverse order.
+    L = a_res * comb * inv_r[:, None, None] + b_res
+    L = tl.where(valid, L, -1.0e30)
+    scr = scr_ptr + r64[:, None, None] * (2 * iters * NN) + aa * NB + bb
+    if HAS_DRES:
+        if LOG:
+            for k in range(iters):
+                tl.store(scr + (2 * k) * NN, L, mask=m3)
+                mx = tl.max(L, axis=2)
+                L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, :, None]), axis=2)))[:, :, None]
+                L = tl.where(valid, L, -1.0e30)
+                tl.store(scr + (2 * k + 1) * NN, L, mask=m3)
+                mx = tl.max(L, axis=1)
+                L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, None, :]), axis=1)))[:, None, :]
+                L = tl.where(valid, L, -1.0e30)
+            P = tl.exp(L)
+            # d H_res -> d comb (transpose), then through P = exp(L)
+            gy = tl.load(dres_ptr + r64[:, None, None] * (n * n) + bb * n + aa, mask=m3, other=0.0)
+            gy = gy.to(tl.float32) * P
+            tl.debug_barrier()
+            for kk in range(iters):
+                k = iters - 1 - kk
+                # y = Lin - lse(Lin) along axis 1  =>  dLin = dy - softmax(Lin) * sum(dy)
+                Lin = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=-1.0e30)
+                mx = tl.max(Lin, axis=1)
+                Q = tl.exp(Lin - mx[:, None, :])
+                Q = tl.where(valid, Q / tl.sum(Q, axis=1)[:, None, :], 0.0)
+                gy = tl.where(valid, gy - Q * tl.sum(gy, axis=1)[:, None, :], 0.0)
+                Lin = tl.load(scr + (2 * k) * NN, mask=m3, other=-1.0e30)
+                mx = tl.max(Lin, axis=2)
+                Q = tl.exp(Lin - mx[:, :, None])
+                Q = tl.where(valid, Q / tl.sum(Q, axis=2)[:, :, None], 0.0)
+                gy = tl.where(valid, gy - Q * tl.sum(gy, axis=2)[:, :, None], 0.0)
+            d_res = gy
+        else:
+            mx = tl.max(L, axis=2)
+            E = tl.exp(L - mx[:, :, None])
+            S0 = tl.where(valid, E / tl.sum(E, axis=2)[:, :, None], 0.0)  # softmax
+            P = tl.where(valid, S0 + hc_eps, 0.0)
+            tl.store(scr + NN, P, mask=m3)
+            P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
+            for k in range(1, iters):
+                tl.store(scr + (2 * k) * NN, P, mask=m3)
+                P = P / (tl.sum(P, axis=2)[:, :, None] + hc_eps)
+                tl.store(scr + (2 * k + 1) * NN, P, mask=m3)
+                P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
+            gy = tl.load(dres_ptr + r64[:, None, None] * (n * n) + bb * n + aa, mask=m3, other=0.0)
+            gy = gy.to(tl.float32)
+            tl.debug_barrier()
+            # y = m / (sum(m) + eps)  =>  dm = (dy - sum(dy * y)) / (sum(m) + eps)
+            for kk in range(iters):
+                k = iters - 1 - kk
+                M = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=0.0)
+                den = tl.sum(M, axis=1)[:, None, :] + hc_eps
+                gy = tl.where(valid, (gy - tl.sum(gy * M, axis=1)[:, None, :] / den) / den, 0.0)
+                if k > 0:
+                    M = tl.load(scr + (2 * k) * NN, mask=m3, other=0.0)
+                    den = tl.sum(M, axis=2)[:, :, None] + hc_eps
+                    gy = tl.where(valid, (gy - tl.sum(gy * M, axis=2)[:, :, None] / den) / den, 0.0)
+            # softmax: dL = s * (dy - sum(dy * s))
+            d_res = tl.where(valid, S0 * (gy - tl.sum(gy * S0, axis=2)[:, :, None]), 0.0)
+    else:
+        d_res = tl.zeros([BT, NB, NB], dtype=tl.float32)
+    # d logit -> G = d mix = dlogit * a / r; d inv_r; partial d scale, d base
+    grow = g_ptr + r64 * NP
+    tl.store(grow[:, None] + ii[None, :], d_pre * a_pre * inv_r[:, None], mask=m2)
+    tl.store(grow[:, None] + n + ii[None, :], d_post * a_post * inv_r[:, None], mask=m2)
+    tl.store(grow[:, None, None] + 2 * n + aa * n + bb, d_res * a_res * inv_r[:, None, None], mask=m3)
+    m_pre = tl.sum(d_pre * pre, axis=1)
+    m_post = tl.sum(d_post * post, axis=1)
+    m_res = tl.sum(tl.sum(d_res * comb, axis=2), axis=1)
+    dinv = a_pre * m_pre + a_post * m_post + a_res * m_res
+    tl.store(dss_ptr + rows, -0.5 * dinv * inv_r * inv_r * inv_r / K, mask=rmask)
+    ds_row = dscale_ptr + pid * 3
+    tl.store(ds_row, tl.sum(tl.where(rmask, m_pre * inv_r, 0.0), axis=0))
+    tl.store(ds_row + 1, tl.sum(tl.where(rmask, m_post * inv_r, 0.0), axis=0))
+    tl.store(ds_row + 2, tl.sum(tl.where(rmask, m_res * inv_r, 0.0), axis=0))
+    db_row = dbase_ptr + pid * N
+    tl.store(db_row + ii, tl.sum(tl.where(m2, d_pre, 0.0), axis=0), mask=ii < n)
+    tl.store(db_row + n + ii, tl.sum(tl.where(m2, d_post, 0.0), axis=0), mask=ii < n)
+    db_res = tl.sum(tl.where(m3, d_res, 0.0), axis=0)  # [NB, NB]
+    a2 = tl.arange(0, NB)[:, None]
+    b2 = tl.arange(0, NB)[None, :]
+    tl.store(db_row + 2 * n + a2 * n + b2, db_res, mask=(a2 < n) & (b2 < n))
+
+
+def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
+                       hpre_ptr, dh_ptr, hres_ptr, gout_ptr,
+                       T, C, K, t_per_split,
+                       n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NP: tl.constexpr,
+                       BT: tl.constexpr, BC: tl.constexpr, QB: tl.constexpr, PREC: tl.constexpr,
+                       HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr):
+    # One pass over x for a channel slice [c0, c0 + BC) of every stream:
+    #   dx[t, i, c] = sum_o G[t, o] fn[o, iC + c] + 2 x[t, i, c] dss[t]
+    #                 (+ H_pre[t, i] dh[t, c])              pre-mix backward (HAS_PRE)
+    #                 (+ sum_j H_res[t, j, i] g[t, j, c])   post-res backward (HAS_RES)
+    #   dfn[o, iC + c] += sum_t G[t, o] x[t, i, c]          (this program's token range)
+    # Stream tiles are 3D [BT, NB, BC] (c innermost, vector loads); the two products see
+    # them flattened to [BT, NB * BC] (column i * BC + c).
+    pid_c = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    c0 = pid_c * BC
+    ii = tl.arange(0, NB)
+    cc = tl.arange(0, BC)
+    oo = tl.arange(0, NP)
+    cmask = (c0 + cc) < C
+    icmask = (ii < n)[:, None] & cmask[None, :]  # [NB, BC]
+    ic_off = ii[:, None] * C + (c0 + cc)[None, :]  # column in [0, K)
+    W3 = tl.load(fn_ptr + oo[:, None, None] * K + ic_off[None, :, :],
+                 mask=(oo < N)[:, None, None] & icmask[None, :, :], other=0.0).to(tl.float32)
+    W = tl.reshape(W3, [NP, QB])
+    if PREC >= 2:
+        W_hi = W.to(tl.bfloat16)
+        W_lo = (W - W_hi.to(tl.float32)).to(tl.bfloat16)
+    acc = tl.zeros([NP, QB], dtype=tl.float32)
+    t_lo = pid_s * t_per_split
+    for tt in range(0, t_per_split, BT):
+        t0 = t_lo + tt
+        rl = tl.arange(0, BT)
+        rmask = (t0 + rl) < T
+        xb = x_ptr + t0.to(tl.int64) * K  # int32 offsets inside the tile
+        m3 = rmask[:, None, None] & icmask[None, :, :]
+        off3 = rl[:, None, None] * K + ic_off[None, :, :]
+        x3 = tl.load(xb + off3, mask=m3, other=0.0)
+        xt = tl.reshape(x3, [BT, QB])
+        Gt = tl.load(g_ptr + (t0 + rl)[:, None].to(tl.int64) * NP + oo[None, :],
+                     mask=rmask[:, None] & (oo < N)[None, :], other=0.0)
+        if PREC >= 2:  # G = hi + lo: hi W_hi + hi W_lo + lo W_hi, and G^T x = hi^T x + lo^T x
+            G_hi = Gt.to(tl.bfloat16)
+            G_lo = (Gt - G_hi.to(tl.float32)).to(tl.bfloat16)
+            if PREC == 2:
+                d2 = tl.dot(G_hi, W_hi)
+                d2 = tl.dot(G_hi, W_lo, d2)
+                d2 = tl.dot(G_lo, W_hi, d2)
+                acc = tl.dot(tl.trans(G_hi), xt, acc)
+                acc = tl.dot(tl.trans(G_lo), xt, acc)
+            else:  # interpreter: the same split, products in float32
+                xf = xt.to(tl.float32)
+                Gh = G_hi.to(tl.float32)
+                Gl = G_lo.to(tl.float32)
+                d2 = tl.dot(Gh, W_hi.to(tl.float32), input_precision="ieee")
+                d2 = tl.dot(Gh, W_lo.to(tl.float32), d2, input_precision="ieee")
+                d2 = tl.dot(Gl, W_hi.to(tl.float32), d2, input_precision="ieee")
+                acc = tl.dot(tl.trans(Gh), xf, acc, input_precision="ieee")
+                acc = tl.dot(tl.trans(Gl), xf, acc, input_precision="ieee")
+        elif PREC == 1:
+            d2 = tl.dot(Gt, W, input_precision="tf32x3")
+            acc = tl.dot(tl.trans(Gt), xt.to(tl.float32), acc, input_precision="tf32x3")
+        else:
+            d2 = tl.dot(Gt, W, input_precision="ieee")
+            acc = tl.dot(tl.trans(Gt), xt.to(tl.float32), acc, input_precision="ieee")
+        dss = tl.load(dss_ptr + t0 + rl, mask=rmask, other=0.0)
+        dx = tl.reshape(d2, [BT, NB, BC]) + 2.0 * x3.to(tl.float32) * dss[:, None, None]
+        r2 = (t0 + rl).to(tl.int64)
+        m2 = rmask[:, None] & (ii < n)[None, :]
+        if HAS_PRE:
+            hp = tl.load(hpre_ptr + r2[:, None] * n + ii[None, :], mask=m2, other=0.0)
+            dhv = tl.load(dh_ptr + r2[:, None] * C + (c0 + cc)[None, :],
+                          mask=rmask[:, None] & cmask[None, :], other=0.0)
+            dx += hp[:, :, None] * dhv.to(tl.float32)[:, None, :]
+        if HAS_RES:
+            for j in tl.static_range(n):
+                hr = tl.load(hres_ptr + r2[:, None] * (n * n) + j * n + ii[None, :], mask=m2,
+                             other=0.0)  # H_res[t, j, i] over i
+                gj = tl.load(gout_ptr + t0.to(tl.int64) * K + rl[:, None] * K + j * C
+                             + (c0 + cc)[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+                dx += hr[:, :, None] * gj.to(tl.float32)[:, None, :]
+        tl.store(dx_ptr + t0.to(tl.int64) * K + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
+    acc3 = tl.reshape(acc, [NP, NB, BC])
+    tl.store(dfn_ptr + (pid_s * NP + oo[:, None, None]).to(tl.int64) * K + ic_off[None, :, :], acc3,
+             mask=(oo < N)[:, None, None] & icmask[None, :, :])
+
+
+_coef_gemm = LazyJit(_coef_gemm_kernel)
+_coef_token = LazyJit(_coef_token_kernel)
+_coef_token_bwd = LazyJit(_coef_token_bwd_kernel)
+_coef_bwd_x = LazyJit(_coef_bwd_x_kernel)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
+                        iters: int, rms_eps: float, hc_eps: float):
+    """Kernels 1-2: ``x (T, n, C)`` contiguous -> ``H_pre, H_post, H_res, mix`` (fp32).
+
+    ``mix (T, N + 1)`` holds the raw projection ``x fn^T`` and ``1/r`` for the backward.
+    """
+    T, n, C = x.shape
+    K, N = n * C, (n + 2) * n
+    NP = max(16, next_pow2(N))
+    dev = x.device
+    BT, BK = (64, 64) if x.element_size() == 2 else (64, 32)
+    if NP >= 64:
+        BT = 32
+    if interpret_mode():
+        BT, BK = 16, 32
+    tiles_t = triton_cdiv(T, BT)
+    k_tiles = triton_cdiv(K, BK)
+    split = max(1, min(k_tiles, (2 * _num_sms(dev)) // max(tiles_t, 1)))
+    k_per_split = triton_cdiv(k_tiles, split) * BK
+    split = triton_cdiv(K, k_per_split)
+    part = torch.empty(split, T, N + 1, device=dev, dtype=torch.float32)
+    fn_c = fn.contiguous()
+    _coef_gemm[(tiles_t, split)](x, fn_c, part, T, K, k_per_split, N=N, NP=NP, BT=BT, BK=BK,
+                                 PREC=dot_mode(x.dtype), num_warps=4, num_stages=3)
+    mix = torch.empty(T, N + 1, device=dev, dtype=torch.float32)
+    h_pre = torch.empty(T, n, device=dev, dtype=torch.float32)
+    h_post = torch.empty(T, n, device=dev, dtype=torch.float32)
+    h_res = torch.empty(T, n, n, device=dev, dtype=torch.float32)
+    NB = next_pow2(n)
+    BT2 = 32 if NB <= 4 else 8
+    _coef_token[(triton_cdiv(T, BT2),)](
+        part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res,
+        T, split, K, int(iters), float(rms_eps), float(hc_eps),
+        n=n, N=N, NB=NB, BT=BT2, LOG=(hc_eps == 0.0), num_warps=4)
+    return h_pre, h_post, h_res, mix
+
+
+def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
+                         h_pre=None, dh=None, h_res=None, gout=None):
+    """Kernels 3-4: gradients to ``x, fn, base, scale`` from those of ``H_pre, H_post, H_res``.
+
+    With ``h_pre, dh`` (pre-mix) and ``h_res, gout`` (post-res) given, ``dx`` also holds
+    ``H_pre_i dh`` and ``sum_j H_res[j, i] gout_j``: the whole connection's ``dx`` in one pass.
+    """
+    T, n, C = x.shape
+    K, N = n * C, (n + 2) * n
+    NP = max(16, next_pow2(N))
+    NB = next_pow2(n)
+    dev = x.device
+    BT2 = 16 if NB <= 4 else 4
+    if interpret_mode():
+        BT2 = 8
+    nprog = triton_cdiv(T, BT2)
+    G = torch.empty(T, NP, device=dev, dtype=torch.float32)
+    dss = torch.empty(T, device=dev, dtype=torch.float32)
+    dscale_p = torch.empty(nprog, 3, device=dev, dtype=torch.float32)
+    dbase_p = torch.empty(nprog, N, device=dev, dtype=torch.float32)
+    has_res = d_res is not None
+    scr = torch.empty(T * 2 * int(iters) * NB * NB if has_res else 1, device=dev, dtype=torch.float32)
+    dummy = mix
+    _coef_token_bwd[(nprog,)](
+        mix, scale.contiguous(), base.contiguous(),
+        d_pre if d_pre is not None else dummy, d_post if d_post is not None else dummy,
+        d_res if has_res else dummy, G, dss, dscale_p, dbase_p, scr, T, K, int(iters), float(hc_eps),
+        n=n, N=N, NB=NB, NN=NB * NB, NP=NP, BT=BT2, LOG=(hc_eps == 0.0), HAS_DPRE=d_pre is not None,
+        HAS_DPOST=d_post is not None, HAS_DRES=has_res, num_warps=4)
+    del scr
+    # pass over x: dx and dfn
+    prec = dot_mode(x.dtype)
+    BT = 16
+    BC = max(16, min(next_pow2(C), 8192 // (NB * NP)))
+    if x.element_size() > 2:
+        BC = max(16, BC // 2)
+    c_tiles = triton_cdiv(C, BC)
+    tsplit = max(1, min(triton_cdiv(T, BT), (2 * _num_sms(dev)) // c_tiles))
+    t_per_split = triton_cdiv(triton_cdiv(T, BT), tsplit) * BT
+    tsplit = triton_cdiv(T, t_per_split)
+    dx = torch.empty_like(x)
+    dfn_p = torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32)
+    has_pre = dh is not None
+    has_gout = gout is not None
+    _coef_bwd_x[(c_tiles, tsplit)](
+        x, fn.contiguous(), G, dss, dx, dfn_p,
+        h_pre if has_pre else G, dh if has_pre else G, h_res if has_gout else G,
+        gout if has_gout else G, T, C, K, t_per_split,
+        n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
+        num_warps=8 if NP * NB * BC >= 4096 else 4, num_stages=2)
+    dfn = dfn_p.sum(0)[:N] if tsplit > 1 else dfn_p[0, :N]
+    return dx, dfn, dbase_p.sum(0), dscale_p.sum(0)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
+
+# -- the same decomposition in PyTorch: documents the kernels' math, runs any dtype (float64
+#    for gradcheck of the autograd glue) --------------------------------------------------------
+
+def coef_forward_torch(x, fn, base, scale, iters, rms_eps, hc_eps):
+    """PyTorch twin of :func:`coef_forward_triton` (same outputs, the input's float dtype)."""
+    T, n, C = x.shape
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.reshape(T, n * C).to(dt)
+    proj = xf @ fn.to(dt).t()
+    inv_r = torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) / (n * C) + rms_eps)
+    pre, post, comb = split_logits(proj * inv_r, scale.to(dt), base.to(dt), n)
+    h_pre = torch.sigmoid(pre) + hc_eps
+    h_post = 2.0 * torch.sigmoid(post)
+    h_res = sinkhorn(comb.transpose(-1, -2), iters, eps=hc_eps, check_finite=False)
+    return h_pre, h_post, h_res, torch.cat([proj, inv_r], -1)
+
+
+def coef_backward_torch(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
+                        h_pre=None, dh=None, h_res=None, gout=None):
+    """PyTorch twin of :func:`coef_backward_triton` (explicit formulas, see the header)."""
+    T, n, C = x.shape
+    K, N = n * C, (n + 2) * n
+    dt = mix.dtype
+    proj, inv_r = mix[:, :N], mix[:, N:]
+    a, b = scale.to(dt), base.to(dt)
+    gate = torch.cat([a[0].expand(n), a[1].expand(n), a[2].expand(n * n)])
+    with torch.enable_grad():  # only the tiny logits -> mappings part goes through autograd
+        logits = (gate * proj * inv_r + b).detach().requires_grad_(True)
+        outs = (torch.sigmoid(logits[:, :n]), 2.0 * torch.sigmoid(logits[:, n:2 * n]),
+                sinkhorn(logits[:, 2 * n:].unflatten(-1, (n, n)).transpose(-1, -2), iters,
+                         eps=hc_eps, check_finite=False))
+        pairs = [(o, g.to(dt)) for o, g in zip(outs, (d_pre, d_post, d_res)) if g is not None]
+        dlogit = None
+        if pairs:
+            dlogit = torch.autograd.grad([o for o, _ in pairs], logits, [g for _, g in pairs],
+                                         allow_unused=True)[0]
+    if dlogit is None:
+        dlogit = torch.zeros_like(logits)
+    G = dlogit * gate * inv_r
+    dinv = (dlogit * gate * proj).sum(-1, keepdim=True)
+    dss = -0.5 * dinv * inv_r ** 3 / K
+    xf = x.reshape(T, K).to(dt)
+    dx = G @ fn.to(dt) + 2.0 * xf * dss
+    dx = dx.view(T, n, C)
+    if dh is not None:
+        dx = dx + h_pre.to(dt).unsqueeze(-1) * dh.to(dt).unsqueeze(-2)
+    if gout is not None:
+        dx = dx + torch.einsum("tji,tjc->tic", h_res.to(dt), gout.to(dt))
+    dfn = G.t() @ xf
+    m = dlogit * proj * inv_r
+    dscale = torch.stack([m[:, :n].sum(), m[:, n:2 * n].sum(), m[:, 2 * n:].sum()])
+    return dx.to(x.dtype), dfn, dlogit.sum(0), dscale
+
+
+_COEF_IMPL = {"triton": (coef_forward_triton, coef_backward_triton),
+              "torch": (coef_forward_torch, coef_backward_torch)}
+
+
+class _CoefficientsFn(torch.autograd.Function):
+    """Fused coefficients; saves only ``x`` (the caller's tensor) and 25 floats per token
+    (n = 4); the Sinkhorn iterations are recomputed inside the backward."""
+
+    @staticmethod
+    def forward(ctx, x, fn, base, scale, iters, rms_eps, hc_eps, impl):
+        fwd, _ = _COEF_IMPL[impl]
+        h_pre, h_post, h_res, mix = fwd(x, fn, base, scale, iters, rms_eps, hc_eps)
+        ctx.save_for_backward(x, fn, base, scale, mix)
+        ctx.cfg = (iters, hc_eps, impl)
+        return h_pre, h_post, h_res
+
+    @staticmethod
+    def backward(ctx, d_pre, d_post, d_res):
+        x, fn, base, scale, mix = ctx.saved_tensors
+        iters, hc_eps, impl = ctx.cfg
+        _, bwd = _COEF_IMPL[impl]
+        cont = lambda g: None if g is None else g.contiguous()  # noqa: E731
+        dx, dfn, dbase, dscale = bwd(x, fn, base, scale, mix, cont(d_pre), cont(d_post),
+                                     cont(d_res), iters, hc_eps)
+        return (dx, dfn.to(fn.dtype), dbase.to(base.dtype), dscale.to(scale.dtype),
+                None, None, None, None)
+
+
 def mhc_coefficients(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor,
                      scale: torch.Tensor, iters: int = 20, rms_eps: float = 1e-20,
                      hc_eps: float = 0.0, backend: str = "auto") -> Coefficients:
-    """``H_pre, H_post, H_res`` for streams ``x (..., n, C)``; dispatches on ``backend``."""
+    """``H_pre, H_post, H_res`` (float32) for streams ``x (..., n, C)``; dispatches on ``backend``.
+
+    ``backend="triton"`` runs the fused kernels (module header) with a custom backward that
+    keeps only ``x`` and ``(n+2)n + 1`` floats per token; ``"torch"`` the reference;
+    ``"auto"`` Triton on CUDA when installed. float64 inputs use the PyTorch twin of the
+    kernels' decomposition (same autograd Function, exact float64 math).
+    """
     if resolve_backend(backend, x) == "triton":
-        raise NotImplementedError("the fused Triton coefficient kernel is not available yet")
+        lead, (n, C) = x.shape[:-2], x.shape[-2:]
+        x3 = x.reshape(-1, n, C).contiguous()
+        impl = "torch" if x.dtype == torch.float64 else "triton"
+        h_pre, h_post, h_res = _CoefficientsFn.apply(x3, fn, base, scale, int(iters),
+                                                     float(rms_eps), float(hc_eps), impl)
+        return (h_pre.view(*lead, n), h_post.view(*lead, n), h_res.view(*lead, n, n))
     return mhc_coefficients_reference(x, fn, base, scale, iters, rms_eps, hc_eps)

@@ -1,9 +1,21 @@
-"""Post + residual merge: ``x_{l+1} = H_res x_l + H_post^T y`` (Eq. 3)."""
+"""Post + residual merge: ``x_{l+1} = H_res x_l + H_post^T y`` (Eq. 3).
+
+Reference in PyTorch plus the fused Triton kernels (the paper's kernel 5, Sec. 4.3.1):
+
+* forward ``_post_res_fwd_kernel``: ``out[t, i] = sum_j H_res[t, i, j] x[t, j] + H_post[t, i] y[t]``
+  reading ``x`` and ``y`` once and writing ``out`` once: ``(n+1)C`` read, ``nC`` written
+  per token instead of ``(3n+1)C`` / ``3nC`` unfused;
+* backward ``_post_res_bwd_kernel``, one pass over ``g = d out``, ``x`` and ``y``:
+  ``dy = sum_i H_post_i g_i``, ``dH_post_i = <g_i, y>``, ``dH_res[i, j] = <g_i, x_j>`` and
+  (optionally) ``dx_j = sum_i H_res[i, j] g_i``. The fused connection (``ops.connection``)
+  skips ``dx`` here and folds that term into the single ``dx`` pass of the coefficient
+  backward, which reads ``g`` instead of a separately written ``dx``.
+"""
 from __future__ import annotations
 
 import torch
 
-from ._backend import resolve_backend
+from ._backend import LazyJit, interpret_mode, next_pow2, resolve_backend
 
 __all__ = ["post_res", "post_res_reference"]
 
@@ -15,9 +27,164 @@ def post_res_reference(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
     return (mixed + h_post.float().unsqueeze(-1) * y.float().unsqueeze(-2)).to(x.dtype)
 
 
+# -- Triton kernels ------------------------------------------------------------------------------
+
+def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
+                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = pid_t * BT + tl.arange(0, BT)
+    rmask = rows < T
+    r64 = rows.to(tl.int64)
+    ii = tl.arange(0, NB)
+    cc = pid_c * BC + tl.arange(0, BC)
+    m2 = rmask[:, None] & (ii < n)[None, :]
+    mc = rmask[:, None] & (cc < C)[None, :]
+    y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
+    hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
+    out = hp[:, :, None] * y[:, None, :]
+    for j in tl.static_range(n):
+        xj = tl.load(x_ptr + r64[:, None] * (n * C) + j * C + cc[None, :], mask=mc, other=0.0)
+        hj = tl.load(hres_ptr + r64[:, None] * (n * n) + ii[None, :] * n + j, mask=m2, other=0.0)
+        out += hj[:, :, None] * xj.to(tl.float32)[:, None, :]
+    tl.store(out_ptr + r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :],
+             out.to(out_ptr.dtype.element_ty), mask=m2[:, :, None] & (cc < C)[None, None, :])
+
+
+def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_ptr,
+                         dhpost_ptr, dhres_ptr, T, C,
+                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                         WRITE_DX: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BT + tl.arange(0, BT)
+    rmask = rows < T
+    r64 = rows.to(tl.int64)
+    ii = tl.arange(0, NB)
+    m2 = rmask[:, None] & (ii < n)[None, :]
+    hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
+    acc_p = tl.zeros([BT, NB, BC], dtype=tl.float32)
+    acc_r = tl.zeros([BT, NB, NB, BC], dtype=tl.float32)
+    for c0 in range(0, C, BC):
+        cc = c0 + tl.arange(0, BC)
+        mc = rmask[:, None] & (cc < C)[None, :]
+        m3 = m2[:, :, None] & (cc < C)[None, None, :]
+        off3 = r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :]
+        g3 = tl.load(g_ptr + off3, mask=m3, other=0.0).to(tl.float32)
+        x3 = tl.load(x_ptr + off3, mask=m3, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
+        tl.store(dy_ptr + r64[:, None] * C + cc[None, :],
+                 tl.sum(g3 * hp[:, :, None], axis=1).to(dy_ptr.dtype.element_ty), mask=mc)
+        acc_p += g3 * y[:, None, :]
+        acc_r += g3[:, :, None, :] * x3[:, None, :, :]  # [t, i, j, c]: g_i x_j
+        if WRITE_DX:  # dx_j = sum_i H_res[i, j] g_i
+            dx = tl.zeros([BT, NB, BC], dtype=tl.float32)
+            for i in tl.static_range(n):
+                gi = tl.load(g_ptr + r64[:, None] * (n * C) + i * C + cc[None, :], mask=mc,
+                             other=0.0).to(tl.float32)
+                hi = tl.load(hres_ptr + r64[:, None] * (n * n) + i * n + ii[None, :], mask=m2,
+                             other=0.0)
+                dx += hi[:, :, None] * gi[:, None, :]
+            tl.store(dx_ptr + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
+    tl.store(dhpost_ptr + r64[:, None] * n + ii[None, :], tl.sum(acc_p, axis=2), mask=m2)
+    jj = tl.arange(0, NB)
+    tl.store(dhres_ptr + r64[:, None, None] * (n * n) + ii[None, :, None] * n + jj[None, None, :],
+             tl.sum(acc_r, axis=3), mask=m2[:, :, None] & (jj < n)[None, None, :])
+
+
+_post_res_fwd = LazyJit(_post_res_fwd_kernel)
+_post_res_bwd = LazyJit(_post_res_bwd_kernel)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
+
+def post_res_forward_triton(x, y, h_post, h_res):
+    """``x (T, n, C)``, ``y (T, C)``, ``h_post (T, n)``, ``h_res (T, n, n)`` -> ``out`` like ``x``."""
+    T, n, C = x.shape
+    NB = next_pow2(n)
+    BC = max(16, min(next_pow2(C), 4096 // NB))
+    if interpret_mode():
+        BC = min(BC, 32)
+    BT = 1
+    out = torch.empty_like(x)
+    _post_res_fwd[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
+        x, y, h_post, h_res, out, T, C, n=n, NB=NB, BT=BT, BC=BC,
+        num_warps=4 if NB * BC <= 2048 else 8)
+    return out
+
+
+def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
+    """``(dx or None, dy, dH_post, dH_res)`` in one pass over ``g``, ``x`` and ``y``."""
+    T, n, C = x.shape
+    NB = next_pow2(n)
+    BC = max(16, min(next_pow2(C), 4096 // (NB * NB)))
+    if interpret_mode():
+        BC = min(BC, 32)
+    BT = 1
+    dy = torch.empty(T, C, device=x.device, dtype=y.dtype)
+    dhpost = torch.empty(T, n, device=x.device, dtype=torch.float32)
+    dhres = torch.empty(T, n, n, device=x.device, dtype=torch.float32)
+    dx = torch.empty_like(x) if write_dx else None
+    _post_res_bwd[(triton_cdiv(T, BT),)](
+        x, y, h_post, h_res, g, dx if write_dx else dy, dy, dhpost, dhres, T, C,
+        n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=write_dx, num_warps=4 if NB * NB * BC <= 2048 else 8)
+    return dx, dy, dhpost, dhres
+
+
+def post_res_forward_torch(x, y, h_post, h_res):
+    """PyTorch twin of :func:`post_res_forward_triton` (any float dtype)."""
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = torch.einsum("tij,tjc->tic", h_res.to(dt), x.to(dt))
+    return (out + h_post.to(dt).unsqueeze(-1) * y.to(dt).unsqueeze(-2)).to(x.dtype)
+
+
+def post_res_backward_torch(x, y, h_post, h_res, g, write_dx=True):
+    """PyTorch twin of :func:`post_res_backward_triton`."""
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    gf, xf, yf = g.to(dt), x.to(dt), y.to(dt)
+    dy = torch.einsum("ti,tic->tc", h_post.to(dt), gf).to(y.dtype)
+    dhpost = torch.einsum("tic,tc->ti", gf, yf)
+    dhres = torch.einsum("tic,tjc->tij", gf, xf)
+    dx = torch.einsum("tij,tic->tjc", h_res.to(dt), gf).to(x.dtype) if write_dx else None
+    return dx, dy, dhpost, dhres
+
+
+_POST_IMPL = {"triton": (post_res_forward_triton, post_res_backward_triton),
+              "torch": (post_res_forward_torch, post_res_backward_torch)}
+
+
+class _PostResFn(torch.autograd.Function):
+    """Fused post + residual; saves ``x``, ``y`` (the callers' tensors) and the mappings."""
+
+    @staticmethod
+    def forward(ctx, x, y, h_post, h_res, impl):
+        ctx.save_for_backward(x, y, h_post, h_res)
+        ctx.impl = impl
+        return _POST_IMPL[impl][0](x, y, h_post, h_res)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y, h_post, h_res = ctx.saved_tensors
+        dx, dy, dhpost, dhres = _POST_IMPL[ctx.impl][1](x, y, h_post, h_res, g.contiguous(),
+                                                         ctx.needs_input_grad[0])
+        return dx, dy, dhpost.to(h_post.dtype), dhres.to(h_res.dtype), None
+
+
 def post_res(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor, h_res: torch.Tensor,
              backend: str = "auto") -> torch.Tensor:
-    """Next streams from streams ``x (..., n, C)``, branch output ``y (..., C)`` and mappings."""
+    """Next streams from streams ``x (..., n, C)``, branch output ``y (..., C)`` and mappings.
+
+    Returns ``x``'s shape and dtype. ``backend="triton"``: fused kernels (module doc);
+    float64 runs their PyTorch twin through the same autograd Function.
+    """
     if resolve_backend(backend, x) == "triton":
-        raise NotImplementedError("the fused Triton post-res kernel is not available yet")
+        lead, (n, C) = x.shape[:-2], x.shape[-2:]
+        x3 = x.reshape(-1, n, C).contiguous()
+        y2 = y.expand(*lead, C).reshape(-1, C).contiguous()
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        hp = h_post.expand(*lead, n).reshape(-1, n).to(dt).contiguous()
+        hr = h_res.expand(*lead, n, n).reshape(-1, n, n).to(dt).contiguous()
+        impl = "torch" if x.dtype == torch.float64 else "triton"
+        return _PostResFn.apply(x3, y2, hp, hr, impl).view(*lead, n, C)
     return post_res_reference(x, y, h_post, h_res)

@@ -1,9 +1,19 @@
-"""Pre-mix: the branch input ``h = H_pre x`` (Eq. 3), n streams -> one."""
+"""Pre-mix: the branch input ``h = H_pre x`` (Eq. 3), n streams -> one.
+
+Reference in PyTorch plus the fused Triton kernels (the paper's kernel 4, Sec. 4.3.1):
+
+* forward ``_pre_mix_fwd_kernel``: ``h[t, c] = sum_i H_pre[t, i] x[t, i, c]``, reading ``x``
+  once and writing ``h`` once (fp32 accumulation, ``h`` in ``x``'s dtype);
+* backward ``_pre_mix_bwd_kernel``: one pass over ``x`` and ``dh`` giving
+  ``dH_pre[t, i] = <dh[t], x[t, i]>`` and (optionally) ``dx[t, i] = H_pre[t, i] dh[t]``.
+  The fused connection (``ops.connection``) uses it without ``dx``: its ``dx`` is written
+  once, by the coefficient backward pass, for all three ops.
+"""
 from __future__ import annotations
 
 import torch
 
-from ._backend import resolve_backend
+from ._backend import LazyJit, interpret_mode, next_pow2, resolve_backend
 
 __all__ = ["pre_mix", "pre_mix_reference"]
 
@@ -13,8 +23,147 @@ def pre_mix_reference(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...i,...ic->...c", h_pre.float(), x.float()).to(x.dtype)
 
 
+# -- Triton kernels ------------------------------------------------------------------------------
+
+def _pre_mix_fwd_kernel(x_ptr, hpre_ptr, h_ptr, T, C,
+                        n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = pid_t * BT + tl.arange(0, BT)
+    r64 = rows.to(tl.int64)
+    ii = tl.arange(0, NB)
+    cc = pid_c * BC + tl.arange(0, BC)
+    m2 = (rows < T)[:, None] & (ii < n)[None, :]
+    m3 = m2[:, :, None] & (cc < C)[None, None, :]
+    x3 = tl.load(x_ptr + r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :],
+                 mask=m3, other=0.0)
+    hp = tl.load(hpre_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
+    h = tl.sum(x3.to(tl.float32) * hp[:, :, None], axis=1)
+    tl.store(h_ptr + r64[:, None] * C + cc[None, :], h.to(h_ptr.dtype.element_ty),
+             mask=(rows < T)[:, None] & (cc < C)[None, :])
+
+
+def _pre_mix_bwd_kernel(x_ptr, hpre_ptr, dh_ptr, dx_ptr, dhpre_ptr, T, C,
+                        n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                        WRITE_DX: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BT + tl.arange(0, BT)
+    r64 = rows.to(tl.int64)
+    ii = tl.arange(0, NB)
+    m2 = (rows < T)[:, None] & (ii < n)[None, :]
+    if WRITE_DX:
+        hp = tl.load(hpre_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
+    acc = tl.zeros([BT, NB, BC], dtype=tl.float32)
+    for c0 in range(0, C, BC):
+        cc = c0 + tl.arange(0, BC)
+        cm = cc < C
+        m3 = m2[:, :, None] & cm[None, None, :]
+        off3 = r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :]
+        x3 = tl.load(x_ptr + off3, mask=m3, other=0.0)
+        dh = tl.load(dh_ptr + r64[:, None] * C + cc[None, :], mask=(rows < T)[:, None] & cm[None, :],
+                     other=0.0).to(tl.float32)
+        acc += x3.to(tl.float32) * dh[:, None, :]
+        if WRITE_DX:
+            tl.store(dx_ptr + off3, (hp[:, :, None] * dh[:, None, :]).to(dx_ptr.dtype.element_ty),
+                     mask=m3)
+    tl.store(dhpre_ptr + r64[:, None] * n + ii[None, :], tl.sum(acc, axis=2), mask=m2)
+
+
+_pre_mix_fwd = LazyJit(_pre_mix_fwd_kernel)
+_pre_mix_bwd = LazyJit(_pre_mix_bwd_kernel)
+
+
+def _fwd_blocks(n: int, C: int):
+    NB = next_pow2(n)
+    BC = max(16, min(next_pow2(C), 4096 // NB))
+    if interpret_mode():
+        BC = min(BC, 32)
+    return NB, BC
+
+
+def _bwd_blocks(n: int, C: int):
+    NB = next_pow2(n)
+    BC = max(16, min(next_pow2(C), 2048 // NB))
+    if interpret_mode():
+        BC = min(BC, 32)
+    return NB, BC
+
+
+def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
+    """``x (T, n, C)``, ``h_pre (T, n)`` fp32, contiguous -> ``h (T, C)`` in ``x``'s dtype."""
+    T, n, C = x.shape
+    NB, BC = _fwd_blocks(n, C)
+    BT = 1
+    h = torch.empty(T, C, device=x.device, dtype=x.dtype)
+    _pre_mix_fwd[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
+        x, h_pre, h, T, C, n=n, NB=NB, BT=BT, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
+    return h
+
+
+def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tensor,
+                            write_dx: bool = True):
+    """``(dx or None, dH_pre (T, n) fp32)`` from ``dh (T, C)``, one pass over ``x`` and ``dh``."""
+    T, n, C = x.shape
+    NB, BC = _bwd_blocks(n, C)
+    BT = 1
+    dhpre = torch.empty(T, n, device=x.device, dtype=torch.float32)
+    dx = torch.empty_like(x) if write_dx else None
+    _pre_mix_bwd[(triton_cdiv(T, BT),)](
+        x, h_pre, dh, dx if write_dx else dhpre, dhpre, T, C, n=n, NB=NB, BT=BT, BC=BC,
+        WRITE_DX=write_dx, num_warps=4 if NB * BC <= 1024 else 8)
+    return dx, dhpre
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
+
+def pre_mix_forward_torch(x, h_pre):
+    """PyTorch twin of :func:`pre_mix_forward_triton` (any float dtype)."""
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.einsum("ti,tic->tc", h_pre.to(dt), x.to(dt)).to(x.dtype)
+
+
+def pre_mix_backward_torch(x, h_pre, dh, write_dx=True):
+    """PyTorch twin of :func:`pre_mix_backward_triton`."""
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dhpre = torch.einsum("tc,tic->ti", dh.to(dt), x.to(dt))
+    dx = (h_pre.to(dt).unsqueeze(-1) * dh.to(dt).unsqueeze(-2)).to(x.dtype) if write_dx else None
+    return dx, dhpre
+
+
+_PRE_IMPL = {"triton": (pre_mix_forward_triton, pre_mix_backward_triton),
+             "torch": (pre_mix_forward_torch, pre_mix_backward_torch)}
+
+
+class _PreMixFn(torch.autograd.Function):
+    """Fused pre-mix; saves ``x`` (the caller's tensor) and ``h_pre`` (n floats per token)."""
+
+    @staticmethod
+    def forward(ctx, x, h_pre, impl):
+        ctx.save_for_backward(x, h_pre)
+        ctx.impl = impl
+        return _PRE_IMPL[impl][0](x, h_pre)
+
+    @staticmethod
+    def backward(ctx, dh):
+        x, h_pre = ctx.saved_tensors
+        dx, dhpre = _PRE_IMPL[ctx.impl][1](x, h_pre, dh.contiguous(), ctx.needs_input_grad[0])
+        return dx, dhpre.to(h_pre.dtype), None
+
+
 def pre_mix(x: torch.Tensor, h_pre: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Branch input from streams ``x (..., n, C)`` and weights ``h_pre (..., n)``."""
+    """Branch input from streams ``x (..., n, C)`` and weights ``h_pre (..., n)``.
+
+    Returns ``(..., C)`` in ``x``'s dtype. ``backend="triton"``: fused kernels (module doc);
+    float64 runs their PyTorch twin through the same autograd Function.
+    """
     if resolve_backend(backend, x) == "triton":
-        raise NotImplementedError("the fused Triton pre-mix kernel is not available yet")
+        lead, (n, C) = x.shape[:-2], x.shape[-2:]
+        x3 = x.reshape(-1, n, C).contiguous()
+        hp = h_pre.expand(*lead, n).reshape(-1, n).contiguous()
+        if hp.dtype != torch.float64:
+            hp = hp.float()
+        impl = "torch" if x.dtype == torch.float64 else "triton"
+        return _PreMixFn.apply(x3, hp, impl).view(*lead, C)
     return pre_mix_reference(x, h_pre)

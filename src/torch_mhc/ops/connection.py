@@ -1,0 +1,132 @@
+"""The fused mHC connection: coefficients + pre-mix before the branch, post-res after it.
+
+``HyperConnection`` (mode ``"mhc"``, Triton backend) calls
+
+    h, h_pre, h_post, h_res, link = connection_pre(x, fn, base, scale, ...)
+    y = branch(h)
+    out = connection_post(x, y, h_post, h_res, link)
+
+Both halves are custom autograd Functions over the kernels of ``coefficients``, ``pre_mix``
+and ``post_res``. What the fusion buys, per token, in units of C stream elements (n = 4):
+
+* forward: coefficient GEMM reads x (n), pre-mix reads x, writes h (n + 1), post-res reads
+  x, y and writes out (2n + 1): 4n + 2 = 18, the paper's kernels 1-5;
+* backward: post-res pass reads g, x, y and writes dy (2n + 2) but *not* dx; the pre-mix
+  pass reads dh, x for dH_pre (n + 1); one final pass reads x, dh, g and writes the whole
+  connection's dx = H_res^T g + H_pre dh + G fn + 2 x dss, and dfn = G^T x (3n + 1):
+  6n + 4 = 28. Three separate ops would write three dx tensors and autograd would add them
+  (another 4n of traffic, 12 units at n = 4).
+
+The hand-off: ``connection_post``'s backward returns no gradient for ``x`` and parks
+``g = d out`` on the shared ``link``; ``connection_pre``'s backward, which autograd always runs
+after it (it consumes ``dH_post``/``dH_res`` that post's backward produces), adds
+``H_res^T g`` into its single ``dx`` pass. The two halves must therefore be used as a pair on
+the same ``x``, which ``HyperConnection`` guarantees.
+
+Saved for backward per connection: ``x`` (the stream tensor that exists anyway, not copied),
+``y`` (C values per token, needed for ``dH_post``), and per token ``(n+2)n + 1`` floats of
+projection / 1/r plus ``H_pre``, ``H_res`` (45 floats at n = 4, < 1% of ``x`` at C = 4096).
+The branch itself keeps its input ``h`` (C). Nothing stream-sized is kept in float32.
+``torch.compile`` treats both halves as opaque (graph break at each; see ``connection_pre``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .coefficients import _COEF_IMPL
+from .post_res import _POST_IMPL
+from .pre_mix import _PRE_IMPL
+
+__all__ = ["connection_pre", "connection_post", "ConnectionLink"]
+
+
+class ConnectionLink:
+    """Carries ``g = d out`` from the post half's backward to the pre half's backward."""
+
+    __slots__ = ("g",)
+
+    def __init__(self):
+        self.g: Optional[torch.Tensor] = None
+
+
+class _ConnectionPreFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, fn, base, scale, link, iters, rms_eps, hc_eps, impl):
+        coef_fwd = _COEF_IMPL[impl][0]
+        h_pre, h_post, h_res, mix = coef_fwd(x, fn, base, scale, iters, rms_eps, hc_eps)
+        h = _PRE_IMPL[impl][0](x, h_pre)
+        ctx.save_for_backward(x, fn, base, scale, mix, h_pre, h_res)
+        ctx.cfg = (link, iters, hc_eps, impl)
+        return h, h_pre, h_post, h_res
+
+    @staticmethod
+    def backward(ctx, dh, d_hpre, d_hpost, d_hres):
+        x, fn, base, scale, mix, h_pre, h_res = ctx.saved_tensors
+        link, iters, hc_eps, impl = ctx.cfg
+        g, link.g = link.g, None
+        d_pre = None if d_hpre is None else d_hpre.contiguous()
+        if dh is not None:
+            dh = dh.contiguous()
+            _, d_pre_h = _PRE_IMPL[impl][1](x, h_pre, dh, False)  # dH_pre = <dh, x_i>
+            d_pre = d_pre_h if d_pre is None else d_pre + d_pre_h
+        cont = lambda t: None if t is None else t.contiguous()  # noqa: E731
+        dx, dfn, dbase, dscale = _COEF_IMPL[impl][1](
+            x, fn, base, scale, mix, d_pre, cont(d_hpost), cont(d_hres), iters, hc_eps,
+            h_pre=h_pre if dh is not None else None, dh=dh,
+            h_res=h_res if g is not None else None, gout=g)
+        return (dx, dfn.to(fn.dtype), dbase.to(base.dtype), dscale.to(scale.dtype),
+                None, None, None, None, None)
+
+
+class _ConnectionPostFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, h_post, h_res, link, impl):
+        ctx.save_for_backward(x, y, h_post, h_res)
+        ctx.cfg = (link, impl)
+        return _POST_IMPL[impl][0](x, y, h_post, h_res)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y, h_post, h_res = ctx.saved_tensors
+        link, impl = ctx.cfg
+        g = g.contiguous()
+        _, dy, dhpost, dhres = _POST_IMPL[impl][1](x, y, h_post, h_res, g, False)
+        link.g = g  # H_res^T g is added to dx by the pre half's backward
+        return None, dy, dhpost, dhres, None, None
+
+
+def _impl(x: torch.Tensor) -> str:
+    return "torch" if x.dtype == torch.float64 else "triton"
+
+
+@torch.compiler.disable
+def connection_pre(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
+                   iters: int = 20, rms_eps: float = 1e-20, hc_eps: float = 0.0):
+    """Coefficients and pre-mix of one mHC connection (Eq. 7-9 and ``h = H_pre x``).
+
+    Returns ``(h (..., C), H_pre, H_post, H_res, link)``; pass ``link`` to
+    :func:`connection_post` with the same ``x``. Excluded from ``torch.compile`` graphs
+    (a graph break before and after): the hand-off through ``link`` is Python state.
+    """
+    lead, (n, C) = x.shape[:-2], x.shape[-2:]
+    x3 = x.reshape(-1, n, C).contiguous()
+    link = ConnectionLink()
+    h, h_pre, h_post, h_res = _ConnectionPreFn.apply(x3, fn, base, scale, link, int(iters),
+                                                     float(rms_eps), float(hc_eps), _impl(x))
+    return (h.view(*lead, C), h_pre.view(*lead, n), h_post.view(*lead, n),
+            h_res.view(*lead, n, n), link)
+
+
+@torch.compiler.disable
+def connection_post(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
+                    h_res: torch.Tensor, link: ConnectionLink) -> torch.Tensor:
+    """Post + residual of one mHC connection, ``H_res x + H_post^T y``; pairs with
+    :func:`connection_pre` (which computes this op's ``dx`` term in its backward)."""
+    lead, (n, C) = x.shape[:-2], x.shape[-2:]
+    x3 = x.reshape(-1, n, C).contiguous()
+    y2 = y.reshape(-1, C).contiguous()
+    out = _ConnectionPostFn.apply(x3, y2, h_post.reshape(-1, n), h_res.reshape(-1, n, n), link,
+                                  _impl(x))
+    return out.view(*lead, n, C)
