@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from typing import Any, Dict, Optional
 
 import torch
@@ -262,10 +263,22 @@ def load_upcycled(path: str, model_class=None, *, backend: str = "auto",
     model_class = model_class or AutoModelForCausalLM
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the hc keys are 'unexpected' for the plain model
+    from_pretrained_kwargs.pop("output_loading_info", None)
     try:
-        model = model_class.from_pretrained(path, config=config, **from_pretrained_kwargs)
+        model, info = model_class.from_pretrained(path, config=config, output_loading_info=True,
+                                                  **from_pretrained_kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
+    info = info or {}
+    is_hc = lambda k: any(p in ("attn_hc", "ffn_hc") for p in k.split("."))  # noqa: E731
+    other_unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not is_hc(k))
+    problems = {"missing": sorted(info.get("missing_keys", ())),
+                "unexpected": other_unexpected,
+                "mismatched": sorted(str(k) for k in info.get("mismatched_keys", ()))}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:  # what transformers would have reported, minus the expected hc keys
+        warnings.warn(f"load_upcycled({path!r}): from_pretrained reported {problems}",
+                      stacklevel=2)
     upcycle(model, int(settings["n"]), settings.get("mode", "mhc"), backend=backend,
             **settings.get("hc_kwargs", {}))
     wanted = hc_state_dict(model)
