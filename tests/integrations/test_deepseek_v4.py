@@ -67,6 +67,12 @@ def step(model, ids):
     return out.logits.detach(), grads
 
 
+def _checkpointing(model, on):
+    """transformers 5.x renamed gradient_checkpointing_* to activation_checkpointing_*."""
+    name = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+    getattr(model, f"{name}_checkpointing_{'enable' if on else 'disable'}")()
+
+
 def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300)).item()
 
@@ -164,11 +170,11 @@ def test_gradient_checkpointing_and_generate(ids):
     model = make_model()
     _, g0 = step(model, ids)
     patch_deepseek_v4(model)
-    model.gradient_checkpointing_enable()
+    _checkpointing(model, True)
     model.train()
     _, g1 = step(model, ids)
     assert max(rel(g1[k], g0[k]) for k in g0 if g0[k].norm() > 0) < 1e-3
-    model.gradient_checkpointing_disable()
+    _checkpointing(model, False)
     model.eval()
     ref = make_model().eval()
     prompt = ids[:1, :8]

@@ -1,0 +1,204 @@
+"""Upcycling tiny random transformers models (no downloads) to mHC / HC / residual streams."""
+import copy
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip(
+    "transformers", minversion="5.0",
+    reason="needs transformers >= 5.0: pip install 'torch-mhc[hf]'")
+
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
+
+from torch_mhc import HyperConnection  # noqa: E402
+from torch_mhc.integrations.transformers import (  # noqa: E402
+    SUPPORTED_MODEL_TYPES, hc_state_dict, is_upcycled, load_upcycled, save_upcycled, upcycle)
+
+SIZES = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+             pad_token_id=0, bos_token_id=0, eos_token_id=1)
+FAMILIES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config,
+            "mistral": MistralConfig}
+
+
+def make(family="llama", **kw):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(FAMILIES[family](**SIZES, **kw)).float().eval()
+
+
+def _checkpointing(model, on):
+    """transformers 5.x renamed gradient_checkpointing_* to activation_checkpointing_*."""
+    name = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+    getattr(model, f"{name}_checkpointing_{'enable' if on else 'disable'}")()
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(2, 128, (2, 16), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("mode", ["mhc", "hc", "residual"])
+def test_same_logits_at_step_zero_then_trains(family, mode, ids):
+    model = make(family)
+    with torch.no_grad():
+        logits0 = model(ids).logits
+    keys0 = set(model.state_dict())
+    base0 = {k: v.clone() for k, v in model.state_dict().items()}
+    assert upcycle(model, n=4, mode=mode) is model
+    assert is_upcycled(model)
+    with torch.no_grad():
+        logits1 = model(ids).logits
+    assert rel(logits1, logits0) < 1e-5
+    # every pretrained tensor keeps its key; the only new keys are the connections'
+    new = set(model.state_dict()) - keys0
+    assert keys0 <= set(model.state_dict())
+    assert all(".attn_hc." in k or ".ffn_hc." in k for k in new)
+    assert set(hc_state_dict(model)) == new
+    for layer in model.model.layers:
+        assert isinstance(layer.attn_hc, HyperConnection) and layer.attn_hc.mode == mode
+        assert isinstance(layer.ffn_hc, HyperConnection) and layer.ffn_hc.n == 4
+    if mode == "residual":
+        assert not new  # nothing to learn: the streams are one residual
+        return
+    # one optimiser step on the hyper-connection parameters only changes the logits
+    model.train()
+    hc_params = [p for n, p in model.named_parameters() if ".attn_hc." in n or ".ffn_hc." in n]
+    opt = torch.optim.AdamW(hc_params, lr=1e-2)
+    model(ids, labels=ids).loss.backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        logits2 = model(ids).logits
+    assert rel(logits2, logits0) > 1e-4
+    for k, v in base0.items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_plain_training_loop_lowers_the_loss(ids):
+    model = upcycle(make("qwen2"), n=4).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05
+
+
+def _perturb(model):
+    with torch.no_grad():
+        for v in hc_state_dict(model).values():
+            v.add_(torch.randn_like(v) * 0.05)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_save_and_reload_round_trip_exactly(tmp_path, ids, tied):
+    model = upcycle(make("llama", tie_word_embeddings=tied), n=4, mode="mhc", sinkhorn_iters=12)
+    _perturb(model)  # trained-looking connections, not the init
+    with torch.no_grad():
+        logits0 = model(ids).logits
+    save_upcycled(model, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["mhc_upcycle"] == {"n": 4, "mode": "mhc", "hc_kwargs": {"sinkhorn_iters": 12}}
+    with _no_warning():
+        again = load_upcycled(str(tmp_path))
+    again.eval()
+    assert type(again.model.layers[0]) is type(model.model.layers[0])
+    assert again.model.layers[0].attn_hc.sinkhorn_iters == 12
+    sd0, sd1 = model.state_dict(), again.state_dict()
+    assert sd0.keys() == sd1.keys()
+    assert all(torch.equal(sd0[k], sd1[k]) for k in sd0)
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, logits0)
+
+
+class _no_warning:
+    """Fail on any warning raised inside (load_upcycled warns on real load problems)."""
+
+    def __enter__(self):
+        import warnings
+        self._cm = warnings.catch_warnings(record=True)
+        self._log = self._cm.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc):
+        self._cm.__exit__(*exc)
+        mine = [w for w in self._log if "load_upcycled" in str(w.message)]
+        assert not mine, [str(w.message) for w in mine]
+
+
+def test_load_upcycled_refuses_a_plain_checkpoint(tmp_path):
+    make("llama").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not an upcycled checkpoint"):
+        load_upcycled(str(tmp_path))
+    with pytest.raises(ValueError, match="expects a model returned by upcycle"):
+        save_upcycled(make("llama"), tmp_path)
+
+
+def test_deepcopy_gradient_checkpointing_and_generate(ids):
+    ref = make("llama")
+    model = upcycle(copy.deepcopy(ref), n=4)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(twin(ids).logits, model(ids).logits)
+    # generation with a KV cache: the same greedy tokens as the original model
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(ids[:1, :6], **kw), ref.generate(ids[:1, :6], **kw))
+    # gradient checkpointing goes through the upcycled layers' forward
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    g0 = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    _checkpointing(model, True)
+    model(ids, labels=ids).loss.backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, g0[n], rtol=1e-4, atol=1e-7), n
+
+
+def test_base_model_and_positional_extras(ids):
+    ref = make("llama").model
+    model = upcycle(copy.deepcopy(ref), n=2)
+    with torch.no_grad():
+        assert rel(model(ids).last_hidden_state, ref(ids).last_hidden_state) < 1e-5
+        hs = model(ids, output_hidden_states=True).hidden_states
+    assert hs[0].shape == (2, 16, 64) and hs[1].shape == (2, 16, 2, 64)  # streams in between
+
+
+def test_unsupported_family_names_the_supported_ones():
+    gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64))
+    with pytest.raises(ValueError, match=r"does not support model_type 'gpt2'.*llama, mistral, qwen2, qwen3"):
+        upcycle(gpt2)
+    assert {"llama", "mistral", "qwen2", "qwen3"} <= set(SUPPORTED_MODEL_TYPES)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown mode"):
+        upcycle(make("llama"), mode="dense")
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        upcycle(make("llama"), n=0)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        upcycle(make("llama"), sinkhorn=3)
+    model = upcycle(make("llama"))
+    with pytest.raises(ValueError, match="already upcycled"):
+        upcycle(model)
+
+
+def test_deepseek_v4_is_pointed_to_patch():
+    pytest.importorskip("transformers", minversion="5.8.1")
+    from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
+    cfg = DeepseekV4Config(vocab_size=64, hidden_size=32, moe_intermediate_size=16,
+                           num_hidden_layers=1, num_attention_heads=2, head_dim=16,
+                           q_lora_rank=16, n_routed_experts=2, num_experts_per_tok=1,
+                           o_groups=1, o_lora_rank=8, index_n_heads=1, index_head_dim=8,
+                           layer_types=["sliding_attention"])
+    with pytest.raises(ValueError, match="patch_deepseek_v4"):
+        upcycle(DeepseekV4ForCausalLM(cfg))
