@@ -1,6 +1,7 @@
 """Backend selection shared by the ops: ``"torch"`` (reference), ``"triton"`` (fused), ``"auto"``."""
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Optional
 
@@ -94,7 +95,47 @@ class LazyJit:
         return kernel
 
     def __getitem__(self, grid):
-        return self.jit()[grid]
+        if not interpret_mode():
+            return self.jit()[grid]
+        launch = self.jit()[grid]
+
+        def run(*args, **kwargs):
+            with _interpretable_language():
+                return launch(*args, **kwargs)
+        return run
+
+
+@contextlib.contextmanager
+def _interpretable_language():
+    """Make ``triton.language``'s own ``@jit`` helpers (``tl.zeros``, ``tl.sum``, ...)
+    callable by the interpreter for the duration of one launch.
+
+    Triton decorates them when ``triton.language`` is first imported; if that happened
+    without ``TRITON_INTERPRET=1`` (another module imported Triton first) they are compiled
+    ``JITFunction``s that the interpreter refuses to call. They are swapped for interpreted
+    twins here and restored afterwards, so the process can still compile for a GPU.
+    """
+    import triton.language as tl_mod
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+    mods = [tl_mod, tl_mod.core, tl_mod.standard, tl_mod.math]
+    swapped = []
+    for mod in mods:
+        for name, val in list(vars(mod).items()):
+            if isinstance(val, JITFunction) and not isinstance(val, InterpretedFunction):
+                twin = _INTERPRETED.get(id(val))
+                if twin is None:
+                    twin = _INTERPRETED[id(val)] = InterpretedFunction(val.fn)
+                setattr(mod, name, twin)
+                swapped.append((mod, name, val))
+    try:
+        yield
+    finally:
+        for mod, name, val in swapped:
+            setattr(mod, name, val)
+
+
+_INTERPRETED: dict = {}
 
 
 def dot_mode(dtype: torch.dtype) -> int:

@@ -1,0 +1,138 @@
+"""Fused Triton coefficient kernels (ops/coefficients.py) vs the PyTorch reference.
+
+On a machine without CUDA the kernels run on CPU tensors in Triton's interpreter: the
+module fixture sets ``TRITON_INTERPRET=1`` for this module only (the kernels are compiled
+lazily per mode, so it does not matter that ``torch_mhc`` was imported before); with CUDA
+the same tests run the compiled kernels on the GPU.
+"""
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from torch_mhc.ops.coefficients import mhc_coefficients, mhc_coefficients_reference  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter():
+    if CUDA:
+        yield
+        return
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    yield
+    if old is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _params(n, C, dtype=torch.float32):
+    N = (n + 2) * n
+    fn = (torch.randn(N, n * C, device=DEV) * 0.1).to(dtype).requires_grad_()
+    base = torch.randn(N, device=DEV).to(dtype).requires_grad_()
+    scale = (torch.rand(3, device=DEV) + 0.5).to(dtype).requires_grad_()  # U(0.5, 1.5)
+    return fn, base, scale
+
+
+def _compare(x, fn, base, scale, hc_eps, rms_eps, tol_out, tol_grad):
+    params = [x, fn, base, scale]
+    out = mhc_coefficients(x, fn, base, scale, 20, rms_eps, hc_eps, backend="triton")
+    ref = mhc_coefficients_reference(x, fn, base, scale, 20, rms_eps, hc_eps)
+    for o, r in zip(out, ref):
+        assert o.dtype == torch.float32 and o.shape == r.shape
+        assert torch.isfinite(o).all()
+        assert _rel(o, r) < tol_out, (_rel(o, r), tol_out)
+    ws = [torch.randn_like(r) for r in ref]  # random cotangents for all three mappings
+    g = torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, ws)), params)
+    g_ref = torch.autograd.grad(sum((r * w).sum() for r, w in zip(ref, ws)), params)
+    for name, a, b in zip(("x", "fn", "base", "scale"), g, g_ref):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert _rel(a, b) < tol_grad, (name, _rel(a, b), tol_grad)
+
+
+@pytest.mark.parametrize("n,C,T", [(1, 48, 37), (2, 100, 37), (4, 48, 37), (4, 100, 19), (8, 24, 13)])
+@pytest.mark.parametrize("hc_eps,rms_eps", [(0.0, 1e-20), (1e-6, 1e-6)])
+def test_fp32_forward_backward(n, C, T, hc_eps, rms_eps):
+    x = (torch.randn(T, n, C, device=DEV) * 2).requires_grad_()
+    fn, base, scale = _params(n, C)
+    _compare(x, fn, base, scale, hc_eps, rms_eps, 1e-5, 2e-5)
+
+
+@pytest.mark.parametrize("n,C", [(4, 100), (2, 48)])
+@pytest.mark.parametrize("hc_eps", [0.0, 1e-6])
+def test_bf16_streams(n, C, hc_eps):
+    x = torch.randn(3, 7, n, C, device=DEV).bfloat16().requires_grad_()  # leading dims kept
+    fn, base, scale = _params(n, C)
+    # mappings: fp32 math on the same bf16 values (fn split hi/lo on the tensor cores)
+    _compare(x, fn, base, scale, hc_eps, 1e-6, 1e-4, 1e-2)
+
+
+def test_under_autocast():
+    n, C = 4, 48
+    x = torch.randn(21, n, C, device=DEV).requires_grad_()
+    fn, base, scale = _params(n, C)
+    with torch.autocast(DEV, dtype=torch.bfloat16):
+        out = mhc_coefficients(x, fn, base, scale, backend="triton")
+    ref = mhc_coefficients_reference(x, fn, base, scale)
+    for o, r in zip(out, ref):
+        assert o.dtype == torch.float32 and _rel(o, r) < 1e-5
+    sum(o.sum() for o in out).backward()
+    assert fn.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_only_some_mappings_used():
+    n, C = 4, 48
+    x = torch.randn(9, n, C, device=DEV, requires_grad=True)
+    fn, base, scale = _params(n, C)
+    h_pre, _, h_res = mhc_coefficients(x, fn, base, scale, backend="triton")
+    r_pre, _, r_res = mhc_coefficients_reference(x, fn, base, scale)
+    g = torch.autograd.grad((h_pre * 2).sum() + h_res[..., 0, 1].sum(), [x, fn, scale])
+    g_ref = torch.autograd.grad((r_pre * 2).sum() + r_res[..., 0, 1].sum(), [x, fn, scale])
+    for a, b in zip(g, g_ref):
+        assert _rel(a, b) < 2e-5
+
+
+def test_large_logits_stay_finite():
+    n, C = 4, 48
+    x = torch.randn(11, n, C, device=DEV, requires_grad=True)
+    fn, base, scale = _params(n, C)
+    with torch.no_grad():
+        base.mul_(50.0)
+    out = mhc_coefficients(x, fn, base, scale, backend="triton")
+    ref = mhc_coefficients_reference(x, fn, base, scale)
+    assert all(torch.isfinite(o).all() for o in out)
+    assert _rel(out[2], ref[2]) < 1e-4
+    out[2].sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(fn.grad).all()
+
+
+def test_autograd_glue_gradcheck_fp64():
+    """float64 goes through the same autograd Function with the PyTorch twin of the kernels'
+    decomposition (explicit G / d(sum x^2) formulas): gradcheck those formulas."""
+    torch.manual_seed(1)
+    n, C = 2, 3
+    x = torch.randn(3, n, C, dtype=torch.float64, requires_grad=True)
+    fn = (torch.randn((n + 2) * n, n * C, dtype=torch.float64) * 0.3).requires_grad_()
+    base = torch.randn((n + 2) * n, dtype=torch.float64, requires_grad=True)
+    scale = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
+    for hc_eps in (0.0, 1e-6):
+        f = lambda *a: mhc_coefficients(*a, iters=6, rms_eps=1e-6, hc_eps=hc_eps,  # noqa: E731
+                                        backend="triton")
+        assert torch.autograd.gradcheck(f, (x, fn, base, scale), atol=1e-6)
+
+
+def test_auto_backend_resolution():
+    from torch_mhc.ops._backend import resolve_backend
+    x = torch.randn(2, 4, 8, device=DEV)
+    assert resolve_backend("auto", x) == ("triton" if CUDA else "torch")

@@ -1,0 +1,148 @@
+"""The fused mHC connection (ops/connection.py) and a whole GPT: backend="triton" vs "torch".
+
+Runs in Triton's interpreter on CPU (module fixture) and compiled on CUDA when present.
+"""
+import os
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("triton")
+
+from torch_mhc import HyperConnection  # noqa: E402
+from torch_mhc.models import GPT, gpt_config  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter():
+    if CUDA:
+        yield
+        return
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    yield
+    if old is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _randomise(module):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith(".fn") or name == "fn":
+                p.normal_(0, 0.1)
+            elif name.endswith(".base") or name == "base":
+                p.normal_(0, 1.0)
+            elif name.endswith(".scale") or name == "scale":
+                p.uniform_(0.5, 1.5)
+
+
+class _TupleBranch(nn.Module):
+    """A branch with an extra argument and a tuple output (both are passed through)."""
+
+    def __init__(self, C):
+        super().__init__()
+        self.lin = nn.Linear(C, C)
+
+    def forward(self, h, gain):
+        return torch.tanh(self.lin(h)) * gain, h.mean()
+
+
+@pytest.mark.parametrize("n,C,hc_eps", [(4, 48, 0.0), (2, 100, 1e-6), (1, 40, 0.0), (8, 24, 1e-6),
+                                        (3, 36, 0.0)])
+def test_fused_connection_matches_reference(n, C, hc_eps):
+    hc = HyperConnection(_TupleBranch(C), C, n, backend="triton", hc_eps=hc_eps,
+                         rms_eps=1e-6).to(DEV)
+    _randomise(hc)
+    x = torch.randn(2, 5, n, C, device=DEV, requires_grad=True)
+    gain = torch.tensor(1.5, device=DEV, requires_grad=True)
+    leaves = [x, gain] + list(hc.parameters())
+    results = []
+    for backend in ("triton", "torch"):
+        hc.backend = backend
+        out, aux = hc(x, gain)
+        w = torch.randn_like(out, generator=None) if not results else results[0][2]
+        loss = (out * w).sum() + aux
+        results.append((out, torch.autograd.grad(loss, leaves), w))
+    (out, g, _), (ref, g_ref, _) = results
+    assert _rel(out, ref) < 1e-5
+    names = ["x", "gain"] + [k for k, _ in hc.named_parameters()]
+    for name, a, b in zip(names, g, g_ref):
+        assert _rel(a, b) < 3e-5, (name, _rel(a, b))
+
+
+def test_fused_connection_bf16_and_record_mappings():
+    n, C = 4, 100
+    hc = HyperConnection(nn.Linear(C, C), C, n, backend="triton").to(DEV)
+    _randomise(hc)
+    hc.record_mappings = True
+    x = torch.randn(9, n, C, device=DEV).bfloat16().requires_grad_()
+    hc.bfloat16()
+    with torch.no_grad():
+        for p in (hc.fn, hc.base, hc.scale):
+            p.data = p.data.float()  # mHC parameters stay fp32, as in training
+    out = hc(x)
+    assert out.dtype == torch.bfloat16 and hc.last_mappings[2].shape == (9, n, n)
+    w = torch.randn_like(out)
+    leaves = [x, hc.fn, hc.base, hc.scale, hc.branch.weight]
+    g = torch.autograd.grad((out.float() * w).sum(), leaves)
+    hc.backend = "torch"
+    ref = hc(x)
+    g_ref = torch.autograd.grad((ref.float() * w).sum(), leaves)
+    assert _rel(out, ref) < 1e-2
+    for a, b in zip(g, g_ref):
+        assert _rel(a, b) < 2e-2
+
+
+def test_output_unused_and_grad_wrt_input_only():
+    n, C = 4, 24
+    hc = HyperConnection(nn.Linear(C, C), C, n, backend="triton").to(DEV)
+    _randomise(hc)
+    x = torch.randn(6, n, C, device=DEV, requires_grad=True)
+    out = hc(x)
+    (gx,) = torch.autograd.grad(out[..., 0, :].sum(), [x], retain_graph=True)
+    (gx2,) = torch.autograd.grad(out[..., 0, :].sum(), [x])  # retain_graph: second pass
+    hc.backend = "torch"
+    (gr,) = torch.autograd.grad(hc(x)[..., 0, :].sum(), [x])
+    assert _rel(gx, gr) < 3e-5 and _rel(gx2, gr) < 3e-5
+
+
+def test_gradcheck_fp64_connection_glue():
+    """float64 runs the kernels' PyTorch twins through the fused autograd Functions, so the
+    hand-off of d out from the post half to the pre half's single dx pass is gradchecked."""
+    n, C = 2, 3
+    hc = HyperConnection(nn.Linear(C, C), C, n, backend="triton", rms_eps=1e-6,
+                         sinkhorn_iters=5).double()
+    _randomise(hc)
+    x = torch.randn(2, n, C, dtype=torch.float64, requires_grad=True)
+    params = (hc.fn, hc.base, hc.scale, hc.branch.weight)
+    assert torch.autograd.gradcheck(lambda x_, *p: hc(x_), (x, *params), atol=1e-6)
+
+
+def test_gpt_triton_matches_torch():
+    torch.manual_seed(0)
+    cfg = gpt_config("tiny", d_model=48, n_layer=2, n_head=2, seq_len=12, vocab_size=64,
+                     mlp_hidden=64, backend="triton")
+    model = GPT(cfg).to(DEV)
+    _randomise(model)
+    idx = torch.randint(0, 64, (2, 12), device=DEV)
+    tgt = torch.randint(0, 64, (2, 12), device=DEV)
+    _, loss = model(idx, tgt)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    for hc in model.connections():
+        hc.backend = "torch"
+    _, loss_ref = model(idx, tgt)
+    grads_ref = torch.autograd.grad(loss_ref, list(model.parameters()))
+    assert abs(loss.item() - loss_ref.item()) < 1e-5 * abs(loss_ref.item())
+    for (name, _), a, b in zip(model.named_parameters(), grads, grads_ref):
+        assert _rel(a, b) < 1e-4, (name, _rel(a, b))
