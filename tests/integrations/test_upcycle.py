@@ -202,3 +202,18 @@ def test_deepseek_v4_is_pointed_to_patch():
                            layer_types=["sliding_attention"])
     with pytest.raises(ValueError, match="patch_deepseek_v4"):
         upcycle(DeepseekV4ForCausalLM(cfg))
+
+
+def test_hyper_connections_feed_the_gain_diagnostics(ids):
+    from torch_mhc.diagnostics.probe import collect_mappings
+    from torch_mhc.integrations.transformers import hyper_connections
+    model = upcycle(make("qwen3"), n=4)
+    conns = hyper_connections(model)
+    assert conns == [m for layer in model.model.layers for m in (layer.attn_hc, layer.ffn_hc)]
+    for c in conns:
+        c.record_mappings = True
+    with torch.no_grad():
+        model(ids)
+    gains = collect_mappings(conns)["gain"]
+    assert len(gains["comp_fwd_max"]) == 4
+    assert max(gains["comp_fwd_max"]) < 1.0 + 1e-4  # doubly stochastic at init

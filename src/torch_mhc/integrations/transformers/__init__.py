@@ -27,11 +27,20 @@ from ._compat import (
 
 __all__ = [
     "patch_deepseek_v4", "unpatch_deepseek_v4", "is_deepseek_v4_patched",
-    "upcycle", "is_upcycled", "save_upcycled", "load_upcycled", "hc_state_dict",
+    "upcycle", "is_upcycled", "hyper_connections", "save_upcycled", "load_upcycled", "hc_state_dict",
     "SUPPORTED_MODEL_TYPES", "MIN_TRANSFORMERS", "MIN_TRANSFORMERS_DEEPSEEK_V4",
     "TransformersUnavailableError", "require_transformers", "transformers_version",
 ]
 
+
+
+def hyper_connections(model):
+    """The :class:`torch_mhc.HyperConnection` modules of ``model`` in depth order (layer 0's
+    attention, layer 0's MLP, layer 1's attention, ...): for the diagnostics, e.g. set
+    ``record_mappings = True`` on each, run a batch, then
+    ``torch_mhc.diagnostics.probe.collect_mappings(hyper_connections(model))``."""
+    from ...nn.hyper_connection import HyperConnection
+    return [m for m in model.modules() if isinstance(m, HyperConnection)]
 
 
 def _v4():
