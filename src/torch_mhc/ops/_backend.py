@@ -157,3 +157,49 @@ def dot_mode(dtype: torch.dtype) -> int:
 def kernel_device_ok(*tensors: torch.Tensor) -> bool:
     """True when the Triton kernels can run on these tensors (CUDA, or the interpreter)."""
     return all(t.is_cuda for t in tensors) or interpret_mode()
+
+
+#: Launch-configuration overrides, ``{kernel name: {param: value}}``, read by the launchers
+#: (``benchmarks/sweep.py`` uses it to time alternatives; empty means the built-in choice).
+TUNING: dict = {}
+
+
+def _load_tuning_env() -> None:
+    """``TORCH_MHC_TUNING``: a JSON object (or a path to one) merged into :data:`TUNING`."""
+    import json
+    import os
+    raw = os.environ.get("TORCH_MHC_TUNING")
+    if not raw:
+        return
+    try:
+        if os.path.exists(raw):
+            with open(raw) as f:
+                raw = f.read()
+        TUNING.update(json.loads(raw))
+    except (OSError, ValueError) as e:  # pragma: no cover - a user's typo
+        import warnings
+        warnings.warn(f"ignoring TORCH_MHC_TUNING: {e}")
+
+
+_load_tuning_env()
+
+
+def tuned(name: str, **defaults):
+    """``defaults`` updated with ``TUNING[name]`` (interpreter runs ignore the overrides)."""
+    over = TUNING.get(name)
+    if over and not interpret_mode():
+        defaults.update(over)
+    return defaults
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(index: int) -> int:
+    """Multiprocessor count of CUDA device ``index`` (4 for the interpreter)."""
+    if index < 0:
+        return 4
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def device_sms(device: torch.device) -> int:
+    return num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 4

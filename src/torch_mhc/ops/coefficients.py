@@ -19,7 +19,8 @@ from typing import Tuple
 
 import torch
 
-from ._backend import LazyJit, dot_mode, interpret_mode, next_pow2, resolve_backend
+from ._backend import (LazyJit, device_sms, dot_mode, interpret_mode, next_pow2, resolve_backend,
+                       tuned)
 from .sinkhorn import sinkhorn
 
 __all__ = ["mhc_coefficients", "mhc_coefficients_reference", "split_logits"]
@@ -413,12 +414,6 @@ _coef_token_bwd = LazyJit(_coef_token_bwd_kernel)
 _coef_bwd_x = LazyJit(_coef_bwd_x_kernel)
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
                         iters: int, rms_eps: float, hc_eps: float):
     """Kernels 1-2: ``x (T, n, C)`` contiguous -> ``H_pre, H_post, H_res, mix`` (fp32).
@@ -429,30 +424,32 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     K, N = n * C, (n + 2) * n
     NP = max(16, next_pow2(N))
     dev = x.device
-    BT, BK = (64, 64) if x.element_size() == 2 else (64, 32)
-    if NP >= 64:
-        BT = 32
+    cfg = tuned("coef_gemm", BT=64 if NP < 64 else 32, BK=64 if x.element_size() == 2 else 32,
+                num_warps=4, num_stages=3, waves=2)
+    BT, BK = cfg["BT"], cfg["BK"]
     if interpret_mode():
         BT, BK = 16, 32
     tiles_t = triton_cdiv(T, BT)
     k_tiles = triton_cdiv(K, BK)
-    split = max(1, min(k_tiles, (2 * _num_sms(dev)) // max(tiles_t, 1)))
+    split = max(1, min(k_tiles, (cfg["waves"] * device_sms(dev)) // max(tiles_t, 1)))
     k_per_split = triton_cdiv(k_tiles, split) * BK
     split = triton_cdiv(K, k_per_split)
     part = torch.empty(split, T, N + 1, device=dev, dtype=torch.float32)
     fn_c = fn.contiguous()
     _coef_gemm[(tiles_t, split)](x, fn_c, part, T, K, k_per_split, N=N, NP=NP, BT=BT, BK=BK,
-                                 PREC=dot_mode(x.dtype), num_warps=4, num_stages=3)
+                                 PREC=dot_mode(x.dtype), num_warps=cfg["num_warps"],
+                                 num_stages=cfg["num_stages"])
     mix = torch.empty(T, N + 1, device=dev, dtype=torch.float32)
     h_pre = torch.empty(T, n, device=dev, dtype=torch.float32)
     h_post = torch.empty(T, n, device=dev, dtype=torch.float32)
     h_res = torch.empty(T, n, n, device=dev, dtype=torch.float32)
     NB = next_pow2(n)
-    BT2 = 32 if NB <= 4 else 8
+    cfg = tuned("coef_token", BT=32 if NB <= 4 else 8, num_warps=4)
+    BT2 = cfg["BT"]
     _coef_token[(triton_cdiv(T, BT2),)](
         part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res,
         T, split, K, int(iters), float(rms_eps), float(hc_eps),
-        n=n, N=N, NB=NB, BT=BT2, LOG=(hc_eps == 0.0), num_warps=4)
+        n=n, N=N, NB=NB, BT=BT2, LOG=(hc_eps == 0.0), num_warps=cfg["num_warps"])
     return h_pre, h_post, h_res, mix
 
 
@@ -468,9 +465,8 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     NP = max(16, next_pow2(N))
     NB = next_pow2(n)
     dev = x.device
-    BT2 = 16 if NB <= 4 else 4
-    if interpret_mode():
-        BT2 = 8
+    cfg = tuned("coef_token_bwd", BT=16 if NB <= 4 else 4, num_warps=4)
+    BT2 = 8 if interpret_mode() else cfg["BT"]
     nprog = triton_cdiv(T, BT2)
     G = torch.empty(T, NP, device=dev, dtype=torch.float32)
     dss = torch.empty(T, device=dev, dtype=torch.float32)
@@ -484,16 +480,18 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
         d_pre if d_pre is not None else dummy, d_post if d_post is not None else dummy,
         d_res if has_res else dummy, G, dss, dscale_p, dbase_p, scr, T, K, int(iters), float(hc_eps),
         n=n, N=N, NB=NB, NN=NB * NB, NP=NP, BT=BT2, LOG=(hc_eps == 0.0), HAS_DPRE=d_pre is not None,
-        HAS_DPOST=d_post is not None, HAS_DRES=has_res, num_warps=4)
+        HAS_DPOST=d_post is not None, HAS_DRES=has_res, num_warps=cfg["num_warps"])
     del scr
     # pass over x: dx and dfn
     prec = dot_mode(x.dtype)
-    BT = 16
     BC = max(16, min(next_pow2(C), 8192 // (NB * NP)))
     if x.element_size() > 2:
         BC = max(16, BC // 2)
+    cfg = tuned("coef_bwd_x", BT=16, BC=BC, num_warps=8 if NP * NB * BC >= 4096 else 4,
+                num_stages=2, waves=2)
+    BT, BC = cfg["BT"], cfg["BC"]
     c_tiles = triton_cdiv(C, BC)
-    tsplit = max(1, min(triton_cdiv(T, BT), (2 * _num_sms(dev)) // c_tiles))
+    tsplit = max(1, min(triton_cdiv(T, BT), (cfg["waves"] * device_sms(dev)) // c_tiles))
     t_per_split = triton_cdiv(triton_cdiv(T, BT), tsplit) * BT
     tsplit = triton_cdiv(T, t_per_split)
     dx = torch.empty_like(x)
@@ -505,7 +503,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
         h_pre if has_pre else G, dh if has_pre else G, h_res if has_gout else G,
         gout if has_gout else G, T, C, K, t_per_split,
         n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
-        num_warps=8 if NP * NB * BC >= 4096 else 4, num_stages=2)
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     dfn = dfn_p.sum(0)[:N] if tsplit > 1 else dfn_p[0, :N]
     return dx, dfn, dbase_p.sum(0), dscale_p.sum(0)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import LazyJit, interpret_mode, next_pow2, resolve_backend
+from ._backend import LazyJit, interpret_mode, next_pow2, resolve_backend, tuned
 
 __all__ = ["post_res", "post_res_reference"]
 
@@ -104,13 +104,13 @@ def post_res_forward_triton(x, y, h_post, h_res):
     T, n, C = x.shape
     NB = next_pow2(n)
     BC = max(16, min(next_pow2(C), 4096 // NB))
+    cfg = tuned("post_res_fwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
+    BT, BC = cfg["BT"], cfg["BC"]
     if interpret_mode():
         BC = min(BC, 32)
-    BT = 1
     out = torch.empty_like(x)
     _post_res_fwd[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
-        x, y, h_post, h_res, out, T, C, n=n, NB=NB, BT=BT, BC=BC,
-        num_warps=4 if NB * BC <= 2048 else 8)
+        x, y, h_post, h_res, out, T, C, n=n, NB=NB, BT=BT, BC=BC, num_warps=cfg["num_warps"])
     return out
 
 
@@ -119,16 +119,17 @@ def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
     T, n, C = x.shape
     NB = next_pow2(n)
     BC = max(16, min(next_pow2(C), 4096 // (NB * NB)))
+    cfg = tuned("post_res_bwd", BT=1, BC=BC, num_warps=4 if NB * NB * BC <= 2048 else 8)
+    BT, BC = cfg["BT"], cfg["BC"]
     if interpret_mode():
         BC = min(BC, 32)
-    BT = 1
     dy = torch.empty(T, C, device=x.device, dtype=y.dtype)
     dhpost = torch.empty(T, n, device=x.device, dtype=torch.float32)
     dhres = torch.empty(T, n, n, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x) if write_dx else None
     _post_res_bwd[(triton_cdiv(T, BT),)](
         x, y, h_post, h_res, g, dx if write_dx else dy, dy, dhpost, dhres, T, C,
-        n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=write_dx, num_warps=4 if NB * NB * BC <= 2048 else 8)
+        n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=write_dx, num_warps=cfg["num_warps"])
     return dx, dy, dhpost, dhres
 
 

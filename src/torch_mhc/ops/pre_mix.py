@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import LazyJit, interpret_mode, next_pow2, resolve_backend
+from ._backend import LazyJit, interpret_mode, next_pow2, resolve_backend, tuned
 
 __all__ = ["pre_mix", "pre_mix_reference"]
 
@@ -93,10 +93,11 @@ def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor
     """``x (T, n, C)``, ``h_pre (T, n)`` fp32, contiguous -> ``h (T, C)`` in ``x``'s dtype."""
     T, n, C = x.shape
     NB, BC = _fwd_blocks(n, C)
-    BT = 1
+    cfg = tuned("pre_mix_fwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
+    BT, BC = cfg["BT"], (BC if interpret_mode() else cfg["BC"])
     h = torch.empty(T, C, device=x.device, dtype=x.dtype)
     _pre_mix_fwd[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
-        x, h_pre, h, T, C, n=n, NB=NB, BT=BT, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
+        x, h_pre, h, T, C, n=n, NB=NB, BT=BT, BC=BC, num_warps=cfg["num_warps"])
     return h
 
 
@@ -105,12 +106,13 @@ def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tens
     """``(dx or None, dH_pre (T, n) fp32)`` from ``dh (T, C)``, one pass over ``x`` and ``dh``."""
     T, n, C = x.shape
     NB, BC = _bwd_blocks(n, C)
-    BT = 1
+    cfg = tuned("pre_mix_bwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 1024 else 8)
+    BT, BC = cfg["BT"], (BC if interpret_mode() else cfg["BC"])
     dhpre = torch.empty(T, n, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x) if write_dx else None
     _pre_mix_bwd[(triton_cdiv(T, BT),)](
         x, h_pre, dh, dx if write_dx else dhpre, dhpre, T, C, n=n, NB=NB, BT=BT, BC=BC,
-        WRITE_DX=write_dx, num_warps=4 if NB * BC <= 1024 else 8)
+        WRITE_DX=write_dx, num_warps=cfg["num_warps"])
     return dx, dhpre
 
 

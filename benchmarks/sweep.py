@@ -1,0 +1,114 @@
+"""Time a few launch configurations of every fused kernel at the `layer` shape (T = 4096,
+C = 4096, n = 4, bf16) and write the fastest of each as a TUNING JSON
+(``TORCH_MHC_TUNING=<file>`` makes the launchers use it).
+
+    PYTHONPATH=src python benchmarks/sweep.py --out tuning.json [--tokens 4096 --C 4096]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+import torch
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="tuning.json")
+    ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--C", type=int, default=4096)
+    ap.add_argument("--n", type=int, default=4)
+    args = ap.parse_args()
+    from triton.testing import do_bench
+
+    from torch_mhc.ops._backend import TUNING
+    co = importlib.import_module("torch_mhc.ops.coefficients")
+    pm = importlib.import_module("torch_mhc.ops.pre_mix")
+    po = importlib.import_module("torch_mhc.ops.post_res")
+    dev = "cuda"
+    T, C, n = args.tokens, args.C, args.n
+    N, K = (n + 2) * n, n * C
+    es = 2
+    unit = T * C * es
+    x = torch.randn(T, n, C, device=dev, dtype=torch.bfloat16)
+    g = torch.randn_like(x)
+    y = torch.randn(T, C, device=dev, dtype=torch.bfloat16)
+    fn = torch.randn(N, K, device=dev) * 0.02
+    base = torch.randn(N, device=dev)
+    scale = torch.rand(3, device=dev) + 0.5
+    hp, hq, hr, mix = co.coef_forward_triton(x, fn, base, scale, 20, 1e-20, 0.0)
+    dpre, dpost, dres = torch.randn_like(hp), torch.randn_like(hq), torch.randn_like(hr)
+    a = torch.empty(2**29, dtype=torch.bfloat16, device=dev)
+    b = torch.empty_like(a)
+    bw = 2 * a.numel() * 2 / (do_bench(lambda: b.copy_(a), return_mode="median") * 1e-3)
+    del a, b
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
+
+    jobs = {
+        "coef_gemm": (lambda: co.coef_forward_triton(x, fn, base, scale, 20, 1e-20, 0.0),
+                      n * unit + N * K * 4,
+                      [dict(BT=64, BK=64, num_warps=4, num_stages=3, waves=2),
+                       dict(BT=128, BK=64, num_warps=8, num_stages=3, waves=2),
+                       dict(BT=64, BK=128, num_warps=8, num_stages=3, waves=2),
+                       dict(BT=64, BK=64, num_warps=4, num_stages=4, waves=4),
+                       dict(BT=128, BK=128, num_warps=8, num_stages=3, waves=2),
+                       dict(BT=32, BK=128, num_warps=4, num_stages=3, waves=2)]),
+        "coef_bwd_x": (lambda: co.coef_backward_triton(x, fn, base, scale, mix, dpre, dpost, dres, 20,
+                                                       0.0, h_pre=hp, dh=y, h_res=hr, gout=g),
+                       (3 * n + 1) * unit + 2 * N * K * 4,
+                       [dict(BT=16, BC=64, num_warps=8, num_stages=2, waves=2),
+                        dict(BT=32, BC=64, num_warps=8, num_stages=2, waves=2),
+                        dict(BT=16, BC=32, num_warps=4, num_stages=2, waves=2),
+                        dict(BT=16, BC=64, num_warps=8, num_stages=3, waves=4),
+                        dict(BT=32, BC=32, num_warps=4, num_stages=2, waves=4),
+                        dict(BT=16, BC=64, num_warps=4, num_stages=2, waves=2)]),
+        "pre_mix_fwd": (lambda: pm.pre_mix_forward_triton(x, hp), (n + 1) * unit,
+                        [dict(BT=1, BC=1024, num_warps=8), dict(BT=1, BC=512, num_warps=4),
+                         dict(BT=1, BC=2048, num_warps=8), dict(BT=2, BC=512, num_warps=4),
+                         dict(BT=4, BC=256, num_warps=4), dict(BT=1, BC=1024, num_warps=4)]),
+        "pre_mix_bwd": (lambda: pm.pre_mix_backward_triton(x, hp, y, False), (n + 1) * unit,
+                        [dict(BT=1, BC=512, num_warps=8), dict(BT=1, BC=256, num_warps=4),
+                         dict(BT=1, BC=1024, num_warps=8), dict(BT=2, BC=256, num_warps=4),
+                         dict(BT=1, BC=512, num_warps=4), dict(BT=4, BC=128, num_warps=4)]),
+        "post_res_fwd": (lambda: po.post_res_forward_triton(x, y, hq, hr), (2 * n + 1) * unit,
+                         [dict(BT=1, BC=1024, num_warps=8), dict(BT=1, BC=512, num_warps=4),
+                          dict(BT=1, BC=2048, num_warps=8), dict(BT=2, BC=512, num_warps=4),
+                          dict(BT=1, BC=1024, num_warps=4)]),
+        "post_res_bwd": (lambda: po.post_res_backward_triton(x, y, hq, hr, g, False),
+                         (2 * n + 2) * unit,
+                         [dict(BT=1, BC=256, num_warps=8), dict(BT=1, BC=128, num_warps=4),
+                          dict(BT=1, BC=512, num_warps=8), dict(BT=2, BC=128, num_warps=4),
+                          dict(BT=1, BC=256, num_warps=4)]),
+    }
+    best = {}
+    report = {}
+    for name, (fn_call, nbytes, cfgs) in jobs.items():
+        results = []
+        for cfg in cfgs:
+            TUNING[name] = cfg
+            try:
+                ms = do_bench(fn_call, warmup=10, rep=40, return_mode="median")
+            except Exception as e:  # noqa: BLE001
+                print(f"{name} {cfg} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+                continue
+            pct = 100 * nbytes / (ms * 1e-3) / bw
+            results.append((ms, cfg))
+            print(f"{name:13s} {ms * 1e3:8.1f} us {pct:5.1f}% of copy bw  {cfg}", flush=True)
+        TUNING.pop(name, None)
+        if results:
+            ms, cfg = min(results, key=lambda r: r[0])
+            best[name] = cfg
+            report[name] = {"best_us": ms * 1e3, "pct_copy_bw": 100 * nbytes / (ms * 1e-3) / bw,
+                            "all": [(r[0] * 1e3, r[1]) for r in results]}
+    with open(args.out, "w") as f:
+        json.dump(best, f, indent=1)
+    with open(args.out.replace(".json", "_report.json"), "w") as f:
+        json.dump({"copy_bw_TBps": bw / 1e12, **report}, f, indent=1)
+    print(json.dumps(best))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

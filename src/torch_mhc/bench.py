@@ -1,0 +1,476 @@
+"""``mhc bench``: what mHC costs over a plain residual model, measured in one run.
+
+Suites (``--suite``):
+
+* ``layer``: ``GPT`` with ``gpt_config("layer")`` (d = 4096, 4 blocks, 32 heads, sequence
+  4096, micro-batch 1, SwiGLU 11008): forward + backward + AdamW step, median of ``--steps``
+  timed steps after ``--warmup``, for the plain residual, mHC (n = 4) on our fused Triton
+  kernels, mHC on the PyTorch reference, and Liger-Kernel's ``LigerMHC`` when
+  ``liger_kernel`` is importable (the JSON says so when it is not). Peak memory of each.
+* ``gpt-small``: the same with ``gpt_config("gpt-small")``, batch 8.
+* ``kernels``: each op forward and backward at T = 4096, C = 4096, Triton vs the PyTorch
+  reference (and one whole connection, with Liger's for comparison), with the minimum bytes
+  each must move and the achieved fraction of this card's device-to-device copy bandwidth,
+  measured in the same run.
+
+``--dtype bf16`` (default) keeps the model in bf16 (the mHC parameters ``fn, base, scale``
+stay fp32, as the paper keeps ``phi``); ``autocast`` trains fp32 parameters under
+``torch.autocast(bfloat16)``; ``fp32`` is plain fp32.
+
+The JSON holds ``suite, overhead_pct, peak_mem_overhead_pct, device, torch, triton, commit,
+config`` and one entry per variant (``median_ms``, all step times, ``peak_mem_gib``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["register", "run_bench", "main"]
+
+SUITES = ("layer", "gpt-small", "kernels")
+
+
+# -- environment ---------------------------------------------------------------------------------
+
+def _commit() -> str:
+    env = os.environ.get("MHC_COMMIT")
+    if env:
+        return env
+    try:
+        root = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def _device_info(device: torch.device) -> Dict:
+    info = {"type": device.type, "host": platform.node()}
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info.update(name=p.name, sm_count=p.multi_processor_count,
+                    memory_gib=round(p.total_memory / 2**30, 1),
+                    capability=f"{p.major}.{p.minor}")
+    else:
+        info["name"] = platform.processor() or "cpu"
+    return info
+
+
+def _versions() -> Dict:
+    out = {"torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import triton
+        out["triton"] = triton.__version__
+    except Exception:  # noqa: BLE001
+        out["triton"] = None
+    try:
+        import importlib.metadata as md
+        out["liger_kernel"] = md.version("liger-kernel")
+    except Exception:  # noqa: BLE001
+        out["liger_kernel"] = None
+    return out
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- Liger-Kernel adapter ------------------------------------------------------------------------
+
+def _liger_mhc_class():
+    """``(LigerMHC, None)`` when Liger-Kernel imports, else ``(None, reason)``."""
+    try:
+        from liger_kernel.transformers.mhc import LigerMHC
+        return LigerMHC, None
+    except Exception as e:  # noqa: BLE001
+        return None, f"liger_kernel not importable: {type(e).__name__}: {e}"
+
+
+class _BoundBranch(nn.Module):
+    """Calls the GPT branch with the extra arguments (rotary tables) of the current call."""
+
+    def __init__(self, branch: nn.Module):
+        super().__init__()
+        self.branch = branch
+        self.extra = ()
+
+    def forward(self, h):
+        return self.branch(h, *self.extra)
+
+
+class LigerConnection(nn.Module):
+    """A ``HyperConnection`` slot filled with Liger-Kernel's ``LigerMHC`` (same branch, same
+    n, C, Sinkhorn iterations; Liger's own parameter layout and its default eps terms)."""
+
+    def __init__(self, hc, liger_cls, phi_dtype):
+        super().__init__()
+        self.bound = _BoundBranch(hc.branch)
+        self.mhc = liger_cls(self.bound, hc=hc.n, c=hc.dim, tmax=hc.sinkhorn_iters,
+                             rms_eps=max(hc.rms_eps, 1e-6), phi_dtype=phi_dtype,
+                             allow_fp32=phi_dtype == torch.float32)
+        with torch.no_grad():
+            self.mhc.phi.normal_(0, 1e-3)
+
+    def forward(self, x, *args):
+        self.bound.extra = args
+        try:
+            return self.mhc(x)
+        finally:
+            self.bound.extra = ()
+
+
+# -- model step timing ---------------------------------------------------------------------------
+
+def _build_gpt(preset: str, variant: str, args, device):
+    from .models import GPT, gpt_config
+    over = {}
+    if args.seq:
+        over["seq_len"] = args.seq
+    if variant == "residual":
+        cfg = gpt_config(preset, connection="residual", **over)
+    else:
+        backend = {"mhc-triton": "triton", "mhc-torch": "torch", "liger": "torch"}[variant]
+        cfg = gpt_config(preset, connection="mhc", n=args.n, backend=backend, **over)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    with torch.no_grad():  # never time on zeros: give the dynamic part small random weights
+        for hc in (model.connections() if cfg.connection == "mhc" else []):
+            hc.fn.normal_(0, 1e-3)
+    dtype = {"bf16": torch.bfloat16, "autocast": torch.float32, "fp32": torch.float32}[args.dtype]
+    model = model.to(device=device, dtype=dtype)
+    if cfg.connection == "mhc":
+        for hc in model.connections():  # keep the mHC parameters in fp32 (paper: phi fp32)
+            for p in (hc.fn, hc.base, hc.scale):
+                p.data = p.data.float()
+    if variant == "liger":
+        liger_cls, why = _liger_mhc_class()
+        if liger_cls is None:
+            raise RuntimeError(why)
+        for block in model.blocks:
+            block.attn = LigerConnection(block.attn, liger_cls, dtype).to(device)
+            block.mlp = LigerConnection(block.mlp, liger_cls, dtype).to(device)
+    return model, cfg
+
+
+def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
+    model, cfg = _build_gpt(preset, variant, args, device)
+    T = cfg.seq_len
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                            foreach=True)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    data = [(torch.randint(0, cfg.vocab_size, (batch, T), generator=g).to(device),
+             torch.randint(0, cfg.vocab_size, (batch, T), generator=g).to(device))
+            for _ in range(2)]
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "autocast"
+           else contextlib.nullcontext())
+
+    def step(i):
+        idx, tgt = data[i % 2]
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            _, loss = model(idx, tgt)
+        loss.backward()
+        opt.step()
+        return loss
+
+    t_compile = time.perf_counter()
+    for i in range(args.warmup):
+        loss = step(i)
+    _sync(device)
+    warm_s = time.perf_counter() - t_compile
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(args.steps):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            loss = step(i)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            loss = step(i)
+            times.append((time.perf_counter() - t0) * 1e3)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    res = {"median_ms": statistics.median(times), "min_ms": min(times), "times_ms": times,
+           "peak_mem_gib": peak, "loss": float(loss.detach()), "warmup_s": warm_s,
+           "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    del model, opt, data
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def _model_suite(suite: str, args, device) -> Dict:
+    preset = args.preset or suite
+    batch = args.batch or (1 if suite == "layer" else 8)
+    variants = ["residual", "mhc-triton", "mhc-torch", "liger"]
+    if args.variants:
+        variants = [v for v in args.variants.split(",") if v]
+    out: Dict = {"variants": {}}
+    liger_cls, why = _liger_mhc_class()
+    if liger_cls is None:
+        out["liger"] = why
+    for v in variants:
+        if v == "liger" and liger_cls is None:
+            out["variants"][v] = {"skipped": why}
+            continue
+        if v == "mhc-triton" and device.type != "cuda":
+            out["variants"][v] = {"skipped": "needs CUDA"}
+            continue
+        try:
+            r = _time_model(preset, v, batch, args, device)
+        except Exception as e:  # noqa: BLE001  (record it, keep measuring the others)
+            r = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        out["variants"][v] = r
+        _log(f"  {suite} {v}: " + (f"{r['median_ms']:.2f} ms, peak {r['peak_mem_gib']} GiB"
+                                   if "median_ms" in r else str(r)))
+    base = out["variants"].get("residual", {})
+    for v, r in out["variants"].items():
+        if "median_ms" in r and "median_ms" in base:
+            r["overhead_pct"] = 100.0 * (r["median_ms"] / base["median_ms"] - 1.0)
+            if r.get("peak_mem_gib") and base.get("peak_mem_gib"):
+                r["peak_mem_overhead_pct"] = 100.0 * (r["peak_mem_gib"] / base["peak_mem_gib"] - 1.0)
+    ours = out["variants"].get("mhc-triton", {})
+    out["overhead_pct"] = ours.get("overhead_pct")
+    out["peak_mem_overhead_pct"] = ours.get("peak_mem_overhead_pct")
+    out["config"] = {"preset": preset, "batch": batch, "n": args.n, "dtype": args.dtype,
+                     "steps": args.steps, "warmup": args.warmup, "optimizer": "AdamW(foreach)",
+                     "seq_len": args.seq or None,
+                     "timing": "CUDA events around zero_grad+forward+backward+step, median"}
+    return out
+
+
+# -- kernels suite -------------------------------------------------------------------------------
+
+def _bench_ms(fn, device, reps: int = 50) -> float:
+    """Median milliseconds of ``fn()``; on CUDA through ``triton.testing.do_bench`` (events,
+    L2 flushed between runs), on CPU a host clock."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+        return float(do_bench(fn, warmup=25, rep=max(reps, 20), return_mode="median"))
+    fn()
+    ts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
+
+
+def _copy_bandwidth(device) -> Optional[float]:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written)."""
+    if device.type != "cuda":
+        return None
+    a = torch.empty(2**30 // 2, dtype=torch.bfloat16, device=device).normal_()
+    b = torch.empty_like(a)
+    ms = _bench_ms(lambda: b.copy_(a), device)
+    bw = 2 * a.numel() * a.element_size() / (ms * 1e-3)
+    del a, b
+    torch.cuda.empty_cache()
+    return bw
+
+
+def _kernels_suite(args, device) -> Dict:
+    from .ops.coefficients import mhc_coefficients
+    from .ops.connection import connection_post, connection_pre
+    from .ops.post_res import post_res
+    from .ops.pre_mix import pre_mix
+
+    n = args.n
+    T = args.tokens
+    C = args.C
+    dt = {"bf16": torch.bfloat16, "autocast": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    es = torch.tensor([], dtype=dt).element_size()
+    N = (n + 2) * n
+    K = n * C
+    bw = _copy_bandwidth(device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rnd(*shape, dtype=dt, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+
+    x = rnd(T, n, C).requires_grad_()
+    y = rnd(T, C).requires_grad_()
+    fn = rnd(N, K, dtype=torch.float32, scale=0.02).requires_grad_()
+    base = rnd(N, dtype=torch.float32).requires_grad_()
+    scale = (torch.rand(3, generator=g) + 0.5).to(device).requires_grad_()
+    h_pre = torch.rand(T, n, generator=g).to(device).requires_grad_()
+    h_post = (2 * torch.rand(T, n, generator=g)).to(device).requires_grad_()
+    h_res = torch.rand(T, n, n, generator=g).to(device).requires_grad_()
+    stream = T * C * es  # bytes of one C-wide activation
+
+    def conn(backend):
+        if backend == "triton":
+            def f():
+                h, hp, hq, hr, link = connection_pre(x, fn, base, scale)
+                return connection_post(x, h, hq, hr, link)  # branch = identity
+        else:
+            def f():
+                hp, hq, hr = mhc_coefficients(x, fn, base, scale, backend="torch")
+                h = pre_mix(x, hp, backend="torch")
+                return post_res(x, h, hq, hr, backend="torch")
+        return f
+
+    # (name, fwd callable factory(backend), grad inputs, min bytes fwd, min bytes bwd)
+    ops = [
+        ("coefficients", lambda b: (lambda: mhc_coefficients(x, fn, base, scale, backend=b)),
+         [x, fn, base, scale], n * stream + N * K * 4,
+         2 * n * stream + 2 * N * K * 4),
+        ("pre_mix", lambda b: (lambda: pre_mix(x, h_pre, backend=b)), [x, h_pre],
+         (n + 1) * stream, (2 * n + 1) * stream),
+        ("post_res", lambda b: (lambda: post_res(x, y, h_post, h_res, backend=b)),
+         [x, y, h_post, h_res], (2 * n + 1) * stream, (3 * n + 2) * stream),
+        ("connection", conn, [x, fn, base, scale],
+         (4 * n + 2) * stream + N * K * 4, (6 * n + 4) * stream + 2 * N * K * 4),
+    ]
+    rows = []
+    backends = ["triton", "torch"] if device.type == "cuda" else ["torch"]
+    for name, make, inputs, b_fwd, b_bwd in ops:
+        for backend in backends:
+            row = {"op": name, "impl": backend, "min_bytes_fwd": b_fwd, "min_bytes_bwd": b_bwd}
+            try:
+                f = make(backend)
+                with torch.no_grad():
+                    row["fwd_us"] = 1e3 * _bench_ms(f, device)
+                out = f()
+                outs = out if isinstance(out, tuple) else (out,)
+                grads = [torch.randn_like(o) for o in outs]
+
+                def bwd():
+                    torch.autograd.grad(outs, inputs, grads, retain_graph=True, allow_unused=True)
+                row["bwd_us"] = 1e3 * _bench_ms(bwd, device)
+                del out, outs, grads
+                row["fwd_bwd_us"] = row["fwd_us"] + row["bwd_us"]
+                if bw:
+                    row["fwd_pct_copy_bw"] = 100 * b_fwd / (row["fwd_us"] * 1e-6) / bw
+                    row["bwd_pct_copy_bw"] = 100 * b_bwd / (row["bwd_us"] * 1e-6) / bw
+                    row["fwd_TBps"] = b_fwd / (row["fwd_us"] * 1e-6) / 1e12
+                    row["bwd_TBps"] = b_bwd / (row["bwd_us"] * 1e-6) / 1e12
+            except Exception as e:  # noqa: BLE001
+                row["error"] = f"{type(e).__name__}: {e}"[:1000]
+            rows.append(row)
+            _log("  kernels " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in row.items() if "bytes" not in k))
+    liger_cls, why = _liger_mhc_class()
+    liger_row = {"op": "connection", "impl": "liger"}
+    if liger_cls is not None and device.type == "cuda":
+        try:
+            m = liger_cls(nn.Identity(), hc=n, c=C, tmax=20, phi_dtype=dt,
+                          allow_fp32=dt == torch.float32).to(device)
+            with torch.no_grad():
+                m.phi.normal_(0, 0.02)
+            with torch.no_grad():
+                liger_row["fwd_us"] = 1e3 * _bench_ms(lambda: m(x), device)
+            out = m(x)
+            go = torch.randn_like(out)
+            ins = [x] + list(m.parameters())
+            liger_row["bwd_us"] = 1e3 * _bench_ms(
+                lambda: torch.autograd.grad(out, ins, go, retain_graph=True), device)
+            liger_row["fwd_bwd_us"] = liger_row["fwd_us"] + liger_row["bwd_us"]
+        except Exception as e:  # noqa: BLE001
+            liger_row["error"] = f"{type(e).__name__}: {e}"[:1000]
+    else:
+        liger_row["skipped"] = why or "needs CUDA"
+    rows.append(liger_row)
+    _log(f"  kernels liger connection: {liger_row}")
+    ours = {r["op"]: r for r in rows if r.get("impl") == "triton"}
+    out = {"copy_bandwidth_TBps": bw / 1e12 if bw else None, "rows": rows,
+           "config": {"tokens": T, "C": C, "n": n, "dtype": str(dt).replace("torch.", ""),
+                      "timing": "triton.testing.do_bench median (L2 flushed)",
+                      "bytes": "minimum: every input read once, every output written once"}}
+    c = ours.get("connection", {})
+    if "fwd_bwd_us" in c:
+        # one connection's share of a step: no residual step in this suite; report vs copy bw
+        out["connection_fwd_bwd_us"] = c["fwd_bwd_us"]
+    out["overhead_pct"] = None
+    out["peak_mem_overhead_pct"] = None
+    return out
+
+
+# -- entry points --------------------------------------------------------------------------------
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_bench(args) -> Dict:
+    """Run one suite and return its JSON-ready dict."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t0 = time.time()
+    if args.suite == "kernels":
+        res = _kernels_suite(args, device)
+    else:
+        res = _model_suite(args.suite, args, device)
+    v = _versions()
+    res.update(suite=args.suite, device=_device_info(device), torch=v["torch"],
+               triton=v["triton"], liger_kernel=v["liger_kernel"], commit=_commit(),
+               wall_s=round(time.time() - t0, 1))
+    order = ["suite", "overhead_pct", "peak_mem_overhead_pct", "device", "torch", "triton",
+             "liger_kernel", "commit", "config"]
+    return {**{k: res[k] for k in order if k in res}, **{k: v for k, v in res.items() if k not in order}}
+
+
+def _cmd(args) -> int:
+    res = run_bench(args)
+    text = json.dumps(res, indent=2, default=float)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(json.dumps({k: res.get(k) for k in ("suite", "overhead_pct", "peak_mem_overhead_pct")}))
+    return 0
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", choices=SUITES, default="layer")
+    p.add_argument("--out", default=None, help="write the JSON here")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (median)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles kernels)")
+    p.add_argument("--n", type=int, default=4, help="streams")
+    p.add_argument("--dtype", choices=("bf16", "autocast", "fp32"), default="bf16")
+    p.add_argument("--variants", default=None,
+                   help="comma list of residual,mhc-triton,mhc-torch,liger (default all)")
+    p.add_argument("--preset", default=None, help="override the suite's GPT preset")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--seq", type=int, default=None, help="override the sequence length")
+    p.add_argument("--tokens", type=int, default=4096, help="kernels suite: tokens")
+    p.add_argument("--C", type=int, default=4096, help="kernels suite: stream width")
+    p.add_argument("--device", default=None)
+
+
+def register(subparsers) -> None:
+    """Add ``mhc bench`` to the ``mhc`` command."""
+    p = subparsers.add_parser("bench", help="time mHC against the plain residual (GPU)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_args(p)
+    p.set_defaults(func=_cmd)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m torch_mhc.bench``."""
+    p = argparse.ArgumentParser(prog="mhc bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_args(p)
+    return _cmd(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
