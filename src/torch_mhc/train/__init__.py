@@ -1,0 +1,13 @@
+"""Training and comparing: ``mhc train``, ``mhc compare``, ``mhc report``.
+
+* :class:`TrainConfig`, :data:`PRESETS`, :func:`resolve_config` -- settings.
+* :class:`Trainer`, :func:`train` -- one run (logs, checkpoints, diagnostics).
+* :func:`compare` -- residual, HC and mHC variants of one model side by side.
+* :func:`write_report` -- plots and ``report.html`` from the logs of a run or comparison.
+"""
+from .checkpoint import CheckpointError, CheckpointManager
+from .config import PRESETS, ConfigError, TrainConfig, load_config_file, resolve_config
+from .trainer import Trainer, build_model, lr_at, train
+
+__all__ = ["TrainConfig", "PRESETS", "ConfigError", "CheckpointError", "CheckpointManager",
+           "resolve_config", "load_config_file", "Trainer", "train", "build_model", "lr_at"]

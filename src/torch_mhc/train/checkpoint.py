@@ -1,0 +1,161 @@
+"""Checkpoints: weights as safetensors, optimizer/step/RNG in a small state file.
+
+A checkpoint is a folder ``<run>/checkpoints/step_00000100/`` holding ``model.safetensors``
+and ``state.pt``. It is written into a temporary folder first and renamed into place, so a
+crash never leaves a half-written checkpoint under a real name; only the last ``keep_last``
+are kept. ``CheckpointManager`` is the whole interface the trainer uses (save, latest,
+load), so another storage scheme (e.g. sharded, for FSDP) can replace it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+__all__ = ["CheckpointManager", "CheckpointError", "find_checkpoint", "rng_state",
+           "set_rng_state", "WEIGHTS", "STATE"]
+
+WEIGHTS, STATE = "model.safetensors", "state.pt"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or from an incompatible run."""
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every RNG the run could touch (torch CPU/CUDA, Python, NumPy) as plain data."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _step_dirs(root: Path) -> List[Path]:
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and (p / STATE).is_file()
+             and (p / WEIGHTS).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(path) -> Path:
+    """A checkpoint folder from a checkpoint folder, a ``checkpoints`` folder or a run folder."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"cannot resume: {path} does not exist")
+    if (p / STATE).is_file() and (p / WEIGHTS).is_file():
+        return p
+    for root in (p / "checkpoints", p):
+        dirs = _step_dirs(root)
+        if dirs:
+            return dirs[-1]
+    raise CheckpointError(f"cannot resume: no checkpoint in {path} (a run writes one every "
+                          "--ckpt-interval steps and at the end)")
+
+
+class CheckpointManager:
+    """Save, find and load the checkpoints of one run folder.
+
+    Args:
+        run_dir: the run's output folder; checkpoints go to ``run_dir/checkpoints``.
+        keep_last: how many checkpoints to keep (older ones are deleted after a save).
+        enabled: False on processes that must not write (non-main ranks).
+    """
+
+    def __init__(self, run_dir, keep_last: int = 2, enabled: bool = True):
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep_last, self.enabled = keep_last, enabled
+
+    def list(self) -> List[Path]:
+        """Complete checkpoints, oldest first."""
+        return _step_dirs(self.root)
+
+    def latest(self) -> Optional[Path]:
+        """The newest complete checkpoint, or None."""
+        dirs = self.list()
+        return dirs[-1] if dirs else None
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             extra: Dict[str, Any]) -> Optional[Path]:
+        """Write checkpoint ``step`` atomically and prune old ones; returns its folder."""
+        if not self.enabled:
+            return None
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"step_{step:08d}"
+        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_model(model, str(tmp / WEIGHTS))
+        state = {"format": 1, "step": step, "optimizer": optimizer.state_dict(),
+                 "rng": rng_state(), **extra}
+        torch.save(state, tmp / STATE)
+        for f in (WEIGHTS, STATE):
+            with open(tmp / f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():  # re-saving a step (e.g. after a resume): swap, then drop the old
+            old = self.root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        for stale in self.list()[:-self.keep_last]:
+            shutil.rmtree(stale, ignore_errors=True)
+        return final
+
+    def clean_temporary(self) -> None:
+        """Remove leftovers of interrupted saves."""
+        if self.root.is_dir():
+            for p in self.root.iterdir():
+                if p.name.startswith((".tmp-", ".old-")):
+                    shutil.rmtree(p, ignore_errors=True)
+
+    @staticmethod
+    def read_state(path) -> Dict[str, Any]:
+        """The state file of checkpoint folder ``path`` (no weights)."""
+        try:
+            return torch.load(Path(path) / STATE, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+
+    @staticmethod
+    def load(path, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
+             state: Dict[str, Any], device) -> None:
+        """Load weights (and optimizer state) of checkpoint ``path`` into the given objects."""
+        try:
+            missing, unexpected = load_model(model, str(Path(path) / WEIGHTS), strict=False,
+                                             device=str(device))
+        except Exception as e:
+            raise CheckpointError(f"cannot load the weights of checkpoint {path}: {e}") from None
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {path} does not fit this model (missing "
+                                  f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        if optimizer is not None:
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except Exception as e:
+                raise CheckpointError(f"checkpoint {path}: optimizer state does not fit: "
+                                      f"{e}") from None

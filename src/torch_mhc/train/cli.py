@@ -1,0 +1,263 @@
+"""``mhc train``, ``mhc compare`` and ``mhc report``: the command-line front of the trainer.
+
+``register(subparsers)`` adds the three subcommands to the ``mhc`` parser
+(``torch_mhc.cli``); ``main(argv)`` runs them on their own
+(``python -m torch_mhc.train.cli compare --preset tiny``). Every flag of ``train`` and
+``compare`` is a :class:`~torch_mhc.train.config.TrainConfig` field. Bad input ends with a
+one-line message and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from typing import List, Optional
+
+from ..data import DataError
+from .checkpoint import CheckpointError
+from .config import PRESETS, ConfigError, TrainConfig, resolve_config
+
+__all__ = ["register", "main", "build_parser", "EXIT_OK", "EXIT_DIVERGED", "EXIT_BAD_INPUT",
+           "EXIT_INTERRUPTED"]
+
+EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_GROUPS = ("model", "data", "optimisation", "runtime", "output")
+
+
+def _preset_table() -> str:
+    lines = []
+    for name, p in PRESETS.items():
+        shape = (f"{p['n_layer']} blocks x d={p['d_model']}, {p['n_head']} heads"
+                 if p["model"] == "gpt" else f"{p['n_layer']} layers x width {p['d_model']}")
+        lines.append(f"  {name:<10} {p['model']:<5} {shape}, seq {p['seq_len']}, batch "
+                     f"{p['batch_size']}, {p['max_steps']} steps, lr {p['lr']:g}")
+    return "\n".join(lines)
+
+
+_COMMON_EPILOG = f"""
+presets (any flag overrides a preset value):
+{_preset_table()}
+  tiny and deep-tiny run on a laptop CPU in minutes; small, medium and deep are meant
+  for one GPU (--device auto picks CUDA when present, with bf16 autocast).
+
+data (--data): shakespeare (default, embedded), wikitext2 (embedded), a text file, a
+  folder of text files (byte-level tokens, vocabulary 256), or pre-tokenized .bin
+  shards as nanoGPT/llm.c write them (a file, a folder or a glob; uint16/uint32).
+
+config files (--config run.toml / .yaml / .json): flag names as keys, dashes or
+  underscores, optionally in [sections]; flags given on the command line win:
+      preset = "small"
+      [optimisation]
+      lr = 1e-3
+      max-steps = 5000
+
+exit codes: 0 done, 1 stopped on a non-finite loss, 2 bad input, 130 interrupted.
+"""
+
+TRAIN_EPILOG = """examples:
+  mhc train                                   # tiny mHC GPT on TinyShakespeare, CPU
+  mhc train --connection hc --n 4 --out runs/hc
+  mhc train --preset small --data wikitext2   # one GPU
+  mhc train --data notes/ --seq-len 256 --max-steps 2000 --lr 1e-3
+  mhc train --data fineweb10B/ --vocab-size 50304 --preset medium --compile
+  mhc train --config run.toml --lr 1e-3       # the flag overrides the file
+  mhc train --out runs/a --resume runs/a --max-steps 400   # continue a run
+""" + _COMMON_EPILOG
+
+COMPARE_EPILOG = """examples:
+  mhc compare --preset tiny --out runs/tiny          # CPU, a few minutes; open
+                                                     # runs/tiny/report.html
+  mhc compare --preset small --out runs/small --data wikitext2   # one GPU
+  mhc compare --preset deep-tiny --modes residual,mhc --out runs/deep
+  mhc compare --preset tiny --max-steps 50 --out runs/quick --overwrite
+  mhc compare --out runs/tiny --resume               # finish an interrupted comparison
+
+what you get in --out: summary.json (per mode: final train/val loss, composite
+gains, gradient ratio, divergence, tokens/s, peak memory), <mode>/log.jsonl,
+plots/*.png and report.html.
+""" + _COMMON_EPILOG
+
+REPORT_EPILOG = """examples:
+  mhc report runs/tiny         # a comparison folder (from mhc compare)
+  mhc report runs/tiny-mhc     # a single run (from mhc train)
+"""
+
+
+def _help(f) -> str:
+    text = f.metadata.get("help", "")
+    if f.metadata.get("preset"):
+        return f"{text} (default: from the preset)"
+    if f.default is None or isinstance(f.default, bool):
+        return text
+    return f"{text} (default: {f.default})"
+
+
+def add_config_flags(parser: argparse.ArgumentParser, skip=()) -> None:
+    """One flag per :class:`TrainConfig` field, grouped, defaulting to 'not given'."""
+    groups = {g: parser.add_argument_group(f"{g} options") for g in _GROUPS}
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="settings file (.toml, .yaml, .json); flags override it")
+    for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        group = groups.get(f.metadata.get("group"), parser)
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=_help(f))
+        if f.name == "preset":
+            group.add_argument(flag, choices=list(PRESETS), metavar="NAME",
+                               **{**kw, "help": f"{', '.join(PRESETS)} (default: tiny)"})
+        elif isinstance(f.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            tname = str(f.type).replace("Optional[", "").rstrip("]")
+            conv = {"int": int, "float": float, "str": str}[tname]
+            choices = f.metadata.get("choices")
+            metavar = None if choices else {"int": "N", "float": "X"}.get(tname, f.name.upper())
+            group.add_argument(flag, type=conv, choices=choices, metavar=metavar, **kw)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    names = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _guard(func):
+    """Turn the expected errors into a message and an exit code (no traceback)."""
+    def run(args: argparse.Namespace) -> int:
+        cmd = getattr(args, "command", None) or "mhc"
+        try:
+            return func(args)
+        except (ConfigError, DataError, CheckpointError) as e:
+            print(f"mhc {cmd}: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            print(f"\nmhc {cmd}: interrupted; continue from the last checkpoint with --resume",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except OSError as e:
+            print(f"mhc {cmd}: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    run.__doc__ = func.__doc__
+    return run
+
+
+@_guard
+def cmd_train(args: argparse.Namespace) -> int:
+    """``mhc train``: one run; exit 1 if it stopped on a non-finite loss."""
+    from .trainer import Trainer
+    overrides = _overrides(args)
+    resume = getattr(args, "resume", None)
+    if resume and "out" not in overrides:
+        from .checkpoint import find_checkpoint
+        ckpt = find_checkpoint(resume)
+        overrides["out"] = str(ckpt.parent.parent)
+    cfg, _ = resolve_config(overrides, getattr(args, "config", None))
+    summary = Trainer(cfg, resume=resume, overwrite=args.overwrite).fit()
+    out = cfg.out or cfg.default_out()
+    if summary.get("diverged"):
+        return EXIT_DIVERGED
+    print(f"done: train loss {summary.get('final_train_loss') or float('nan'):.4f}, val loss "
+          f"{summary.get('final_val_loss') or float('nan'):.4f}, "
+          f"{summary.get('tokens_per_s') or 0:,.0f} tokens/s; {out}/summary.json\n"
+          f"plots and report.html: mhc report {out}")
+    return EXIT_OK
+
+
+@_guard
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``mhc compare``: every mode, then summary.json, plots and report.html."""
+    from .compare import DEFAULT_MODES, compare, format_table
+    overrides = _overrides(args)
+    if "modes" in vars(args):
+        overrides["modes"] = args.modes
+    cfg, extras = resolve_config(overrides, getattr(args, "config", None),
+                                 extra_keys=("modes",))
+    modes = extras.get("modes", DEFAULT_MODES)
+    out = cfg.out or f"runs/compare-{cfg.preset}"
+    summary = compare(cfg, modes, out, overwrite=args.overwrite, resume=args.resume,
+                      report=not args.no_report)
+    print(format_table(summary))
+    print(f"\n{out}/summary.json" + ("" if args.no_report else f", {out}/report.html"))
+    return EXIT_OK
+
+
+@_guard
+def cmd_report(args: argparse.Namespace) -> int:
+    """``mhc report DIR``: rebuild summary.json, plots and report.html from the logs."""
+    from .report import ReportError, write_report
+    try:
+        path = write_report(args.dir)
+    except ReportError as e:
+        print(f"mhc report: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(path)
+    return EXIT_OK
+
+
+def register(subparsers) -> None:
+    """Add ``train``, ``compare`` and ``report`` to the ``mhc`` subcommand parsers."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "train", help="train one model (residual, HC or mHC connections)",
+        description="Train a GPT (or a plain deep stack) whose residual connections are "
+                    "plain residual, HC or mHC. Logs to OUT/log.jsonl, checkpoints to "
+                    "OUT/checkpoints, records diagnostics (gains, H_res, gradient norms) "
+                    "every --diag-interval steps.",
+        epilog=TRAIN_EPILOG, formatter_class=fmt,
+        usage="mhc train [--preset NAME] [--connection MODE] [--n N] [--max-steps N] "
+              "[--out DIR] [--resume PATH] [--config FILE] [more options, below]")
+    p.add_argument("--resume", metavar="PATH", default=None,
+                   help="continue from a run folder (its latest checkpoint) or a checkpoint "
+                        "folder; the settings must match the checkpoint's")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --out instead of refusing")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "compare", help="train residual, HC and mHC side by side and report",
+        description="Train the same model once per connection mode (same seed, same data "
+                    "order) and write summary.json, the logs, PNG plots and report.html "
+                    "into --out.",
+        epilog=COMPARE_EPILOG, formatter_class=fmt,
+        usage="mhc compare [--preset NAME] [--modes LIST] [--max-steps N] [--out DIR] "
+              "[--config FILE] [more options, below]")
+    p.add_argument("--modes", default=argparse.SUPPRESS, metavar="LIST",
+                   help="comma-separated modes to train (default: residual,hc,mhc)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue unfinished modes from their checkpoints, skip finished ones")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier comparison in --out instead of refusing")
+    p.add_argument("--no-report", action="store_true", help="skip plots and report.html")
+    add_config_flags(p, skip=("connection",))
+    p.set_defaults(func=cmd_compare)
+
+    p = subparsers.add_parser(
+        "report", help="rebuild plots and report.html from run logs",
+        description="Rebuild summary.json, plots/*.png and report.html from the logs in DIR "
+                    "(a folder from mhc compare or mhc train), e.g. of a run done elsewhere.",
+        epilog=REPORT_EPILOG, formatter_class=fmt)
+    p.add_argument("dir", metavar="DIR", help="folder of a comparison or a single run")
+    p.set_defaults(func=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with only this module's subcommands (the full one is ``torch_mhc.cli``)."""
+    parser = argparse.ArgumentParser(prog="mhc", description="torch-mhc trainer")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``train``/``compare``/``report`` from ``argv``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""``mhc compare``: the same model trained with residual, HC and mHC connections, side by side.
+
+Every mode gets the same settings, the same seed (so every weight the modes share starts
+equal) and the same batches in the same order; only ``connection`` differs. Output folder:
+
+    DIR/config.json          the shared settings and the list of modes
+    DIR/<mode>/log.jsonl     each mode's log (and its checkpoints, summary.json)
+    DIR/summary.json         per-mode numbers, keyed by mode
+    DIR/plots/*.png          loss, gains, gradient norms, H_res heat-maps
+    DIR/report.html          all of it in one page
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from tqdm import tqdm
+
+from ..nn import MODES
+from .checkpoint import CheckpointManager
+from .config import ConfigError, TrainConfig, config_to_dict
+from .logs import read_log, summarize
+from .trainer import Trainer
+
+__all__ = ["compare", "parse_modes", "DEFAULT_MODES", "format_table"]
+
+DEFAULT_MODES = ("residual", "hc", "mhc")
+
+
+def parse_modes(modes) -> List[str]:
+    """``"residual,hc,mhc"`` or a list -> validated list of modes (order kept)."""
+    if isinstance(modes, str):
+        modes = [m.strip() for m in modes.split(",") if m.strip()]
+    modes = list(modes or [])
+    if not modes:
+        raise ConfigError("no modes to compare; use e.g. --modes residual,hc,mhc")
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ConfigError(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
+    if len(set(modes)) != len(modes):
+        raise ConfigError(f"modes repeat: {', '.join(modes)}")
+    return modes
+
+
+def _prepare(out: Path, overwrite: bool, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output directory {out} is an existing file; choose another --out")
+    if out.is_dir() and not (overwrite or resume) and (
+            (out / "summary.json").exists() or any(out.glob("*/log.jsonl"))):
+        raise ConfigError(f"{out} already holds a comparison; continue it with --resume, "
+                          "start over with --overwrite, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create output directory {out}: {e.strerror or e}") from None
+
+
+def _fmt(v, spec: str = ".3f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return format(v, spec)
+
+
+def format_table(summary: Dict[str, Dict]) -> str:
+    """A plain-text table of the main numbers per mode."""
+    cols = [("train loss", "final_train_loss", ".3f"), ("val loss", "final_val_loss", ".3f"),
+            ("fwd gain", "max_composite_forward_gain", ".3g"),
+            ("bwd gain", "max_composite_backward_gain", ".3g"),
+            ("grad deep/shallow", "grad_ratio_deepest_to_shallowest", ".3g"),
+            ("diverged", "diverged", ""), ("tok/s", "tokens_per_s", ",.0f"),
+            ("peak MiB", "peak_memory_mb", ",.0f")]
+    rows = [["mode"] + [c[0] for c in cols]]
+    for mode, s in summary.items():
+        rows.append([mode] + [_fmt(s.get(k), spec) for _, k, spec in cols])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w)
+                               in enumerate(zip(r, widths))) for r in rows)
+
+
+def compare(cfg: TrainConfig, modes: Sequence[str] = DEFAULT_MODES, out: Optional[str] = None,
+            overwrite: bool = False, resume: bool = False, report: bool = True) -> Dict:
+    """Train ``cfg`` once per mode into ``out`` and write summary.json, plots, report.html.
+
+    ``resume=True`` continues each unfinished mode from its latest checkpoint and skips
+    finished ones. A mode that stops on a non-finite loss is a result (``diverged: true``),
+    not an error. Returns the summary dict keyed by mode.
+    """
+    modes = parse_modes(modes)
+    cfg = cfg.validate()
+    root = Path(out or Path("runs") / f"compare-{cfg.preset}")
+    _prepare(root, overwrite, resume)
+    (root / "config.json").write_text(json.dumps(
+        {"modes": modes, "config": {**config_to_dict(cfg), "out": str(root)}}, indent=2) + "\n")
+    for i, mode in enumerate(modes):
+        run_dir = root / mode
+        mcfg = dataclasses.replace(cfg, connection=mode, out=str(run_dir))
+        done = run_dir / "summary.json"
+        if resume and done.is_file() and json.loads(done.read_text()).get("completed") \
+                and json.loads(done.read_text()).get("max_steps") == cfg.max_steps:
+            tqdm.write(f"[{i + 1}/{len(modes)}] {mode}: already finished, skipped")
+            continue
+        latest = CheckpointManager(run_dir).latest() if resume else None
+        tqdm.write(f"[{i + 1}/{len(modes)}] {mode}")
+        Trainer(mcfg, resume=str(latest) if latest else None,
+                overwrite=overwrite or (resume and latest is None), desc=mode).fit()
+    summary = {m: summarize(read_log(root / m / "log.jsonl")) for m in modes}
+    (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if report:
+        from .report import write_report
+        write_report(root)
+    return summary

@@ -1,0 +1,305 @@
+"""Training configuration: one dataclass, named presets, TOML/YAML/JSON files.
+
+Precedence, lowest to highest: dataclass defaults < preset < config file < command-line
+flags. ``resolve_config`` applies it; ``TrainConfig.validate`` raises :class:`ConfigError`
+with a message meant for the person at the keyboard.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from ..nn import MODES
+
+__all__ = ["TrainConfig", "ConfigError", "PRESETS", "RESUME_KEYS", "resolve_config",
+           "load_config_file", "config_to_dict", "config_from_dict"]
+
+
+class ConfigError(ValueError):
+    """A bad setting (flag, file or preset); the message says what to change."""
+
+
+def _f(default, help: str, group: str = "training", choices=None, preset: bool = False):
+    """A dataclass field with CLI metadata (help text, option group, choices)."""
+    meta = {"help": help, "group": group, "choices": choices, "preset": preset}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; every field is also a ``--flag`` of ``mhc train``.
+
+    Fields marked "preset" take their value from the chosen preset unless set explicitly.
+    """
+
+    # model
+    preset: str = _f("tiny", "named starting point (see PRESETS)", "model")
+    model: str = _f("gpt", "architecture: gpt (transformer LM) or deep (plain deep stack)",
+                    "model", ("gpt", "deep"), True)
+    connection: str = _f("mhc", "residual connection: residual, hc or mhc", "model", MODES)
+    n: int = _f(4, "number of residual streams (expansion rate) for hc and mhc", "model")
+    n_layer: int = _f(4, "transformer blocks (gpt: 2 connections each) or layers (deep)",
+                      "model", preset=True)
+    d_model: int = _f(128, "model width C", "model", preset=True)
+    n_head: int = _f(4, "attention heads (gpt)", "model", preset=True)
+    mlp_hidden: Optional[int] = _f(None, "SwiGLU hidden width (gpt); unset: ~8/3 d_model",
+                                   "model")
+    seq_len: int = _f(128, "tokens per training sequence", "model", preset=True)
+    vocab_size: Optional[int] = _f(None, "vocabulary size (default: from the data; 256 for "
+                                         "bytes)", "model")
+    sinkhorn_iters: int = _f(20, "Sinkhorn-Knopp iterations of mhc (paper: 20)", "model")
+    backend: str = _f("auto", "kernel backend of the connections", "model",
+                      ("auto", "torch", "triton"))
+    # data
+    data: str = _f("shakespeare", "shakespeare, wikitext2, a text file, a folder of text "
+                                  "files, or .bin token shards (file, folder or glob)", "data")
+    val_fraction: float = _f(0.1, "fraction of the data held out for validation (its tail)",
+                             "data")
+    token_dtype: str = _f("uint16", "token type of raw (headerless) .bin shards", "data",
+                          ("uint16", "uint32"))
+    # optimisation
+    batch_size: int = _f(16, "sequences per micro-batch", "optimisation", preset=True)
+    grad_accum: int = _f(1, "micro-batches per optimizer step (gradient accumulation)",
+                         "optimisation")
+    max_steps: int = _f(200, "optimizer steps", "optimisation", preset=True)
+    lr: float = _f(3e-3, "peak learning rate (AdamW)", "optimisation", preset=True)
+    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of --lr (cosine)",
+                             "optimisation")
+    warmup_steps: int = _f(20, "linear warm-up steps", "optimisation", preset=True)
+    weight_decay: float = _f(0.1, "AdamW weight decay (matrices only)", "optimisation")
+    beta1: float = _f(0.9, "AdamW beta1", "optimisation")
+    beta2: float = _f(0.95, "AdamW beta2", "optimisation")
+    adam_eps: float = _f(1e-8, "AdamW epsilon", "optimisation")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off); clipping is "
+                               "logged per step", "optimisation")
+    seed: int = _f(1337, "seed of the initialisation and of the data order", "optimisation")
+    on_nonfinite: str = _f("stop", "on a NaN/Inf loss or gradient: stop (keeping the last "
+                                   "good checkpoint) or skip the step", "optimisation",
+                           ("stop", "skip"))
+    max_skips: int = _f(10, "with --on-nonfinite skip: stop after this many skips in a row",
+                        "optimisation")
+    # runtime
+    device: str = _f("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...",
+                     "runtime")
+    dtype: str = _f("auto", "auto (bf16 autocast on GPU, float32 on CPU), float32, bfloat16",
+                    "runtime", ("auto", "float32", "bfloat16"))
+    compile: bool = _f(False, "torch.compile the model", "runtime")
+    # logging, evaluation, diagnostics, checkpoints
+    out: Optional[str] = _f(None, "output directory (default runs/<preset>-<connection>)",
+                            "output")
+    log_interval: int = _f(1, "write a training record every this many steps", "output")
+    eval_interval: int = _f(50, "validation loss every this many steps (and at the end)",
+                            "output", preset=True)
+    eval_batches: int = _f(8, "batches per validation", "output", preset=True)
+    diag_interval: int = _f(20, "diagnostics (gains, H_res statistics, gradient norms per "
+                                "layer) every this many steps; 0: off", "output", preset=True)
+    probe_batch_size: int = _f(4, "sequences in the diagnostics probe batch", "output")
+    ckpt_interval: int = _f(100, "checkpoint every this many steps (and at the end)",
+                            "output", preset=True)
+    keep_last: int = _f(2, "checkpoints to keep", "output")
+    progress: bool = _f(True, "show a progress bar", "output")
+    tensorboard: bool = _f(True, "also log to TensorBoard when it is installed", "output")
+
+    def validate(self) -> "TrainConfig":
+        """Check ranges and combinations; raise :class:`ConfigError`; return self."""
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose one of "
+                              f"{', '.join(PRESETS)}")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got "
+                                  f"{getattr(self, f.name)!r}")
+        positive = ("n", "n_layer", "d_model", "n_head", "seq_len", "sinkhorn_iters",
+                    "batch_size", "grad_accum", "max_steps", "log_interval", "eval_interval",
+                    "eval_batches", "probe_batch_size", "ckpt_interval", "keep_last",
+                    "max_skips")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "diag_interval"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.vocab_size is not None and self.vocab_size < 2:
+            raise ConfigError(f"vocab_size must be >= 2, got {self.vocab_size}")
+        if self.mlp_hidden is not None and self.mlp_hidden < 1:
+            raise ConfigError(f"mlp_hidden must be >= 1, got {self.mlp_hidden}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.adam_eps <= 0:
+            raise ConfigError("grad_clip and weight_decay must be >= 0 and adam_eps > 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.model == "gpt":
+            if self.d_model % self.n_head:
+                raise ConfigError(f"d_model={self.d_model} is not divisible by "
+                                  f"n_head={self.n_head}")
+            if (self.d_model // self.n_head) % 2:
+                raise ConfigError(f"the head dimension d_model/n_head = "
+                                  f"{self.d_model // self.n_head} must be even (rotary "
+                                  "embeddings)")
+        return self
+
+    @property
+    def streams(self) -> int:
+        """Residual streams the model uses (1 for the plain residual)."""
+        return 1 if self.connection == "residual" else self.n
+
+    def default_out(self) -> str:
+        """``runs/<preset>-<connection>``."""
+        return str(Path("runs") / f"{self.preset}-{self.connection}")
+
+
+# Each preset sets every field marked preset=True (so switching presets never mixes shapes).
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # ~1M parameters; all three modes of `mhc compare` take a few minutes on a 2-core CPU.
+    "tiny": dict(model="gpt", n_layer=4, d_model=128, n_head=4, mlp_hidden=None, seq_len=128,
+                 batch_size=16, max_steps=200, lr=3e-3, warmup_steps=20, eval_interval=50,
+                 eval_batches=8, diag_interval=20, ckpt_interval=100),
+    # ~11M parameters; minutes on one GPU.
+    "small": dict(model="gpt", n_layer=6, d_model=384, n_head=6, mlp_hidden=None, seq_len=256,
+                  batch_size=32, max_steps=3000, lr=1.5e-3, warmup_steps=200,
+                  eval_interval=250, eval_batches=20, diag_interval=100, ckpt_interval=500),
+    # ~85M parameters; one GPU (bf16), an hour or so.
+    "medium": dict(model="gpt", n_layer=12, d_model=768, n_head=12, mlp_hidden=None,
+                   seq_len=512, batch_size=32, max_steps=10000, lr=6e-4, warmup_steps=500,
+                   eval_interval=500, eval_batches=40, diag_interval=250, ckpt_interval=1000),
+    # plain deep stack (depth study): a CPU-sized one and the 100 x 512 one for a GPU.
+    "deep-tiny": dict(model="deep", n_layer=16, d_model=64, n_head=1, mlp_hidden=None,
+                      seq_len=64, batch_size=32, max_steps=200, lr=2e-3, warmup_steps=20,
+                      eval_interval=50, eval_batches=8, diag_interval=20, ckpt_interval=100),
+    "deep": dict(model="deep", n_layer=100, d_model=512, n_head=1, mlp_hidden=None,
+                 seq_len=64, batch_size=64, max_steps=3000, lr=1e-3, warmup_steps=200,
+                 eval_interval=250, eval_batches=20, diag_interval=100, ckpt_interval=500),
+}
+
+# Settings a resumed run must share with its checkpoint (the rest may change, e.g. max_steps).
+RESUME_KEYS = ("model", "connection", "n", "n_layer", "d_model", "n_head", "mlp_hidden",
+               "seq_len", "vocab_size", "sinkhorn_iters", "data", "val_fraction",
+               "token_dtype", "batch_size", "grad_accum", "seed")
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:
+    """Plain-JSON dict of a config."""
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """Check/convert one value to the type of field ``name``."""
+    type_name = str(_FIELDS[name].type)
+    optional = type_name.startswith("Optional[")
+    kind = _TYPES[type_name[9:-1] if optional else type_name]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: {name} cannot be empty")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: {name} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or
+                                           (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{where}: {name} must be an integer, got {value!r}")
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {name} must be a number, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {name} must be a string, got {value!r}")
+    return value
+
+
+def _flatten(d: Dict[str, Any], where: str, extra_keys=()) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = str(k).replace("-", "_")
+        if isinstance(v, dict):  # a [section] table (no setting is itself a table)
+            out.update(_flatten(v, where, extra_keys))
+            continue
+        if key not in _FIELDS and key not in extra_keys:
+            close = difflib.get_close_matches(key, list(_FIELDS) + list(extra_keys), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown setting {k!r}{hint}")
+        out[key] = v if key in extra_keys else _coerce(key, v, where)
+    return out
+
+
+def load_config_file(path: str, extra_keys=()) -> Dict[str, Any]:
+    """Read a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file into validated settings.
+
+    Tables/sections (``[model]``, ``[optim]`` ...) are only for readability: their keys are
+    the flat field names of :class:`TrainConfig` (dashes or underscores). ``extra_keys``
+    are accepted as they are (``mhc compare`` uses ``modes``).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = p.read_text(encoding="utf-8")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python < 3.11
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ModuleNotFoundError:
+                raise ConfigError("reading YAML config files needs PyYAML: pip install pyyaml "
+                                  "(or use a .toml file)") from None
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path}: use a .toml, .yaml/.yml or .json file")
+    except ConfigError:
+        raise
+    except Exception as e:  # parse errors of any of the three libraries
+        raise ConfigError(f"config file {path} could not be parsed: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings")
+    return _flatten(data, f"config file {path}", extra_keys)
+
+
+def config_from_dict(d: Dict[str, Any], where: str = "config") -> TrainConfig:
+    """A validated config from a plain dict (e.g. a saved ``config.json``); unknown keys fail."""
+    return TrainConfig(**_flatten(dict(d), where)).validate()
+
+
+def resolve_config(cli: Optional[Dict[str, Any]] = None, config_file: Optional[str] = None,
+                   extra_keys=()) -> Tuple[TrainConfig, Dict[str, Any]]:
+    """Defaults < preset < file < ``cli`` (flags given explicitly). Returns (config, extras).
+
+    ``extras`` holds the ``extra_keys`` found in the file or ``cli`` (flags win).
+    """
+    cli = dict(cli or {})
+    from_file = load_config_file(config_file, extra_keys) if config_file else {}
+    extras = {k: v for src in (from_file, cli) for k, v in src.items() if k in extra_keys}
+    from_file = {k: v for k, v in from_file.items() if k not in extra_keys}
+    cli = {k: v for k, v in cli.items() if k not in extra_keys}
+    preset = cli.get("preset") or from_file.get("preset") or "tiny"
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **from_file, **cli, "preset": preset}
+    values = {k: _coerce(k, v, "settings") for k, v in values.items()}
+    return TrainConfig(**values).validate(), extras

@@ -1,0 +1,385 @@
+"""The training loop behind ``mhc train``: AdamW, warm-up + cosine, clipping, diagnostics.
+
+One loop, read top to bottom in :meth:`Trainer.fit`. At step ``s`` (optimizer steps done):
+validation loss every ``eval_interval`` steps, diagnostics every ``diag_interval`` steps
+(on a fixed probe batch; they never change the training trajectory), a checkpoint every
+``ckpt_interval`` steps, then one optimizer step over ``grad_accum`` micro-batches.
+
+Exactness: batches are a pure function of (seed, step), the checkpoint holds weights,
+optimizer state, RNG state and the step, and the loop skips the evaluation it already did
+at the resumed step, so a run interrupted at a checkpoint and resumed logs the same losses
+as an uninterrupted one (bit for bit on CPU).
+
+Non-finite loss or gradient norm: the optimizer step is never applied. With
+``on_nonfinite="stop"`` (default) training stops with a message naming the last good
+checkpoint (nothing newer is written); with ``"skip"`` the step is skipped and logged, up
+to ``max_skips`` in a row.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .. import __version__
+from ..data import PROBE_STREAM, TRAIN_STREAM, VAL_STREAM, BatchSampler, load_corpus
+from ..diagnostics import probe_diagnostics
+from ..models import GPT, DeepStack, DeepStackConfig, GPTConfig
+from .checkpoint import CheckpointError, CheckpointManager, find_checkpoint, set_rng_state
+from .config import RESUME_KEYS, ConfigError, TrainConfig, config_to_dict
+from .logs import RunLog, read_log, summarize
+from .runtime import Runtime
+
+__all__ = ["Trainer", "train", "build_model", "build_optimizer", "lr_at", "prepare_out",
+           "RUN_FILES"]
+
+# what a run writes into its folder (removed by --overwrite; nothing else is touched)
+RUN_FILES = ("log.jsonl", "summary.json", "config.json", "checkpoints", "tensorboard",
+             "plots", "report.html")
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
+    """``GPT`` or ``DeepStack`` from the config (``n_layer``/``d_model`` are depth/width)."""
+    try:
+        if cfg.model == "gpt":
+            return GPT(GPTConfig(vocab_size=vocab_size, seq_len=cfg.seq_len,
+                                 n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model,
+                                 mlp_hidden=cfg.mlp_hidden, connection=cfg.connection,
+                                 n=cfg.n, backend=cfg.backend,
+                                 sinkhorn_iters=cfg.sinkhorn_iters))
+        return DeepStack(DeepStackConfig(vocab_size=vocab_size, seq_len=cfg.seq_len,
+                                         depth=cfg.n_layer, width=cfg.d_model,
+                                         connection=cfg.connection, n=cfg.n,
+                                         backend=cfg.backend,
+                                         sinkhorn_iters=cfg.sinkhorn_iters))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"cannot build the model: {e}") from None
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW; weight decay on matrices only (not on norms, gates or the mHC biases)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             eps=cfg.adam_eps, **kwargs)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, cosine decay."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
+
+
+def prepare_out(out: Path, resuming: bool, overwrite: bool, what: str = "run") -> None:
+    """Create the output folder, refusing a file or (without ``overwrite``) an earlier run."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output directory {out} is an existing file; choose another --out")
+    if out.is_dir() and not resuming and any((out / f).exists() for f in
+                                             ("log.jsonl", "summary.json", "checkpoints")):
+        if not overwrite:
+            raise ConfigError(f"{out} already holds a {what}; continue it with --resume, "
+                              "start over with --overwrite, or choose another --out")
+        for name in RUN_FILES:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create output directory {out}: {e.strerror or e}") from None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _raw_vocab(corpus) -> int:
+    """Vocabulary of raw shards: largest id among the first 16M tokens, plus one."""
+    top = max(int(np.max(a[:16 * 2 ** 20])) for a in corpus.train if len(a))
+    return top + 1
+
+
+class Trainer:
+    """One training run of ``cfg`` (see the module docstring).
+
+    Args:
+        cfg: the run's settings (validated here).
+        runtime: device/rank; default from ``cfg`` (single process).
+        resume: a run folder or checkpoint folder to continue from.
+        overwrite: delete an earlier run in ``cfg.out`` instead of refusing.
+        desc: label of the progress bar (default: the connection mode).
+    """
+
+    def __init__(self, cfg: TrainConfig, runtime: Optional[Runtime] = None,
+                 resume: Optional[str] = None, overwrite: bool = False,
+                 desc: Optional[str] = None):
+        self.cfg = cfg = cfg.validate()
+        self.rt = rt = runtime or Runtime.from_config(cfg)
+        self.out = Path(cfg.out or cfg.default_out())
+        self.desc = desc or cfg.connection
+        self.resume_from = find_checkpoint(resume) if resume else None
+        if rt.is_main:
+            prepare_out(self.out, bool(resume), overwrite)
+        self.corpus = corpus = load_corpus(cfg.data, cfg.val_fraction, cfg.token_dtype)
+        self.vocab_size = cfg.vocab_size or corpus.vocab_size or _raw_vocab(corpus)
+        check = self.vocab_size if (corpus.kind != "bytes" or self.vocab_size < 256) else None
+        common = dict(seq_len=cfg.seq_len, seed=cfg.seed, vocab_size=check)
+        self.train_data = BatchSampler(corpus.train, batch_size=cfg.batch_size,
+                                       stream=TRAIN_STREAM, rank=rt.rank,
+                                       world_size=rt.world_size, split="train", **common)
+        self.val_data = BatchSampler(corpus.val, batch_size=cfg.batch_size, stream=VAL_STREAM,
+                                     split="validation", **common)
+        self.probe_data = BatchSampler(corpus.val, batch_size=cfg.probe_batch_size,
+                                       stream=PROBE_STREAM, split="validation", **common)
+        _seed_everything(cfg.seed)
+        self.model = build_model(cfg, self.vocab_size).to(rt.device)
+        self.connections = self.model.connections()
+        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.model, cfg, rt.device)
+        self.ckpt = CheckpointManager(self.out, cfg.keep_last, enabled=rt.is_main)
+        self.log = RunLog(self.out / "log.jsonl", enabled=rt.is_main,
+                          tensorboard=cfg.tensorboard)
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * rt.world_size
+        self.elapsed = 0.0  # training wall time, carried across resumes
+        self.skips_in_row = 0
+        self.last_val: Optional[float] = None
+        self.bar = None
+
+    # -- output ----------------------------------------------------------------------------
+    def say(self, msg: str) -> None:
+        """Print a line on the main process without breaking the progress bar."""
+        if self.rt.is_main:
+            tqdm.write(msg)
+
+    def _header(self) -> Dict[str, Any]:
+        names = {id(m): name for name, m in self.model.named_modules()}
+        return {"type": "config", "config": config_to_dict(self.cfg),
+                "params": sum(p.numel() for p in self.params), "streams": self.cfg.streams,
+                "vocab_size": self.vocab_size, "data": self.corpus.describe(),
+                "train_tokens": self.corpus.train_tokens, "val_tokens": self.corpus.val_tokens,
+                "layers": len(self.connections),
+                "layer_names": [names.get(id(c), str(i)) for i, c in enumerate(self.connections)],
+                "tokens_per_step": self.tokens_per_step, "device": str(self.rt.device),
+                "dtype": self.rt.dtype_name, "world_size": self.rt.world_size,
+                "torch_mhc_version": __version__, "torch_version": torch.__version__,
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    # -- resume ----------------------------------------------------------------------------
+    def _restore(self, path: Path) -> int:
+        state = CheckpointManager.read_state(path)
+        saved = state.get("config", {})
+        now = config_to_dict(self.cfg)
+        diffs = [(k, saved.get(k), now.get(k)) for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+        if state.get("vocab_size") != self.vocab_size and not any(k == "vocab_size"
+                                                                  for k, _, _ in diffs):
+            diffs.append(("vocab_size", state.get("vocab_size"), self.vocab_size))
+        if diffs:
+            lines = "\n".join(f"  {k}: checkpoint {a!r}, this run {b!r}" for k, a, b in diffs)
+            flags = " ".join(f"--{k.replace('_', '-')} {a}" for k, a, _ in diffs
+                             if a is not None and k != "vocab_size")
+            raise CheckpointError(
+                f"cannot resume from {path}: it was written by a run with a different "
+                f"configuration:\n{lines}\nresume with the checkpoint's settings"
+                f"{' (' + flags + ')' if flags else ''}, or start a new run without --resume")
+        step = int(state["step"])
+        if step > self.cfg.max_steps:
+            raise ConfigError(f"checkpoint {path} is at step {step}, beyond --max-steps "
+                              f"{self.cfg.max_steps}; raise --max-steps to continue it")
+        for k in ("max_steps", "lr", "warmup_steps", "min_lr_ratio"):
+            if saved.get(k) != now.get(k):
+                self.say(f"note: {k} differs from the checkpoint ({saved.get(k)} -> "
+                         f"{now.get(k)}); the schedule follows the new value")
+        CheckpointManager.load(path, self.model, self.optimizer, state, self.rt.device)
+        set_rng_state(state["rng"])
+        self.elapsed = float(state.get("elapsed_s", 0.0))
+        self.skips_in_row = int(state.get("skips_in_row", 0))
+        self.last_val = state.get("last_val")
+        if self.rt.is_main:  # the log continues from the checkpoint: drop what came after it
+            src = path.parent.parent / "log.jsonl"
+            records = read_log(src) if src.is_file() else []
+            keep = [r for r in records if r.get("step") is None or r["step"] <= step]
+            tmp = self.out / f".log.jsonl.tmp-{os.getpid()}"
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep),
+                           encoding="utf-8")
+            os.replace(tmp, self.out / "log.jsonl")
+        self.log.write(self._header())
+        self.log.write({"type": "event", "event": "resume", "step": step,
+                        "checkpoint": str(path)})
+        self.say(f"resumed from {path} at step {step}")
+        return step
+
+    # -- the pieces of one step ------------------------------------------------------------
+    def _batch(self, sampler: BatchSampler, step: int, micro: int = 0):
+        x, y = sampler.batch(step, micro)
+        dev = self.rt.device
+        return x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over the fixed validation batches."""
+        self.model.eval()
+        losses = []
+        for i in range(self.cfg.eval_batches):
+            x, y = self._batch(self.val_data, i)
+            with self.rt.autocast():
+                _, loss = self.step_model(x, y)
+            losses.append(loss.float())
+        self.model.train()
+        return float(torch.stack(losses).mean())
+
+    def diagnose(self) -> Dict[str, Any]:
+        """Diagnostics on the fixed probe batch (see :mod:`torch_mhc.diagnostics`)."""
+        x, y = self._batch(self.probe_data, 0)
+        return probe_diagnostics(self.model, x, y, self.rt.autocast, self.connections)
+
+    def train_step(self, step: int) -> Dict[str, Any]:
+        """One optimizer step (skipped when the loss or gradient is not finite)."""
+        cfg = self.cfg
+        lr = lr_at(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        total = torch.zeros((), device=self.rt.device)
+        for micro in range(cfg.grad_accum):
+            x, y = self._batch(self.train_data, step, micro)
+            with self.rt.autocast():
+                _, loss = self.step_model(x, y)
+            (loss / cfg.grad_accum).backward()
+            total += loss.detach().float()
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        loss_v, gnorm_v = torch.stack([total / cfg.grad_accum,
+                                       gnorm.float().to(total.device)]).tolist()
+        finite = math.isfinite(loss_v) and math.isfinite(gnorm_v)
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        self.elapsed += dt
+        return {"type": "train", "step": step + 1, "loss": loss_v, "lr": lr,
+                "grad_norm": gnorm_v, "clipped": bool(cfg.grad_clip > 0 and finite
+                                                      and gnorm_v > cfg.grad_clip),
+                "nonfinite": not finite, "tokens": (step + 1) * self.tokens_per_step,
+                "tokens_per_s": self.tokens_per_step / dt, "step_time_s": dt,
+                "elapsed_s": self.elapsed}
+
+    def save(self, step: int) -> Optional[Path]:
+        """Checkpoint the current state as step ``step``."""
+        return self.ckpt.save(step, self.model, self.optimizer,
+                              {"config": config_to_dict(self.cfg), "vocab_size": self.vocab_size,
+                               "elapsed_s": self.elapsed, "skips_in_row": self.skips_in_row,
+                               "last_val": self.last_val, "torch_mhc_version": __version__})
+
+    def _nonfinite(self, rec: Dict[str, Any]) -> bool:
+        """Handle a non-finite step; True if training must stop."""
+        cfg, step = self.cfg, rec["step"]
+        what = f"loss {rec['loss']}, gradient norm {rec['grad_norm']}"
+        if cfg.on_nonfinite == "skip" and self.skips_in_row < cfg.max_skips:
+            self.skips_in_row += 1
+            self.log.write({"type": "event", "event": "skip", "step": step, "detail": what})
+            self.say(f"step {step}: non-finite ({what}); step skipped "
+                     f"({self.skips_in_row}/{cfg.max_skips} in a row)")
+            return False
+        latest = self.ckpt.latest()
+        where = (f"the last good checkpoint is {latest} (resume with --resume {self.out}, "
+                 "e.g. with a lower --lr or --on-nonfinite skip)" if latest
+                 else "no checkpoint was written before it")
+        reason = ("too many non-finite steps in a row" if cfg.on_nonfinite == "skip"
+                  else "non-finite loss or gradient")
+        self.log.write({"type": "event", "event": "stop", "step": step, "reason": reason,
+                        "detail": what, "checkpoint": str(latest) if latest else None})
+        self.say(f"{self.desc}: {reason} at step {step} ({what}); training stopped; {where}")
+        return True
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self) -> Dict[str, Any]:
+        """Train to ``max_steps`` (or until stopped); returns the run's summary dict."""
+        cfg, rt = self.cfg, self.rt
+        self.ckpt.clean_temporary()
+        start = self._restore(self.resume_from) if self.resume_from else 0
+        if not self.resume_from:
+            self.log.write(self._header())
+        head = self._header()
+        self.say(f"{self.desc}: {cfg.model} {cfg.preset} ({cfg.connection}, "
+                 f"{cfg.streams} stream(s)), {head['params'] / 1e6:.2f}M parameters, "
+                 f"data {self.corpus.describe()}, {rt.device} {rt.dtype_name}, "
+                 f"{cfg.max_steps} steps x {self.tokens_per_step:,} tokens -> {self.out}")
+        rt.reset_peak_memory()
+        self.bar = tqdm(total=cfg.max_steps, initial=start, desc=self.desc, unit="step",
+                        dynamic_ncols=True, disable=not (cfg.progress and rt.is_main))
+        seg_tokens, seg_time0, diverged = 0, self.elapsed, False
+        step = start
+        try:
+            while True:
+                fresh = not (self.resume_from is not None and step == start)
+                last = step == cfg.max_steps
+                if fresh and (step % cfg.eval_interval == 0 or last):
+                    self.last_val = self.evaluate()
+                    self.log.write({"type": "eval", "step": step, "val_loss": self.last_val})
+                if fresh and cfg.diag_interval and (step % cfg.diag_interval == 0 or last):
+                    self.log.write({"type": "diag", "step": step, **self.diagnose()})
+                if step > start and (step % cfg.ckpt_interval == 0 or last):
+                    self.save(step)
+                if last:
+                    break
+                rec = self.train_step(step)
+                step += 1
+                seg_tokens += self.tokens_per_step
+                if rec["nonfinite"]:
+                    self.log.write(rec)
+                    if self._nonfinite(rec):
+                        diverged = True
+                        break
+                else:
+                    self.skips_in_row = 0
+                    if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                        self.log.write(rec)
+                self.bar.update(1)
+                val = f" val {self.last_val:.3f}" if self.last_val is not None else ""
+                self.bar.set_postfix_str(f"loss {rec['loss']:.3f}{val} "
+                                         f"{rec['tokens_per_s']:,.0f} tok/s", refresh=False)
+        finally:
+            self.bar.close()
+        mem, kind = rt.peak_memory_mb()
+        seg_time = self.elapsed - seg_time0
+        self.log.write({"type": "end", "step": step, "diverged": diverged,
+                        "wall_time_s": self.elapsed,
+                        "tokens_per_s": seg_tokens / seg_time if seg_time > 0 else None,
+                        "peak_memory_mb": mem, "memory_kind": kind})
+        self.log.close()
+        if not rt.is_main:
+            return {}
+        summary = summarize(read_log(self.out / "log.jsonl"))
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False
+          ) -> Dict[str, Any]:
+    """Run :class:`Trainer` on ``cfg`` and return the summary (programmatic ``mhc train``)."""
+    return Trainer(cfg, resume=resume, overwrite=overwrite).fit()
+

@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+
+from torch_mhc import sinkhorn
+from torch_mhc.diagnostics import amax_gain, composite_products, gain_profile
+
+
+def test_amax_gain_rows_and_columns():
+    h = torch.tensor([[1.0, -2.0], [0.5, 0.25]])
+    fwd, bwd = amax_gain(h)
+    assert fwd.item() == 3.0  # max |row sum|: |1| + |-2|
+    assert bwd.item() == 2.25  # max |col sum|: |-2| + |0.25|
+
+
+def test_composite_is_later_layers_times_earlier_per_token():
+    torch.manual_seed(1)
+    hs = [torch.randn(5, 3, 3) for _ in range(4)]  # 5 tokens, 4 layers
+    prods = composite_products(hs)
+    assert all(p.dtype == torch.float64 for p in prods)
+    manual = hs[0].double()
+    for h in hs[1:]:
+        manual = h.double() @ manual
+    assert torch.allclose(prods[-1], manual)
+    assert torch.allclose(prods[1][2], hs[1][2].double() @ hs[0][2].double())
+
+
+def test_profile_max_and_mean_over_tokens():
+    # token 0: H = 2I (gain 2 per layer), token 1: H = I
+    h = torch.stack([2 * torch.eye(2), torch.eye(2)])
+    prof = gain_profile([h, h, h])
+    assert prof["fwd_max"] == [2.0, 2.0, 2.0]
+    assert prof["comp_fwd_max"] == [2.0, 4.0, 8.0]
+    assert prof["comp_bwd_mean"] == [1.5, 2.5, 4.5]
+
+
+def test_residual_is_exactly_one():
+    prof = gain_profile(None, num_layers=6)
+    assert all(v == [1.0] * 6 for v in prof.values())
+    assert len(prof) == 8
+    with pytest.raises(ValueError):
+        gain_profile(None)
+
+
+def test_doubly_stochastic_products_keep_gain_one():
+    torch.manual_seed(0)
+    hs = [sinkhorn(3 * torch.randn(16, 4, 4), 20) for _ in range(30)]
+    prof = gain_profile(hs)
+    # rows are exact after the final row step; columns approximate (paper, Fig. 7a)
+    assert max(prof["comp_fwd_max"]) == pytest.approx(1.0, abs=1e-5)
+    assert max(prof["comp_bwd_max"]) == pytest.approx(1.0, abs=0.05)
+
+
+def test_unconstrained_products_can_explode():
+    h = torch.tensor([[1.2, 0.1], [0.1, 1.2]]).expand(3, 2, 2)
+    prof = gain_profile([h] * 20)
+    assert prof["comp_fwd_max"][-1] == pytest.approx(1.3 ** 20)
+    assert math.log(prof["comp_fwd_max"][-1]) > 5
