@@ -54,8 +54,10 @@ class _UpcycledLayerMixin:
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """``(B, S, C)`` (first layer) or streams ``(B, S, n, C)`` -> streams, or ``(B, S, C)``
         after the last layer. Extra arguments go to the attention branch, as in the original."""
-        if args:  # positional extras: name them with the original signature
-            kwargs = _bind_extras(type(self).__mro__[2], hidden_states, args, kwargs)
+        if args:  # positional extras: name them with the original layer's signature
+            mro = type(self).__mro__
+            kwargs = _bind_extras(mro[mro.index(_UpcycledLayerMixin) + 1], hidden_states,
+                                  args, kwargs)
         streams = hidden_states
         if self._mhc_expand:
             streams = expand_streams(hidden_states, self.attn_hc.n)
@@ -225,11 +227,21 @@ def save_upcycled(model: nn.Module, save_directory: str, **save_pretrained_kwarg
         model.save_pretrained(save_directory, **save_pretrained_kwargs)
 
 
-def _checkpoint_files(path: str):
+_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "trust_remote_code",
+               "subfolder")
+
+
+def _checkpoint_files(path: str, hub: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+    """``{state-dict key: safetensors file}`` of a local directory or a Hub repository."""
     from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+    hub = dict(hub or {})
+    subfolder = hub.pop("subfolder", None)
     if not os.path.isdir(path):
         from huggingface_hub import snapshot_download
-        path = snapshot_download(path, allow_patterns=["*.safetensors", "*.json"])
+        opts = {k: hub[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in hub}
+        path = snapshot_download(path, allow_patterns=["*.safetensors", "*.json"], **opts)
+    if subfolder:
+        path = os.path.join(path, subfolder)
     index = os.path.join(path, SAFE_WEIGHTS_INDEX_NAME)
     if os.path.exists(index):
         with open(index) as f:
@@ -255,7 +267,8 @@ def load_upcycled(path: str, model_class=None, *, backend: str = "auto",
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    config = from_pretrained_kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
+    hub = {k: from_pretrained_kwargs[k] for k in _HUB_KWARGS if k in from_pretrained_kwargs}
+    config = from_pretrained_kwargs.pop("config", None) or AutoConfig.from_pretrained(path, **hub)
     settings = getattr(config, "mhc_upcycle", None)
     if not isinstance(settings, dict) or "n" not in settings:
         raise ValueError(f"{path} is not an upcycled checkpoint (its config has no "
@@ -282,7 +295,7 @@ def load_upcycled(path: str, model_class=None, *, backend: str = "auto",
     upcycle(model, int(settings["n"]), settings.get("mode", "mhc"), backend=backend,
             **settings.get("hc_kwargs", {}))
     wanted = hc_state_dict(model)
-    files = _checkpoint_files(path)
+    files = _checkpoint_files(path, hub)
     missing = sorted(k for k in wanted if k not in files)
     if missing:
         raise ValueError(f"{path} lacks {len(missing)} hyper-connection tensor(s), e.g. "
