@@ -119,9 +119,12 @@ class HyperConnection(nn.Module):
     @classmethod
     def from_deepseek_v4(cls, branch: nn.Module, fn: torch.Tensor, base: torch.Tensor,
                          scale: torch.Tensor, eps: float = 1e-6, iters: int = 20,
-                         backend: str = "auto") -> "HyperConnection":
+                         backend: str = "auto", rms_eps: Optional[float] = None
+                         ) -> "HyperConnection":
         """Build an mHC connection from a DeepSeek-V4 site's ``fn [(n+2)n, nC]``,
-        ``base [(n+2)n]`` and ``scale [3]``; computes what V4 computes (eps terms included)."""
+        ``base [(n+2)n]`` and ``scale [3]``; computes what V4 computes (eps terms included).
+
+        ``eps`` is V4's ``hc_eps``; ``rms_eps`` its norm epsilon (default: ``eps``)."""
         if fn.dim() != 2 or base.dim() != 1 or scale.shape != (3,):
             raise ValueError("expected fn [(n+2)n, nC], base [(n+2)n], scale [3]; got "
                              f"{tuple(fn.shape)}, {tuple(base.shape)}, {tuple(scale.shape)}")
@@ -129,7 +132,7 @@ class HyperConnection(nn.Module):
         if (n + 2) * n != base.numel() or fn.shape[0] != base.numel() or fn.shape[1] % n:
             raise ValueError(f"inconsistent V4 shapes fn {tuple(fn.shape)}, base {tuple(base.shape)}")
         hc = cls(branch, fn.shape[1] // n, n, "mhc", backend=backend, sinkhorn_iters=iters,
-                 rms_eps=eps, hc_eps=eps)
+                 rms_eps=eps if rms_eps is None else rms_eps, hc_eps=eps)
         with torch.no_grad():
             hc.fn.copy_(fn)
             hc.base.copy_(base)
