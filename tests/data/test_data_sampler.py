@@ -14,8 +14,11 @@ def test_batches_are_a_function_of_seed_step_micro_rank():
     assert not torch.equal(x1, s.batch(6)[0])
     assert not torch.equal(x1, s.batch(5, micro=1)[0])
     assert not torch.equal(x1, BatchSampler(data, 16, 4, seed=4).batch(5)[0])
-    r1 = BatchSampler(data, 16, 4, seed=3, rank=1, world_size=2).batch(5)[0]
-    assert not torch.equal(x1, r1)
+    halves = [BatchSampler(data, 16, 4, seed=3, rank=r, world_size=2).batch(5)[0]
+              for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), x1)  # ranks split the one-process batch
+    with pytest.raises(DataError, match="does not split evenly"):
+        BatchSampler(data, 16, 3, seed=3, rank=0, world_size=2)
     assert x1.dtype == torch.int64 and x1.shape == (4, 16)
     assert torch.equal(x1[:, 1:], y1[:, :-1])  # targets are inputs shifted by one
     assert torch.equal(y1, x1 + 1)  # arange data

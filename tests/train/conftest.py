@@ -2,7 +2,8 @@ import pytest
 
 SMALL = dict(n_layer=1, d_model=32, n_head=2, seq_len=16, batch_size=2, max_steps=6,
              warmup_steps=2, eval_interval=3, eval_batches=2, diag_interval=2,
-             probe_batch_size=2, ckpt_interval=3, progress=False, tensorboard=False)
+             probe_batch_size=2, ckpt_interval=3, progress=False, tensorboard=False,
+             device="cpu")
 
 
 @pytest.fixture

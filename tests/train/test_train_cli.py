@@ -69,10 +69,14 @@ def test_train_then_report_single_run(flags, tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["mode"] == "hc"
     assert (out / "plots" / "hres_heatmaps.png").is_file()
-    # continue the same run to more steps: --resume without --out finds the folder
+    # continue the same run to more steps: --resume PATH without --out writes there,
+    # a bare --resume continues the run in --out
     assert main(["train", *flags(max_steps=5), "--connection", "hc",
                  "--resume", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 5
+    assert main(["train", *flags(max_steps=6), "--connection", "hc", "--out", str(out),
+                 "--resume", "--dtype", "fp32"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 6
 
 
 @pytest.mark.parametrize("args, phrase", [
@@ -161,3 +165,27 @@ def test_registered_in_top_level_cli():
     from torch_mhc.cli import build_parser
     args = build_parser().parse_args(["compare", "--preset", "tiny"])
     assert args.func.__name__ == "run" and args.preset == "tiny"
+
+
+def test_compare_bad_data_leaves_nothing_behind(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["compare", "--data", str(tmp_path / "missing.txt"), "--out", str(out)]) == 2
+    assert "does not exist" in _err(capsys) and not out.exists()
+
+
+def test_compare_survives_out_of_memory_in_one_mode(flags, tmp_path, monkeypatch):
+    import torch
+
+    from torch_mhc.train.trainer import Trainer
+    real = Trainer.train_step
+
+    def step(self, s):
+        if self.cfg.connection == "hc" and s == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, s)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    out = tmp_path / "oom"
+    assert main(["compare", *flags(max_steps=2), "--out", str(out), "--no-report"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["hc"]["error"] == "out of memory" and not summary["hc"]["completed"]
+    assert summary["mhc"]["completed"] and summary["residual"]["error"] is None

@@ -1,9 +1,10 @@
 """Seeded, stateless batch sampling: batch ``(step, micro)`` is a pure function of the seed.
 
 Because nothing is carried from one batch to the next, a resumed run draws exactly the
-batches the uninterrupted run would have drawn, every connection mode of ``mhc compare``
-sees the same data in the same order, and a distributed run shards the data by giving each
-rank its own stream (``rank`` enters the seed).
+batches the uninterrupted run would have drawn, and every connection mode of ``mhc compare``
+sees the same data in the same order. Data-parallel ranks shard each batch: the
+``batch_size`` windows are drawn as for one process and rank ``r`` of ``w`` takes the
+``r``-th contiguous slice, so ``w`` ranks together see exactly what one process sees.
 """
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ class BatchSampler:
     Args:
         arrays: 1-D token arrays (a window never crosses from one to the next).
         seq_len: tokens per sample; targets are the inputs shifted by one.
-        batch_size: samples per batch.
+        batch_size: samples per batch, over all ranks (must divide by ``world_size``).
         seed: run seed; ``stream`` separates train, validation and probe draws.
-        rank, world_size: data-parallel shard of this process (each rank draws its own).
+        rank, world_size: data-parallel position of this process (it gets its slice).
         vocab_size: if given, every batch is checked to hold ids below it.
         split: name used in error messages ("train", "validation").
     """
@@ -39,6 +40,9 @@ class BatchSampler:
             raise DataError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is not in [0, {world_size})")
+        if batch_size % world_size:
+            raise DataError(f"batch size {batch_size} does not split evenly over "
+                            f"{world_size} processes; use a multiple of {world_size}")
         self.arrays = [a for a in arrays if len(a) > seq_len]
         if not self.arrays:
             longest = max((len(a) for a in arrays), default=0)
@@ -57,9 +61,12 @@ class BatchSampler:
         return int(self._starts[-1])
 
     def batch(self, step: int, micro: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets ``(batch_size, seq_len)`` int64 for this step and micro-batch."""
-        rng = np.random.default_rng([self.seed, self.stream, step, micro, self.rank])
+        """Inputs and targets ``(batch_size / world_size, seq_len)`` int64: this rank's slice
+        of the batch of this step and micro-batch."""
+        rng = np.random.default_rng([self.seed, self.stream, step, micro])
         pos = rng.integers(0, self.positions, size=self.batch_size)
+        per = self.batch_size // self.world_size
+        pos = pos[self.rank * per:(self.rank + 1) * per]
         which = np.searchsorted(self._starts, pos, side="right") - 1
         rows = np.stack([np.asarray(self.arrays[w][p - self._starts[w]:
                                                    p - self._starts[w] + self.seq_len + 1])

@@ -9,9 +9,13 @@ one-line message and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from dataclasses import fields
 from typing import List, Optional
+
+import torch
 
 from ..data import DataError
 from .checkpoint import CheckpointError
@@ -52,7 +56,8 @@ config files (--config run.toml / .yaml / .json): flag names as keys, dashes or
       lr = 1e-3
       max-steps = 5000
 
-exit codes: 0 done, 1 stopped on a non-finite loss, 2 bad input, 130 interrupted.
+exit codes: 0 done, 1 stopped (non-finite loss, out of memory), 2 bad input,
+  130 interrupted.
 """
 
 TRAIN_EPILOG = """examples:
@@ -62,7 +67,7 @@ TRAIN_EPILOG = """examples:
   mhc train --data notes/ --seq-len 256 --max-steps 2000 --lr 1e-3
   mhc train --data fineweb10B/ --vocab-size 50304 --preset medium --compile
   mhc train --config run.toml --lr 1e-3       # the flag overrides the file
-  mhc train --out runs/a --resume runs/a --max-steps 400   # continue a run
+  mhc train --out runs/a --resume --max-steps 400   # continue the run in runs/a
 """ + _COMMON_EPILOG
 
 COMPARE_EPILOG = """examples:
@@ -122,10 +127,17 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _guard(func):
-    """Turn the expected errors into a message and an exit code (no traceback)."""
+    """Turn the expected errors into a message and an exit code (no traceback); a SIGTERM
+    (e.g. a cluster pre-empting the job) ends the run like Ctrl-C."""
     def run(args: argparse.Namespace) -> int:
         cmd = getattr(args, "command", None) or "mhc"
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
         try:
             return func(args)
         except (ConfigError, DataError, CheckpointError) as e:
@@ -138,6 +150,14 @@ def _guard(func):
         except OSError as e:
             print(f"mhc {cmd}: error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except torch.cuda.OutOfMemoryError:
+            print(f"mhc {cmd}: error: out of GPU memory; lower --batch-size (raise "
+                  "--grad-accum to keep the tokens per step) or pick a smaller preset",
+                  file=sys.stderr)
+            return EXIT_DIVERGED
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
     run.__doc__ = func.__doc__
     return run
 
@@ -148,10 +168,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import Trainer
     overrides = _overrides(args)
     resume = getattr(args, "resume", None)
-    if resume and "out" not in overrides:
+    if resume is True:  # bare --resume: continue the run in --out
+        cfg, _ = resolve_config(overrides, getattr(args, "config", None))
+        resume = cfg.out or cfg.default_out()
+    elif resume and "out" not in overrides:  # --resume PATH: keep writing where it was
         from .checkpoint import find_checkpoint
-        ckpt = find_checkpoint(resume)
-        overrides["out"] = str(ckpt.parent.parent)
+        overrides["out"] = str(find_checkpoint(resume).parent.parent)
     cfg, _ = resolve_config(overrides, getattr(args, "config", None))
     summary = Trainer(cfg, resume=resume, overwrite=args.overwrite).fit()
     out = cfg.out or cfg.default_out()
@@ -207,9 +229,10 @@ def register(subparsers) -> None:
         epilog=TRAIN_EPILOG, formatter_class=fmt,
         usage="mhc train [--preset NAME] [--connection MODE] [--n N] [--max-steps N] "
               "[--out DIR] [--resume PATH] [--config FILE] [more options, below]")
-    p.add_argument("--resume", metavar="PATH", default=None,
-                   help="continue from a run folder (its latest checkpoint) or a checkpoint "
-                        "folder; the settings must match the checkpoint's")
+    p.add_argument("--resume", metavar="PATH", nargs="?", const=True, default=None,
+                   help="continue a run from its latest checkpoint: the run in --out, or "
+                        "PATH (a run folder or a checkpoint folder); model, data, batch and "
+                        "seed settings must match the checkpoint's")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in --out instead of refusing")
     add_config_flags(p)

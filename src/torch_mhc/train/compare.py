@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import torch
 from tqdm import tqdm
 
 from ..nn import MODES
@@ -44,17 +45,13 @@ def parse_modes(modes) -> List[str]:
     return modes
 
 
-def _prepare(out: Path, overwrite: bool, resume: bool) -> None:
+def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output directory {out} is an existing file; choose another --out")
     if out.is_dir() and not (overwrite or resume) and (
             (out / "summary.json").exists() or any(out.glob("*/log.jsonl"))):
         raise ConfigError(f"{out} already holds a comparison; continue it with --resume, "
                           "start over with --overwrite, or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create output directory {out}: {e.strerror or e}") from None
 
 
 def _fmt(v, spec: str = ".3f") -> str:
@@ -81,32 +78,44 @@ def format_table(summary: Dict[str, Dict]) -> str:
                                in enumerate(zip(r, widths))) for r in rows)
 
 
+def _write_config(root: Path, cfg: TrainConfig, modes: List[str]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps(
+        {"modes": modes, "config": {**config_to_dict(cfg), "out": str(root)}}, indent=2) + "\n")
+
+
 def compare(cfg: TrainConfig, modes: Sequence[str] = DEFAULT_MODES, out: Optional[str] = None,
             overwrite: bool = False, resume: bool = False, report: bool = True) -> Dict:
     """Train ``cfg`` once per mode into ``out`` and write summary.json, plots, report.html.
 
     ``resume=True`` continues each unfinished mode from its latest checkpoint and skips
     finished ones. A mode that stops on a non-finite loss is a result (``diverged: true``),
-    not an error. Returns the summary dict keyed by mode.
+    not an error, and so is running out of GPU memory (``error`` in its summary). Returns
+    the summary dict keyed by mode.
     """
     modes = parse_modes(modes)
     cfg = cfg.validate()
     root = Path(out or Path("runs") / f"compare-{cfg.preset}")
-    _prepare(root, overwrite, resume)
-    (root / "config.json").write_text(json.dumps(
-        {"modes": modes, "config": {**config_to_dict(cfg), "out": str(root)}}, indent=2) + "\n")
+    _check_out(root, overwrite, resume)
     for i, mode in enumerate(modes):
         run_dir = root / mode
         mcfg = dataclasses.replace(cfg, connection=mode, out=str(run_dir))
         done = run_dir / "summary.json"
-        if resume and done.is_file() and json.loads(done.read_text()).get("completed") \
-                and json.loads(done.read_text()).get("max_steps") == cfg.max_steps:
-            tqdm.write(f"[{i + 1}/{len(modes)}] {mode}: already finished, skipped")
-            continue
+        if resume and done.is_file():
+            prev = json.loads(done.read_text())
+            if prev.get("completed") and prev.get("max_steps") == cfg.max_steps:
+                tqdm.write(f"[{i + 1}/{len(modes)}] {mode}: already finished, skipped")
+                continue
         latest = CheckpointManager(run_dir).latest() if resume else None
         tqdm.write(f"[{i + 1}/{len(modes)}] {mode}")
-        Trainer(mcfg, resume=str(latest) if latest else None,
-                overwrite=overwrite or (resume and latest is None), desc=mode).fit()
+        trainer = Trainer(mcfg, resume=str(latest) if latest else None,
+                          overwrite=overwrite or (resume and latest is None), desc=mode)
+        _write_config(root, cfg, modes)  # the inputs are good: now write
+        try:
+            trainer.fit()
+        except torch.cuda.OutOfMemoryError:
+            tqdm.write(f"{mode}: out of memory; recorded, going on with the next mode")
+    _write_config(root, cfg, modes)
     summary = {m: summarize(read_log(root / m / "log.jsonl")) for m in modes}
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if report:

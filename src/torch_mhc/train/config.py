@@ -62,7 +62,8 @@ class TrainConfig:
     token_dtype: str = _f("uint16", "token type of raw (headerless) .bin shards", "data",
                           ("uint16", "uint32"))
     # optimisation
-    batch_size: int = _f(16, "sequences per micro-batch", "optimisation", preset=True)
+    batch_size: int = _f(16, "sequences per micro-batch (over all processes)", "optimisation",
+                         preset=True)
     grad_accum: int = _f(1, "micro-batches per optimizer step (gradient accumulation)",
                          "optimisation")
     max_steps: int = _f(200, "optimizer steps", "optimisation", preset=True)
@@ -85,8 +86,9 @@ class TrainConfig:
     # runtime
     device: str = _f("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...",
                      "runtime")
-    dtype: str = _f("auto", "auto (bf16 autocast on GPU, float32 on CPU), float32, bfloat16",
-                    "runtime", ("auto", "float32", "bfloat16"))
+    dtype: str = _f("auto", "auto (bf16 autocast on GPU, float32 on CPU), float32 (fp32), "
+                            "bfloat16 (bf16)", "runtime",
+                    ("auto", "float32", "fp32", "bfloat16", "bf16"))
     compile: bool = _f(False, "torch.compile the model", "runtime")
     # logging, evaluation, diagnostics, checkpoints
     out: Optional[str] = _f(None, "output directory (default runs/<preset>-<connection>)",
@@ -105,7 +107,11 @@ class TrainConfig:
     tensorboard: bool = _f(True, "also log to TensorBoard when it is installed", "output")
 
     def validate(self) -> "TrainConfig":
-        """Check ranges and combinations; raise :class:`ConfigError`; return self."""
+        """Check ranges and combinations; raise :class:`ConfigError`; return self.
+
+        Spelling aliases are normalised here (``dtype`` ``bf16`` -> ``bfloat16``,
+        ``fp32`` -> ``float32``)."""
+        self.dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(self.dtype, self.dtype)
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of "
                               f"{', '.join(PRESETS)}")

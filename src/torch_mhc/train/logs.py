@@ -151,6 +151,8 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     s["diverged"] = bool(stops)
     s["diverged_at_step"] = stops[-1].get("step") if stops else None
     s["skipped_steps"] = sum(1 for e in events if e.get("event") == "skip")
+    errors = [e for e in events if e.get("event") == "error"]
+    s["error"] = errors[-1].get("reason") if errors else None
     finite_g = [g for g in gnorms if _finite(g)]
     s["grad_norm_max"] = max(finite_g) if finite_g else None
     s["grad_norm_spikes"] = len(find_spikes(gnorms))
@@ -163,5 +165,6 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     s["wall_time_s"] = end.get("wall_time_s", train[-1].get("elapsed_s") if train else None)
     s["device"] = header.get("device")
     s["dtype"] = header.get("dtype")
-    s["completed"] = bool(end) and not s["diverged"] and s["steps"] == s["max_steps"]
+    s["completed"] = (bool(end) and not s["diverged"] and not s["error"]
+                      and s["steps"] == s["max_steps"])
     return clean_json(s)

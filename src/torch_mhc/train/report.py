@@ -221,8 +221,7 @@ def write_report(folder) -> Path:
 <title>{html.escape(title)}</title><style>{_CSS}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p class='muted'>{html.escape(str(cfg.get('model')))} preset <b>{html.escape(str(cfg.get('preset')))}</b>,
-{html.escape(str(first.get('params', '?')))} parameters ({html.escape(str(modes[-1]))}), data
-{html.escape(str(first.get('data')))}, {html.escape(str(cfg.get('max_steps')))} steps of
+data {html.escape(str(first.get('data')))}, {html.escape(str(cfg.get('max_steps')))} steps of
 {html.escape(str(first.get('tokens_per_step')))} tokens on {html.escape(str(first.get('device')))}.
 Report generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by torch-mhc {__version__}
 from <code>{html.escape(str(root))}</code>.</p>

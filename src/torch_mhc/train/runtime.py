@@ -60,7 +60,8 @@ class Runtime:
         if dtype == "auto":
             dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() \
                 else "float32"
-        return cls(device, torch.bfloat16 if dtype == "bfloat16" else None, rank, world_size)
+        bf16 = dtype in ("bfloat16", "bf16")
+        return cls(device, torch.bfloat16 if bf16 else None, rank, world_size)
 
     def autocast(self):
         """Context manager for the forward pass (bf16 autocast, or nothing)."""

@@ -89,15 +89,19 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
 
-def prepare_out(out: Path, resuming: bool, overwrite: bool, what: str = "run") -> None:
-    """Create the output folder, refusing a file or (without ``overwrite``) an earlier run."""
+def prepare_out(out: Path, resuming: bool, overwrite: bool, create: bool = True) -> None:
+    """Check the output folder (not a file; no earlier run unless resuming or ``overwrite``);
+    with ``create``, delete the earlier run's files (``overwrite``) and make the folder."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output directory {out} is an existing file; choose another --out")
-    if out.is_dir() and not resuming and any((out / f).exists() for f in
-                                             ("log.jsonl", "summary.json", "checkpoints")):
-        if not overwrite:
-            raise ConfigError(f"{out} already holds a {what}; continue it with --resume, "
-                              "start over with --overwrite, or choose another --out")
+    earlier = out.is_dir() and not resuming and any(
+        (out / f).exists() for f in ("log.jsonl", "summary.json", "checkpoints"))
+    if earlier and not overwrite:
+        raise ConfigError(f"{out} already holds a run; continue it with --resume {out}, "
+                          "start over with --overwrite, or choose another --out")
+    if not create:
+        return
+    if earlier:
         for name in RUN_FILES:
             p = out / name
             if p.is_dir():
@@ -117,9 +121,9 @@ def _seed_everything(seed: int) -> None:
 
 
 def _raw_vocab(corpus) -> int:
-    """Vocabulary of raw shards: largest id among the first 16M tokens, plus one."""
-    top = max(int(np.max(a[:16 * 2 ** 20])) for a in corpus.train if len(a))
-    return top + 1
+    """Vocabulary of raw shards: largest id among the first 16M tokens, plus one (a batch
+    with a larger id later stops the run with a message asking for --vocab-size)."""
+    return int(np.max(corpus.train[0][:16 * 2 ** 20])) + 1
 
 
 class Trainer:
@@ -142,7 +146,7 @@ class Trainer:
         self.desc = desc or cfg.connection
         self.resume_from = find_checkpoint(resume) if resume else None
         if rt.is_main:
-            prepare_out(self.out, bool(resume), overwrite)
+            prepare_out(self.out, bool(resume), overwrite, create=False)
         self.corpus = corpus = load_corpus(cfg.data, cfg.val_fraction, cfg.token_dtype)
         self.vocab_size = cfg.vocab_size or corpus.vocab_size or _raw_vocab(corpus)
         check = self.vocab_size if (corpus.kind != "bytes" or self.vocab_size < 256) else None
@@ -160,10 +164,12 @@ class Trainer:
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg, rt.device)
+        if rt.is_main:  # inputs are good: only now touch the disk
+            prepare_out(self.out, bool(resume), overwrite)
         self.ckpt = CheckpointManager(self.out, cfg.keep_last, enabled=rt.is_main)
         self.log = RunLog(self.out / "log.jsonl", enabled=rt.is_main,
                           tensorboard=cfg.tensorboard)
-        self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * rt.world_size
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum  # all ranks
         self.elapsed = 0.0  # training wall time, carried across resumes
         self.skips_in_row = 0
         self.last_val: Optional[float] = None
@@ -362,8 +368,20 @@ class Trainer:
                 val = f" val {self.last_val:.3f}" if self.last_val is not None else ""
                 self.bar.set_postfix_str(f"loss {rec['loss']:.3f}{val} "
                                          f"{rec['tokens_per_s']:,.0f} tok/s", refresh=False)
+        except torch.cuda.OutOfMemoryError:
+            self.log.write({"type": "event", "event": "error", "step": step + 1,
+                            "reason": "out of memory",
+                            "detail": "lower --batch-size (raise --grad-accum to keep the "
+                                      "tokens per step)"})
+            self._finish(step, False, seg_tokens, seg_time0)
+            raise
         finally:
             self.bar.close()
+        return self._finish(step, diverged, seg_tokens, seg_time0)
+
+    def _finish(self, step: int, diverged: bool, seg_tokens: int, seg_time0: float
+                ) -> Dict[str, Any]:
+        rt = self.rt
         mem, kind = rt.peak_memory_mb()
         seg_time = self.elapsed - seg_time0
         self.log.write({"type": "end", "step": step, "diverged": diverged,
