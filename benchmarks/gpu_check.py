@@ -96,10 +96,13 @@ def main() -> int:
             if suite == "kernels":
                 line += f"\n  copy bw {res.get('copy_bandwidth_TBps')} TB/s"
                 for row in res["rows"]:
-                    line += "\n  {op:13s} {impl:7s} fwd {f:9.1f} us ({fp:5.1f}%)  bwd {b:9.1f} us ({bp:5.1f}%)".format(
-                        op=row["op"], impl=row["impl"], f=row.get("fwd_us", float("nan")),
-                        fp=row.get("fwd_pct_copy_bw", float("nan")), b=row.get("bwd_us", float("nan")),
-                        bp=row.get("bwd_pct_copy_bw", float("nan"))) + (
+                    nan = float("nan")
+                    line += ("\n  {op:13s} {impl:7s} fwd {f:8.1f} us gpu {fg:8.1f} us ({fp:5.1f}%)  "
+                             "bwd {b:8.1f} us gpu {bg:8.1f} us ({bp:5.1f}%)").format(
+                        op=row["op"], impl=row["impl"], f=row.get("fwd_us", nan),
+                        fg=row.get("fwd_gpu_us") or nan, fp=row.get("fwd_gpu_pct_copy_bw", nan),
+                        b=row.get("bwd_us", nan), bg=row.get("bwd_gpu_us") or nan,
+                        bp=row.get("bwd_gpu_pct_copy_bw", nan)) + (
                         f" {row.get('error', row.get('skipped'))}" if ("error" in row or "skipped" in row) else "")
             summary.append(line)
         else:

@@ -46,45 +46,64 @@ def main() -> int:
     del a, b
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
 
-    jobs = {
-        "coef_gemm": (lambda: co.coef_forward_triton(x, fn, base, scale, 20, 1e-20, 0.0),
-                      n * unit + N * K * 4,
-                      [dict(BT=64, BK=64, num_warps=4, num_stages=3, waves=2),
-                       dict(BT=128, BK=64, num_warps=8, num_stages=3, waves=2),
-                       dict(BT=64, BK=128, num_warps=8, num_stages=3, waves=2),
-                       dict(BT=64, BK=64, num_warps=4, num_stages=4, waves=4),
-                       dict(BT=128, BK=128, num_warps=8, num_stages=3, waves=2),
-                       dict(BT=32, BK=128, num_warps=4, num_stages=3, waves=2)]),
-        "coef_bwd_x": (lambda: co.coef_backward_triton(x, fn, base, scale, mix, dpre, dpost, dres, 20,
-                                                       0.0, h_pre=hp, dh=y, h_res=hr, gout=g),
-                       (3 * n + 1) * unit + 2 * N * K * 4,
-                       [dict(BT=16, BC=64, num_warps=8, num_stages=2, waves=2),
-                        dict(BT=32, BC=64, num_warps=8, num_stages=2, waves=2),
-                        dict(BT=16, BC=32, num_warps=4, num_stages=2, waves=2),
-                        dict(BT=16, BC=64, num_warps=8, num_stages=3, waves=4),
-                        dict(BT=32, BC=32, num_warps=4, num_stages=2, waves=4),
-                        dict(BT=16, BC=64, num_warps=4, num_stages=2, waves=2)]),
-        "pre_mix_fwd": (lambda: pm.pre_mix_forward_triton(x, hp), (n + 1) * unit,
-                        [dict(BT=1, BC=1024, num_warps=8), dict(BT=1, BC=512, num_warps=4),
-                         dict(BT=1, BC=2048, num_warps=8), dict(BT=2, BC=512, num_warps=4),
-                         dict(BT=4, BC=256, num_warps=4), dict(BT=1, BC=1024, num_warps=4)]),
-        "pre_mix_bwd": (lambda: pm.pre_mix_backward_triton(x, hp, y, False), (n + 1) * unit,
-                        [dict(BT=1, BC=512, num_warps=8), dict(BT=1, BC=256, num_warps=4),
-                         dict(BT=1, BC=1024, num_warps=8), dict(BT=2, BC=256, num_warps=4),
-                         dict(BT=1, BC=512, num_warps=4), dict(BT=4, BC=128, num_warps=4)]),
-        "post_res_fwd": (lambda: po.post_res_forward_triton(x, y, hq, hr), (2 * n + 1) * unit,
-                         [dict(BT=1, BC=1024, num_warps=8), dict(BT=1, BC=512, num_warps=4),
-                          dict(BT=1, BC=2048, num_warps=8), dict(BT=2, BC=512, num_warps=4),
-                          dict(BT=1, BC=1024, num_warps=4)]),
-        "post_res_bwd": (lambda: po.post_res_backward_triton(x, y, hq, hr, g, False),
-                         (2 * n + 2) * unit,
-                         [dict(BT=1, BC=256, num_warps=8), dict(BT=1, BC=128, num_warps=4),
-                          dict(BT=1, BC=512, num_warps=8), dict(BT=2, BC=128, num_warps=4),
-                          dict(BT=1, BC=256, num_warps=4)]),
-    }
+    fwd = lambda: co.coef_forward_triton(x, fn, base, scale, 20, 1e-20, 0.0)  # noqa: E731
+    bwd = lambda: co.coef_backward_triton(x, fn, base, scale, mix, dpre, dpost, dres, 20,  # noqa: E731
+                                          0.0, h_pre=hp, dh=y, h_res=hr, gout=g)
+    b_fwd = n * unit + N * K * 4
+    b_bwd = (3 * n + 1) * unit + 2 * N * K * 4
+    # (tuning key, callable, minimum bytes, configurations); each key keeps its fastest
+    # configuration before the next key is swept
+    jobs = [
+        ("coef_gemm", fwd, b_fwd,
+         [dict(BT=64, BK=64, num_warps=4, num_stages=3, waves=2),
+          dict(BT=128, BK=128, num_warps=8, num_stages=3, waves=2),
+          dict(BT=64, BK=128, num_warps=8, num_stages=3, waves=2),
+          dict(BT=128, BK=64, num_warps=8, num_stages=4, waves=2),
+          dict(BT=128, BK=128, num_warps=8, num_stages=3, waves=4),
+          dict(BT=64, BK=256, num_warps=8, num_stages=3, waves=2)]),
+        ("coef_token", fwd, b_fwd,
+         [dict(BT=32, num_warps=4), dict(BT=16, num_warps=2), dict(BT=8, num_warps=1),
+          dict(BT=8, num_warps=2), dict(BT=16, num_warps=4), dict(BT=4, num_warps=1)]),
+        ("coef_token_bwd", bwd, b_bwd,
+         [dict(BT=16, num_warps=4), dict(BT=8, num_warps=2), dict(BT=8, num_warps=1),
+          dict(BT=4, num_warps=1), dict(BT=16, num_warps=2), dict(BT=32, num_warps=4)]),
+        ("coef_dx", bwd, b_bwd,
+         [dict(BT=32, BC=32, num_warps=8), dict(BT=32, BC=32, num_warps=4),
+          dict(BT=16, BC=64, num_warps=8), dict(BT=64, BC=32, num_warps=8),
+          dict(BT=16, BC=32, num_warps=4), dict(BT=32, BC=64, num_warps=8)]),
+        ("coef_dfn", bwd, b_bwd,
+         [dict(BT=64, BK=128, num_warps=4, num_stages=3, waves=2),
+          dict(BT=64, BK=128, num_warps=8, num_stages=3, waves=2),
+          dict(BT=128, BK=128, num_warps=8, num_stages=3, waves=2),
+          dict(BT=64, BK=256, num_warps=8, num_stages=3, waves=2),
+          dict(BT=64, BK=64, num_warps=4, num_stages=4, waves=4),
+          dict(BT=32, BK=128, num_warps=4, num_stages=4, waves=2)]),
+        ("coef_bwd_x", bwd, b_bwd,  # the one-pass variant (swept with split=False)
+         [dict(BT=16, BC=64, num_warps=4, num_stages=2, waves=2),
+          dict(BT=32, BC=32, num_warps=4, num_stages=2, waves=4),
+          dict(BT=32, BC=64, num_warps=8, num_stages=2, waves=2)]),
+        ("pre_mix_fwd", lambda: pm.pre_mix_forward_triton(x, hp), (n + 1) * unit,
+         [dict(BT=1, BC=2048, num_warps=8), dict(BT=1, BC=1024, num_warps=4),
+          dict(BT=2, BC=1024, num_warps=8), dict(BT=1, BC=4096, num_warps=8)]),
+        ("pre_mix_bwd", lambda: pm.pre_mix_backward_triton(x, hp, y, False), (n + 1) * unit,
+         [dict(BT=1, BC=1024, num_warps=8), dict(BT=1, BC=512, num_warps=8),
+          dict(BT=1, BC=2048, num_warps=8), dict(BT=2, BC=512, num_warps=8)]),
+        ("post_res_fwd", lambda: po.post_res_forward_triton(x, y, hq, hr), (2 * n + 1) * unit,
+         [dict(BT=1, BC=2048, num_warps=8), dict(BT=1, BC=1024, num_warps=4),
+          dict(BT=2, BC=1024, num_warps=8), dict(BT=1, BC=4096, num_warps=8)]),
+        ("post_res_bwd", lambda: po.post_res_backward_triton(x, y, hq, hr, g, False),
+         (2 * n + 2) * unit,
+         [dict(BT=1, BC=128, num_warps=4), dict(BT=1, BC=256, num_warps=4),
+          dict(BT=1, BC=256, num_warps=8), dict(BT=1, BC=512, num_warps=8),
+          dict(BT=2, BC=128, num_warps=4), dict(BT=1, BC=64, num_warps=2)]),
+    ]
     best = {}
     report = {}
-    for name, (fn_call, nbytes, cfgs) in jobs.items():
+    for name, fn_call, nbytes, cfgs in jobs:
+        if name in ("coef_dx", "coef_dfn"):
+            TUNING["coef_bwd"] = {"split": True}
+        elif name == "coef_bwd_x":
+            TUNING["coef_bwd"] = {"split": False}
         results = []
         for cfg in cfgs:
             TUNING[name] = cfg
@@ -95,13 +114,17 @@ def main() -> int:
                 continue
             pct = 100 * nbytes / (ms * 1e-3) / bw
             results.append((ms, cfg))
-            print(f"{name:13s} {ms * 1e3:8.1f} us {pct:5.1f}% of copy bw  {cfg}", flush=True)
+            print(f"{name:14s} {ms * 1e3:8.1f} us {pct:5.1f}% of copy bw  {cfg}", flush=True)
         TUNING.pop(name, None)
         if results:
             ms, cfg = min(results, key=lambda r: r[0])
-            best[name] = cfg
+            best[name] = TUNING[name] = cfg
             report[name] = {"best_us": ms * 1e3, "pct_copy_bw": 100 * nbytes / (ms * 1e-3) / bw,
                             "all": [(r[0] * 1e3, r[1]) for r in results]}
+    if "coef_dfn" in report and "coef_bwd_x" in report:
+        split = report["coef_dfn"]["best_us"] <= report["coef_bwd_x"]["best_us"]
+        best["coef_bwd"] = TUNING["coef_bwd"] = {"split": split}
+        print(f"coef backward: {'two passes (dx, dfn)' if split else 'one pass'}", flush=True)
     with open(args.out, "w") as f:
         json.dump(best, f, indent=1)
     with open(args.out.replace(".json", "_report.json"), "w") as f:

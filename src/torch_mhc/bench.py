@@ -275,6 +275,30 @@ def _bench_ms(fn, device, reps: int = 50) -> float:
     return statistics.median(ts)
 
 
+def _gpu_kernel_time(fn, device, reps: int = 3):
+    """GPU time of one ``fn()`` as the sum of its kernels' durations (torch.profiler), with the
+    largest kernels: excludes the host-side gaps that ``_bench_ms`` sees when launching is
+    slower than the GPU work (small ops outside a model)."""
+    if device.type != "cuda":
+        return None, []
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize(device)
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None)
+        if t is None:
+            t = getattr(e, "self_cuda_time_total", 0.0)
+        if t and t > 0:
+            rows.append((e.key[:80], t / reps))
+    rows.sort(key=lambda r: -r[1])
+    return sum(t for _, t in rows), [(k, round(t, 1)) for k, t in rows[:8]]
+
+
 def _copy_bandwidth(device) -> Optional[float]:
     """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written)."""
     if device.type != "cuda":
@@ -359,6 +383,16 @@ def _kernels_suite(args, device) -> Dict:
                 row["bwd_us"] = 1e3 * _bench_ms(bwd, device)
                 del out, outs, grads
                 row["fwd_bwd_us"] = row["fwd_us"] + row["bwd_us"]
+                with torch.no_grad():
+                    row["fwd_gpu_us"], row["fwd_kernels"] = _gpu_kernel_time(f, device)
+                out = f()
+                outs = out if isinstance(out, tuple) else (out,)
+                grads = [torch.randn_like(o) for o in outs]
+                row["bwd_gpu_us"], row["bwd_kernels"] = _gpu_kernel_time(bwd, device)
+                del out, outs, grads
+                if bw and row["fwd_gpu_us"]:
+                    row["fwd_gpu_pct_copy_bw"] = 100 * b_fwd / (row["fwd_gpu_us"] * 1e-6) / bw
+                    row["bwd_gpu_pct_copy_bw"] = 100 * b_bwd / (row["bwd_gpu_us"] * 1e-6) / bw
                 if bw:
                     row["fwd_pct_copy_bw"] = 100 * b_fwd / (row["fwd_us"] * 1e-6) / bw
                     row["bwd_pct_copy_bw"] = 100 * b_bwd / (row["bwd_us"] * 1e-6) / bw
@@ -368,7 +402,8 @@ def _kernels_suite(args, device) -> Dict:
                 row["error"] = f"{type(e).__name__}: {e}"[:1000]
             rows.append(row)
             _log("  kernels " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                         for k, v in row.items() if "bytes" not in k))
+                                         for k, v in row.items()
+                                         if "bytes" not in k and "kernels" not in k))
     liger_cls, why = _liger_mhc_class()
     liger_row = {"op": "connection", "impl": "liger"}
     if liger_cls is not None and device.type == "cuda":
@@ -385,6 +420,10 @@ def _kernels_suite(args, device) -> Dict:
             liger_row["bwd_us"] = 1e3 * _bench_ms(
                 lambda: torch.autograd.grad(out, ins, go, retain_graph=True), device)
             liger_row["fwd_bwd_us"] = liger_row["fwd_us"] + liger_row["bwd_us"]
+            with torch.no_grad():
+                liger_row["fwd_gpu_us"], liger_row["fwd_kernels"] = _gpu_kernel_time(lambda: m(x), device)
+            liger_row["bwd_gpu_us"], liger_row["bwd_kernels"] = _gpu_kernel_time(
+                lambda: torch.autograd.grad(out, ins, go, retain_graph=True), device)
         except Exception as e:  # noqa: BLE001
             liger_row["error"] = f"{type(e).__name__}: {e}"[:1000]
     else:
@@ -394,7 +433,9 @@ def _kernels_suite(args, device) -> Dict:
     ours = {r["op"]: r for r in rows if r.get("impl") == "triton"}
     out = {"copy_bandwidth_TBps": bw / 1e12 if bw else None, "rows": rows,
            "config": {"tokens": T, "C": C, "n": n, "dtype": str(dt).replace("torch.", ""),
-                      "timing": "triton.testing.do_bench median (L2 flushed)",
+                      "timing": "fwd_us/bwd_us: triton.testing.do_bench median (L2 flushed), "
+                                "includes host launch gaps; *_gpu_us: sum of kernel durations "
+                                "(torch.profiler), the GPU work alone",
                       "bytes": "minimum: every input read once, every output written once"}}
     c = ours.get("connection", {})
     if "fwd_bwd_us" in c:

@@ -122,10 +122,10 @@ def test_autograd_glue_gradcheck_fp64():
     decomposition (explicit G / d(sum x^2) formulas): gradcheck those formulas."""
     torch.manual_seed(1)
     n, C = 2, 3
-    x = torch.randn(3, n, C, dtype=torch.float64, requires_grad=True)
-    fn = (torch.randn((n + 2) * n, n * C, dtype=torch.float64) * 0.3).requires_grad_()
-    base = torch.randn((n + 2) * n, dtype=torch.float64, requires_grad=True)
-    scale = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
+    x = torch.randn(3, n, C, dtype=torch.float64, device=DEV, requires_grad=True)
+    fn = (torch.randn((n + 2) * n, n * C, dtype=torch.float64, device=DEV) * 0.3).requires_grad_()
+    base = torch.randn((n + 2) * n, dtype=torch.float64, device=DEV, requires_grad=True)
+    scale = (torch.rand(3, dtype=torch.float64, device=DEV) + 0.5).requires_grad_()
     for hc_eps in (0.0, 1e-6):
         f = lambda *a: mhc_coefficients(*a, iters=6, rms_eps=1e-6, hc_eps=hc_eps,  # noqa: E731
                                         backend="triton")
@@ -136,3 +136,24 @@ def test_auto_backend_resolution():
     from torch_mhc.ops._backend import resolve_backend
     x = torch.randn(2, 4, 8, device=DEV)
     assert resolve_backend("auto", x) == ("triton" if CUDA else "torch")
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_both_backward_variants(split):
+    """The backward has two launch variants (dx and dfn in one pass over x, or in two):
+    both must give the reference gradients."""
+    from torch_mhc.ops._backend import TUNING
+    old = TUNING.get("coef_bwd")
+    TUNING["coef_bwd"] = {"split": split}
+    try:
+        n, C = 4, 100
+        x = torch.randn(19, n, C, device=DEV).requires_grad_()
+        fn, base, scale = _params(n, C)
+        _compare(x, fn, base, scale, 0.0, 1e-6, 1e-5, 2e-5)
+        xb = torch.randn(19, n, C, device=DEV).bfloat16().requires_grad_()
+        _compare(xb, fn, base, scale, 1e-6, 1e-6, 1e-4, 1e-2)
+    finally:
+        if old is None:
+            TUNING.pop("coef_bwd", None)
+        else:
+            TUNING["coef_bwd"] = old

@@ -122,9 +122,9 @@ def test_gradcheck_fp64_connection_glue():
     hand-off of d out from the post half to the pre half's single dx pass is gradchecked."""
     n, C = 2, 3
     hc = HyperConnection(nn.Linear(C, C), C, n, backend="triton", rms_eps=1e-6,
-                         sinkhorn_iters=5).double()
+                         sinkhorn_iters=5).double().to(DEV)
     _randomise(hc)
-    x = torch.randn(2, n, C, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, n, C, dtype=torch.float64, device=DEV, requires_grad=True)
     params = (hc.fn, hc.base, hc.scale, hc.branch.weight)
     assert torch.autograd.gradcheck(lambda x_, *p: hc(x_), (x, *params), atol=1e-6)
 

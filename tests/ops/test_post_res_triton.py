@@ -65,8 +65,8 @@ def test_mixed_dtypes_autocast():
 
 
 def test_gradcheck_fp64_glue():
-    args = (torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True),
-            torch.randn(3, 5, dtype=torch.float64, requires_grad=True),
-            torch.rand(3, 2, dtype=torch.float64, requires_grad=True),
-            torch.rand(3, 2, 2, dtype=torch.float64, requires_grad=True))
+    args = (torch.randn(3, 2, 5, dtype=torch.float64, device=DEV, requires_grad=True),
+            torch.randn(3, 5, dtype=torch.float64, device=DEV, requires_grad=True),
+            torch.rand(3, 2, dtype=torch.float64, device=DEV, requires_grad=True),
+            torch.rand(3, 2, 2, dtype=torch.float64, device=DEV, requires_grad=True))
     assert torch.autograd.gradcheck(lambda *a: post_res(*a, backend="triton"), args)

@@ -58,6 +58,6 @@ def test_leading_dims_and_autocast():
 
 
 def test_gradcheck_fp64_glue():
-    x = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
-    h = torch.rand(3, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 2, 5, dtype=torch.float64, device=DEV, requires_grad=True)
+    h = torch.rand(3, 2, dtype=torch.float64, device=DEV, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: pre_mix(a, b, backend="triton"), (x, h))

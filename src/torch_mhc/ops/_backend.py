@@ -185,9 +185,9 @@ _load_tuning_env()
 
 
 def tuned(name: str, **defaults):
-    """``defaults`` updated with ``TUNING[name]`` (interpreter runs ignore the overrides)."""
+    """``defaults`` updated with ``TUNING[name]`` (launchers shrink tiles for the interpreter)."""
     over = TUNING.get(name)
-    if over and not interpret_mode():
+    if over:
         defaults.update(over)
     return defaults
 

@@ -287,13 +287,13 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
             # y = m / (sum(m) + eps)  =>  dm = (dy - sum(dy * y)) / (sum(m) + eps)
             for kk in range(iters):
                 k = iters - 1 - kk
-                M = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=0.0)
-                den = tl.sum(M, axis=1)[:, None, :] + hc_eps
-                gy = tl.where(valid, (gy - tl.sum(gy * M, axis=1)[:, None, :] / den) / den, 0.0)
+                Mc = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=0.0)
+                den_c = tl.sum(Mc, axis=1)[:, None, :] + hc_eps
+                gy = tl.where(valid, (gy - tl.sum(gy * Mc, axis=1)[:, None, :] / den_c) / den_c, 0.0)
                 if k > 0:
-                    M = tl.load(scr + (2 * k) * NN, mask=m3, other=0.0)
-                    den = tl.sum(M, axis=2)[:, :, None] + hc_eps
-                    gy = tl.where(valid, (gy - tl.sum(gy * M, axis=2)[:, :, None] / den) / den, 0.0)
+                    Mr = tl.load(scr + (2 * k) * NN, mask=m3, other=0.0)
+                    den_r = tl.sum(Mr, axis=2)[:, :, None] + hc_eps
+                    gy = tl.where(valid, (gy - tl.sum(gy * Mr, axis=2)[:, :, None] / den_r) / den_r, 0.0)
             # softmax: dL = s * (dy - sum(dy * s))
             d_res = tl.where(valid, S0 * (gy - tl.sum(gy * S0, axis=2)[:, :, None]), 0.0)
     else:
@@ -408,10 +408,110 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
              mask=(oo < N)[:, None, None] & icmask[None, :, :])
 
 
+def _coef_dx_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, hpre_ptr, dh_ptr, hres_ptr, gout_ptr,
+                    T, C, K,
+                    n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NP: tl.constexpr,
+                    BT: tl.constexpr, BC: tl.constexpr, QB: tl.constexpr, PREC: tl.constexpr,
+                    HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr):
+    # The dx half of ``_coef_bwd_x_kernel`` on a (token tile, channel tile) grid with no loop
+    # (``_coef_dfn_kernel`` computes dfn in its own pass over x).
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    c0 = pid_c * BC
+    ii = tl.arange(0, NB)
+    cc = tl.arange(0, BC)
+    oo = tl.arange(0, NP)
+    cmask = (c0 + cc) < C
+    icmask = (ii < n)[:, None] & cmask[None, :]
+    ic_off = ii[:, None] * C + (c0 + cc)[None, :]
+    W3 = tl.load(fn_ptr + oo[:, None, None] * K + ic_off[None, :, :],
+                 mask=(oo < N)[:, None, None] & icmask[None, :, :], other=0.0).to(tl.float32)
+    W = tl.reshape(W3, [NP, QB])
+    t0 = pid_t * BT
+    rl = tl.arange(0, BT)
+    rmask = (t0 + rl) < T
+    m3 = rmask[:, None, None] & icmask[None, :, :]
+    off3 = t0.to(tl.int64) * K + rl[:, None, None] * K + ic_off[None, :, :]
+    x3 = tl.load(x_ptr + off3, mask=m3, other=0.0)
+    r2 = (t0 + rl).to(tl.int64)
+    Gt = tl.load(g_ptr + r2[:, None] * NP + oo[None, :], mask=rmask[:, None] & (oo < N)[None, :],
+                 other=0.0)
+    if PREC >= 2:
+        W_hi = W.to(tl.bfloat16)
+        W_lo = (W - W_hi.to(tl.float32)).to(tl.bfloat16)
+        G_hi = Gt.to(tl.bfloat16)
+        G_lo = (Gt - G_hi.to(tl.float32)).to(tl.bfloat16)
+        if PREC == 2:
+            d2 = tl.dot(G_hi, W_hi)
+            d2 = tl.dot(G_hi, W_lo, d2)
+            d2 = tl.dot(G_lo, W_hi, d2)
+        else:
+            d2 = tl.dot(G_hi.to(tl.float32), W_hi.to(tl.float32), input_precision="ieee")
+            d2 = tl.dot(G_hi.to(tl.float32), W_lo.to(tl.float32), d2, input_precision="ieee")
+            d2 = tl.dot(G_lo.to(tl.float32), W_hi.to(tl.float32), d2, input_precision="ieee")
+    elif PREC == 1:
+        d2 = tl.dot(Gt, W, input_precision="tf32x3")
+    else:
+        d2 = tl.dot(Gt, W, input_precision="ieee")
+    dss = tl.load(dss_ptr + t0 + rl, mask=rmask, other=0.0)
+    dx = tl.reshape(d2, [BT, NB, BC]) + 2.0 * x3.to(tl.float32) * dss[:, None, None]
+    m2 = rmask[:, None] & (ii < n)[None, :]
+    if HAS_PRE:
+        hp = tl.load(hpre_ptr + r2[:, None] * n + ii[None, :], mask=m2, other=0.0)
+        dhv = tl.load(dh_ptr + r2[:, None] * C + (c0 + cc)[None, :],
+                      mask=rmask[:, None] & cmask[None, :], other=0.0)
+        dx += hp[:, :, None] * dhv.to(tl.float32)[:, None, :]
+    if HAS_RES:
+        for j in tl.static_range(n):
+            hr = tl.load(hres_ptr + r2[:, None] * (n * n) + j * n + ii[None, :], mask=m2, other=0.0)
+            gj = tl.load(gout_ptr + r2[:, None] * K + j * C + (c0 + cc)[None, :],
+                         mask=rmask[:, None] & cmask[None, :], other=0.0)
+            dx += hr[:, :, None] * gj.to(tl.float32)[:, None, :]
+    tl.store(dx_ptr + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
+
+
+def _coef_dfn_kernel(x_ptr, g_ptr, dfn_ptr, T, K, t_per_split,
+                     N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                     PREC: tl.constexpr):
+    # dfn[o, k] = sum_t G[t, o] x[t, k] over this program's token range (x as (T, nC))
+    pid_k = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    ks = pid_k * BK + tl.arange(0, BK)
+    kmask = ks < K
+    oo = tl.arange(0, NP)
+    acc = tl.zeros([NP, BK], dtype=tl.float32)
+    t_lo = pid_s * t_per_split
+    for tt in range(0, t_per_split, BT):
+        rows = t_lo + tt + tl.arange(0, BT)
+        rmask = rows < T
+        r64 = rows.to(tl.int64)
+        xt = tl.load(x_ptr + r64[:, None] * K + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                     other=0.0)
+        GT = tl.load(g_ptr + r64[None, :] * NP + oo[:, None],
+                     mask=(oo < N)[:, None] & rmask[None, :], other=0.0)  # [NP, BT]
+        if PREC >= 2:
+            G_hi = GT.to(tl.bfloat16)
+            G_lo = (GT - G_hi.to(tl.float32)).to(tl.bfloat16)
+            if PREC == 2:
+                acc = tl.dot(G_hi, xt, acc)
+                acc = tl.dot(G_lo, xt, acc)
+            else:
+                acc = tl.dot(G_hi.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
+                acc = tl.dot(G_lo.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
+        elif PREC == 1:
+            acc = tl.dot(GT, xt.to(tl.float32), acc, input_precision="tf32x3")
+        else:
+            acc = tl.dot(GT, xt.to(tl.float32), acc, input_precision="ieee")
+    tl.store(dfn_ptr + (pid_s * NP + oo[:, None]).to(tl.int64) * K + ks[None, :], acc,
+             mask=(oo < N)[:, None] & kmask[None, :])
+
+
 _coef_gemm = LazyJit(_coef_gemm_kernel)
 _coef_token = LazyJit(_coef_token_kernel)
 _coef_token_bwd = LazyJit(_coef_token_bwd_kernel)
 _coef_bwd_x = LazyJit(_coef_bwd_x_kernel)
+_coef_dx = LazyJit(_coef_dx_kernel)
+_coef_dfn = LazyJit(_coef_dfn_kernel)
 
 
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
@@ -482,28 +582,48 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
         n=n, N=N, NB=NB, NN=NB * NB, NP=NP, BT=BT2, LOG=(hc_eps == 0.0), HAS_DPRE=d_pre is not None,
         HAS_DPOST=d_post is not None, HAS_DRES=has_res, num_warps=cfg["num_warps"])
     del scr
-    # pass over x: dx and dfn
+    # pass(es) over x: dx and dfn
     prec = dot_mode(x.dtype)
-    BC = max(16, min(next_pow2(C), 8192 // (NB * NP)))
-    if x.element_size() > 2:
-        BC = max(16, BC // 2)
-    cfg = tuned("coef_bwd_x", BT=16, BC=BC, num_warps=8 if NP * NB * BC >= 4096 else 4,
-                num_stages=2, waves=2)
-    BT, BC = cfg["BT"], cfg["BC"]
-    c_tiles = triton_cdiv(C, BC)
-    tsplit = max(1, min(triton_cdiv(T, BT), (cfg["waves"] * device_sms(dev)) // c_tiles))
-    t_per_split = triton_cdiv(triton_cdiv(T, BT), tsplit) * BT
-    tsplit = triton_cdiv(T, t_per_split)
     dx = torch.empty_like(x)
-    dfn_p = torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32)
     has_pre = dh is not None
     has_gout = gout is not None
-    _coef_bwd_x[(c_tiles, tsplit)](
-        x, fn.contiguous(), G, dss, dx, dfn_p,
-        h_pre if has_pre else G, dh if has_pre else G, h_res if has_gout else G,
-        gout if has_gout else G, T, C, K, t_per_split,
-        n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    extras = (h_pre if has_pre else G, dh if has_pre else G, h_res if has_gout else G,
+              gout if has_gout else G)
+    mode = tuned("coef_bwd", split=True)
+    if mode["split"]:
+        # dx on a (token, channel) grid, then dfn = G^T x as its own skinny GEMM (x read twice)
+        BC = max(16, min(next_pow2(C), 4096 // (NB * NP)))
+        cfg = tuned("coef_dx", BT=32, BC=BC, num_warps=8)
+        BT, BC = (16, min(BC, 32)) if interpret_mode() else (cfg["BT"], cfg["BC"])
+        _coef_dx[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
+            x, fn.contiguous(), G, dss, dx, *extras, T, C, K,
+            n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre,
+            HAS_RES=has_gout, num_warps=cfg["num_warps"])
+        cfg = tuned("coef_dfn", BT=64, BK=128, num_warps=4, num_stages=3, waves=2)
+        BT, BK = (16, 32) if interpret_mode() else (cfg["BT"], cfg["BK"])
+        k_tiles = triton_cdiv(K, BK)
+        tsplit = max(1, min(triton_cdiv(T, BT), (cfg["waves"] * device_sms(dev)) // k_tiles))
+        t_per_split = triton_cdiv(triton_cdiv(T, BT), tsplit) * BT
+        tsplit = triton_cdiv(T, t_per_split)
+        dfn_p = torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32)
+        _coef_dfn[(k_tiles, tsplit)](x, G, dfn_p, T, K, t_per_split, N=N, NP=NP, BT=BT, BK=BK,
+                                     PREC=prec, num_warps=cfg["num_warps"],
+                                     num_stages=cfg["num_stages"])
+    else:
+        BC = max(16, min(next_pow2(C), 8192 // (NB * NP)))
+        if x.element_size() > 2:
+            BC = max(16, BC // 2)
+        cfg = tuned("coef_bwd_x", BT=16, BC=BC, num_warps=4, num_stages=2, waves=2)
+        BT, BC = cfg["BT"], cfg["BC"]
+        c_tiles = triton_cdiv(C, BC)
+        tsplit = max(1, min(triton_cdiv(T, BT), (cfg["waves"] * device_sms(dev)) // c_tiles))
+        t_per_split = triton_cdiv(triton_cdiv(T, BT), tsplit) * BT
+        tsplit = triton_cdiv(T, t_per_split)
+        dfn_p = torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32)
+        _coef_bwd_x[(c_tiles, tsplit)](
+            x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K, t_per_split,
+            n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre,
+            HAS_RES=has_gout, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     dfn = dfn_p.sum(0)[:N] if tsplit > 1 else dfn_p[0, :N]
     return dx, dfn, dbase_p.sum(0), dscale_p.sum(0)
 

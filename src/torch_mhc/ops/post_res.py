@@ -55,6 +55,9 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
                          dhpost_ptr, dhres_ptr, T, C,
                          n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                          WRITE_DX: tl.constexpr):
+    # Loops over C for BT tokens; dH_res[:, :, j] = <g_i, x_j> accumulates elementwise in one
+    # [BT, NB, BC] register tile per j (a0..a7, n <= 8; unused ones are compiled away) and is
+    # reduced over C once at the end. x_j is read as a 2D tile and broadcast over i.
     pid = tl.program_id(0)
     rows = pid * BT + tl.arange(0, BT)
     rmask = rows < T
@@ -63,19 +66,44 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
     m2 = rmask[:, None] & (ii < n)[None, :]
     hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
     acc_p = tl.zeros([BT, NB, BC], dtype=tl.float32)
-    acc_r = tl.zeros([BT, NB, NB, BC], dtype=tl.float32)
+    a0 = tl.zeros([BT, NB, BC], dtype=tl.float32)
+    a1 = tl.zeros([BT, NB, BC], dtype=tl.float32)
+    a2 = tl.zeros([BT, NB, BC], dtype=tl.float32)
+    a3 = tl.zeros([BT, NB, BC], dtype=tl.float32)
+    a4 = tl.zeros([BT, NB, BC], dtype=tl.float32)
+    a5 = tl.zeros([BT, NB, BC], dtype=tl.float32)
+    a6 = tl.zeros([BT, NB, BC], dtype=tl.float32)
+    a7 = tl.zeros([BT, NB, BC], dtype=tl.float32)
     for c0 in range(0, C, BC):
         cc = c0 + tl.arange(0, BC)
         mc = rmask[:, None] & (cc < C)[None, :]
         m3 = m2[:, :, None] & (cc < C)[None, None, :]
         off3 = r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :]
         g3 = tl.load(g_ptr + off3, mask=m3, other=0.0).to(tl.float32)
-        x3 = tl.load(x_ptr + off3, mask=m3, other=0.0).to(tl.float32)
         y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
         tl.store(dy_ptr + r64[:, None] * C + cc[None, :],
                  tl.sum(g3 * hp[:, :, None], axis=1).to(dy_ptr.dtype.element_ty), mask=mc)
         acc_p += g3 * y[:, None, :]
-        acc_r += g3[:, :, None, :] * x3[:, None, :, :]  # [t, i, j, c]: g_i x_j
+        for j in tl.static_range(n):
+            xj = tl.load(x_ptr + r64[:, None] * (n * C) + j * C + cc[None, :], mask=mc,
+                         other=0.0).to(tl.float32)
+            pj = g3 * xj[:, None, :]
+            if j == 0:
+                a0 += pj
+            elif j == 1:
+                a1 += pj
+            elif j == 2:
+                a2 += pj
+            elif j == 3:
+                a3 += pj
+            elif j == 4:
+                a4 += pj
+            elif j == 5:
+                a5 += pj
+            elif j == 6:
+                a6 += pj
+            else:
+                a7 += pj
         if WRITE_DX:  # dx_j = sum_i H_res[i, j] g_i
             dx = tl.zeros([BT, NB, BC], dtype=tl.float32)
             for i in tl.static_range(n):
@@ -86,9 +114,24 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
                 dx += hi[:, :, None] * gi[:, None, :]
             tl.store(dx_ptr + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
     tl.store(dhpost_ptr + r64[:, None] * n + ii[None, :], tl.sum(acc_p, axis=2), mask=m2)
-    jj = tl.arange(0, NB)
-    tl.store(dhres_ptr + r64[:, None, None] * (n * n) + ii[None, :, None] * n + jj[None, None, :],
-             tl.sum(acc_r, axis=3), mask=m2[:, :, None] & (jj < n)[None, None, :])
+    rbase = dhres_ptr + r64[:, None] * (n * n) + ii[None, :] * n  # dH_res[t, i, j]
+    for j in tl.static_range(n):
+        if j == 0:
+            tl.store(rbase + 0, tl.sum(a0, axis=2), mask=m2)
+        elif j == 1:
+            tl.store(rbase + 1, tl.sum(a1, axis=2), mask=m2)
+        elif j == 2:
+            tl.store(rbase + 2, tl.sum(a2, axis=2), mask=m2)
+        elif j == 3:
+            tl.store(rbase + 3, tl.sum(a3, axis=2), mask=m2)
+        elif j == 4:
+            tl.store(rbase + 4, tl.sum(a4, axis=2), mask=m2)
+        elif j == 5:
+            tl.store(rbase + 5, tl.sum(a5, axis=2), mask=m2)
+        elif j == 6:
+            tl.store(rbase + 6, tl.sum(a6, axis=2), mask=m2)
+        else:
+            tl.store(rbase + 7, tl.sum(a7, axis=2), mask=m2)
 
 
 _post_res_fwd = LazyJit(_post_res_fwd_kernel)
@@ -117,6 +160,8 @@ def post_res_forward_triton(x, y, h_post, h_res):
 def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
     """``(dx or None, dy, dH_post, dH_res)`` in one pass over ``g``, ``x`` and ``y``."""
     T, n, C = x.shape
+    if n > 8:  # the kernel keeps one accumulator per stream j, up to 8
+        return post_res_backward_torch(x, y, h_post, h_res, g, write_dx)
     NB = next_pow2(n)
     BC = max(16, min(next_pow2(C), 4096 // (NB * NB)))
     cfg = tuned("post_res_bwd", BT=1, BC=BC, num_warps=4 if NB * NB * BC <= 2048 else 8)
