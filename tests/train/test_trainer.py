@@ -69,7 +69,7 @@ def test_resume_refuses_a_different_config(small, tmp_path):
     Trainer(_cfg(small, tmp_path, connection="hc")).fit()
     other = _cfg(small, tmp_path, connection="mhc", d_model=64)
     with pytest.raises(CheckpointError, match="different configuration") as e:
-        Trainer(other, resume=str(tmp_path / "run")).fit()
+        Trainer(other, resume=str(tmp_path / "run"))  # refused before anything is built
     assert "connection: checkpoint 'hc', this run 'mhc'" in str(e.value)
     assert "--connection hc" in str(e.value) and "--d-model 32" in str(e.value)
 

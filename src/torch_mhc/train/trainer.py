@@ -158,6 +158,7 @@ class Trainer:
                                      split="validation", **common)
         self.probe_data = BatchSampler(corpus.val, batch_size=cfg.probe_batch_size,
                                        stream=PROBE_STREAM, split="validation", **common)
+        self.resume_state = self._check_resume(self.resume_from) if resume else None
         _seed_everything(cfg.seed)
         self.model = build_model(cfg, self.vocab_size).to(rt.device)
         self.connections = self.model.connections()
@@ -195,7 +196,8 @@ class Trainer:
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     # -- resume ----------------------------------------------------------------------------
-    def _restore(self, path: Path) -> int:
+    def _check_resume(self, path: Path) -> Dict[str, Any]:
+        """Read the checkpoint's state and refuse it if its settings differ from ours."""
         state = CheckpointManager.read_state(path)
         saved = state.get("config", {})
         now = config_to_dict(self.cfg)
@@ -215,6 +217,12 @@ class Trainer:
         if step > self.cfg.max_steps:
             raise ConfigError(f"checkpoint {path} is at step {step}, beyond --max-steps "
                               f"{self.cfg.max_steps}; raise --max-steps to continue it")
+        return state
+
+    def _restore(self, path: Path, state: Dict[str, Any]) -> int:
+        """Load the checkpoint and cut the log back to it; returns its step."""
+        saved, now = state.get("config", {}), config_to_dict(self.cfg)
+        step = int(state["step"])
         for k in ("max_steps", "lr", "warmup_steps", "min_lr_ratio"):
             if saved.get(k) != now.get(k):
                 self.say(f"note: {k} differs from the checkpoint ({saved.get(k)} -> "
@@ -326,7 +334,7 @@ class Trainer:
         """Train to ``max_steps`` (or until stopped); returns the run's summary dict."""
         cfg, rt = self.cfg, self.rt
         self.ckpt.clean_temporary()
-        start = self._restore(self.resume_from) if self.resume_from else 0
+        start = self._restore(self.resume_from, self.resume_state) if self.resume_from else 0
         if not self.resume_from:
             self.log.write(self._header())
         head = self._header()
