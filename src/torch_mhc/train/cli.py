@@ -9,8 +9,10 @@ one-line message and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
+import textwrap
 import threading
 from dataclasses import fields
 from typing import List, Optional
@@ -220,15 +222,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     """Add ``train``, ``compare`` and ``report`` to the ``mhc`` subcommand parsers."""
     fmt = argparse.RawDescriptionHelpFormatter
+    wrap = functools.partial(textwrap.fill, width=80)
     p = subparsers.add_parser(
         "train", help="train one model (residual, HC or mHC connections)",
-        description="Train a GPT (or a plain deep stack) whose residual connections are "
+        description=wrap("Train a GPT (or a plain deep stack) whose residual connections are "
                     "plain residual, HC or mHC. Logs to OUT/log.jsonl, checkpoints to "
                     "OUT/checkpoints, records diagnostics (gains, H_res, gradient norms) "
-                    "every --diag-interval steps.",
+                    "every --diag-interval steps."),
         epilog=TRAIN_EPILOG, formatter_class=fmt,
-        usage="mhc train [--preset NAME] [--connection MODE] [--n N] [--max-steps N] "
-              "[--out DIR] [--resume PATH] [--config FILE] [more options, below]")
+        usage="mhc train [--preset NAME] [--connection MODE] [--n N] [--max-steps N]\n"
+              "                 [--out DIR] [--resume [PATH]] [--config FILE] [options below]")
     p.add_argument("--resume", metavar="PATH", nargs="?", const=True, default=None,
                    help="continue a run from its latest checkpoint: the run in --out, or "
                         "PATH (a run folder or a checkpoint folder); model, data, batch and "
@@ -240,12 +243,12 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "compare", help="train residual, HC and mHC side by side and report",
-        description="Train the same model once per connection mode (same seed, same data "
+        description=wrap("Train the same model once per connection mode (same seed, same data "
                     "order) and write summary.json, the logs, PNG plots and report.html "
-                    "into --out.",
+                    "into --out."),
         epilog=COMPARE_EPILOG, formatter_class=fmt,
-        usage="mhc compare [--preset NAME] [--modes LIST] [--max-steps N] [--out DIR] "
-              "[--config FILE] [more options, below]")
+        usage="mhc compare [--preset NAME] [--modes LIST] [--max-steps N] [--out DIR]\n"
+              "                   [--config FILE] [options below]")
     p.add_argument("--modes", default=argparse.SUPPRESS, metavar="LIST",
                    help="comma-separated modes to train (default: residual,hc,mhc)")
     p.add_argument("--resume", action="store_true",
@@ -258,8 +261,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "report", help="rebuild plots and report.html from run logs",
-        description="Rebuild summary.json, plots/*.png and report.html from the logs in DIR "
-                    "(a folder from mhc compare or mhc train), e.g. of a run done elsewhere.",
+        description=wrap("Rebuild summary.json, plots/*.png and report.html from the logs in DIR "
+                    "(a folder from mhc compare or mhc train), e.g. of a run done elsewhere."),
         epilog=REPORT_EPILOG, formatter_class=fmt)
     p.add_argument("dir", metavar="DIR", help="folder of a comparison or a single run")
     p.set_defaults(func=cmd_report)
