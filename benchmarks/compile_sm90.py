@@ -40,7 +40,7 @@ def main(argv=None):
     f32, i32 = "*fp32", "i32"
     bc_fwd = max(16, min(next_pow2(C), 4096 // NB))
     bc_bwd = max(16, min(next_pow2(C), 2048 // NB))
-    bc_pr = max(16, min(next_pow2(C), 4096 // (NB * NB)))
+    bc_pr = max(16, min(next_pow2(C), 1024 // (NB * NB)))
     bc_x = max(16, min(next_pow2(C), 8192 // (NB * NP)))
     bc_dx = max(16, min(next_pow2(C), 4096 // (NB * NP)))
     if args.dtype == "fp32":
@@ -48,7 +48,9 @@ def main(argv=None):
     cases = [
         ("coef_gemm", co._coef_gemm, dict(x_ptr=xt, fn_ptr=f32, part_ptr=f32, T=i32, K=i32,
                                             k_per_split=i32),
-         dict(N=N, NP=NP, BT=64 if NP < 64 else 32, BK=64 if prec == 2 else 32, PREC=prec), 4, 3),
+         dict(N=N, NP=NP, BT=128 if (prec == 2 and NP < 64) else (64 if NP < 64 else 32),
+              BK=128 if (prec == 2 and NP < 64) else 32, PREC=prec),
+         8 if (prec == 2 and NP < 64) else 4, 3),
         ("coef_token", co._coef_token, dict(part_ptr=f32, scale_ptr=f32, base_ptr=f32, mix_ptr=f32,
                                               hpre_ptr=f32, hpost_ptr=f32, hres_ptr=f32, T=i32,
                                               SPLIT=i32, K=i32, iters=i32, rms_eps="fp32",
@@ -74,8 +76,8 @@ def main(argv=None):
         ("coef_dx", co._coef_dx,
          dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, hpre_ptr=f32,
               dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32),
-         dict(n=n, N=N, NB=NB, NP=NP, BT=32, BC=bc_dx, QB=NB * bc_dx, PREC=prec, HAS_PRE=True,
-              HAS_RES=True), 4, 1),
+         dict(n=n, N=N, NB=NB, NP=NP, BT=64 if prec == 2 else 32, BC=bc_dx, QB=NB * bc_dx,
+              PREC=prec, HAS_PRE=True, HAS_RES=True), 8, 1),
         ("coef_dx(plain)", co._coef_dx,
          dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, hpre_ptr=f32,
               dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32),
@@ -83,7 +85,7 @@ def main(argv=None):
               HAS_RES=False), 4, 1),
         ("coef_dfn", co._coef_dfn, dict(x_ptr=xt, g_ptr=f32, dfn_ptr=f32, T=i32, K=i32,
                                           t_per_split=i32),
-         dict(N=N, NP=NP, BT=64, BK=128, PREC=prec), 4, 3),
+         dict(N=N, NP=NP, BT=32, BK=128, PREC=prec), 4, 4),
         ("coef_bwd_x(fused)", co._coef_bwd_x,
          dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32, hpre_ptr=f32,
               dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, t_per_split=i32),
@@ -100,7 +102,7 @@ def main(argv=None):
         ("post_res_bwd", po._post_res_bwd,
          dict(x_ptr=xt, y_ptr=xt, hpost_ptr=f32, hres_ptr=f32, g_ptr=xt, dx_ptr=xt, dy_ptr=xt,
               dhpost_ptr=f32, dhres_ptr=f32, T=i32, C=i32),
-         dict(n=n, NB=NB, BT=1, BC=bc_pr, WRITE_DX=True), 4 if NB * NB * bc_pr <= 2048 else 8, 1),
+         dict(n=n, NB=NB, BT=1, BC=bc_pr, WRITE_DX=True), 2 if NB * NB * bc_pr <= 1024 else 4, 1),
         ("post_res_bwd(nodx)", po._post_res_bwd,
          dict(x_ptr=xt, y_ptr=xt, hpost_ptr=f32, hres_ptr=f32, g_ptr=xt, dx_ptr=xt, dy_ptr=xt,
               dhpost_ptr=f32, dhres_ptr=f32, T=i32, C=i32),

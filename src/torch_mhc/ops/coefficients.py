@@ -72,9 +72,11 @@ def mhc_coefficients_reference(x: torch.Tensor, fn: torch.Tensor, base: torch.Te
 #      the saved projection (the per-step matrices go to a transient per-token scratch that
 #      is written and read back by the same program, then freed) and runs them backwards:
 #      dL for the (n+2)n logits -> G = dmix (T, NP), d(sum x^2), partial dscale/dbase.
-#   4. ``_coef_bwd_x_kernel``: one pass over x: dx = G fn + 2 x d(sum x^2) (+ the pre-mix
-#      and post-res terms when called from the fused connection) and dfn = G^T x, split
-#      over tokens (partials summed in fp32).
+#   4. dx = G fn + 2 x d(sum x^2) (+ the pre-mix and post-res terms when called from the
+#      fused connection) and dfn = G^T x (token-split partials summed in fp32), either
+#      - in two passes (default, faster on an H100): ``_coef_dx_kernel`` on a (token,
+#        channel) grid and ``_coef_dfn_kernel``, a skinny GEMM that re-reads x, or
+#      - in one pass, ``_coef_bwd_x_kernel`` (``TUNING["coef_bwd"] = {"split": False}``).
 #
 # Gradient formulas (mix = x fn^T, inv_r = (sum x^2 / K + eps)^-1/2, logit = a mix inv_r + b):
 #   G      = dlogit * a * inv_r                       (d mix)
@@ -524,8 +526,12 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     K, N = n * C, (n + 2) * n
     NP = max(16, next_pow2(N))
     dev = x.device
-    cfg = tuned("coef_gemm", BT=64 if NP < 64 else 32, BK=64 if x.element_size() == 2 else 32,
-                num_warps=4, num_stages=3, waves=2)
+    # defaults: the fastest of benchmarks/sweep.py on an H100 at T = 4096, n = 4, C = 4096
+    if x.element_size() == 2 and NP < 64:
+        cfg = tuned("coef_gemm", BT=128, BK=128, num_warps=8, num_stages=3, waves=2)
+    else:
+        cfg = tuned("coef_gemm", BT=64 if NP < 64 else 32, BK=32, num_warps=4, num_stages=3,
+                    waves=2)
     BT, BK = cfg["BT"], cfg["BK"]
     if interpret_mode():
         BT, BK = 16, 32
@@ -544,7 +550,7 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     h_post = torch.empty(T, n, device=dev, dtype=torch.float32)
     h_res = torch.empty(T, n, n, device=dev, dtype=torch.float32)
     NB = next_pow2(n)
-    cfg = tuned("coef_token", BT=32 if NB <= 4 else 8, num_warps=4)
+    cfg = tuned("coef_token", BT=8, num_warps=1 if NB <= 4 else 2)
     BT2 = cfg["BT"]
     _coef_token[(triton_cdiv(T, BT2),)](
         part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res,
@@ -565,7 +571,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     NP = max(16, next_pow2(N))
     NB = next_pow2(n)
     dev = x.device
-    cfg = tuned("coef_token_bwd", BT=16 if NB <= 4 else 4, num_warps=4)
+    cfg = tuned("coef_token_bwd", BT=8 if NB <= 4 else 4, num_warps=1 if NB <= 4 else 2)
     BT2 = 8 if interpret_mode() else cfg["BT"]
     nprog = triton_cdiv(T, BT2)
     G = torch.empty(T, NP, device=dev, dtype=torch.float32)
@@ -593,13 +599,14 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     if mode["split"]:
         # dx on a (token, channel) grid, then dfn = G^T x as its own skinny GEMM (x read twice)
         BC = max(16, min(next_pow2(C), 4096 // (NB * NP)))
-        cfg = tuned("coef_dx", BT=32, BC=BC, num_warps=8)
-        BT, BC = (16, min(BC, 32)) if interpret_mode() else (cfg["BT"], cfg["BC"])
+        cfg = tuned("coef_dx", BT=64 if (x.element_size() == 2 and NP < 64) else 32, BC=BC,
+                    num_warps=8)
+        BT, BC = (16, min(BC, 32)) if interpret_mode() else (cfg["BT"], min(cfg["BC"], next_pow2(C)))
         _coef_dx[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
             x, fn.contiguous(), G, dss, dx, *extras, T, C, K,
             n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre,
             HAS_RES=has_gout, num_warps=cfg["num_warps"])
-        cfg = tuned("coef_dfn", BT=64, BK=128, num_warps=4, num_stages=3, waves=2)
+        cfg = tuned("coef_dfn", BT=32, BK=128, num_warps=4, num_stages=4, waves=2)
         BT, BK = (16, 32) if interpret_mode() else (cfg["BT"], cfg["BK"])
         k_tiles = triton_cdiv(K, BK)
         tsplit = max(1, min(triton_cdiv(T, BT), (cfg["waves"] * device_sms(dev)) // k_tiles))

@@ -148,7 +148,7 @@ def post_res_forward_triton(x, y, h_post, h_res):
     NB = next_pow2(n)
     BC = max(16, min(next_pow2(C), 4096 // NB))
     cfg = tuned("post_res_fwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
-    BT, BC = cfg["BT"], cfg["BC"]
+    BT, BC = cfg["BT"], min(cfg["BC"], next_pow2(C))
     if interpret_mode():
         BC = min(BC, 32)
     out = torch.empty_like(x)
@@ -163,9 +163,9 @@ def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
     if n > 8:  # the kernel keeps one accumulator per stream j, up to 8
         return post_res_backward_torch(x, y, h_post, h_res, g, write_dx)
     NB = next_pow2(n)
-    BC = max(16, min(next_pow2(C), 4096 // (NB * NB)))
-    cfg = tuned("post_res_bwd", BT=1, BC=BC, num_warps=4 if NB * NB * BC <= 2048 else 8)
-    BT, BC = cfg["BT"], cfg["BC"]
+    BC = max(16, min(next_pow2(C), 1024 // (NB * NB)))  # small tiles, many programs: fastest
+    cfg = tuned("post_res_bwd", BT=1, BC=BC, num_warps=2 if NB * NB * BC <= 1024 else 4)
+    BT, BC = cfg["BT"], min(cfg["BC"], next_pow2(C))
     if interpret_mode():
         BC = min(BC, 32)
     dy = torch.empty(T, C, device=x.device, dtype=y.dtype)

@@ -94,7 +94,7 @@ def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor
     T, n, C = x.shape
     NB, BC = _fwd_blocks(n, C)
     cfg = tuned("pre_mix_fwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
-    BT, BC = cfg["BT"], (BC if interpret_mode() else cfg["BC"])
+    BT, BC = cfg["BT"], (BC if interpret_mode() else min(cfg["BC"], next_pow2(C)))
     h = torch.empty(T, C, device=x.device, dtype=x.dtype)
     _pre_mix_fwd[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
         x, h_pre, h, T, C, n=n, NB=NB, BT=BT, BC=BC, num_warps=cfg["num_warps"])
@@ -107,7 +107,7 @@ def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tens
     T, n, C = x.shape
     NB, BC = _bwd_blocks(n, C)
     cfg = tuned("pre_mix_bwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 1024 else 8)
-    BT, BC = cfg["BT"], (BC if interpret_mode() else cfg["BC"])
+    BT, BC = cfg["BT"], (BC if interpret_mode() else min(cfg["BC"], next_pow2(C)))
     dhpre = torch.empty(T, n, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x) if write_dx else None
     _pre_mix_bwd[(triton_cdiv(T, BT),)](
