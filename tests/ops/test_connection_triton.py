@@ -146,3 +146,20 @@ def test_gpt_triton_matches_torch():
     assert abs(loss.item() - loss_ref.item()) < 1e-5 * abs(loss_ref.item())
     for (name, _), a, b in zip(model.named_parameters(), grads, grads_ref):
         assert _rel(a, b) < 1e-4, (name, _rel(a, b))
+
+
+def test_torch_compile_graph_breaks_around_fused_halves():
+    """torch.compile keeps working: the two fused halves are excluded from the graph
+    (``torch.compiler.disable``), the branch in between is compiled; same values."""
+    n, C = 4, 32
+    hc = HyperConnection(nn.Linear(C, C), C, n, backend="triton").to(DEV)
+    _randomise(hc)
+    x = torch.randn(2, 3, n, C, device=DEV, requires_grad=True)
+    ref = hc(x)
+    g_ref = torch.autograd.grad(ref.sum(), [x, hc.fn])
+    compiled = torch.compile(hc, backend="eager")
+    out = compiled(x)
+    g = torch.autograd.grad(out.sum(), [x, hc.fn])
+    assert torch.equal(out, ref)
+    for a, b in zip(g, g_ref):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)

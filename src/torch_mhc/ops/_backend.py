@@ -10,15 +10,20 @@ import torch
 BACKENDS = ("auto", "torch", "triton")
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_OK: Optional[bool] = None
+
+
 def triton_available() -> bool:
     """True when Triton imports (the kernels also run on CPU under ``TRITON_INTERPRET=1``)."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the install
-        return False
-    return True
+    global _TRITON_OK
+    if _TRITON_OK is None:  # a plain global, not lru_cache: torch.compile traces this quietly
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+            _TRITON_OK = True
+        except Exception:  # pragma: no cover - depends on the install
+            _TRITON_OK = False
+    return _TRITON_OK
 
 
 def interpret_mode() -> bool:
