@@ -49,11 +49,18 @@ class StreamGradRecorder:
         self._handles = []
 
 
+def _full(g: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP2 DTensor) gradient gathered in full; other tensors as they are."""
+    return g.full_tensor() if hasattr(g, "full_tensor") else g
+
+
 def param_grad_norms(connections: Sequence[nn.Module]) -> List[float]:
-    """L2 norm of the gradients of each connection's parameters (0.0 where there are none)."""
+    """L2 norm of the gradients of each connection's parameters (0.0 where there are none).
+
+    Sharded gradients are gathered first (collective under FSDP2: every rank calls this)."""
     out = []
     for c in connections:
-        sq = sum(float(p.grad.detach().to(torch.float64).pow(2).sum())
+        sq = sum(float(_full(p.grad.detach()).to(torch.float64).pow(2).sum())
                  for p in c.parameters() if p.grad is not None)
         out.append(math.sqrt(sq))
     return out

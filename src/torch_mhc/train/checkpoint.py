@@ -17,7 +17,9 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
+
+from .distributed import full_state_dicts, load_full_state_dicts
 
 __all__ = ["CheckpointManager", "CheckpointError", "find_checkpoint", "rng_state",
            "set_rng_state", "WEIGHTS", "STATE"]
@@ -99,7 +101,14 @@ class CheckpointManager:
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              extra: Dict[str, Any]) -> Optional[Path]:
-        """Write checkpoint ``step`` atomically and prune old ones; returns its folder."""
+        """Write checkpoint ``step`` atomically and prune old ones; returns its folder.
+
+        Model and optimizer state are gathered in full and keyed by parameter name
+        (``train/distributed.py``), so under DDP/FSDP every rank must call this (the
+        gathering is collective) and only the main one writes; the files are the same
+        whatever the world size.
+        """
+        model_sd, optim_sd = full_state_dicts(model, optimizer)
         if not self.enabled:
             return None
         self.root.mkdir(parents=True, exist_ok=True)
@@ -108,9 +117,8 @@ class CheckpointManager:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        save_model(model, str(tmp / WEIGHTS))
-        state = {"format": 1, "step": step, "optimizer": optimizer.state_dict(),
-                 "rng": rng_state(), **extra}
+        save_file(_untie(model_sd), str(tmp / WEIGHTS))
+        state = {"format": 2, "step": step, "optimizer": optim_sd, "rng": rng_state(), **extra}
         torch.save(state, tmp / STATE)
         for f in (WEIGHTS, STATE):
             with open(tmp / f, "rb") as fh:
@@ -144,18 +152,50 @@ class CheckpointManager:
     @staticmethod
     def load(path, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
              state: Dict[str, Any], device) -> None:
-        """Load weights (and optimizer state) of checkpoint ``path`` into the given objects."""
+        """Load weights (and optimizer state) of checkpoint ``path`` into the given objects
+        (plain, DDP or FSDP2 models alike; under DDP/FSDP every rank calls this)."""
         try:
-            missing, unexpected = load_model(model, str(Path(path) / WEIGHTS), strict=False,
-                                             device=str(device))
+            weights = load_file(str(Path(path) / WEIGHTS))
         except Exception as e:
             raise CheckpointError(f"cannot load the weights of checkpoint {path}: {e}") from None
+        expected = model.state_dict()
+        for name, twin in _ties(model).items():  # tied weights are stored once
+            if name not in weights and twin in weights:
+                weights[name] = weights[twin]
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
         if missing or unexpected:
             raise CheckpointError(f"checkpoint {path} does not fit this model (missing "
-                                  f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
-        if optimizer is not None:
-            try:
-                optimizer.load_state_dict(state["optimizer"])
-            except Exception as e:
-                raise CheckpointError(f"checkpoint {path}: optimizer state does not fit: "
-                                      f"{e}") from None
+                                  f"{missing[:5]}, unexpected {unexpected[:5]})")
+        optim_sd = state.get("optimizer") if optimizer is not None else None
+        if optim_sd and state.get("format", 1) < 2:
+            raise CheckpointError(f"checkpoint {path} has an optimizer state of an older "
+                                  "torch-mhc format; start a new run")
+        try:
+            load_full_state_dicts(model, optimizer, weights, optim_sd or {})
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {path} does not fit this model or optimizer: "
+                                  f"{e}") from None
+
+
+def _ties(model: torch.nn.Module) -> Dict[str, str]:
+    """``{name: first name}`` for every parameter reachable under a second name (tying)."""
+    first: Dict[int, str] = {}
+    ties: Dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            ties[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return ties
+
+
+def _untie(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Drop later names of tensors that share storage (safetensors stores a tensor once)."""
+    seen, out = set(), {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            out[name] = t.contiguous()
+    return out

@@ -22,6 +22,7 @@ import torch
 from ..data import DataError
 from .checkpoint import CheckpointError
 from .config import PRESETS, ConfigError, TrainConfig, resolve_config
+from .distributed import shutdown
 
 __all__ = ["register", "main", "build_parser", "EXIT_OK", "EXIT_DIVERGED", "EXIT_BAD_INPUT",
            "EXIT_INTERRUPTED"]
@@ -177,7 +178,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .checkpoint import find_checkpoint
         overrides["out"] = str(find_checkpoint(resume).parent.parent)
     cfg, _ = resolve_config(overrides, getattr(args, "config", None))
-    summary = Trainer(cfg, resume=resume, overwrite=args.overwrite).fit()
+    trainer = Trainer(cfg, resume=resume, overwrite=args.overwrite)
+    try:
+        summary = trainer.fit()
+    finally:
+        shutdown(trainer.rt.dist)
+    if not trainer.rt.is_main:
+        return EXIT_OK
     out = cfg.out or cfg.default_out()
     if summary.get("diverged"):
         return EXIT_DIVERGED

@@ -90,6 +90,9 @@ class TrainConfig:
                             "bfloat16 (bf16)", "runtime",
                     ("auto", "float32", "fp32", "bfloat16", "bf16"))
     compile: bool = _f(False, "torch.compile the model", "runtime")
+    parallel: str = _f("none", "data parallelism under torchrun: none, ddp or fsdp (FSDP2); "
+                               "--batch-size is the global batch, split over the ranks",
+                       "runtime", ("none", "ddp", "fsdp"))
     # logging, evaluation, diagnostics, checkpoints
     out: Optional[str] = _f(None, "output directory (default runs/<preset>-<connection>)",
                             "output")

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistEnv", "init_distributed", "wrap_model", "all_reduce_mean", "barrier",
+__all__ = ["DistEnv", "init_distributed", "wrap_model", "reshard", "all_reduce_mean", "barrier",
            "full_state_dicts", "load_full_state_dicts", "shutdown", "PARALLEL_MODES"]
 
 PARALLEL_MODES = ("none", "ddp", "fsdp")
@@ -108,6 +108,22 @@ def wrap_model(model: nn.Module, env: DistEnv, bf16: bool = False) -> nn.Module:
         fully_shard(unit, mesh=mesh, mp_policy=full)
     fully_shard(model, mesh=mesh, mp_policy=low if bf16 else full)
     return model
+
+
+def reshard(model: nn.Module) -> None:
+    """Free FSDP2's gathered parameters (no-op otherwise).
+
+    A forward under ``torch.no_grad`` (validation) leaves FSDP2's root unit gathered, and
+    the next forward + backward then mixes its gradients into the following step's; the
+    trainer reshards after every validation and diagnostic pass.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def all_reduce_mean(value: float, env: DistEnv) -> float:

@@ -1,8 +1,9 @@
 """Where and how a run executes: device, autocast dtype, process rank, peak memory.
 
 This is the single place that decides "is this the main process" (it logs, writes
-checkpoints and shows the progress bar). Today a run is one process (rank 0 of 1); a
-distributed launcher only has to build a ``Runtime`` with its rank and world size.
+checkpoints and shows the progress bar). With ``--parallel ddp|fsdp`` under torchrun,
+:meth:`Runtime.from_config` starts the process group (``train/distributed.py``) and takes
+this process's rank, world size and GPU from it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Optional, Tuple
 import torch
 
 from .config import ConfigError, TrainConfig
+from .distributed import DistEnv, init_distributed
 
 __all__ = ["Runtime"]
 
@@ -27,6 +29,7 @@ class Runtime:
     autocast_dtype: Optional[torch.dtype] = None
     rank: int = 0
     world_size: int = 1
+    dist: DistEnv = DistEnv()
 
     @property
     def is_main(self) -> bool:
@@ -56,12 +59,16 @@ class Runtime:
                 and device.index >= torch.cuda.device_count():
             raise ConfigError(f"device {cfg.device!r}: only {torch.cuda.device_count()} "
                               "GPU(s) visible")
+        env = DistEnv(rank, world_size, device=str(device))
+        if cfg.parallel != "none":
+            env = init_distributed(cfg.parallel, device.type)
+            device, rank, world_size = torch.device(env.device), env.rank, env.world_size
         dtype = cfg.dtype
         if dtype == "auto":
             dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() \
                 else "float32"
         bf16 = dtype in ("bfloat16", "bf16")
-        return cls(device, torch.bfloat16 if bf16 else None, rank, world_size)
+        return cls(device, torch.bfloat16 if bf16 else None, rank, world_size, env)
 
     def autocast(self):
         """Context manager for the forward pass (bf16 autocast, or nothing)."""

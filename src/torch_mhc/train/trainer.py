@@ -38,6 +38,7 @@ from ..diagnostics import probe_diagnostics
 from ..models import GPT, DeepStack, DeepStackConfig, GPTConfig
 from .checkpoint import CheckpointError, CheckpointManager, find_checkpoint, set_rng_state
 from .config import RESUME_KEYS, ConfigError, TrainConfig, config_to_dict
+from .distributed import all_reduce_mean, reshard, wrap_model
 from .logs import RunLog, read_log, summarize
 from .runtime import Runtime
 
@@ -162,7 +163,9 @@ class Trainer:
         _seed_everything(cfg.seed)
         self.model = build_model(cfg, self.vocab_size).to(rt.device)
         self.connections = self.model.connections()
-        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        # DDP wraps; FSDP2 shards self.model in place. self.model stays the user's module.
+        wrapped = wrap_model(self.model, rt.dist, bf16=rt.autocast_dtype is not None)
+        self.step_model = torch.compile(wrapped) if cfg.compile else wrapped
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg, rt.device)
         if rt.is_main:  # inputs are good: only now touch the disk
@@ -263,12 +266,15 @@ class Trainer:
                 _, loss = self.step_model(x, y)
             losses.append(loss.float())
         self.model.train()
-        return float(torch.stack(losses).mean())
+        reshard(self.model)
+        return all_reduce_mean(float(torch.stack(losses).mean()), self.rt.dist)
 
     def diagnose(self) -> Dict[str, Any]:
         """Diagnostics on the fixed probe batch (see :mod:`torch_mhc.diagnostics`)."""
         x, y = self._batch(self.probe_data, 0)
-        return probe_diagnostics(self.model, x, y, self.rt.autocast, self.connections)
+        out = probe_diagnostics(self.model, x, y, self.rt.autocast, self.connections)
+        reshard(self.model)
+        return out
 
     def train_step(self, step: int) -> Dict[str, Any]:
         """One optimizer step (skipped when the loss or gradient is not finite)."""
@@ -286,8 +292,11 @@ class Trainer:
             total += loss.detach().float()
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
+            gnorm = gnorm.full_tensor()
         loss_v, gnorm_v = torch.stack([total / cfg.grad_accum,
                                        gnorm.float().to(total.device)]).tolist()
+        loss_v = all_reduce_mean(loss_v, self.rt.dist)  # each rank saw its slice
         finite = math.isfinite(loss_v) and math.isfinite(gnorm_v)
         if finite:
             self.optimizer.step()
