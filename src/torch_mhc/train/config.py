@@ -181,6 +181,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "medium": dict(model="gpt", n_layer=12, d_model=768, n_head=12, mlp_hidden=None,
                    seq_len=512, batch_size=32, max_steps=10000, lr=6e-4, warmup_steps=500,
                    eval_interval=500, eval_batches=40, diag_interval=250, ckpt_interval=1000),
+    # LM stability study (issue: reproduce the paper's gain blow-up): 12 blocks x 512 on
+    # WikiText-2 with a high learning rate; residual, hc, mhc in ~10-20 min on one H100.
+    "lm-study": dict(model="gpt", n_layer=12, d_model=512, n_head=8, mlp_hidden=None,
+                     seq_len=256, batch_size=32, max_steps=2000, lr=4e-3, warmup_steps=100,
+                     eval_interval=100, eval_batches=20, diag_interval=50, ckpt_interval=500,
+                     data="wikitext2"),
     # plain deep stack (depth study): a CPU-sized one and the 100 x 512 one for a GPU.
     "deep-tiny": dict(model="deep", n_layer=16, d_model=64, n_head=1, mlp_hidden=None,
                       seq_len=64, batch_size=32, max_steps=200, lr=2e-3, warmup_steps=20,
