@@ -5,13 +5,12 @@ module fixture sets ``TRITON_INTERPRET=1`` for this module only (the kernels are
 lazily per mode, so it does not matter that ``torch_mhc`` was imported before); with CUDA
 the same tests run the compiled kernels on the GPU.
 """
-import os
-
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+from torch_mhc.testing import rel_error, triton_interpreter  # noqa: E402
 from torch_mhc.ops.coefficients import mhc_coefficients, mhc_coefficients_reference  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -20,21 +19,8 @@ DEV = "cuda" if CUDA else "cpu"
 
 @pytest.fixture(autouse=True, scope="module")
 def _interpreter():
-    if CUDA:
+    with triton_interpreter(enabled=not CUDA):
         yield
-        return
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    if old is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = old
-
-
-def _rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def _params(n, C, dtype=torch.float32):
@@ -52,13 +38,13 @@ def _compare(x, fn, base, scale, hc_eps, rms_eps, tol_out, tol_grad):
     for o, r in zip(out, ref):
         assert o.dtype == torch.float32 and o.shape == r.shape
         assert torch.isfinite(o).all()
-        assert _rel(o, r) < tol_out, (_rel(o, r), tol_out)
+        assert rel_error(o, r) < tol_out, (rel_error(o, r), tol_out)
     ws = [torch.randn_like(r) for r in ref]  # random cotangents for all three mappings
     g = torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, ws)), params)
     g_ref = torch.autograd.grad(sum((r * w).sum() for r, w in zip(ref, ws)), params)
     for name, a, b in zip(("x", "fn", "base", "scale"), g, g_ref):
         assert a.dtype == b.dtype and a.shape == b.shape
-        assert _rel(a, b) < tol_grad, (name, _rel(a, b), tol_grad)
+        assert rel_error(a, b) < tol_grad, (name, rel_error(a, b), tol_grad)
 
 
 @pytest.mark.parametrize("n,C,T", [(1, 48, 37), (2, 100, 37), (4, 48, 37), (4, 100, 19), (8, 24, 13)])
@@ -86,7 +72,7 @@ def test_under_autocast():
         out = mhc_coefficients(x, fn, base, scale, backend="triton")
     ref = mhc_coefficients_reference(x, fn, base, scale)
     for o, r in zip(out, ref):
-        assert o.dtype == torch.float32 and _rel(o, r) < 1e-5
+        assert o.dtype == torch.float32 and rel_error(o, r) < 1e-5
     sum(o.sum() for o in out).backward()
     assert fn.grad is not None and torch.isfinite(x.grad).all()
 
@@ -100,7 +86,7 @@ def test_only_some_mappings_used():
     g = torch.autograd.grad((h_pre * 2).sum() + h_res[..., 0, 1].sum(), [x, fn, scale])
     g_ref = torch.autograd.grad((r_pre * 2).sum() + r_res[..., 0, 1].sum(), [x, fn, scale])
     for a, b in zip(g, g_ref):
-        assert _rel(a, b) < 2e-5
+        assert rel_error(a, b) < 2e-5
 
 
 def test_large_logits_stay_finite():
@@ -112,7 +98,7 @@ def test_large_logits_stay_finite():
     out = mhc_coefficients(x, fn, base, scale, backend="triton")
     ref = mhc_coefficients_reference(x, fn, base, scale)
     assert all(torch.isfinite(o).all() for o in out)
-    assert _rel(out[2], ref[2]) < 1e-4
+    assert rel_error(out[2], ref[2]) < 1e-4
     out[2].sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(fn.grad).all()
 

@@ -2,14 +2,13 @@
 
 Runs in Triton's interpreter on CPU (module fixture) and compiled on CUDA when present.
 """
-import os
-
 import pytest
 import torch
 from torch import nn
 
 pytest.importorskip("triton")
 
+from torch_mhc.testing import rel_error, triton_interpreter  # noqa: E402
 from torch_mhc import HyperConnection  # noqa: E402
 from torch_mhc.models import GPT, gpt_config  # noqa: E402
 
@@ -19,21 +18,8 @@ DEV = "cuda" if CUDA else "cpu"
 
 @pytest.fixture(autouse=True, scope="module")
 def _interpreter():
-    if CUDA:
+    with triton_interpreter(enabled=not CUDA):
         yield
-        return
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    if old is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = old
-
-
-def _rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def _randomise(module):
@@ -75,10 +61,10 @@ def test_fused_connection_matches_reference(n, C, hc_eps):
         loss = (out * w).sum() + aux
         results.append((out, torch.autograd.grad(loss, leaves), w))
     (out, g, _), (ref, g_ref, _) = results
-    assert _rel(out, ref) < 1e-5
+    assert rel_error(out, ref) < 1e-5
     names = ["x", "gain"] + [k for k, _ in hc.named_parameters()]
     for name, a, b in zip(names, g, g_ref):
-        assert _rel(a, b) < 3e-5, (name, _rel(a, b))
+        assert rel_error(a, b) < 3e-5, (name, rel_error(a, b))
 
 
 def test_fused_connection_bf16_and_record_mappings():
@@ -99,9 +85,9 @@ def test_fused_connection_bf16_and_record_mappings():
     hc.backend = "torch"
     ref = hc(x)
     g_ref = torch.autograd.grad((ref.float() * w).sum(), leaves)
-    assert _rel(out, ref) < 1e-2
+    assert rel_error(out, ref) < 1e-2
     for a, b in zip(g, g_ref):
-        assert _rel(a, b) < 2e-2
+        assert rel_error(a, b) < 2e-2
 
 
 def test_output_unused_and_grad_wrt_input_only():
@@ -114,7 +100,7 @@ def test_output_unused_and_grad_wrt_input_only():
     (gx2,) = torch.autograd.grad(out[..., 0, :].sum(), [x])  # retain_graph: second pass
     hc.backend = "torch"
     (gr,) = torch.autograd.grad(hc(x)[..., 0, :].sum(), [x])
-    assert _rel(gx, gr) < 3e-5 and _rel(gx2, gr) < 3e-5
+    assert rel_error(gx, gr) < 3e-5 and rel_error(gx2, gr) < 3e-5
 
 
 def test_gradcheck_fp64_connection_glue():
@@ -145,7 +131,7 @@ def test_gpt_triton_matches_torch():
     grads_ref = torch.autograd.grad(loss_ref, list(model.parameters()))
     assert abs(loss.item() - loss_ref.item()) < 1e-5 * abs(loss_ref.item())
     for (name, _), a, b in zip(model.named_parameters(), grads, grads_ref):
-        assert _rel(a, b) < 1e-4, (name, _rel(a, b))
+        assert rel_error(a, b) < 1e-4, (name, rel_error(a, b))
 
 
 def test_torch_compile_graph_breaks_around_fused_halves():

@@ -1,11 +1,10 @@
 """Fused Triton post + residual kernels (ops/post_res.py) vs the PyTorch reference."""
-import os
-
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+from torch_mhc.testing import rel_error, triton_interpreter  # noqa: E402
 from torch_mhc.ops.post_res import post_res, post_res_reference  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -14,21 +13,8 @@ DEV = "cuda" if CUDA else "cpu"
 
 @pytest.fixture(autouse=True, scope="module")
 def _interpreter():
-    if CUDA:
+    with triton_interpreter(enabled=not CUDA):
         yield
-        return
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    if old is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = old
-
-
-def _rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("n,C,T", [(1, 48, 7), (2, 100, 5), (4, 48, 9), (4, 100, 3), (8, 24, 5), (3, 40, 4)])
@@ -42,13 +28,13 @@ def test_forward_backward(n, C, T, dtype, tol):
     out = post_res(*args, backend="triton")
     ref = post_res_reference(*args)
     assert out.dtype == x.dtype and out.shape == ref.shape
-    assert _rel(out, ref) < tol
+    assert rel_error(out, ref) < tol
     w = torch.randn_like(ref, dtype=torch.float32)
     g = torch.autograd.grad((out.float() * w).sum(), args)
     g_ref = torch.autograd.grad((ref.float() * w).sum(), args)
     for name, a, b, t in zip("x y h_post h_res".split(), g, g_ref, (tol, tol, 1e-5, 1e-5)):
         assert a.dtype == b.dtype, name
-        assert _rel(a, b) < t, (name, _rel(a, b))
+        assert rel_error(a, b) < t, (name, rel_error(a, b))
 
 
 def test_mixed_dtypes_autocast():
@@ -59,7 +45,7 @@ def test_mixed_dtypes_autocast():
     h_res = torch.rand(2, 5, 4, 4, device=DEV)
     out = post_res(x, y, h_post, h_res, backend="triton")
     ref = post_res_reference(x, y, h_post, h_res)
-    assert out.dtype == torch.float32 and _rel(out, ref) < 1e-6
+    assert out.dtype == torch.float32 and rel_error(out, ref) < 1e-6
     out.sum().backward()
     assert y.grad.dtype == torch.bfloat16 and x.grad.dtype == torch.float32
 

@@ -1,11 +1,10 @@
 """Fused Triton pre-mix kernels (ops/pre_mix.py) vs the PyTorch reference (interpreter on CPU)."""
-import os
-
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+from torch_mhc.testing import rel_error, triton_interpreter  # noqa: E402
 from torch_mhc.ops.pre_mix import pre_mix, pre_mix_reference  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -14,21 +13,8 @@ DEV = "cuda" if CUDA else "cpu"
 
 @pytest.fixture(autouse=True, scope="module")
 def _interpreter():
-    if CUDA:
+    with triton_interpreter(enabled=not CUDA):
         yield
-        return
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    if old is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = old
-
-
-def _rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("n,C,T", [(1, 48, 7), (2, 100, 5), (4, 48, 9), (4, 100, 3), (8, 24, 5), (3, 40, 4)])
@@ -39,13 +25,13 @@ def test_forward_backward(n, C, T, dtype, tol):
     out = pre_mix(x, h_pre, backend="triton")
     ref = pre_mix_reference(x, h_pre)
     assert out.dtype == x.dtype and out.shape == ref.shape
-    assert _rel(out, ref) < tol
+    assert rel_error(out, ref) < tol
     w = torch.randn_like(ref, dtype=torch.float32)
     g = torch.autograd.grad((out.float() * w).sum(), [x, h_pre])
     g_ref = torch.autograd.grad((ref.float() * w).sum(), [x, h_pre])
     assert g[0].dtype == x.dtype
-    assert _rel(g[0], g_ref[0]) < tol
-    assert _rel(g[1], g_ref[1]) < 1e-5
+    assert rel_error(g[0], g_ref[0]) < tol
+    assert rel_error(g[1], g_ref[1]) < 1e-5
 
 
 def test_leading_dims_and_autocast():
@@ -54,7 +40,7 @@ def test_leading_dims_and_autocast():
     with torch.autocast(DEV, dtype=torch.bfloat16):
         out = pre_mix(x, h_pre, backend="triton")
     assert out.shape == (2, 3, 48) and out.dtype == torch.float32
-    assert _rel(out, pre_mix_reference(x, h_pre)) < 1e-6
+    assert rel_error(out, pre_mix_reference(x, h_pre)) < 1e-6
 
 
 def test_gradcheck_fp64_glue():

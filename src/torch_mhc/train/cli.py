@@ -24,7 +24,7 @@ from .checkpoint import CheckpointError
 from .config import PRESETS, ConfigError, TrainConfig, resolve_config
 from .distributed import shutdown
 
-__all__ = ["register", "main", "build_parser", "EXIT_OK", "EXIT_DIVERGED", "EXIT_BAD_INPUT",
+__all__ = ["register", "main", "EXIT_OK", "EXIT_DIVERGED", "EXIT_BAD_INPUT",
            "EXIT_INTERRUPTED"]
 
 EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -275,21 +275,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_report)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """A parser with only this module's subcommands (the full one is ``torch_mhc.cli``)."""
-    parser = argparse.ArgumentParser(prog="mhc", description="torch-mhc trainer")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    return parser
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run ``train``/``compare``/``report`` from ``argv``; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_BAD_INPUT
-    return int(args.func(args) or 0)
+    """``python -m torch_mhc.train.cli ...``: the same as the ``mhc`` command."""
+    from ..cli import main as mhc_main
+    return mhc_main(argv)
 
 
 if __name__ == "__main__":
