@@ -23,6 +23,7 @@ and the peak memory. Nothing here downloads weights: the model is random, built 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -141,10 +142,16 @@ def bench_model(a, variant, dtype, device):
     g = torch.Generator(device="cpu").manual_seed(1)
     ids = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g).to(device)
     start, stop = _timer(device)
+    # The fp32-kept modules (norms, mHC parameters) hand fp32 activations to bf16 linears
+    # in some transformers releases (5.17 on the H100: "mat1 and mat2 ... float !=
+    # BFloat16"); autocast makes every matmul take its inputs in bf16, for both variants.
+    autocast = (torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+                if dtype == torch.bfloat16 else contextlib.nullcontext())
     times, first_loss = [], None
     for i in range(a.warmup + a.steps):
         start()
-        loss = model(ids, labels=ids, use_cache=False).loss
+        with autocast:
+            loss = model(ids, labels=ids, use_cache=False).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
