@@ -208,3 +208,9 @@ def num_sms(index: int) -> int:
 def device_sms(device: torch.device) -> int:
     return num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 4
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32: the reference ops never compute in
+    bf16/fp16 and never drop a float64 input to float32."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32

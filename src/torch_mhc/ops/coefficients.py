@@ -11,7 +11,7 @@ The comb block is V4's ``comb``, which is applied transposed: ``H_res = comb^T``
 
 Computed as the paper's efficient form (Eq. 10-19): ``x fn^T`` for all ``n^2 + 2n`` outputs
 in one GEMM and ``r = ||vec x||_2 / sqrt(nC)`` from the same read of ``x``, then
-``H~ = (1/r) * a * (x fn^T) + b``. Everything after the GEMM runs in float32.
+``H~ = (1/r) * a * (x fn^T) + b``. Everything after the GEMM runs in float32 (float64 for float64 inputs).
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from typing import Tuple
 
 import torch
 
-from ._backend import (LazyJit, device_sms, dot_mode, interpret_mode, next_pow2, resolve_backend,
-                       tuned)
+from ._backend import (LazyJit, compute_dtype, device_sms, dot_mode, interpret_mode, next_pow2,
+                       resolve_backend, tuned)
 from .sinkhorn import sinkhorn
 
 __all__ = ["mhc_coefficients", "mhc_coefficients_reference", "split_logits"]
@@ -39,16 +39,17 @@ def split_logits(mix: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, n: 
 def mhc_coefficients_reference(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor,
                                scale: torch.Tensor, iters: int = 20, rms_eps: float = 1e-20,
                                hc_eps: float = 0.0) -> Coefficients:
-    """Readable PyTorch form of Eq. 7-9 (float32 math). See module docstring for layouts.
+    """Readable PyTorch form of Eq. 7-9 (float32 math; float64 stays float64). See module docstring for layouts.
 
     Returns ``H_pre (..., n)``, ``H_post (..., n)``, ``H_res (..., n, n)`` in float32, with
     ``new_stream_i = sum_j H_res[i, j] stream_j``.
     """
     n = x.shape[-2]
-    xf = x.flatten(-2).float()
+    dt = compute_dtype(x, fn, base, scale)
+    xf = x.flatten(-2).to(dt)
     inv_r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + rms_eps)  # 1 / RMS(vec x)
-    mix = (xf @ fn.float().t()) * inv_r
-    pre, post, comb = split_logits(mix, scale.float(), base.float(), n)
+    mix = (xf @ fn.to(dt).t()) * inv_r
+    pre, post, comb = split_logits(mix, scale.to(dt), base.to(dt), n)
     h_pre = torch.sigmoid(pre) + hc_eps
     h_post = 2.0 * torch.sigmoid(post)
     h_res = sinkhorn(comb.transpose(-1, -2), iters, eps=hc_eps, check_finite=False)

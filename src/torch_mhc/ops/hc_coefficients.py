@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import torch
 
+from ._backend import compute_dtype
+
 __all__ = ["hc_coefficients_reference"]
 
 
 def hc_coefficients_reference(x: torch.Tensor, theta: torch.Tensor, alpha: torch.Tensor,
                               bias: torch.Tensor, rms_eps: float = 1e-6):
-    """``H_pre (..., n)``, ``H_post (..., n)``, ``H_res (..., n, n)`` of HC in float32."""
+    """``H_pre (..., n)``, ``H_post (..., n)``, ``H_res (..., n, n)`` of HC in float32
+    (float64 if any input is float64)."""
     n = x.shape[-2]
-    xf = x.float()
+    dt = compute_dtype(x, theta, alpha, bias)
+    xf = x.to(dt)
     xn = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + rms_eps)
-    d = torch.tanh(xn @ theta.float().t())  # (..., n_streams j, n + 2)
-    alpha, bias = alpha.float(), bias.float()
+    d = torch.tanh(xn @ theta.to(dt).t())  # (..., n_streams j, n + 2)
+    alpha, bias = alpha.to(dt), bias.to(dt)
     h_pre = alpha[0] * d[..., 0] + bias[:n]
     h_post = alpha[1] * d[..., 1] + bias[n:2 * n]
     h_res = alpha[2] * d[..., 2:].transpose(-1, -2) + bias[2 * n:].view(n, n)

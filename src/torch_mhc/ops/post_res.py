@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import LazyJit, interpret_mode, next_pow2, resolve_backend, tuned
+from ._backend import LazyJit, compute_dtype, interpret_mode, next_pow2, resolve_backend, tuned
 
 __all__ = ["post_res", "post_res_reference"]
 
 
 def post_res_reference(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
                        h_res: torch.Tensor) -> torch.Tensor:
-    """``out_i = sum_j H_res[i, j] x_j + H_post[i] y`` in float32, returned in ``x``'s dtype."""
-    mixed = torch.einsum("...ij,...jc->...ic", h_res.float(), x.float())
-    return (mixed + h_post.float().unsqueeze(-1) * y.float().unsqueeze(-2)).to(x.dtype)
+    """``out_i = sum_j H_res[i, j] x_j + H_post[i] y`` in float32 (float64 if given), returned in ``x``'s dtype."""
+    dt = compute_dtype(x, y, h_post, h_res)
+    mixed = torch.einsum("...ij,...jc->...ic", h_res.to(dt), x.to(dt))
+    return (mixed + h_post.to(dt).unsqueeze(-1) * y.to(dt).unsqueeze(-2)).to(x.dtype)
 
 
 # -- Triton kernels ------------------------------------------------------------------------------

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import LazyJit, interpret_mode, next_pow2, resolve_backend, tuned
+from ._backend import LazyJit, compute_dtype, interpret_mode, next_pow2, resolve_backend, tuned
 
 __all__ = ["pre_mix", "pre_mix_reference"]
 
 
 def pre_mix_reference(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
-    """``sum_i H_pre[..., i] * x[..., i, :]`` in float32, returned in ``x``'s dtype."""
-    return torch.einsum("...i,...ic->...c", h_pre.float(), x.float()).to(x.dtype)
+    """``sum_i H_pre[..., i] * x[..., i, :]`` in float32 (float64 if given), returned in ``x``'s dtype."""
+    dt = compute_dtype(x, h_pre)
+    return torch.einsum("...i,...ic->...c", h_pre.to(dt), x.to(dt)).to(x.dtype)
 
 
 # -- Triton kernels ------------------------------------------------------------------------------
