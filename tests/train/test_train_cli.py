@@ -189,3 +189,20 @@ def test_compare_survives_out_of_memory_in_one_mode(flags, tmp_path, monkeypatch
     summary = json.loads((out / "summary.json").read_text())
     assert summary["hc"]["error"] == "out of memory" and not summary["hc"]["completed"]
     assert summary["mhc"]["completed"] and summary["residual"]["error"] is None
+
+
+def test_compare_resume_refuses_other_settings(flags, tmp_path, capsys):
+    """A finished mode is not kept (and config.json not rewritten) under other settings."""
+    out = tmp_path / "cmp"
+    args = ["compare", *flags(max_steps=2, eval_interval=2, diag_interval=0), "--out", str(out),
+            "--modes", "residual,mhc", "--no-report"]
+    assert main(args) == 0
+    config = (out / "config.json").read_text()
+    summary = (out / "summary.json").read_text()
+    capsys.readouterr()
+    assert main([*args, "--resume", "--d-model", "64"]) == 2
+    err = _err(capsys)
+    assert "d_model: 32 there, 64 now" in err and "--overwrite" in err
+    assert (out / "config.json").read_text() == config
+    assert (out / "summary.json").read_text() == summary
+    assert main([*args, "--resume"]) == 0  # same settings: finished modes are skipped

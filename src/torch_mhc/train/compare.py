@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..nn import MODES
 from .checkpoint import CheckpointManager
-from .config import ConfigError, TrainConfig, config_to_dict
+from .config import RESUME_KEYS, ConfigError, TrainConfig, config_to_dict
 from .logs import read_log, summarize
 from .trainer import Trainer
 
@@ -52,6 +52,30 @@ def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
             (out / "summary.json").exists() or any(out.glob("*/log.jsonl"))):
         raise ConfigError(f"{out} already holds a comparison; continue it with --resume, "
                           "start over with --overwrite, or choose another --out")
+
+
+def _check_resumable(root: Path, cfg: TrainConfig, modes: List[str]) -> None:
+    """Refuse ``--resume`` when a mode already in ``root`` was run with other settings
+    (a finished mode would otherwise be kept and reported under the new config)."""
+    for mode in modes:
+        log = root / mode / "log.jsonl"
+        reused = (root / mode / "summary.json").is_file() or CheckpointManager(root / mode).latest()
+        if not (log.is_file() and reused):
+            continue
+        try:
+            records = read_log(log)
+        except ValueError as e:
+            raise ConfigError(f"cannot resume the comparison in {root}: {e}") from None
+        header = next((r for r in reversed(records) if r.get("type") == "config"), None)
+        saved = (header or {}).get("config", {})
+        now = config_to_dict(dataclasses.replace(cfg, connection=mode))
+        diffs = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in RESUME_KEYS
+                 if k in saved and saved.get(k) != now.get(k)]
+        if diffs:
+            raise ConfigError(f"cannot resume the comparison in {root}: its {mode} run was "
+                              f"made with other settings ({'; '.join(diffs)}); resume with "
+                              "the same settings, or start over with --overwrite (without "
+                              "--resume)")
 
 
 def _fmt(v, spec: str = ".3f") -> str:
@@ -97,6 +121,8 @@ def compare(cfg: TrainConfig, modes: Sequence[str] = DEFAULT_MODES, out: Optiona
     cfg = cfg.validate()
     root = Path(out or Path("runs") / f"compare-{cfg.preset}")
     _check_out(root, overwrite, resume)
+    if resume:
+        _check_resumable(root, cfg, modes)
     for i, mode in enumerate(modes):
         run_dir = root / mode
         mcfg = dataclasses.replace(cfg, connection=mode, out=str(run_dir))
