@@ -219,7 +219,7 @@ def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
 def _model_suite(suite: str, args, device) -> Dict:
     preset = args.preset or suite
     batch = args.batch or (1 if suite == "layer" else 8)
-    variants = ["residual", "mhc-triton", "mhc-torch", "liger"]
+    variants = list(VARIANTS)
     if args.variants:
         variants = [v for v in args.variants.split(",") if v]
     out: Dict = {"variants": {}}
@@ -469,13 +469,57 @@ def run_bench(args) -> Dict:
     return {**{k: res[k] for k in order if k in res}, **{k: v for k, v in res.items() if k not in order}}
 
 
+VARIANTS = ("residual", "mhc-triton", "mhc-torch", "liger")
+
+
+def _check_args(args) -> Optional[str]:
+    """What is wrong with the arguments (checked before any timing), or None."""
+    from .models import GPT_PRESETS
+    for name, low in (("n", 1), ("steps", 1), ("warmup", 0), ("tokens", 1), ("C", 1),
+                      ("batch", 1), ("seq", 1)):
+        v = getattr(args, name)
+        if v is not None and v < low:
+            return f"--{name} must be >= {low}, got {v}"
+    if args.variants is not None:
+        bad = [v for v in args.variants.split(",") if v and v not in VARIANTS]
+        if bad or not any(args.variants.split(",")):
+            return (f"unknown variant(s) {', '.join(bad) or repr(args.variants)}; choose from "
+                    f"{','.join(VARIANTS)}")
+    if args.preset is not None and args.preset not in GPT_PRESETS:
+        return f"unknown --preset {args.preset!r}; choose one of {', '.join(GPT_PRESETS)}"
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            return f"unknown --device {args.device!r}; use cuda, cuda:N or cpu"
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return f"--device {args.device}: CUDA is not available here"
+    if args.out:
+        if os.path.isdir(args.out):
+            return f"--out {args.out} is a folder; give the path of the JSON file to write"
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        except OSError as e:
+            return f"cannot create the folder of --out {args.out}: {e.strerror or e}"
+    return None
+
+
 def _cmd(args) -> int:
+    problem = _check_args(args)
+    if problem:
+        print(f"mhc bench: error: {problem}", file=sys.stderr)
+        return 2
     res = run_bench(args)
     text = json.dumps(res, indent=2, default=float)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+        try:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        except OSError as e:  # keep the measurements: print them instead
+            print(text)
+            print(f"mhc bench: error: cannot write {args.out}: {e.strerror or e}; the JSON "
+                  "is printed above", file=sys.stderr)
+            return 1
     print(json.dumps({k: res.get(k) for k in ("suite", "overhead_pct", "peak_mem_overhead_pct")}))
     return 0
 
