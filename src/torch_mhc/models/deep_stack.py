@@ -64,6 +64,8 @@ class DeepStack(nn.Module):
         return list(self.layers)
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
+        """Token ids ``(B, T)`` -> ``(logits (B, T, vocab), loss)``; ``loss`` is the mean
+        cross-entropy against ``targets (B, T)``, or None without targets."""
         x = expand_streams(self.embed(idx), self.cfg.streams)
         for layer in self.layers:
             x = layer(x)

@@ -162,6 +162,8 @@ class GPT(nn.Module):
         return [hc for b in self.blocks for hc in (b.attn, b.mlp)]
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
+        """Token ids ``(B, T)`` -> ``(logits (B, T, vocab), loss)``; ``loss`` is the mean
+        cross-entropy against ``targets (B, T)``, or None without targets."""
         T = idx.shape[1]
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence length {T} exceeds the model's seq_len {self.cfg.seq_len}")

@@ -206,6 +206,7 @@ def num_sms(index: int) -> int:
 
 
 def device_sms(device: torch.device) -> int:
+    """Multiprocessor count of ``device`` (its CUDA index or the current one; 4 off CUDA)."""
     return num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 4
 

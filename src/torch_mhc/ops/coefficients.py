@@ -637,6 +637,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
 
 
 def triton_cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for launch grids."""
     return -(-int(a) // int(b))
 
 

@@ -140,6 +140,7 @@ _post_res_bwd = LazyJit(_post_res_bwd_kernel)
 
 
 def triton_cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for launch grids."""
     return -(-int(a) // int(b))
 
 

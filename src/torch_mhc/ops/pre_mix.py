@@ -118,6 +118,7 @@ def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tens
 
 
 def triton_cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for launch grids."""
     return -(-int(a) // int(b))
 
 
