@@ -6,6 +6,7 @@ import torch
 
 from torch_mhc.train import Trainer, lr_at, resolve_config
 from torch_mhc.train.checkpoint import CheckpointError
+from torch_mhc.train.config import ConfigError
 from torch_mhc.train.logs import read_log
 
 
@@ -170,3 +171,19 @@ def test_lr_schedule(small, tmp_path):
     assert [lr_at(s, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert lr_at(54, cfg) == pytest.approx(0.55)
     assert lr_at(104, cfg) == pytest.approx(0.1)
+
+
+def test_resume_into_a_folder_holding_another_run_needs_overwrite(small, tmp_path):
+    """--resume A --out B must not replace B's log or mix checkpoints without --overwrite."""
+    Trainer(_cfg(small, tmp_path / "a", max_steps=3)).fit()
+    Trainer(_cfg(small, tmp_path / "b", max_steps=3, lr=1e-2)).fit()
+    a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    log_b = (b / "log.jsonl").read_text()
+    cont = _cfg(small, tmp_path / "b", max_steps=6)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        Trainer(cont, resume=str(a))
+    assert (b / "log.jsonl").read_text() == log_b
+    Trainer(cont, resume=str(a), overwrite=True).fit()
+    assert [p.name for p in (b / "checkpoints").iterdir()] == ["step_00000006"]
+    assert _losses(b)[:3] == _losses(a)  # B now holds A's run, continued
+    Trainer(cont, resume=str(b)).fit()  # continuing B's own run needs no --overwrite

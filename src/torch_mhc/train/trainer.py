@@ -146,8 +146,12 @@ class Trainer:
         self.out = Path(cfg.out or cfg.default_out())
         self.desc = desc or cfg.connection
         self.resume_from = find_checkpoint(resume) if resume else None
+        # continuing the run in --out; resuming another run's checkpoint into a folder that
+        # holds a run of its own needs --overwrite, like starting a new run there
+        own = self.resume_from is not None and \
+            self.resume_from.resolve().parent.parent == self.out.resolve()
         if rt.is_main:
-            prepare_out(self.out, bool(resume), overwrite, create=False)
+            prepare_out(self.out, own, overwrite, create=False)
         self.corpus = corpus = load_corpus(cfg.data, cfg.val_fraction, cfg.token_dtype)
         self.vocab_size = cfg.vocab_size or corpus.vocab_size or _raw_vocab(corpus)
         check = self.vocab_size if (corpus.kind != "bytes" or self.vocab_size < 256) else None
@@ -169,7 +173,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg, rt.device)
         if rt.is_main:  # inputs are good: only now touch the disk
-            prepare_out(self.out, bool(resume), overwrite)
+            prepare_out(self.out, own, overwrite)
         self.ckpt = CheckpointManager(self.out, cfg.keep_last, enabled=rt.is_main)
         self.log = RunLog(self.out / "log.jsonl", enabled=rt.is_main,
                           tensorboard=cfg.tensorboard)
