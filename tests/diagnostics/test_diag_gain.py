@@ -38,7 +38,7 @@ def test_profile_max_and_mean_over_tokens():
 def test_residual_is_exactly_one():
     prof = gain_profile(None, num_layers=6)
     assert all(v == [1.0] * 6 for v in prof.values())
-    assert len(prof) == 8
+    assert len(prof) == 12  # single layer, layers 1..l, layers l..L; 4 statistics each
     with pytest.raises(ValueError):
         gain_profile(None)
 
@@ -57,3 +57,14 @@ def test_unconstrained_products_can_explode():
     prof = gain_profile([h] * 20)
     assert prof["comp_fwd_max"][-1] == pytest.approx(1.3 ** 20)
     assert math.log(prof["comp_fwd_max"][-1]) > 5
+
+
+def test_composite_to_output_is_the_papers_direction():
+    from torch_mhc.diagnostics.gain import composite_products, composite_to_output, gain_profile
+    hs = [torch.randn(5, 3, 3, dtype=torch.float64) for _ in range(4)]
+    q = composite_to_output(hs)
+    assert torch.allclose(q[0], composite_products(hs)[-1])  # both end in the full product
+    assert torch.allclose(q[2], hs[3] @ hs[2])  # Q_3 = H^(4) H^(3)
+    prof = gain_profile(hs)
+    assert len(prof["out_fwd_max"]) == 4
+    assert prof["out_fwd_max"][0] == pytest.approx(prof["comp_fwd_max"][-1])

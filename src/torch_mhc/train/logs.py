@@ -137,6 +137,10 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
         s[f"max_composite_{name}_gain"] = max(vals) if vals else None
         s[f"final_composite_{name}_gain"] = vals[-1] if vals else None
         s[f"max_single_layer_{name}_gain"] = max(single) if single else None
+        # the paper's direction (layers l..L, Fig. 3); absent in logs of older versions
+        out = [max(d["gain"][key.replace("comp_", "out_")]) for d in diags
+               if d.get("gain") and key.replace("comp_", "out_") in d["gain"]]
+        s[f"max_composite_{name}_gain_to_output"] = max(out) if out else None
     last = diags[-1] if diags else {}
     s["final_composite_forward_gain_token_mean"] = (
         max(last["gain"]["comp_fwd_mean"]) if last.get("gain") else None)
