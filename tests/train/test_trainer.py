@@ -187,3 +187,32 @@ def test_resume_into_a_folder_holding_another_run_needs_overwrite(small, tmp_pat
     assert [p.name for p in (b / "checkpoints").iterdir()] == ["step_00000006"]
     assert _losses(b)[:3] == _losses(a)  # B now holds A's run, continued
     Trainer(cont, resume=str(b)).fit()  # continuing B's own run needs no --overwrite
+
+
+def test_signal_checkpoints_the_finished_step_and_resume_is_exact(small, tmp_path, monkeypatch):
+    import signal
+
+    full = _cfg(small, tmp_path / "a", max_steps=8, ckpt_interval=4)
+    Trainer(full).fit()
+
+    cut = _cfg(small, tmp_path / "b", max_steps=8, ckpt_interval=4)
+    real_step = Trainer.train_step
+
+    def signalled(self, step):
+        out = real_step(self, step)
+        if step == 4:  # during the 5th step, as a cluster's SIGTERM or a Ctrl-C would
+            signal.raise_signal(signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", signalled)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cut).fit()
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    b = tmp_path / "b" / "run"
+    assert (b / "checkpoints" / "step_00000005").is_dir()  # not a multiple of ckpt_interval
+    assert [r["step"] for r in _records(b, "event") if r["event"] == "interrupt"] == [5]
+    Trainer(cut, resume=str(b)).fit()
+    assert _losses(b) == _losses(tmp_path / "a" / "run")
+    assert _records(b, "eval") == _records(tmp_path / "a" / "run", "eval")

@@ -22,10 +22,12 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -360,6 +362,7 @@ class Trainer:
                         dynamic_ncols=True, disable=not (cfg.progress and rt.is_main))
         seg_tokens, seg_time0, diverged = 0, self.elapsed, False
         step = start
+        restore_signals = self._defer_interrupts()
         try:
             while True:
                 fresh = not (self.resume_from is not None and step == start)
@@ -369,10 +372,13 @@ class Trainer:
                     self.log.write({"type": "eval", "step": step, "val_loss": self.last_val})
                 if fresh and cfg.diag_interval and (step % cfg.diag_interval == 0 or last):
                     self.log.write({"type": "diag", "step": step, **self.diagnose()})
-                if step > start and (step % cfg.ckpt_interval == 0 or last):
+                saved = step > start and (step % cfg.ckpt_interval == 0 or last)
+                if saved:
                     self.save(step)
                 if last:
                     break
+                if self._interrupt_requested():
+                    self._save_and_stop(step, start, saved)
                 rec = self.train_step(step)
                 step += 1
                 seg_tokens += self.tokens_per_step
@@ -397,8 +403,47 @@ class Trainer:
             self._finish(step, False, seg_tokens, seg_time0)
             raise
         finally:
+            restore_signals()
             self.bar.close()
         return self._finish(step, diverged, seg_tokens, seg_time0)
+
+    # -- interruption ------------------------------------------------------------------------
+    def _defer_interrupts(self) -> Callable[[], None]:
+        """Ctrl-C / SIGTERM: finish the current step, checkpoint, then stop (a second signal
+        stops at once). Returns the function that restores the previous handlers."""
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:  # second signal: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+            self.say(f"\n{self.desc}: {self._stop_signal}: stopping after this step with a "
+                     "checkpoint (signal again to stop at once)")
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        return restore
+
+    def _interrupt_requested(self) -> bool:
+        """True once a stop signal arrived (on any rank, under DDP/FSDP)."""
+        asked = float(getattr(self, "_stop_signal", None) is not None)
+        if self.rt.dist.distributed:
+            asked = all_reduce_mean(asked, self.rt.dist)
+        return asked > 0
+
+    def _save_and_stop(self, step: int, start: int, saved: bool) -> None:
+        """Checkpoint step ``step`` (unless just done) and end the run with KeyboardInterrupt."""
+        path = self.ckpt.latest() if (saved or step == start) else self.save(step)
+        self.log.write({"type": "event", "event": "interrupt", "step": step,
+                        "checkpoint": str(path) if path else None})
+        self.log.close()
+        self.say(f"{self.desc}: stopped at step {step}; checkpoint {path}")
+        raise KeyboardInterrupt
 
     def _finish(self, step: int, diverged: bool, seg_tokens: int, seg_time0: float
                 ) -> Dict[str, Any]:
