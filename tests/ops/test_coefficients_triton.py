@@ -1,7 +1,7 @@
 """Fused Triton coefficient kernels (ops/coefficients.py) vs the PyTorch reference.
 
 On a machine without CUDA the kernels run on CPU tensors in Triton's interpreter: the
-module fixture sets ``TRITON_INTERPRET=1`` for this module only (the kernels are compiled
+module fixture in ``tests/ops/conftest.py`` sets ``TRITON_INTERPRET=1`` for the ``*_triton`` modules (the kernels are compiled
 lazily per mode, so it does not matter that ``torch_mhc`` was imported before); with CUDA
 the same tests run the compiled kernels on the GPU.
 """
@@ -10,17 +10,11 @@ import torch
 
 pytest.importorskip("triton")
 
-from torch_mhc.testing import rel_error, triton_interpreter  # noqa: E402
+from torch_mhc.testing import rel_error  # noqa: E402
 from torch_mhc.ops.coefficients import mhc_coefficients, mhc_coefficients_reference  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpreter():
-    with triton_interpreter(enabled=not CUDA):
-        yield
 
 
 def _params(n, C, dtype=torch.float32):

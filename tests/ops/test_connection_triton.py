@@ -1,6 +1,6 @@
 """The fused mHC connection (ops/connection.py) and a whole GPT: backend="triton" vs "torch".
 
-Runs in Triton's interpreter on CPU (module fixture) and compiled on CUDA when present.
+Runs in Triton's interpreter on CPU (module fixture in tests/ops/conftest.py) and compiled on CUDA when present.
 """
 import pytest
 import torch
@@ -8,18 +8,12 @@ from torch import nn
 
 pytest.importorskip("triton")
 
-from torch_mhc.testing import rel_error, triton_interpreter  # noqa: E402
+from torch_mhc.testing import rel_error  # noqa: E402
 from torch_mhc import HyperConnection  # noqa: E402
 from torch_mhc.models import GPT, gpt_config  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpreter():
-    with triton_interpreter(enabled=not CUDA):
-        yield
 
 
 def _randomise(module):

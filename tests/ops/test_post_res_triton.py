@@ -4,17 +4,11 @@ import torch
 
 pytest.importorskip("triton")
 
-from torch_mhc.testing import rel_error, triton_interpreter  # noqa: E402
+from torch_mhc.testing import rel_error  # noqa: E402
 from torch_mhc.ops.post_res import post_res, post_res_reference  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpreter():
-    with triton_interpreter(enabled=not CUDA):
-        yield
 
 
 @pytest.mark.parametrize("n,C,T", [(1, 48, 7), (2, 100, 5), (4, 48, 9), (4, 100, 3), (8, 24, 5), (3, 40, 4)])
