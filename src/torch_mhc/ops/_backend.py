@@ -61,6 +61,11 @@ def next_pow2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
 
 
+def triton_cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for launch grids."""
+    return -(-int(a) // int(b))
+
+
 class LazyJit:
     """A Triton kernel compiled on first launch, separately for GPU and interpreter mode.
 

@@ -20,7 +20,7 @@ from typing import Tuple
 import torch
 
 from ._backend import (LazyJit, compute_dtype, device_sms, dot_mode, interpret_mode, next_pow2,
-                       resolve_backend, tuned)
+                       resolve_backend, triton_cdiv, tuned)
 from .sinkhorn import sinkhorn
 
 __all__ = ["mhc_coefficients", "mhc_coefficients_reference", "split_logits"]
@@ -634,11 +634,6 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
             HAS_RES=has_gout, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     dfn = dfn_p.sum(0)[:N] if tsplit > 1 else dfn_p[0, :N]
     return dx, dfn, dbase_p.sum(0), dscale_p.sum(0)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    """``ceil(a / b)`` for launch grids."""
-    return -(-int(a) // int(b))
 
 
 # -- the same decomposition in PyTorch: documents the kernels' math, runs any dtype (float64

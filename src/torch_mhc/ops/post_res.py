@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import LazyJit, compute_dtype, interpret_mode, next_pow2, resolve_backend, tuned
+from ._backend import (LazyJit, compute_dtype, interpret_mode, next_pow2, resolve_backend,
+                       triton_cdiv, tuned)
 
 __all__ = ["post_res", "post_res_reference"]
 
@@ -137,11 +138,6 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
 
 _post_res_fwd = LazyJit(_post_res_fwd_kernel)
 _post_res_bwd = LazyJit(_post_res_bwd_kernel)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    """``ceil(a / b)`` for launch grids."""
-    return -(-int(a) // int(b))
 
 
 def post_res_forward_triton(x, y, h_post, h_res):

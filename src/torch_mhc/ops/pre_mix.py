@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import LazyJit, compute_dtype, interpret_mode, next_pow2, resolve_backend, tuned
+from ._backend import (LazyJit, compute_dtype, interpret_mode, next_pow2, resolve_backend,
+                       triton_cdiv, tuned)
 
 __all__ = ["pre_mix", "pre_mix_reference"]
 
@@ -74,17 +75,11 @@ _pre_mix_fwd = LazyJit(_pre_mix_fwd_kernel)
 _pre_mix_bwd = LazyJit(_pre_mix_bwd_kernel)
 
 
-def _fwd_blocks(n: int, C: int):
+def _blocks(n: int, C: int, budget: int):
+    """``(NB, BC)``: streams padded to a power of two and a channel tile of about
+    ``budget / NB`` values (32 at most in the interpreter)."""
     NB = next_pow2(n)
-    BC = max(16, min(next_pow2(C), 4096 // NB))
-    if interpret_mode():
-        BC = min(BC, 32)
-    return NB, BC
-
-
-def _bwd_blocks(n: int, C: int):
-    NB = next_pow2(n)
-    BC = max(16, min(next_pow2(C), 2048 // NB))
+    BC = max(16, min(next_pow2(C), budget // NB))
     if interpret_mode():
         BC = min(BC, 32)
     return NB, BC
@@ -93,7 +88,7 @@ def _bwd_blocks(n: int, C: int):
 def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
     """``x (T, n, C)``, ``h_pre (T, n)`` fp32, contiguous -> ``h (T, C)`` in ``x``'s dtype."""
     T, n, C = x.shape
-    NB, BC = _fwd_blocks(n, C)
+    NB, BC = _blocks(n, C, 4096)
     cfg = tuned("pre_mix_fwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
     BT, BC = cfg["BT"], (BC if interpret_mode() else min(cfg["BC"], next_pow2(C)))
     h = torch.empty(T, C, device=x.device, dtype=x.dtype)
@@ -106,7 +101,7 @@ def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tens
                             write_dx: bool = True):
     """``(dx or None, dH_pre (T, n) fp32)`` from ``dh (T, C)``, one pass over ``x`` and ``dh``."""
     T, n, C = x.shape
-    NB, BC = _bwd_blocks(n, C)
+    NB, BC = _blocks(n, C, 2048)
     cfg = tuned("pre_mix_bwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 1024 else 8)
     BT, BC = cfg["BT"], (BC if interpret_mode() else min(cfg["BC"], next_pow2(C)))
     dhpre = torch.empty(T, n, device=x.device, dtype=torch.float32)
@@ -115,11 +110,6 @@ def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tens
         x, h_pre, dh, dx if write_dx else dhpre, dhpre, T, C, n=n, NB=NB, BT=BT, BC=BC,
         WRITE_DX=write_dx, num_warps=cfg["num_warps"])
     return dx, dhpre
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    """``ceil(a / b)`` for launch grids."""
-    return -(-int(a) // int(b))
 
 
 def pre_mix_forward_torch(x, h_pre):
