@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from ..nn import MODES
+from .distributed import PARALLEL_MODES
 
 __all__ = ["TrainConfig", "ConfigError", "PRESETS", "RESUME_KEYS", "resolve_config",
            "load_config_file", "config_to_dict", "config_from_dict"]
@@ -93,7 +94,7 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model", "runtime")
     parallel: str = _f("none", "data parallelism under torchrun: none, ddp or fsdp (FSDP2); "
                                "--batch-size is the global batch, split over the ranks",
-                       "runtime", ("none", "ddp", "fsdp"))
+                       "runtime", PARALLEL_MODES)
     # logging, evaluation, diagnostics, checkpoints
     out: Optional[str] = _f(None, "output directory (default runs/<preset>-<connection>)",
                             "output")

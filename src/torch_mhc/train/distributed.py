@@ -25,7 +25,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistEnv", "init_distributed", "wrap_model", "reshard", "all_reduce_mean", "barrier",
+from ..nn import HyperConnection
+
+__all__ = ["DistEnv", "init_distributed", "wrap_model", "reshard", "all_reduce_mean",
            "full_state_dicts", "load_full_state_dicts", "shutdown", "PARALLEL_MODES"]
 
 PARALLEL_MODES = ("none", "ddp", "fsdp")
@@ -103,7 +105,7 @@ def wrap_model(model: nn.Module, env: DistEnv, bf16: bool = False) -> nn.Module:
     for unit in _units(model):
         if bf16:
             for hc in unit.modules():
-                if hasattr(hc, "branch") and hasattr(hc, "mode"):  # a HyperConnection
+                if isinstance(hc, HyperConnection):
                     fully_shard(hc.branch, mesh=mesh, mp_policy=low)
         fully_shard(unit, mesh=mesh, mp_policy=full)
     fully_shard(model, mesh=mesh, mp_policy=low if bf16 else full)
@@ -136,12 +138,6 @@ def all_reduce_mean(value: float, env: DistEnv) -> float:
     return float(t) / env.world_size
 
 
-def barrier(env: DistEnv) -> None:
-    """Wait for every rank (no-op without a process group)."""
-    if env.distributed:
-        dist.barrier()
-
-
 def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> Tuple[dict, dict]:
     """Model and optimizer state, gathered in full on CPU, keyed by parameter names.
 
@@ -164,11 +160,6 @@ def load_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, mo
     set_model_state_dict(model, model_sd, options=opts)
     if optim_sd:
         set_optimizer_state_dict(model, optimizer, optim_sd, options=opts)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside a DDP wrapper (FSDP2 modifies the module in place)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def shutdown(env: DistEnv) -> None:
