@@ -223,12 +223,13 @@ def main(argv=None):
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
+    from torch_mhc.bench import _commit
     result = {
         "benchmark": "deepseek_v4_train_step", "args": vars(a),
         "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor() or "cpu",
         "torch": torch.__version__, "transformers": transformers.__version__,
         "triton": triton_version, "python": sys.version.split()[0],
-        "model": {}, "site": {},
+        "commit": _commit(), "model": {}, "site": {},
     }
     variants = ["transformers", "torch_mhc"] + (["torch_mhc_reference"] if a.reference else [])
     suites = a.suites.split(",")

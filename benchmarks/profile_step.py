@@ -1,0 +1,96 @@
+"""Where a training step's time goes: host (Python, launches) vs GPU kernels, per variant.
+
+For each variant of a ``mhc bench`` model suite this builds the same model, warms up, then
+times ``--steps`` steps (wall, synchronised), the host time to *issue* one step (forward +
+backward + optimizer without a synchronisation: if it is close to the wall time, the step is
+launch-bound), and one profiled step (torch.profiler): summed kernel time and the top
+kernels / CPU ops. Writes JSON.
+
+    PYTHONPATH=src python benchmarks/profile_step.py --suite gpt-small --out prof.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+
+from torch_mhc.bench import _build_gpt, _device_info, _versions, _commit
+
+
+def profile_variant(suite, variant, args, device):
+    ns = SimpleNamespace(seq=args.seq, n=4, dtype="bf16")
+    model, cfg = _build_gpt(args.preset or suite, variant, ns, device)
+    batch = args.batch or (1 if suite == "layer" else 8)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    idx = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len), device=device)
+    tgt = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        _, loss = model(idx, tgt)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    walls, issue = [], []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        issue.append((t1 - t0) * 1e3)
+        walls.append((t2 - t0) * 1e3)
+    # issue time with the GPU kept busy ahead of the host: a long kernel queued first
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    ka = prof.key_averages()
+    kernels = sorted(((e.key, e.device_time_total, e.count) for e in ka if e.device_time_total > 0
+                      and e.self_device_time_total > 0), key=lambda r: -r[1])
+    gpu_total = sum(e.self_device_time_total for e in ka) / 1e3
+    cpu_ops = sorted(((e.key, e.self_cpu_time_total, e.count) for e in ka),
+                     key=lambda r: -r[1])[:25]
+    res = {"wall_ms": statistics.median(walls), "issue_ms": statistics.median(issue),
+           "gpu_kernel_ms": gpu_total,
+           "top_kernels_us": [(k, round(t, 1), c) for k, t, c in kernels[:30]],
+           "top_cpu_self_us": [(k, round(t, 1), c) for k, t, c in cpu_ops]}
+    del model, opt
+    torch.cuda.empty_cache()
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", default="gpt-small")
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--variants", default="residual,mhc-triton")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--seq", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--out", default="profile_step.json")
+    args = ap.parse_args()
+    device = torch.device("cuda")
+    out = {"suite": args.suite, "device": _device_info(device), **_versions(), "commit": _commit(),
+           "variants": {}}
+    for v in args.variants.split(","):
+        out["variants"][v] = r = profile_variant(args.suite, v, args, device)
+        print(f"{args.suite} {v}: wall {r['wall_ms']:.2f} ms, issue {r['issue_ms']:.2f} ms, "
+              f"kernels {r['gpu_kernel_ms']:.2f} ms", flush=True)
+        for k, t, c in r["top_kernels_us"][:12]:
+            print(f"    {t:9.1f} us x{c:4d}  {k[:90]}")
+        for k, t, c in r["top_cpu_self_us"][:10]:
+            print(f"    cpu {t:9.1f} us x{c:4d}  {k[:80]}")
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
