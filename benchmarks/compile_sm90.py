@@ -40,9 +40,7 @@ def main(argv=None):
     f32, i32 = "*fp32", "i32"
     bc_fwd = max(16, min(next_pow2(C), 4096 // NB))
     bc_bwd = max(16, min(next_pow2(C), 2048 // NB))
-    bc_pr = max(16, min(next_pow2(C), 1024 // (NB * NB)))
     bc_x = max(16, min(next_pow2(C), 8192 // (NB * NP)))
-    bc_dx = max(16, min(next_pow2(C), 4096 // (NB * NP)))
     if args.dtype == "fp32":
         bc_x = max(16, bc_x // 2)
     cases = [
@@ -59,13 +57,13 @@ def main(argv=None):
         ("coef_token_bwd", co._coef_token_bwd,
          dict(mix_ptr=f32, scale_ptr=f32, base_ptr=f32, dpre_ptr=f32, dpost_ptr=f32, dres_ptr=f32,
               g_ptr=f32, dss_ptr=f32, dscale_ptr=f32, dbase_ptr=f32, scr_ptr=f32, T=i32, K=i32,
-              iters=i32, hc_eps="fp32"),
+              iters=i32, hc_eps="fp32", st_pre=i32, st_post=i32, st_res=i32),
          dict(n=n, N=N, NB=NB, NN=NB * NB, NP=NP, BT=16 if NB <= 4 else 4, LOG=True, HAS_DPRE=True,
               HAS_DPOST=True, HAS_DRES=True), 4, 1),
         ("coef_token_bwd(V4)", co._coef_token_bwd,
          dict(mix_ptr=f32, scale_ptr=f32, base_ptr=f32, dpre_ptr=f32, dpost_ptr=f32, dres_ptr=f32,
               g_ptr=f32, dss_ptr=f32, dscale_ptr=f32, dbase_ptr=f32, scr_ptr=f32, T=i32, K=i32,
-              iters=i32, hc_eps="fp32"),
+              iters=i32, hc_eps="fp32", st_pre=i32, st_post=i32, st_res=i32),
          dict(n=n, N=N, NB=NB, NN=NB * NB, NP=NP, BT=16 if NB <= 4 else 4, LOG=False,
               HAS_DPRE=True, HAS_DPOST=False, HAS_DRES=True), 4, 1),
         ("coef_token(V4)", co._coef_token, dict(part_ptr=f32, scale_ptr=f32, base_ptr=f32, mix_ptr=f32,
@@ -73,23 +71,22 @@ def main(argv=None):
                                                   SPLIT=i32, K=i32, iters=i32, rms_eps="fp32",
                                                   hc_eps="fp32"),
          dict(n=n, N=N, NB=NB, BT=32 if NB <= 4 else 8, LOG=False), 4, 1),
-        ("coef_dx", co._coef_dx,
+        ("coef_dx(64x32)", co._coef_dx,
          dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, hpre_ptr=f32,
               dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32),
-         dict(n=n, N=N, NB=NB, NP=NP, BT=64 if prec == 2 else 32, BC=bc_dx, QB=NB * bc_dx,
-              PREC=prec, HAS_PRE=True, HAS_RES=True), 8, 1),
-        ("coef_dx(plain)", co._coef_dx,
+         dict(n=n, N=N, NP=NP, BT=64, BC=32, PREC=prec, HAS_PRE=True, HAS_RES=True), 8, 1),
+        ("coef_dx(32x64)", co._coef_dx,
          dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, hpre_ptr=f32,
               dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32),
-         dict(n=n, N=N, NB=NB, NP=NP, BT=32, BC=bc_dx, QB=NB * bc_dx, PREC=prec, HAS_PRE=False,
-              HAS_RES=False), 4, 1),
+         dict(n=n, N=N, NP=NP, BT=32, BC=64, PREC=prec, HAS_PRE=True, HAS_RES=True), 8, 1),
         ("coef_dfn", co._coef_dfn, dict(x_ptr=xt, g_ptr=f32, dfn_ptr=f32, T=i32, K=i32,
                                           t_per_split=i32),
          dict(N=N, NP=NP, BT=32, BK=128, PREC=prec), 4, 4),
         ("coef_bwd_x(fused)", co._coef_bwd_x,
          dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32, hpre_ptr=f32,
               dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, t_per_split=i32),
-         dict(n=n, N=N, NB=NB, NP=NP, BT=16, BC=bc_x, QB=NB * bc_x, PREC=prec, HAS_PRE=True, HAS_RES=True),
+         dict(n=n, N=N, NB=NB, NP=NP, BT=16, BC=bc_x, QB=NB * bc_x, PREC=prec, HAS_PRE=True, HAS_RES=True,
+              DFN=True),
          8 if NP * NB * bc_x >= 4096 else 4, 2),
         ("pre_mix_fwd", pm._pre_mix_fwd, dict(x_ptr=xt, hpre_ptr=f32, h_ptr=xt, T=i32, C=i32),
          dict(n=n, NB=NB, BT=1, BC=bc_fwd), 4 if NB * bc_fwd <= 2048 else 8, 1),
@@ -101,12 +98,12 @@ def main(argv=None):
          dict(n=n, NB=NB, BT=1, BC=bc_fwd), 4 if NB * bc_fwd <= 2048 else 8, 1),
         ("post_res_bwd", po._post_res_bwd,
          dict(x_ptr=xt, y_ptr=xt, hpost_ptr=f32, hres_ptr=f32, g_ptr=xt, dx_ptr=xt, dy_ptr=xt,
-              dhpost_ptr=f32, dhres_ptr=f32, T=i32, C=i32),
-         dict(n=n, NB=NB, BT=1, BC=bc_pr, WRITE_DX=True), 2 if NB * NB * bc_pr <= 1024 else 4, 1),
-        ("post_res_bwd(nodx)", po._post_res_bwd,
+              part_ptr=f32, T=i32, C=i32),
+         dict(n=n, NB=NB, BT=2, BC=bc_bwd, WRITE_DX=False), 4, 1),
+        ("post_res_bwd(dx)", po._post_res_bwd,
          dict(x_ptr=xt, y_ptr=xt, hpost_ptr=f32, hres_ptr=f32, g_ptr=xt, dx_ptr=xt, dy_ptr=xt,
-              dhpost_ptr=f32, dhres_ptr=f32, T=i32, C=i32),
-         dict(n=n, NB=NB, BT=1, BC=128, WRITE_DX=False), 4, 1),
+              part_ptr=f32, T=i32, C=i32),
+         dict(n=n, NB=NB, BT=2, BC=bc_bwd, WRITE_DX=True), 4, 1),
     ]
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     ok = True

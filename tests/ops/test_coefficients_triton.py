@@ -118,22 +118,25 @@ def test_auto_backend_resolution():
     assert resolve_backend("auto", x) == ("triton" if CUDA else "torch")
 
 
-@pytest.mark.parametrize("split", [True, False])
-def test_both_backward_variants(split):
-    """The backward has two launch variants (dx and dfn in one pass over x, or in two):
-    both must give the reference gradients."""
+@pytest.mark.parametrize("split,loop", [(True, 0), (True, 2), (False, 0)])
+def test_both_backward_variants(split, loop):
+    """The backward's launch variants (dx and dfn in one pass over x, or in two, the dx pass
+    on a grid or looping over ``loop`` token tiles per program) all give the reference
+    gradients, also for a token count that leaves the last loop step ragged."""
     from torch_mhc.ops._backend import TUNING
-    old = TUNING.get("coef_bwd")
+    old = {k: TUNING.get(k) for k in ("coef_bwd", "coef_dx")}
     TUNING["coef_bwd"] = {"split": split}
+    TUNING["coef_dx"] = {"loop": loop}
     try:
         n, C = 4, 100
-        x = torch.randn(19, n, C, device=DEV).requires_grad_()
+        x = torch.randn(37, n, C, device=DEV).requires_grad_()
         fn, base, scale = _params(n, C)
         _compare(x, fn, base, scale, 0.0, 1e-6, 1e-5, 2e-5)
-        xb = torch.randn(19, n, C, device=DEV).bfloat16().requires_grad_()
+        xb = torch.randn(37, n, C, device=DEV).bfloat16().requires_grad_()
         _compare(xb, fn, base, scale, 1e-6, 1e-6, 1e-4, 1e-2)
     finally:
-        if old is None:
-            TUNING.pop("coef_bwd", None)
-        else:
-            TUNING["coef_bwd"] = old
+        for k, v in old.items():
+            if v is None:
+                TUNING.pop(k, None)
+            else:
+                TUNING[k] = v

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import HyperConnection, RMSNorm, expand_streams, reduce_streams
+from ..nn.recompute import resolve_block_size, stream_recompute
 
 __all__ = ["DeepStack", "DeepStackConfig"]
 
@@ -33,6 +34,10 @@ class DeepStackConfig:
     init_std: float = 0.02
     backend: str = "auto"
     sinkhorn_iters: int = 20
+    recompute_block: int = 0  # as GPTConfig.recompute_block (docs/recompute.md), over depth
+
+    def __post_init__(self):
+        resolve_block_size(self.recompute_block, 1, 1)  # validates
 
     @property
     def streams(self) -> int:
@@ -67,8 +72,10 @@ class DeepStack(nn.Module):
         """Token ids ``(B, T)`` -> ``(logits (B, T, vocab), loss)``; ``loss`` is the mean
         cross-entropy against ``targets (B, T)``, or None without targets."""
         x = expand_streams(self.embed(idx), self.cfg.streams)
-        for layer in self.layers:
-            x = layer(x)
+        with stream_recompute(resolve_block_size(self.cfg.recompute_block, self.cfg.streams,
+                                                 self.cfg.depth)):
+            for layer in self.layers:
+                x = layer(x)
         logits = self.head(self.norm(reduce_streams(x)))
         loss = None
         if targets is not None:

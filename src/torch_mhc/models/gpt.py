@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import HyperConnection, RMSNorm, expand_streams, reduce_streams
+from ..nn.recompute import resolve_block_size, stream_recompute
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config"]
 
@@ -39,6 +40,9 @@ class GPTConfig:
     backend: str = "auto"
     sinkhorn_iters: int = 20
     hc_options: dict = field(default_factory=dict)  # extra HyperConnection kwargs
+    # stream recomputation (docs/recompute.md): 0 off; k > 0 keep every k-th stream;
+    # -1 the paper's block size for 2 * n_layer connections (Eq. 20)
+    recompute_block: int = 0
 
     def __post_init__(self):
         if self.d_model % self.n_head:
@@ -47,6 +51,7 @@ class GPTConfig:
             raise ValueError("the head dimension must be even for rotary embeddings")
         if self.mlp_hidden is None:
             self.mlp_hidden = 64 * math.ceil(8 * self.d_model / 3 / 64)
+        resolve_block_size(self.recompute_block, 1, 1)  # validates
 
     @property
     def streams(self) -> int:
@@ -168,8 +173,11 @@ class GPT(nn.Module):
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence length {T} exceeds the model's seq_len {self.cfg.seq_len}")
         x = expand_streams(self.embed(idx), self.cfg.streams)
-        for block in self.blocks:
-            x = block(x, self.rope_cos, self.rope_sin)
+        recompute = resolve_block_size(self.cfg.recompute_block, self.cfg.streams,
+                                       2 * self.cfg.n_layer)
+        with stream_recompute(recompute):
+            for block in self.blocks:
+                x = block(x, self.rope_cos, self.rope_sin)
         logits = self.head(self.norm(reduce_streams(x)))
         loss = None
         if targets is not None:

@@ -25,6 +25,7 @@ every stream would receive the same gradient and stay a copy forever):
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -33,10 +34,11 @@ from torch import nn
 
 from ..ops._backend import check_backend, resolve_backend
 from ..ops.coefficients import mhc_coefficients
-from ..ops.connection import connection_post, connection_pre
+from ..ops.connection import ConnectionLink, connection_post, connection_pre
 from ..ops.hc_coefficients import hc_coefficients_reference
 from ..ops.post_res import post_res
 from ..ops.pre_mix import pre_mix
+from .recompute import current_recompute
 
 __all__ = ["HyperConnection", "MODES", "mhc_bias_init", "hc_bias_init"]
 
@@ -185,7 +187,9 @@ class HyperConnection(nn.Module):
         backend = self.backend if self.mode == "mhc" else "torch"
         out = self.branch(pre_mix(streams, h_pre, backend), *args, **kwargs)
         y, rest = _split_output(out)
-        return _pack(post_res(streams, y, h_post, h_res, backend), rest)
+        new = post_res(streams, y, h_post, h_res, backend)
+        _register(new, streams, functools.partial(post_res, backend=backend), y, h_post, h_res)
+        return _pack(new, rest)
 
     def _forward_fused(self, streams: torch.Tensor, *args, **kwargs):
         """mHC through the fused Triton connection (``torch_mhc.ops.connection``): one
@@ -196,7 +200,21 @@ class HyperConnection(nn.Module):
         if self.record_mappings:
             self.last_mappings = (h_pre.detach(), h_post.detach(), h_res.detach())
         y, rest = _split_output(self.branch(h, *args, **kwargs))
-        return _pack(connection_post(streams, y, h_post, h_res, link), rest)
+        new = connection_post(streams, y, h_post, h_res, link)
+        _register(new, streams, _fused_post, y, h_post, h_res)
+        return _pack(new, rest)
+
+
+def _fused_post(x, y, h_post, h_res):  # the fused post-res forward, for recomputation
+    return connection_post(x, y, h_post, h_res, ConnectionLink())
+
+
+def _register(new, streams, post, y, h_post, h_res) -> None:
+    """Inside ``stream_recompute``: let ``new = post(streams, y, h_post, h_res)`` be dropped
+    after forward and recomputed in backward (``torch_mhc.nn.recompute``)."""
+    rc = current_recompute()
+    if rc is not None:
+        rc.connection_output(new, streams, post, y, h_post, h_res)
 
 
 def _split_output(out):

@@ -198,7 +198,7 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
 
 def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dres_ptr,
                            g_ptr, dss_ptr, dscale_ptr, dbase_ptr, scr_ptr,
-                           T, K, iters, hc_eps,
+                           T, K, iters, hc_eps, st_pre, st_post, st_res,
                            n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NN: tl.constexpr,
                            NP: tl.constexpr, BT: tl.constexpr, LOG: tl.constexpr,
                            HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
@@ -228,12 +228,12 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
     s_pre = tl.sigmoid(a_pre * pre * inv_r[:, None] + b_pre[None, :])
     s_post = tl.sigmoid(a_post * post * inv_r[:, None] + b_post[None, :])
     if HAS_DPRE:
-        d_pre = tl.load(dpre_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0).to(tl.float32)
+        d_pre = tl.load(dpre_ptr + r64[:, None] * st_pre + ii[None, :], mask=m2, other=0.0).to(tl.float32)
         d_pre = d_pre * s_pre * (1.0 - s_pre)
     else:
         d_pre = tl.zeros([BT, NB], dtype=tl.float32)
     if HAS_DPOST:
-        d_post = tl.load(dpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0).to(tl.float32)
+        d_post = tl.load(dpost_ptr + r64[:, None] * st_post + ii[None, :], mask=m2, other=0.0).to(tl.float32)
         d_post = 2.0 * d_post * s_post * (1.0 - s_post)
     else:
         d_post = tl.zeros([BT, NB], dtype=tl.float32)
@@ -255,7 +255,7 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
                 L = tl.where(valid, L, -1.0e30)
             P = tl.exp(L)
             # d H_res -> d comb (transpose), then through P = exp(L)
-            gy = tl.load(dres_ptr + r64[:, None, None] * (n * n) + bb * n + aa, mask=m3, other=0.0)
+            gy = tl.load(dres_ptr + r64[:, None, None] * st_res + bb * n + aa, mask=m3, other=0.0)
             gy = gy.to(tl.float32) * P
             tl.debug_barrier()
             for kk in range(iters):
@@ -284,7 +284,7 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
                 P = P / (tl.sum(P, axis=2)[:, :, None] + hc_eps)
                 tl.store(scr + (2 * k + 1) * NN, P, mask=m3)
                 P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
-            gy = tl.load(dres_ptr + r64[:, None, None] * (n * n) + bb * n + aa, mask=m3, other=0.0)
+            gy = tl.load(dres_ptr + r64[:, None, None] * st_res + bb * n + aa, mask=m3, other=0.0)
             gy = gy.to(tl.float32)
             tl.debug_barrier()
             # y = m / (sum(m) + eps)  =>  dm = (dy - sum(dy * y)) / (sum(m) + eps)
@@ -329,12 +329,13 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                        T, C, K, t_per_split,
                        n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NP: tl.constexpr,
                        BT: tl.constexpr, BC: tl.constexpr, QB: tl.constexpr, PREC: tl.constexpr,
-                       HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr):
-    # One pass over x for a channel slice [c0, c0 + BC) of every stream:
+                       HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr):
+    # One pass over x for a channel slice [c0, c0 + BC) of every stream, over this program's
+    # token range (the fn tile, split hi + lo once, stays in registers):
     #   dx[t, i, c] = sum_o G[t, o] fn[o, iC + c] + 2 x[t, i, c] dss[t]
     #                 (+ H_pre[t, i] dh[t, c])              pre-mix backward (HAS_PRE)
     #                 (+ sum_j H_res[t, j, i] g[t, j, c])   post-res backward (HAS_RES)
-    #   dfn[o, iC + c] += sum_t G[t, o] x[t, i, c]          (this program's token range)
+    #   dfn[o, iC + c] += sum_t G[t, o] x[t, i, c]          (only with DFN)
     # Stream tiles are 3D [BT, NB, BC] (c innermost, vector loads); the two products see
     # them flattened to [BT, NB * BC] (column i * BC + c).
     pid_c = tl.program_id(0)
@@ -372,23 +373,26 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                 d2 = tl.dot(G_hi, W_hi)
                 d2 = tl.dot(G_hi, W_lo, d2)
                 d2 = tl.dot(G_lo, W_hi, d2)
-                acc = tl.dot(tl.trans(G_hi), xt, acc)
-                acc = tl.dot(tl.trans(G_lo), xt, acc)
+                if DFN:
+                    acc = tl.dot(tl.trans(G_hi), xt, acc)
+                    acc = tl.dot(tl.trans(G_lo), xt, acc)
             else:  # interpreter: the same split, products in float32
-                xf = xt.to(tl.float32)
                 Gh = G_hi.to(tl.float32)
                 Gl = G_lo.to(tl.float32)
                 d2 = tl.dot(Gh, W_hi.to(tl.float32), input_precision="ieee")
                 d2 = tl.dot(Gh, W_lo.to(tl.float32), d2, input_precision="ieee")
                 d2 = tl.dot(Gl, W_hi.to(tl.float32), d2, input_precision="ieee")
-                acc = tl.dot(tl.trans(Gh), xf, acc, input_precision="ieee")
-                acc = tl.dot(tl.trans(Gl), xf, acc, input_precision="ieee")
+                if DFN:
+                    acc = tl.dot(tl.trans(Gh), xt.to(tl.float32), acc, input_precision="ieee")
+                    acc = tl.dot(tl.trans(Gl), xt.to(tl.float32), acc, input_precision="ieee")
         elif PREC == 1:
             d2 = tl.dot(Gt, W, input_precision="tf32x3")
-            acc = tl.dot(tl.trans(Gt), xt.to(tl.float32), acc, input_precision="tf32x3")
+            if DFN:
+                acc = tl.dot(tl.trans(Gt), xt.to(tl.float32), acc, input_precision="tf32x3")
         else:
             d2 = tl.dot(Gt, W, input_precision="ieee")
-            acc = tl.dot(tl.trans(Gt), xt.to(tl.float32), acc, input_precision="ieee")
+            if DFN:
+                acc = tl.dot(tl.trans(Gt), xt.to(tl.float32), acc, input_precision="ieee")
         dss = tl.load(dss_ptr + t0 + rl, mask=rmask, other=0.0)
         dx = tl.reshape(d2, [BT, NB, BC]) + 2.0 * x3.to(tl.float32) * dss[:, None, None]
         r2 = (t0 + rl).to(tl.int64)
@@ -406,71 +410,73 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                              + (c0 + cc)[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
                 dx += hr[:, :, None] * gj.to(tl.float32)[:, None, :]
         tl.store(dx_ptr + t0.to(tl.int64) * K + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
-    acc3 = tl.reshape(acc, [NP, NB, BC])
-    tl.store(dfn_ptr + (pid_s * NP + oo[:, None, None]).to(tl.int64) * K + ic_off[None, :, :], acc3,
-             mask=(oo < N)[:, None, None] & icmask[None, :, :])
+    if DFN:
+        acc3 = tl.reshape(acc, [NP, NB, BC])
+        tl.store(dfn_ptr + (pid_s * NP + oo[:, None, None]).to(tl.int64) * K + ic_off[None, :, :],
+                 acc3, mask=(oo < N)[:, None, None] & icmask[None, :, :])
 
 
 def _coef_dx_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, hpre_ptr, dh_ptr, hres_ptr, gout_ptr,
                     T, C, K,
-                    n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NP: tl.constexpr,
-                    BT: tl.constexpr, BC: tl.constexpr, QB: tl.constexpr, PREC: tl.constexpr,
-                    HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr):
-    # The dx half of ``_coef_bwd_x_kernel`` on a (token tile, channel tile) grid with no loop
-    # (``_coef_dfn_kernel`` computes dfn in its own pass over x).
+                    n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr,
+                    BC: tl.constexpr, PREC: tl.constexpr, HAS_PRE: tl.constexpr,
+                    HAS_RES: tl.constexpr):
+    # The dx half of ``_coef_bwd_x_kernel`` on a (token tile, channel tile) grid, one stream
+    # i at a time in 2D [BT, BC] tiles (no 3D tiles, no reshapes; int32 offsets from the
+    # tile's first token):
+    #   dx_i = G fn_i + 2 x_i dss (+ H_pre_i dh) (+ sum_j H_res[j, i] g_j)
+    # The g_j tiles are re-read for each i from L1/L2; HBM sees them once.
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
-    c0 = pid_c * BC
-    ii = tl.arange(0, NB)
-    cc = tl.arange(0, BC)
-    oo = tl.arange(0, NP)
-    cmask = (c0 + cc) < C
-    icmask = (ii < n)[:, None] & cmask[None, :]
-    ic_off = ii[:, None] * C + (c0 + cc)[None, :]
-    W3 = tl.load(fn_ptr + oo[:, None, None] * K + ic_off[None, :, :],
-                 mask=(oo < N)[:, None, None] & icmask[None, :, :], other=0.0).to(tl.float32)
-    W = tl.reshape(W3, [NP, QB])
     t0 = pid_t * BT
     rl = tl.arange(0, BT)
     rmask = (t0 + rl) < T
-    m3 = rmask[:, None, None] & icmask[None, :, :]
-    off3 = t0.to(tl.int64) * K + rl[:, None, None] * K + ic_off[None, :, :]
-    x3 = tl.load(x_ptr + off3, mask=m3, other=0.0)
-    r2 = (t0 + rl).to(tl.int64)
-    Gt = tl.load(g_ptr + r2[:, None] * NP + oo[None, :], mask=rmask[:, None] & (oo < N)[None, :],
-                 other=0.0)
+    cc = pid_c * BC + tl.arange(0, BC)
+    cmask = cc < C
+    mc = rmask[:, None] & cmask[None, :]
+    oo = tl.arange(0, NP)
+    tK = t0.to(tl.int64) * K
+    Gt = tl.load(g_ptr + t0.to(tl.int64) * NP + rl[:, None] * NP + oo[None, :],
+                 mask=rmask[:, None] & (oo < N)[None, :], other=0.0)
     if PREC >= 2:
-        W_hi = W.to(tl.bfloat16)
-        W_lo = (W - W_hi.to(tl.float32)).to(tl.bfloat16)
         G_hi = Gt.to(tl.bfloat16)
         G_lo = (Gt - G_hi.to(tl.float32)).to(tl.bfloat16)
-        if PREC == 2:
-            d2 = tl.dot(G_hi, W_hi)
-            d2 = tl.dot(G_hi, W_lo, d2)
-            d2 = tl.dot(G_lo, W_hi, d2)
-        else:
-            d2 = tl.dot(G_hi.to(tl.float32), W_hi.to(tl.float32), input_precision="ieee")
-            d2 = tl.dot(G_hi.to(tl.float32), W_lo.to(tl.float32), d2, input_precision="ieee")
-            d2 = tl.dot(G_lo.to(tl.float32), W_hi.to(tl.float32), d2, input_precision="ieee")
-    elif PREC == 1:
-        d2 = tl.dot(Gt, W, input_precision="tf32x3")
-    else:
-        d2 = tl.dot(Gt, W, input_precision="ieee")
     dss = tl.load(dss_ptr + t0 + rl, mask=rmask, other=0.0)
-    dx = tl.reshape(d2, [BT, NB, BC]) + 2.0 * x3.to(tl.float32) * dss[:, None, None]
-    m2 = rmask[:, None] & (ii < n)[None, :]
     if HAS_PRE:
-        hp = tl.load(hpre_ptr + r2[:, None] * n + ii[None, :], mask=m2, other=0.0)
-        dhv = tl.load(dh_ptr + r2[:, None] * C + (c0 + cc)[None, :],
-                      mask=rmask[:, None] & cmask[None, :], other=0.0)
-        dx += hp[:, :, None] * dhv.to(tl.float32)[:, None, :]
-    if HAS_RES:
-        for j in tl.static_range(n):
-            hr = tl.load(hres_ptr + r2[:, None] * (n * n) + j * n + ii[None, :], mask=m2, other=0.0)
-            gj = tl.load(gout_ptr + r2[:, None] * K + j * C + (c0 + cc)[None, :],
-                         mask=rmask[:, None] & cmask[None, :], other=0.0)
-            dx += hr[:, :, None] * gj.to(tl.float32)[:, None, :]
-    tl.store(dx_ptr + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
+        dhv = tl.load(dh_ptr + t0.to(tl.int64) * C + rl[:, None] * C + cc[None, :], mask=mc,
+                      other=0.0).to(tl.float32)
+    for i in range(n):  # a loop, not unrolled: one stream's tiles live at a time
+        W = tl.load(fn_ptr + oo[:, None] * K + i * C + cc[None, :],
+                    mask=(oo < N)[:, None] & cmask[None, :], other=0.0)  # [NP, BC]
+        if PREC >= 2:  # G = hi + lo, W = hi + lo: hi hi + hi lo + lo hi
+            W_hi = W.to(tl.bfloat16)
+            W_lo = (W - W_hi.to(tl.float32)).to(tl.bfloat16)
+            if PREC == 2:
+                d = tl.dot(G_hi, W_hi)
+                d = tl.dot(G_hi, W_lo, d)
+                d = tl.dot(G_lo, W_hi, d)
+            else:  # interpreter: the same split, products in float32
+                d = tl.dot(G_hi.to(tl.float32), W_hi.to(tl.float32), input_precision="ieee")
+                d = tl.dot(G_hi.to(tl.float32), W_lo.to(tl.float32), d, input_precision="ieee")
+                d = tl.dot(G_lo.to(tl.float32), W_hi.to(tl.float32), d, input_precision="ieee")
+        elif PREC == 1:
+            d = tl.dot(Gt, W, input_precision="tf32x3")
+        else:
+            d = tl.dot(Gt, W, input_precision="ieee")
+        off = rl[:, None] * K + i * C + cc[None, :]
+        xi = tl.load(x_ptr + tK + off, mask=mc, other=0.0).to(tl.float32)
+        d += 2.0 * xi * dss[:, None]
+        if HAS_PRE:
+            hp = tl.load(hpre_ptr + (t0 + rl).to(tl.int64) * n + i, mask=rmask, other=0.0)
+            d += hp[:, None] * dhv
+        if HAS_RES:
+            for j in range(n):
+                hr = tl.load(hres_ptr + (t0 + rl).to(tl.int64) * (n * n) + j * n + i, mask=rmask,
+                             other=0.0)
+                gj = tl.load(gout_ptr + tK + rl[:, None] * K + j * C + cc[None, :], mask=mc,
+                             other=0.0)
+                d += hr[:, None] * gj.to(tl.float32)
+        tl.store(dx_ptr + tK + off, d.to(dx_ptr.dtype.element_ty), mask=mc)
 
 
 def _coef_dfn_kernel(x_ptr, g_ptr, dfn_ptr, T, K, t_per_split,
@@ -515,6 +521,19 @@ _coef_token_bwd = LazyJit(_coef_token_bwd_kernel)
 _coef_bwd_x = LazyJit(_coef_bwd_x_kernel)
 _coef_dx = LazyJit(_coef_dx_kernel)
 _coef_dfn = LazyJit(_coef_dfn_kernel)
+
+
+def _rows(t):
+    """``t`` (T, ...) with contiguous rows at any row stride, as the token backward kernel
+    reads it (``None`` passes through)."""
+    if t is None:
+        return None
+    inner_ok = t.stride(-1) == 1 and (t.dim() == 2 or t.stride(-2) == t.shape[-1])
+    return t if inner_ok else t.contiguous()
+
+
+def _stride0(t):
+    return 0 if t is None else t.stride(0)
 
 
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
@@ -579,6 +598,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     dss = torch.empty(T, device=dev, dtype=torch.float32)
     dscale_p = torch.empty(nprog, 3, device=dev, dtype=torch.float32)
     dbase_p = torch.empty(nprog, N, device=dev, dtype=torch.float32)
+    d_pre, d_post, d_res = _rows(d_pre), _rows(d_post), _rows(d_res)
     has_res = d_res is not None
     scr = torch.empty(T * 2 * int(iters) * NB * NB if has_res else 1, device=dev, dtype=torch.float32)
     dummy = mix
@@ -586,6 +606,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
         mix, scale.contiguous(), base.contiguous(),
         d_pre if d_pre is not None else dummy, d_post if d_post is not None else dummy,
         d_res if has_res else dummy, G, dss, dscale_p, dbase_p, scr, T, K, int(iters), float(hc_eps),
+        _stride0(d_pre), _stride0(d_post), _stride0(d_res),
         n=n, N=N, NB=NB, NN=NB * NB, NP=NP, BT=BT2, LOG=(hc_eps == 0.0), HAS_DPRE=d_pre is not None,
         HAS_DPOST=d_post is not None, HAS_DRES=has_res, num_warps=cfg["num_warps"])
     del scr
@@ -596,17 +617,36 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     has_gout = gout is not None
     extras = (h_pre if has_pre else G, dh if has_pre else G, h_res if has_gout else G,
               gout if has_gout else G)
-    mode = tuned("coef_bwd", split=True)
-    if mode["split"]:
-        # dx on a (token, channel) grid, then dfn = G^T x as its own skinny GEMM (x read twice)
-        BC = max(16, min(next_pow2(C), 4096 // (NB * NP)))
-        cfg = tuned("coef_dx", BT=64 if (x.element_size() == 2 and NP < 64) else 32, BC=BC,
-                    num_warps=8)
-        BT, BC = (16, min(BC, 32)) if interpret_mode() else (cfg["BT"], min(cfg["BC"], next_pow2(C)))
+    split = tuned("coef_bwd", split=True)["split"]
+    cfg = tuned("coef_dx", BT=64, BC=32, num_warps=8, num_stages=1, loop=0)
+    if split and not cfg["loop"]:  # dx on a (token, channel) grid, one stream at a time
+        BT, BC = (16, 32) if interpret_mode() else (cfg["BT"], min(cfg["BC"], next_pow2(C)))
         _coef_dx[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
-            x, fn.contiguous(), G, dss, dx, *extras, T, C, K,
+            x, fn.contiguous(), G, dss, dx, *extras, T, C, K, n=n, N=N, NP=NP, BT=BT, BC=BC,
+            PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout, num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
+    else:  # one pass over x per channel slice, looping over tokens (fn tile kept); with
+        # ``split`` the dx half only (``loop`` token tiles per program), else dx and dfn
+        if not split:
+            BC = max(16, min(next_pow2(C), 8192 // (NB * NP)))
+            if x.element_size() > 2:
+                BC = max(16, BC // 2)
+            cfg = tuned("coef_bwd_x", BT=16, BC=BC, num_warps=4, num_stages=2, waves=2)
+        BT, BC = (16, min(cfg["BC"], 32)) if interpret_mode() else (cfg["BT"], min(cfg["BC"], next_pow2(C)))
+        c_tiles, t_tiles = triton_cdiv(C, BC), triton_cdiv(T, BT)
+        if split:
+            tsplit = triton_cdiv(t_tiles, cfg["loop"])
+        else:
+            tsplit = max(1, min(t_tiles, (cfg["waves"] * device_sms(dev)) // c_tiles))
+        t_per_split = triton_cdiv(t_tiles, tsplit) * BT
+        tsplit = triton_cdiv(T, t_per_split)
+        dfn_p = None if split else torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32)
+        _coef_bwd_x[(c_tiles, tsplit)](
+            x, fn.contiguous(), G, dss, dx, G if split else dfn_p, *extras, T, C, K, t_per_split,
             n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre,
-            HAS_RES=has_gout, num_warps=cfg["num_warps"])
+            HAS_RES=has_gout, DFN=not split, num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
+    if split:
         cfg = tuned("coef_dfn", BT=32, BK=128, num_warps=4, num_stages=4, waves=2)
         BT, BK = (16, 32) if interpret_mode() else (cfg["BT"], cfg["BK"])
         k_tiles = triton_cdiv(K, BK)
@@ -617,21 +657,6 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
         _coef_dfn[(k_tiles, tsplit)](x, G, dfn_p, T, K, t_per_split, N=N, NP=NP, BT=BT, BK=BK,
                                      PREC=prec, num_warps=cfg["num_warps"],
                                      num_stages=cfg["num_stages"])
-    else:
-        BC = max(16, min(next_pow2(C), 8192 // (NB * NP)))
-        if x.element_size() > 2:
-            BC = max(16, BC // 2)
-        cfg = tuned("coef_bwd_x", BT=16, BC=BC, num_warps=4, num_stages=2, waves=2)
-        BT, BC = cfg["BT"], cfg["BC"]
-        c_tiles = triton_cdiv(C, BC)
-        tsplit = max(1, min(triton_cdiv(T, BT), (cfg["waves"] * device_sms(dev)) // c_tiles))
-        t_per_split = triton_cdiv(triton_cdiv(T, BT), tsplit) * BT
-        tsplit = triton_cdiv(T, t_per_split)
-        dfn_p = torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32)
-        _coef_bwd_x[(c_tiles, tsplit)](
-            x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K, t_per_split,
-            n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre,
-            HAS_RES=has_gout, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     dfn = dfn_p.sum(0)[:N] if tsplit > 1 else dfn_p[0, :N]
     return dx, dfn, dbase_p.sum(0), dscale_p.sum(0)
 

@@ -71,14 +71,13 @@ class _ConnectionPreFn(torch.autograd.Function):
         x, fn, base, scale, mix, h_pre, h_res = ctx.saved_tensors
         link, iters, hc_eps, impl = ctx.cfg
         g, link.g = link.g, None
-        d_pre = None if d_hpre is None else d_hpre.contiguous()
+        d_pre = d_hpre
         if dh is not None:
             dh = dh.contiguous()
             _, d_pre_h = _PRE_IMPL[impl][1](x, h_pre, dh, False)  # dH_pre = <dh, x_i>
             d_pre = d_pre_h if d_pre is None else d_pre + d_pre_h
-        cont = lambda t: None if t is None else t.contiguous()  # noqa: E731
         dx, dfn, dbase, dscale = _COEF_IMPL[impl][1](
-            x, fn, base, scale, mix, d_pre, cont(d_hpost), cont(d_hres), iters, hc_eps,
+            x, fn, base, scale, mix, d_pre, d_hpost, d_hres, iters, hc_eps,
             h_pre=h_pre if dh is not None else None, dh=dh,
             h_res=h_res if g is not None else None, gout=g)
         return (dx, dfn.to(fn.dtype), dbase.to(base.dtype), dscale.to(scale.dtype),

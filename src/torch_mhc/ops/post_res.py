@@ -5,8 +5,9 @@ Reference in PyTorch plus the fused Triton kernels (the paper's kernel 5, Sec. 4
 * forward ``_post_res_fwd_kernel``: ``out[t, i] = sum_j H_res[t, i, j] x[t, j] + H_post[t, i] y[t]``
   reading ``x`` and ``y`` once and writing ``out`` once: ``(n+1)C`` read, ``nC`` written
   per token instead of ``(3n+1)C`` / ``3nC`` unfused;
-* backward ``_post_res_bwd_kernel``, one pass over ``g = d out``, ``x`` and ``y``:
-  ``dy = sum_i H_post_i g_i``, ``dH_post_i = <g_i, y>``, ``dH_res[i, j] = <g_i, x_j>`` and
+* backward ``_post_res_bwd_kernel``, one pass over ``g = d out``, ``x`` and ``y`` on a
+  (token, channel) grid: ``dy = sum_i H_post_i g_i``, ``dH_post_i = <g_i, y>``,
+  ``dH_res[i, j] = <g_i, x_j>`` (per-channel-slice partial sums, added up afterwards) and
   (optionally) ``dx_j = sum_i H_res[i, j] g_i``. The fused connection (``ops.connection``)
   skips ``dx`` here and folds that term into the single ``dx`` pass of the coefficient
   backward, which reads ``g`` instead of a separately written ``dx``.
@@ -53,87 +54,45 @@ def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
              out.to(out_ptr.dtype.element_ty), mask=m2[:, :, None] & (cc < C)[None, None, :])
 
 
-def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_ptr,
-                         dhpost_ptr, dhres_ptr, T, C,
-                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                         WRITE_DX: tl.constexpr):
-    # Loops over C for BT tokens; dH_res[:, :, j] = <g_i, x_j> accumulates elementwise in one
-    # [BT, NB, BC] register tile per j (a0..a7, n <= 8; unused ones are compiled away) and is
-    # reduced over C once at the end. x_j is read as a 2D tile and broadcast over i.
-    pid = tl.program_id(0)
-    rows = pid * BT + tl.arange(0, BT)
+def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_ptr, part_ptr,
+                         T, C, n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
+                         BC: tl.constexpr, WRITE_DX: tl.constexpr):
+    # One (token tile, channel tile) per program, no loop over C (like the forward): dy for
+    # the tile, and this channel slice's partial dot products
+    #   part[pid_c, t, i] = <g_i, y>,  part[pid_c, t, n + i n + j] = <g_i, x_j>
+    # which the launcher sums over the C / BC slices (a few MB at most).
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = pid_t * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
     ii = tl.arange(0, NB)
+    cc = pid_c * BC + tl.arange(0, BC)
     m2 = rmask[:, None] & (ii < n)[None, :]
+    mc = rmask[:, None] & (cc < C)[None, :]
+    m3 = m2[:, :, None] & (cc < C)[None, None, :]
+    off3 = r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :]
+    g3 = tl.load(g_ptr + off3, mask=m3, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
     hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
-    acc_p = tl.zeros([BT, NB, BC], dtype=tl.float32)
-    a0 = tl.zeros([BT, NB, BC], dtype=tl.float32)
-    a1 = tl.zeros([BT, NB, BC], dtype=tl.float32)
-    a2 = tl.zeros([BT, NB, BC], dtype=tl.float32)
-    a3 = tl.zeros([BT, NB, BC], dtype=tl.float32)
-    a4 = tl.zeros([BT, NB, BC], dtype=tl.float32)
-    a5 = tl.zeros([BT, NB, BC], dtype=tl.float32)
-    a6 = tl.zeros([BT, NB, BC], dtype=tl.float32)
-    a7 = tl.zeros([BT, NB, BC], dtype=tl.float32)
-    for c0 in range(0, C, BC):
-        cc = c0 + tl.arange(0, BC)
-        mc = rmask[:, None] & (cc < C)[None, :]
-        m3 = m2[:, :, None] & (cc < C)[None, None, :]
-        off3 = r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :]
-        g3 = tl.load(g_ptr + off3, mask=m3, other=0.0).to(tl.float32)
-        y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
-        tl.store(dy_ptr + r64[:, None] * C + cc[None, :],
-                 tl.sum(g3 * hp[:, :, None], axis=1).to(dy_ptr.dtype.element_ty), mask=mc)
-        acc_p += g3 * y[:, None, :]
-        for j in tl.static_range(n):
-            xj = tl.load(x_ptr + r64[:, None] * (n * C) + j * C + cc[None, :], mask=mc,
-                         other=0.0).to(tl.float32)
-            pj = g3 * xj[:, None, :]
-            if j == 0:
-                a0 += pj
-            elif j == 1:
-                a1 += pj
-            elif j == 2:
-                a2 += pj
-            elif j == 3:
-                a3 += pj
-            elif j == 4:
-                a4 += pj
-            elif j == 5:
-                a5 += pj
-            elif j == 6:
-                a6 += pj
-            else:
-                a7 += pj
-        if WRITE_DX:  # dx_j = sum_i H_res[i, j] g_i
-            dx = tl.zeros([BT, NB, BC], dtype=tl.float32)
-            for i in tl.static_range(n):
-                gi = tl.load(g_ptr + r64[:, None] * (n * C) + i * C + cc[None, :], mask=mc,
-                             other=0.0).to(tl.float32)
-                hi = tl.load(hres_ptr + r64[:, None] * (n * n) + i * n + ii[None, :], mask=m2,
-                             other=0.0)
-                dx += hi[:, :, None] * gi[:, None, :]
-            tl.store(dx_ptr + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
-    tl.store(dhpost_ptr + r64[:, None] * n + ii[None, :], tl.sum(acc_p, axis=2), mask=m2)
-    rbase = dhres_ptr + r64[:, None] * (n * n) + ii[None, :] * n  # dH_res[t, i, j]
+    tl.store(dy_ptr + r64[:, None] * C + cc[None, :],
+             tl.sum(g3 * hp[:, :, None], axis=1).to(dy_ptr.dtype.element_ty), mask=mc)
+    prow = part_ptr + (pid_c * T + r64) * (n + n * n)
+    tl.store(prow[:, None] + ii[None, :], tl.sum(g3 * y[:, None, :], axis=2), mask=m2)
     for j in tl.static_range(n):
-        if j == 0:
-            tl.store(rbase + 0, tl.sum(a0, axis=2), mask=m2)
-        elif j == 1:
-            tl.store(rbase + 1, tl.sum(a1, axis=2), mask=m2)
-        elif j == 2:
-            tl.store(rbase + 2, tl.sum(a2, axis=2), mask=m2)
-        elif j == 3:
-            tl.store(rbase + 3, tl.sum(a3, axis=2), mask=m2)
-        elif j == 4:
-            tl.store(rbase + 4, tl.sum(a4, axis=2), mask=m2)
-        elif j == 5:
-            tl.store(rbase + 5, tl.sum(a5, axis=2), mask=m2)
-        elif j == 6:
-            tl.store(rbase + 6, tl.sum(a6, axis=2), mask=m2)
-        else:
-            tl.store(rbase + 7, tl.sum(a7, axis=2), mask=m2)
+        xj = tl.load(x_ptr + r64[:, None] * (n * C) + j * C + cc[None, :], mask=mc,
+                     other=0.0).to(tl.float32)
+        tl.store(prow[:, None] + n + ii[None, :] * n + j, tl.sum(g3 * xj[:, None, :], axis=2),
+                 mask=m2)
+    if WRITE_DX:  # dx_j = sum_i H_res[i, j] g_i
+        dx = tl.zeros([BT, NB, BC], dtype=tl.float32)
+        for i in tl.static_range(n):
+            gi = tl.load(g_ptr + r64[:, None] * (n * C) + i * C + cc[None, :], mask=mc,
+                         other=0.0).to(tl.float32)
+            hi = tl.load(hres_ptr + r64[:, None] * (n * n) + i * n + ii[None, :], mask=m2,
+                         other=0.0)
+            dx += hi[:, :, None] * gi[:, None, :]
+        tl.store(dx_ptr + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
 
 
 _post_res_fwd = LazyJit(_post_res_fwd_kernel)
@@ -156,24 +115,27 @@ def post_res_forward_triton(x, y, h_post, h_res):
 
 
 def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
-    """``(dx or None, dy, dH_post, dH_res)`` in one pass over ``g``, ``x`` and ``y``."""
+    """``(dx or None, dy, dH_post, dH_res)`` in one pass over ``g``, ``x`` and ``y``.
+
+    ``dH_post`` (T, n) and ``dH_res`` (T, n, n) are float32 row views of one (T, n + n^2)
+    buffer (the sum of the per-channel-slice partials).
+    """
     T, n, C = x.shape
-    if n > 8:  # the kernel keeps one accumulator per stream j, up to 8
-        return post_res_backward_torch(x, y, h_post, h_res, g, write_dx)
     NB = next_pow2(n)
-    BC = max(16, min(next_pow2(C), 1024 // (NB * NB)))  # small tiles, many programs: fastest
-    cfg = tuned("post_res_bwd", BT=1, BC=BC, num_warps=2 if NB * NB * BC <= 1024 else 4)
+    BC = max(16, min(next_pow2(C), 2048 // NB))
+    cfg = tuned("post_res_bwd", BT=2, BC=BC, num_warps=4)
     BT, BC = cfg["BT"], min(cfg["BC"], next_pow2(C))
     if interpret_mode():
-        BC = min(BC, 32)
+        BT, BC = 2, min(BC, 32)
+    S = triton_cdiv(C, BC)
     dy = torch.empty(T, C, device=x.device, dtype=y.dtype)
-    dhpost = torch.empty(T, n, device=x.device, dtype=torch.float32)
-    dhres = torch.empty(T, n, n, device=x.device, dtype=torch.float32)
+    part = torch.empty(S, T, n + n * n, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x) if write_dx else None
-    _post_res_bwd[(triton_cdiv(T, BT),)](
-        x, y, h_post, h_res, g, dx if write_dx else dy, dy, dhpost, dhres, T, C,
+    _post_res_bwd[(triton_cdiv(T, BT), S)](
+        x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, C,
         n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=write_dx, num_warps=cfg["num_warps"])
-    return dx, dy, dhpost, dhres
+    red = part.sum(0) if S > 1 else part[0]
+    return dx, dy, red[:, :n], red[:, n:].view(T, n, n)
 
 
 def post_res_forward_torch(x, y, h_post, h_res):
