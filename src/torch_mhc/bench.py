@@ -142,7 +142,10 @@ def _build_gpt(preset: str, variant: str, args, device):
     if variant == "residual":
         cfg = gpt_config(preset, connection="residual", **over)
     else:
-        backend = {"mhc-triton": "triton", "mhc-torch": "torch", "liger": "torch"}[variant]
+        backend = {"mhc-triton": "triton", "mhc-triton-recompute": "triton", "mhc-torch": "torch",
+                   "liger": "torch"}[variant]
+        if variant == "mhc-triton-recompute":  # stream kept every L_r connections (Eq. 20)
+            over["recompute_block"] = -1
         cfg = gpt_config(preset, connection="mhc", n=args.n, backend=backend, **over)
     torch.manual_seed(0)
     model = GPT(cfg)
@@ -230,7 +233,7 @@ def _model_suite(suite: str, args, device) -> Dict:
         if v == "liger" and liger_cls is None:
             out["variants"][v] = {"skipped": why}
             continue
-        if v == "mhc-triton" and device.type != "cuda":
+        if v.startswith("mhc-triton") and device.type != "cuda":
             out["variants"][v] = {"skipped": "needs CUDA"}
             continue
         try:
@@ -469,7 +472,7 @@ def run_bench(args) -> Dict:
     return {**{k: res[k] for k in order if k in res}, **{k: v for k, v in res.items() if k not in order}}
 
 
-VARIANTS = ("residual", "mhc-triton", "mhc-torch", "liger")
+VARIANTS = ("residual", "mhc-triton", "mhc-triton-recompute", "mhc-torch", "liger")
 
 
 def _check_args(args) -> Optional[str]:
@@ -532,7 +535,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=4, help="streams")
     p.add_argument("--dtype", choices=("bf16", "autocast", "fp32"), default="bf16")
     p.add_argument("--variants", default=None,
-                   help="comma list of residual,mhc-triton,mhc-torch,liger (default all)")
+                   help="comma list of residual,mhc-triton,mhc-triton-recompute,mhc-torch,liger "
+                        "(default all)")
     p.add_argument("--preset", default=None, help="override the suite's GPT preset")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--seq", type=int, default=None, help="override the sequence length")

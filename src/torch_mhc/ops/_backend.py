@@ -136,7 +136,16 @@ class LazyJit:
             self._fast[key] = (kernel, tuple(names[len(args):]))
             return kernel
         kernel, tail = hit
-        kernel[grid](*args, *(kwargs[k] for k in tail))
+        grid3 = (*grid, 1, 1)[:3]
+        try:
+            kernel[grid3](*args, *(kwargs[k] for k in tail))
+        except Exception as e:  # noqa: BLE001  (an unknown Triton version: use its own path)
+            global FAST_LAUNCH
+            FAST_LAUNCH = False
+            import warnings
+            warnings.warn(f"torch_mhc: cached Triton launch failed ({type(e).__name__}: {e}); "
+                          "using Triton's own launch from now on")
+            return self.jit()[grid](*args, **kwargs)
         return kernel
 
     def _param_names(self):
