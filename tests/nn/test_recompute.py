@@ -96,9 +96,10 @@ def test_retain_graph_second_backward():
 
 
 def test_fused_triton_path_gradients_unchanged():
-    model = _gpt("mhc", "triton", torch.float32, n_layer=2, sinkhorn_iters=3)
-    idx, tgt = _batch(model, B=1, T=4)
-    with triton_interpreter(enabled=not torch.cuda.is_available()):
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _gpt("mhc", "triton", torch.float32, n_layer=2, sinkhorn_iters=3).to(dev)
+    idx, tgt = (t.to(dev) for t in _batch(model, B=1, T=4))
+    with triton_interpreter(enabled=dev == "cpu"):
         ref = _grads(model, 0, idx, tgt)
         kept = {}
         for block in (2, 3):

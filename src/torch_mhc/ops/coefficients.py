@@ -197,7 +197,7 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
 
 
 def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dres_ptr,
-                           g_ptr, dss_ptr, dscale_ptr, dbase_ptr, scr_ptr,
+                           g_ptr, dss_ptr, red_ptr, scr_ptr,
                            T, K, iters, hc_eps, st_pre, st_post, st_res,
                            n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NN: tl.constexpr,
                            NP: tl.constexpr, BT: tl.constexpr, LOG: tl.constexpr,
@@ -311,11 +311,12 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
     m_res = tl.sum(tl.sum(d_res * comb, axis=2), axis=1)
     dinv = a_pre * m_pre + a_post * m_post + a_res * m_res
     tl.store(dss_ptr + rows, -0.5 * dinv * inv_r * inv_r * inv_r / K, mask=rmask)
-    ds_row = dscale_ptr + pid * 3
+    # this program's partial d scale (3) and d base (N), one row of red[nprog, 3 + N]
+    ds_row = red_ptr + pid * (3 + N)
     tl.store(ds_row, tl.sum(tl.where(rmask, m_pre * inv_r, 0.0), axis=0))
     tl.store(ds_row + 1, tl.sum(tl.where(rmask, m_post * inv_r, 0.0), axis=0))
     tl.store(ds_row + 2, tl.sum(tl.where(rmask, m_res * inv_r, 0.0), axis=0))
-    db_row = dbase_ptr + pid * N
+    db_row = ds_row + 3
     tl.store(db_row + ii, tl.sum(tl.where(m2, d_pre, 0.0), axis=0), mask=ii < n)
     tl.store(db_row + n + ii, tl.sum(tl.where(m2, d_post, 0.0), axis=0), mask=ii < n)
     db_res = tl.sum(tl.where(m3, d_res, 0.0), axis=0)  # [NB, NB]
@@ -596,8 +597,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     nprog = triton_cdiv(T, BT2)
     G = torch.empty(T, NP, device=dev, dtype=torch.float32)
     dss = torch.empty(T, device=dev, dtype=torch.float32)
-    dscale_p = torch.empty(nprog, 3, device=dev, dtype=torch.float32)
-    dbase_p = torch.empty(nprog, N, device=dev, dtype=torch.float32)
+    red = torch.empty(nprog, 3 + N, device=dev, dtype=torch.float32)
     d_pre, d_post, d_res = _rows(d_pre), _rows(d_post), _rows(d_res)
     has_res = d_res is not None
     scr = torch.empty(T * 2 * int(iters) * NB * NB if has_res else 1, device=dev, dtype=torch.float32)
@@ -605,7 +605,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     _coef_token_bwd[(nprog,)](
         mix, scale.contiguous(), base.contiguous(),
         d_pre if d_pre is not None else dummy, d_post if d_post is not None else dummy,
-        d_res if has_res else dummy, G, dss, dscale_p, dbase_p, scr, T, K, int(iters), float(hc_eps),
+        d_res if has_res else dummy, G, dss, red, scr, T, K, int(iters), float(hc_eps),
         _stride0(d_pre), _stride0(d_post), _stride0(d_res),
         n=n, N=N, NB=NB, NN=NB * NB, NP=NP, BT=BT2, LOG=(hc_eps == 0.0), HAS_DPRE=d_pre is not None,
         HAS_DPOST=d_post is not None, HAS_DRES=has_res, num_warps=cfg["num_warps"])
@@ -658,7 +658,8 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
                                      PREC=prec, num_warps=cfg["num_warps"],
                                      num_stages=cfg["num_stages"])
     dfn = dfn_p.sum(0)[:N] if tsplit > 1 else dfn_p[0, :N]
-    return dx, dfn, dbase_p.sum(0), dscale_p.sum(0)
+    red = red.sum(0)
+    return dx, dfn, red[3:], red[:3]
 
 
 # -- the same decomposition in PyTorch: documents the kernels' math, runs any dtype (float64
