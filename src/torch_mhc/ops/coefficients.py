@@ -418,10 +418,12 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
 
 
 def _coef_dx_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, hpre_ptr, dh_ptr, hres_ptr, gout_ptr,
-                    T, C, K,
+                    T, C, K, n_rt, N_rt,
                     n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr,
                     BC: tl.constexpr, PREC: tl.constexpr, HAS_PRE: tl.constexpr,
-                    HAS_RES: tl.constexpr):
+                    HAS_RES: tl.constexpr, FMA: tl.constexpr):
+    # With FMA, G fn is N rank-1 updates in exact float32 on the CUDA cores (no tensor-core
+    # operand splitting, one [BT, BC] accumulator); else three bf16 / tf32x3 products.
     # The dx half of ``_coef_bwd_x_kernel`` on a (token tile, channel tile) grid, one stream
     # i at a time in 2D [BT, BC] tiles (no 3D tiles, no reshapes; int32 offsets from the
     # tile's first token):
@@ -437,33 +439,41 @@ def _coef_dx_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, hpre_ptr, dh_ptr, hre
     mc = rmask[:, None] & cmask[None, :]
     oo = tl.arange(0, NP)
     tK = t0.to(tl.int64) * K
-    Gt = tl.load(g_ptr + t0.to(tl.int64) * NP + rl[:, None] * NP + oo[None, :],
-                 mask=rmask[:, None] & (oo < N)[None, :], other=0.0)
-    if PREC >= 2:
-        G_hi = Gt.to(tl.bfloat16)
-        G_lo = (Gt - G_hi.to(tl.float32)).to(tl.bfloat16)
+    if not FMA:
+        Gt = tl.load(g_ptr + t0.to(tl.int64) * NP + rl[:, None] * NP + oo[None, :],
+                     mask=rmask[:, None] & (oo < N)[None, :], other=0.0)
+        if PREC >= 2:
+            G_hi = Gt.to(tl.bfloat16)
+            G_lo = (Gt - G_hi.to(tl.float32)).to(tl.bfloat16)
     dss = tl.load(dss_ptr + t0 + rl, mask=rmask, other=0.0)
     if HAS_PRE:
         dhv = tl.load(dh_ptr + t0.to(tl.int64) * C + rl[:, None] * C + cc[None, :], mask=mc,
                       other=0.0).to(tl.float32)
-    for i in range(n):  # a loop, not unrolled: one stream's tiles live at a time
-        W = tl.load(fn_ptr + oo[:, None] * K + i * C + cc[None, :],
-                    mask=(oo < N)[:, None] & cmask[None, :], other=0.0)  # [NP, BC]
-        if PREC >= 2:  # G = hi + lo, W = hi + lo: hi hi + hi lo + lo hi
-            W_hi = W.to(tl.bfloat16)
-            W_lo = (W - W_hi.to(tl.float32)).to(tl.bfloat16)
-            if PREC == 2:
-                d = tl.dot(G_hi, W_hi)
-                d = tl.dot(G_hi, W_lo, d)
-                d = tl.dot(G_lo, W_hi, d)
-            else:  # interpreter: the same split, products in float32
-                d = tl.dot(G_hi.to(tl.float32), W_hi.to(tl.float32), input_precision="ieee")
-                d = tl.dot(G_hi.to(tl.float32), W_lo.to(tl.float32), d, input_precision="ieee")
-                d = tl.dot(G_lo.to(tl.float32), W_hi.to(tl.float32), d, input_precision="ieee")
-        elif PREC == 1:
-            d = tl.dot(Gt, W, input_precision="tf32x3")
+    for i in range(n_rt):  # one stream's tiles live at a time
+        if FMA:
+            d = tl.zeros([BT, BC], dtype=tl.float32)
+            for o in range(N_rt):  # runtime bounds: rolled loops, few live registers
+                go = tl.load(g_ptr + (t0 + rl).to(tl.int64) * NP + o, mask=rmask, other=0.0)
+                wo = tl.load(fn_ptr + o * K + i * C + cc, mask=cmask, other=0.0)
+                d += go[:, None] * wo[None, :]
         else:
-            d = tl.dot(Gt, W, input_precision="ieee")
+            W = tl.load(fn_ptr + oo[:, None] * K + i * C + cc[None, :],
+                        mask=(oo < N)[:, None] & cmask[None, :], other=0.0)  # [NP, BC]
+            if PREC >= 2:  # G = hi + lo, W = hi + lo: hi hi + hi lo + lo hi
+                W_hi = W.to(tl.bfloat16)
+                W_lo = (W - W_hi.to(tl.float32)).to(tl.bfloat16)
+                if PREC == 2:
+                    d = tl.dot(G_hi, W_hi)
+                    d = tl.dot(G_hi, W_lo, d)
+                    d = tl.dot(G_lo, W_hi, d)
+                else:  # interpreter: the same split, products in float32
+                    d = tl.dot(G_hi.to(tl.float32), W_hi.to(tl.float32), input_precision="ieee")
+                    d = tl.dot(G_hi.to(tl.float32), W_lo.to(tl.float32), d, input_precision="ieee")
+                    d = tl.dot(G_lo.to(tl.float32), W_hi.to(tl.float32), d, input_precision="ieee")
+            elif PREC == 1:
+                d = tl.dot(Gt, W, input_precision="tf32x3")
+            else:
+                d = tl.dot(Gt, W, input_precision="ieee")
         off = rl[:, None] * K + i * C + cc[None, :]
         xi = tl.load(x_ptr + tK + off, mask=mc, other=0.0).to(tl.float32)
         d += 2.0 * xi * dss[:, None]
@@ -471,7 +481,7 @@ def _coef_dx_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, hpre_ptr, dh_ptr, hre
             hp = tl.load(hpre_ptr + (t0 + rl).to(tl.int64) * n + i, mask=rmask, other=0.0)
             d += hp[:, None] * dhv
         if HAS_RES:
-            for j in range(n):
+            for j in range(n_rt):
                 hr = tl.load(hres_ptr + (t0 + rl).to(tl.int64) * (n * n) + j * n + i, mask=rmask,
                              other=0.0)
                 gj = tl.load(gout_ptr + tK + rl[:, None] * K + j * C + cc[None, :], mask=mc,
@@ -622,9 +632,9 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     if split and not cfg["loop"]:  # dx on a (token, channel) grid, one stream at a time
         BT, BC = (16, 32) if interpret_mode() else (cfg["BT"], min(cfg["BC"], next_pow2(C)))
         _coef_dx[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
-            x, fn.contiguous(), G, dss, dx, *extras, T, C, K, n=n, N=N, NP=NP, BT=BT, BC=BC,
-            PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout, num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"])
+            x, fn.contiguous(), G, dss, dx, *extras, T, C, K, n, N, n=n, N=N, NP=NP, BT=BT, BC=BC,
+            PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout, FMA=bool(cfg.get("fma", 0)),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     else:  # one pass over x per channel slice, looping over tokens (fn tile kept); with
         # ``split`` the dx half only (``loop`` token tiles per program), else dx and dfn
         if not split:
