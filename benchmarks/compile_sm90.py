@@ -38,8 +38,9 @@ def main(argv=None):
     xt = "*bf16" if args.dtype == "bf16" else "*fp32"
     prec = 2 if args.dtype == "bf16" else 1
     f32, i32 = "*fp32", "i32"
-    bc_fwd = max(16, min(next_pow2(C), 4096 // NB))
-    bc_bwd = max(16, min(next_pow2(C), 2048 // NB))
+    bc_fwd = max(16, min(next_pow2(C), 16384 // NB))
+    bc_bwd = max(16, min(next_pow2(C), 8192 // NB))
+    bc_pr = max(16, min(next_pow2(C), 4096 // NB))
     bc_x = max(16, min(next_pow2(C), 8192 // (NB * NP)))
     if args.dtype == "fp32":
         bc_x = max(16, bc_x // 2)
@@ -71,17 +72,14 @@ def main(argv=None):
                                                   SPLIT=i32, K=i32, iters=i32, rms_eps="fp32",
                                                   hc_eps="fp32"),
          dict(n=n, N=N, NB=NB, BT=32 if NB <= 4 else 8, LOG=False), 4, 1),
-        ("coef_dx(64x32)", co._coef_dx,
-         dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, hpre_ptr=f32,
-              dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32),
-         dict(n=n, N=N, NP=NP, BT=64, BC=32, PREC=prec, HAS_PRE=True, HAS_RES=True), 8, 1),
-        ("coef_dx(32x64)", co._coef_dx,
-         dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, hpre_ptr=f32,
-              dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32),
-         dict(n=n, N=N, NP=NP, BT=32, BC=64, PREC=prec, HAS_PRE=True, HAS_RES=True), 8, 1),
+        ("coef_dx", co._coef_bwd_x,
+         dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32, hpre_ptr=f32,
+              dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, t_per_split=i32),
+         dict(n=n, N=N, NB=NB, NP=NP, BT=64 if prec == 2 else 32, BC=32, QB=NB * 32,
+              PREC=prec, HAS_PRE=True, HAS_RES=True, DFN=False), 4, 2),
         ("coef_dfn", co._coef_dfn, dict(x_ptr=xt, g_ptr=f32, dfn_ptr=f32, T=i32, K=i32,
                                           t_per_split=i32),
-         dict(N=N, NP=NP, BT=32, BK=128, PREC=prec), 4, 4),
+         dict(N=N, NP=NP, BT=64, BK=32, PREC=prec), 2, 4),
         ("coef_bwd_x(fused)", co._coef_bwd_x,
          dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32, hpre_ptr=f32,
               dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, t_per_split=i32),
@@ -99,11 +97,11 @@ def main(argv=None):
         ("post_res_bwd", po._post_res_bwd,
          dict(x_ptr=xt, y_ptr=xt, hpost_ptr=f32, hres_ptr=f32, g_ptr=xt, dx_ptr=xt, dy_ptr=xt,
               part_ptr=f32, T=i32, C=i32),
-         dict(n=n, NB=NB, BT=2, BC=bc_bwd, WRITE_DX=False), 4, 1),
+         dict(n=n, NB=NB, BT=1, BC=bc_pr, WRITE_DX=False), 4, 1),
         ("post_res_bwd(dx)", po._post_res_bwd,
          dict(x_ptr=xt, y_ptr=xt, hpost_ptr=f32, hres_ptr=f32, g_ptr=xt, dx_ptr=xt, dy_ptr=xt,
               part_ptr=f32, T=i32, C=i32),
-         dict(n=n, NB=NB, BT=2, BC=bc_bwd, WRITE_DX=True), 4, 1),
+         dict(n=n, NB=NB, BT=1, BC=bc_pr, WRITE_DX=True), 4, 1),
     ]
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     ok = True

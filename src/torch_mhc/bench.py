@@ -5,7 +5,8 @@ Suites (``--suite``):
 * ``layer``: ``GPT`` with ``gpt_config("layer")`` (d = 4096, 4 blocks, 32 heads, sequence
   4096, micro-batch 1, SwiGLU 11008): forward + backward + AdamW step, median of ``--steps``
   timed steps after ``--warmup``, for the plain residual, mHC (n = 4) on our fused Triton
-  kernels, mHC on the PyTorch reference, and Liger-Kernel's ``LigerMHC`` when
+  kernels (also with the stream recomputed in blocks, paper Eq. 20:
+  ``mhc-triton-recompute``), mHC on the PyTorch reference, and Liger-Kernel's ``LigerMHC`` when
   ``liger_kernel`` is importable (the JSON says so when it is not). Peak memory of each.
 * ``gpt-small``: the same with ``gpt_config("gpt-small")``, batch 8.
 * ``kernels``: each op forward and backward at T = 4096, C = 4096, Triton vs the PyTorch

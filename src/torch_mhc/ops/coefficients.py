@@ -74,10 +74,12 @@ def mhc_coefficients_reference(x: torch.Tensor, fn: torch.Tensor, base: torch.Te
 #      is written and read back by the same program, then freed) and runs them backwards:
 #      dL for the (n+2)n logits -> G = dmix (T, NP), d(sum x^2), partial dscale/dbase.
 #   4. dx = G fn + 2 x d(sum x^2) (+ the pre-mix and post-res terms when called from the
-#      fused connection) and dfn = G^T x (token-split partials summed in fp32), either
-#      - in two passes (default, faster on an H100): ``_coef_dx_kernel`` on a (token,
-#        channel) grid and ``_coef_dfn_kernel``, a skinny GEMM that re-reads x, or
-#      - in one pass, ``_coef_bwd_x_kernel`` (``TUNING["coef_bwd"] = {"split": False}``).
+#      fused connection) and dfn = G^T x, both from ``_coef_bwd_x_kernel`` (per channel
+#      slice, looping over a token range with the fn tile split hi/lo once), either
+#      - in two passes (default, faster on an H100): that kernel with DFN off, then
+#        ``_coef_dfn_kernel``, a skinny GEMM that re-reads x, or
+#      - in one pass with DFN on (``TUNING["coef_bwd"] = {"split": False}``; token-split
+#        partials of dfn summed in fp32).
 #
 # Gradient formulas (mix = x fn^T, inv_r = (sum x^2 / K + eps)^-1/2, logit = a mix inv_r + b):
 #   G      = dlogit * a * inv_r                       (d mix)
@@ -417,79 +419,6 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                  acc3, mask=(oo < N)[:, None, None] & icmask[None, :, :])
 
 
-def _coef_dx_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, hpre_ptr, dh_ptr, hres_ptr, gout_ptr,
-                    T, C, K, n_rt, N_rt,
-                    n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr,
-                    BC: tl.constexpr, PREC: tl.constexpr, HAS_PRE: tl.constexpr,
-                    HAS_RES: tl.constexpr, FMA: tl.constexpr):
-    # With FMA, G fn is N rank-1 updates in exact float32 on the CUDA cores (no tensor-core
-    # operand splitting, one [BT, BC] accumulator); else three bf16 / tf32x3 products.
-    # The dx half of ``_coef_bwd_x_kernel`` on a (token tile, channel tile) grid, one stream
-    # i at a time in 2D [BT, BC] tiles (no 3D tiles, no reshapes; int32 offsets from the
-    # tile's first token):
-    #   dx_i = G fn_i + 2 x_i dss (+ H_pre_i dh) (+ sum_j H_res[j, i] g_j)
-    # The g_j tiles are re-read for each i from L1/L2; HBM sees them once.
-    pid_t = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    t0 = pid_t * BT
-    rl = tl.arange(0, BT)
-    rmask = (t0 + rl) < T
-    cc = pid_c * BC + tl.arange(0, BC)
-    cmask = cc < C
-    mc = rmask[:, None] & cmask[None, :]
-    oo = tl.arange(0, NP)
-    tK = t0.to(tl.int64) * K
-    if not FMA:
-        Gt = tl.load(g_ptr + t0.to(tl.int64) * NP + rl[:, None] * NP + oo[None, :],
-                     mask=rmask[:, None] & (oo < N)[None, :], other=0.0)
-        if PREC >= 2:
-            G_hi = Gt.to(tl.bfloat16)
-            G_lo = (Gt - G_hi.to(tl.float32)).to(tl.bfloat16)
-    dss = tl.load(dss_ptr + t0 + rl, mask=rmask, other=0.0)
-    if HAS_PRE:
-        dhv = tl.load(dh_ptr + t0.to(tl.int64) * C + rl[:, None] * C + cc[None, :], mask=mc,
-                      other=0.0).to(tl.float32)
-    for i in range(n_rt):  # one stream's tiles live at a time
-        if FMA:
-            d = tl.zeros([BT, BC], dtype=tl.float32)
-            for o in range(N_rt):  # runtime bounds: rolled loops, few live registers
-                go = tl.load(g_ptr + (t0 + rl).to(tl.int64) * NP + o, mask=rmask, other=0.0)
-                wo = tl.load(fn_ptr + o * K + i * C + cc, mask=cmask, other=0.0)
-                d += go[:, None] * wo[None, :]
-        else:
-            W = tl.load(fn_ptr + oo[:, None] * K + i * C + cc[None, :],
-                        mask=(oo < N)[:, None] & cmask[None, :], other=0.0)  # [NP, BC]
-            if PREC >= 2:  # G = hi + lo, W = hi + lo: hi hi + hi lo + lo hi
-                W_hi = W.to(tl.bfloat16)
-                W_lo = (W - W_hi.to(tl.float32)).to(tl.bfloat16)
-                if PREC == 2:
-                    d = tl.dot(G_hi, W_hi)
-                    d = tl.dot(G_hi, W_lo, d)
-                    d = tl.dot(G_lo, W_hi, d)
-                else:  # interpreter: the same split, products in float32
-                    d = tl.dot(G_hi.to(tl.float32), W_hi.to(tl.float32), input_precision="ieee")
-                    d = tl.dot(G_hi.to(tl.float32), W_lo.to(tl.float32), d, input_precision="ieee")
-                    d = tl.dot(G_lo.to(tl.float32), W_hi.to(tl.float32), d, input_precision="ieee")
-            elif PREC == 1:
-                d = tl.dot(Gt, W, input_precision="tf32x3")
-            else:
-                d = tl.dot(Gt, W, input_precision="ieee")
-        off = rl[:, None] * K + i * C + cc[None, :]
-        xi = tl.load(x_ptr + tK + off, mask=mc, other=0.0).to(tl.float32)
-        d += 2.0 * xi * dss[:, None]
-        if HAS_PRE:
-            hp = tl.load(hpre_ptr + (t0 + rl).to(tl.int64) * n + i, mask=rmask, other=0.0)
-            d += hp[:, None] * dhv
-        if HAS_RES:
-            for j in range(n_rt):
-                hr = tl.load(hres_ptr + (t0 + rl).to(tl.int64) * (n * n) + j * n + i, mask=rmask,
-                             other=0.0)
-                gj = tl.load(gout_ptr + tK + rl[:, None] * K + j * C + cc[None, :], mask=mc,
-                             other=0.0)
-                d += hr[:, None] * gj.to(tl.float32)
-        tl.store(dx_ptr + tK + off, d.to(dx_ptr.dtype.element_ty), mask=mc)
-
-
 def _coef_dfn_kernel(x_ptr, g_ptr, dfn_ptr, T, K, t_per_split,
                      N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                      PREC: tl.constexpr):
@@ -530,7 +459,6 @@ _coef_gemm = LazyJit(_coef_gemm_kernel)
 _coef_token = LazyJit(_coef_token_kernel)
 _coef_token_bwd = LazyJit(_coef_token_bwd_kernel)
 _coef_bwd_x = LazyJit(_coef_bwd_x_kernel)
-_coef_dx = LazyJit(_coef_dx_kernel)
 _coef_dfn = LazyJit(_coef_dfn_kernel)
 
 
@@ -559,7 +487,7 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     dev = x.device
     # defaults: the fastest of benchmarks/sweep.py on an H100 at T = 4096, n = 4, C = 4096
     if x.element_size() == 2 and NP < 64:
-        cfg = tuned("coef_gemm", BT=128, BK=128, num_warps=8, num_stages=3, waves=2)
+        cfg = tuned("coef_gemm", BT=128, BK=64, num_warps=8, num_stages=4, waves=2)
     else:
         cfg = tuned("coef_gemm", BT=64 if NP < 64 else 32, BK=32, num_warps=4, num_stages=3,
                     waves=2)
@@ -627,37 +555,34 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     has_gout = gout is not None
     extras = (h_pre if has_pre else G, dh if has_pre else G, h_res if has_gout else G,
               gout if has_gout else G)
+    # one pass over x per channel slice, each program looping over a token range with its
+    # fn tile split once: with ``split`` (default, faster on an H100) dx only, ``loop`` token
+    # tiles per program, and dfn = G^T x in its own skinny GEMM below (x read twice);
+    # otherwise dx and token-split partials of dfn together
     split = tuned("coef_bwd", split=True)["split"]
-    cfg = tuned("coef_dx", BT=64, BC=32, num_warps=8, num_stages=1, loop=0)
-    if split and not cfg["loop"]:  # dx on a (token, channel) grid, one stream at a time
-        BT, BC = (16, 32) if interpret_mode() else (cfg["BT"], min(cfg["BC"], next_pow2(C)))
-        _coef_dx[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
-            x, fn.contiguous(), G, dss, dx, *extras, T, C, K, n, N, n=n, N=N, NP=NP, BT=BT, BC=BC,
-            PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout, FMA=bool(cfg.get("fma", 0)),
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    else:  # one pass over x per channel slice, looping over tokens (fn tile kept); with
-        # ``split`` the dx half only (``loop`` token tiles per program), else dx and dfn
-        if not split:
-            BC = max(16, min(next_pow2(C), 8192 // (NB * NP)))
-            if x.element_size() > 2:
-                BC = max(16, BC // 2)
-            cfg = tuned("coef_bwd_x", BT=16, BC=BC, num_warps=4, num_stages=2, waves=2)
-        BT, BC = (16, min(cfg["BC"], 32)) if interpret_mode() else (cfg["BT"], min(cfg["BC"], next_pow2(C)))
-        c_tiles, t_tiles = triton_cdiv(C, BC), triton_cdiv(T, BT)
-        if split:
-            tsplit = triton_cdiv(t_tiles, cfg["loop"])
-        else:
-            tsplit = max(1, min(t_tiles, (cfg["waves"] * device_sms(dev)) // c_tiles))
-        t_per_split = triton_cdiv(t_tiles, tsplit) * BT
-        tsplit = triton_cdiv(T, t_per_split)
-        dfn_p = None if split else torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32)
-        _coef_bwd_x[(c_tiles, tsplit)](
-            x, fn.contiguous(), G, dss, dx, G if split else dfn_p, *extras, T, C, K, t_per_split,
-            n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre,
-            HAS_RES=has_gout, DFN=not split, num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"])
     if split:
-        cfg = tuned("coef_dfn", BT=32, BK=128, num_warps=4, num_stages=4, waves=2)
+        cfg = tuned("coef_dx", BT=64 if x.element_size() == 2 else 32, BC=32, num_warps=4,
+                    num_stages=2, loop=16)
+    else:
+        BC = max(16, min(next_pow2(C), 8192 // (NB * NP)))
+        if x.element_size() > 2:
+            BC = max(16, BC // 2)
+        cfg = tuned("coef_bwd_x", BT=16, BC=BC, num_warps=4, num_stages=2, waves=2)
+    BT, BC = (16, min(cfg["BC"], 32)) if interpret_mode() else (cfg["BT"], min(cfg["BC"], next_pow2(C)))
+    c_tiles, t_tiles = triton_cdiv(C, BC), triton_cdiv(T, BT)
+    if split:
+        tsplit = triton_cdiv(t_tiles, cfg["loop"])
+    else:
+        tsplit = max(1, min(t_tiles, (cfg["waves"] * device_sms(dev)) // c_tiles))
+    t_per_split = triton_cdiv(t_tiles, tsplit) * BT
+    tsplit = triton_cdiv(T, t_per_split)
+    dfn_p = None if split else torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32)
+    _coef_bwd_x[(c_tiles, tsplit)](
+        x, fn.contiguous(), G, dss, dx, G if split else dfn_p, *extras, T, C, K, t_per_split,
+        n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre,
+        HAS_RES=has_gout, DFN=not split, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if split:
+        cfg = tuned("coef_dfn", BT=64, BK=32, num_warps=2, num_stages=4, waves=1)
         BT, BK = (16, 32) if interpret_mode() else (cfg["BT"], cfg["BK"])
         k_tiles = triton_cdiv(K, BK)
         tsplit = max(1, min(triton_cdiv(T, BT), (cfg["waves"] * device_sms(dev)) // k_tiles))

@@ -19,8 +19,8 @@ and ``post_res``. What the fusion buys, per token, in units of C stream elements
   write three dx tensors and autograd would add them (another 4n of traffic).
 
 Measured on an H100 (benchmarks/results/kernels_h100.json, T = C = 4096, n = 4, bf16): the
-whole forward's kernels take 219 us (92% of the copy bandwidth for 18 units), the backward's
-767 us (41%; post-res backward 339 us and the dx pass 286 us are the slow ones).
+whole forward's kernels take 222 us (91% of the copy bandwidth for 18 units), the backward's
+500 us (63% of 32 units; the dx pass, 240 us at 60%, is the slow one).
 
 The hand-off: ``connection_post``'s backward returns no gradient for ``x`` and parks
 ``g = d out`` on the shared ``link``; ``connection_pre``'s backward, which autograd always runs

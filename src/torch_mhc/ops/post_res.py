@@ -103,7 +103,7 @@ def post_res_forward_triton(x, y, h_post, h_res):
     """``x (T, n, C)``, ``y (T, C)``, ``h_post (T, n)``, ``h_res (T, n, n)`` -> ``out`` like ``x``."""
     T, n, C = x.shape
     NB = next_pow2(n)
-    BC = max(16, min(next_pow2(C), 4096 // NB))
+    BC = max(16, min(next_pow2(C), 16384 // NB))
     cfg = tuned("post_res_fwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
     BT, BC = cfg["BT"], min(cfg["BC"], next_pow2(C))
     if interpret_mode():
@@ -122,8 +122,8 @@ def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
     """
     T, n, C = x.shape
     NB = next_pow2(n)
-    BC = max(16, min(next_pow2(C), 2048 // NB))
-    cfg = tuned("post_res_bwd", BT=2, BC=BC, num_warps=4)
+    BC = max(16, min(next_pow2(C), 4096 // NB))
+    cfg = tuned("post_res_bwd", BT=1, BC=BC, num_warps=4)
     BT, BC = cfg["BT"], min(cfg["BC"], next_pow2(C))
     if interpret_mode():
         BT, BC = 2, min(BC, 32)

@@ -101,7 +101,7 @@ def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tens
                             write_dx: bool = True):
     """``(dx or None, dH_pre (T, n) fp32)`` from ``dh (T, C)``, one pass over ``x`` and ``dh``."""
     T, n, C = x.shape
-    NB, BC = _blocks(n, C, 2048)
+    NB, BC = _blocks(n, C, 8192)
     cfg = tuned("pre_mix_bwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 1024 else 8)
     BT, BC = cfg["BT"], (BC if interpret_mode() else min(cfg["BC"], next_pow2(C)))
     dhpre = torch.empty(T, n, device=x.device, dtype=torch.float32)
