@@ -15,6 +15,7 @@ FAST = ["bench", "--suite", "layer", "--preset", "tiny", "--device", "cpu", "--s
     (["--device", "bogus"], "unknown --device 'bogus'"),
     (["--out", "{dir}"], "is a folder"),
     (["--out", "{file}/x.json"], "cannot create the folder"),
+    (["--cuda-graph"], "--cuda-graph needs a CUDA device"),  # FAST runs on --device cpu
 ])
 def test_bench_bad_arguments(tmp_path, capsys, extra, phrase):
     (tmp_path / "f").write_text("x")

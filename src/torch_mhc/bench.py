@@ -173,7 +173,7 @@ def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
     model, cfg = _build_gpt(preset, variant, args, device)
     T = cfg.seq_len
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                            foreach=True)
+                            foreach=True, capturable=bool(getattr(args, "cuda_graph", False)))
     g = torch.Generator(device="cpu").manual_seed(1)
     data = [(torch.randint(0, cfg.vocab_size, (batch, T), generator=g).to(device),
              torch.randint(0, cfg.vocab_size, (batch, T), generator=g).to(device))
@@ -191,6 +191,8 @@ def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
         return loss
 
     t_compile = time.perf_counter()
+    if getattr(args, "cuda_graph", False):
+        step = _graphed_step(model, opt, data, amp, args.warmup)
     for i in range(args.warmup):
         loss = step(i)
     _sync(device)
@@ -218,6 +220,40 @@ def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return res
+
+
+def _graphed_step(model, opt, data, amp, warmup: int):
+    """Capture zero_grad + forward + backward + AdamW(capturable) in one CUDA graph (after
+    warm-up steps on a side stream, PyTorch's whole-network recipe) and return a step that
+    copies the batch into the static inputs and replays it: no host launch overhead."""
+    static_idx, static_tgt = (t.clone() for t in data[0])
+
+    def eager():
+        with amp:
+            _, loss = model(static_idx, static_tgt)
+        loss.backward()
+        opt.step()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(max(3, warmup)):
+            opt.zero_grad(set_to_none=True)
+            eager()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = eager()
+
+    def step(i):
+        idx, tgt = data[i % 2]
+        static_idx.copy_(idx)
+        static_tgt.copy_(tgt)
+        graph.replay()
+        return static_loss
+    return step
 
 
 def _model_suite(suite: str, args, device) -> Dict:
@@ -257,6 +293,7 @@ def _model_suite(suite: str, args, device) -> Dict:
     out["peak_mem_overhead_pct"] = ours.get("peak_mem_overhead_pct")
     out["config"] = {"preset": preset, "batch": batch, "n": args.n, "dtype": args.dtype,
                      "steps": args.steps, "warmup": args.warmup, "optimizer": "AdamW(foreach)",
+                     "cuda_graph": bool(getattr(args, "cuda_graph", False)),
                      "seq_len": args.seq or None,
                      "timing": "CUDA events around zero_grad+forward+backward+step, median"}
     return out
@@ -498,6 +535,9 @@ def _check_args(args) -> Optional[str]:
             return f"unknown --device {args.device!r}; use cuda, cuda:N or cpu"
         if device.type == "cuda" and not torch.cuda.is_available():
             return f"--device {args.device}: CUDA is not available here"
+    if getattr(args, "cuda_graph", False):
+        if not torch.cuda.is_available() or (args.device and torch.device(args.device).type != "cuda"):
+            return "--cuda-graph needs a CUDA device"
     if args.out:
         if os.path.isdir(args.out):
             return f"--out {args.out} is a folder; give the path of the JSON file to write"
@@ -544,6 +584,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=4096, help="kernels suite: tokens")
     p.add_argument("--C", type=int, default=4096, help="kernels suite: stream width")
     p.add_argument("--device", default=None)
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="layer/gpt-small: capture each training step in one CUDA graph and time "
+                        "its replays (removes the host launch overhead that small models pay)")
 
 
 def register(subparsers) -> None:
