@@ -191,13 +191,14 @@ def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
         return loss
 
     t_compile = time.perf_counter()
-    if getattr(args, "cuda_graph", False):
+    if getattr(args, "cuda_graph", False):  # the peak then includes the graph's own pool
+        torch.cuda.reset_peak_memory_stats(device)
         step = _graphed_step(model, opt, data, amp, args.warmup)
     for i in range(args.warmup):
         loss = step(i)
     _sync(device)
     warm_s = time.perf_counter() - t_compile
-    if device.type == "cuda":
+    if device.type == "cuda" and not getattr(args, "cuda_graph", False):
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(args.steps):
