@@ -172,8 +172,9 @@ def _build_gpt(preset: str, variant: str, args, device):
 def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
     model, cfg = _build_gpt(preset, variant, args, device)
     T = cfg.seq_len
+    graphed = bool(getattr(args, "cuda_graph", False))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                            foreach=True, capturable=bool(getattr(args, "cuda_graph", False)))
+                            foreach=True, capturable=graphed)
     g = torch.Generator(device="cpu").manual_seed(1)
     data = [(torch.randint(0, cfg.vocab_size, (batch, T), generator=g).to(device),
              torch.randint(0, cfg.vocab_size, (batch, T), generator=g).to(device))
@@ -191,14 +192,14 @@ def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
         return loss
 
     t_compile = time.perf_counter()
-    if getattr(args, "cuda_graph", False):  # the peak then includes the graph's own pool
+    if graphed:  # the peak then includes the graph's own pool
         torch.cuda.reset_peak_memory_stats(device)
         step = _graphed_step(model, opt, data, amp, args.warmup)
     for i in range(args.warmup):
         loss = step(i)
     _sync(device)
     warm_s = time.perf_counter() - t_compile
-    if device.type == "cuda" and not getattr(args, "cuda_graph", False):
+    if device.type == "cuda" and not graphed:
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(args.steps):

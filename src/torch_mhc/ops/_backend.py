@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from typing import Optional
 
 import torch
@@ -28,7 +29,6 @@ def triton_available() -> bool:
 
 def interpret_mode() -> bool:
     """True when Triton runs its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    import os
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -87,7 +87,6 @@ class LazyJit:
         mode = interpret_mode() if interpret is None else interpret
         kernel = self._compiled.get(mode)
         if kernel is None:
-            import os
             import triton
             import triton.language as tl
             # the kernel sources use ``tl`` as a global; provide it here so that importing
@@ -117,7 +116,6 @@ class LazyJit:
                 return launch(*args, **kwargs)
         return run
 
-
     def _launch_fast(self, grid, *args, **kwargs):
         """Launch through a cached ``CompiledKernel``, skipping ``JITFunction.run``'s
         per-call binding and cache lookup (host overhead that dominates small models).
@@ -127,8 +125,7 @@ class LazyJit:
         the constexpr and launch options, and the device. The first launch of a key goes
         through Triton's own path (which compiles) and records the kernel it returns.
         """
-        import torch as _torch
-        key = (_torch.cuda.current_device(), *map(_spec, args), *kwargs.items())
+        key = (torch.cuda.current_device(), *map(_spec, args), *kwargs.items())
         hit = self._fast.get(key)
         if hit is None:
             kernel = self.jit()[grid](*args, **kwargs)
@@ -162,10 +159,8 @@ def _spec(a):
     return type(a)
 
 
-import os as _os  # noqa: E402
-
 #: Launch cached compiled kernels directly (``TORCH_MHC_FAST_LAUNCH=0`` turns it off).
-FAST_LAUNCH = _os.environ.get("TORCH_MHC_FAST_LAUNCH", "1") not in ("", "0")
+FAST_LAUNCH = os.environ.get("TORCH_MHC_FAST_LAUNCH", "1") not in ("", "0")
 
 
 @contextlib.contextmanager
@@ -230,7 +225,6 @@ TUNING: dict = {}
 def _load_tuning_env() -> None:
     """``TORCH_MHC_TUNING``: a JSON object (or a path to one) merged into :data:`TUNING`."""
     import json
-    import os
     raw = os.environ.get("TORCH_MHC_TUNING")
     if not raw:
         return
