@@ -77,6 +77,14 @@ def main(argv=None):
               dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, t_per_split=i32),
          dict(n=n, N=N, NB=NB, NP=NP, BT=64 if prec == 2 else 32, BC=32, QB=NB * 32,
               PREC=prec, HAS_PRE=True, HAS_RES=True, DFN=False), 4, 2),
+        ("coef_dx4(dfn)", co._coef_dx4,
+         dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32, hpre_ptr=f32,
+              dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, t_per_split=i32),
+         dict(n=n, N=N, NP=NP, BT=64, BC=32, PREC=prec, HAS_PRE=True, HAS_RES=True, DFN=True), 4, 2),
+        ("coef_dx4", co._coef_dx4,
+         dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32, hpre_ptr=f32,
+              dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, t_per_split=i32),
+         dict(n=n, N=N, NP=NP, BT=64, BC=32, PREC=prec, HAS_PRE=True, HAS_RES=True, DFN=False), 4, 2),
         ("coef_dfn", co._coef_dfn, dict(x_ptr=xt, g_ptr=f32, dfn_ptr=f32, T=i32, K=i32,
                                           t_per_split=i32),
          dict(N=N, NP=NP, BT=64, BK=32, PREC=prec), 2, 4),
@@ -107,8 +115,11 @@ def main(argv=None):
     ok = True
     for name, lazy, sig, const, warps, stages in cases:
         fn = lazy.jit(interpret=False)
+        # what a real launch specialises on: 16-byte aligned pointers, sizes divisible by 16
+        attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, v in sig.items()
+                 if v.startswith("*") or k in ("C", "K", "k_per_split", "t_per_split")}
         try:
-            c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
+            c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
                                target=GPUTarget("cuda", 90, 32),
                                options=dict(num_warps=warps, num_stages=stages))
         except Exception as e:  # noqa: BLE001

@@ -118,22 +118,28 @@ def test_auto_backend_resolution():
     assert resolve_backend("auto", x) == ("triton" if CUDA else "torch")
 
 
-@pytest.mark.parametrize("split,loop", [(True, 1), (True, 2), (False, 0)])
-def test_both_backward_variants(split, loop):
-    """The backward's launch variants (dx and dfn in one pass over x, or in two, the dx pass
-    looping over ``loop`` token tiles per program) all give the reference
-    gradients, also for a token count that leaves the last loop step ragged."""
+@pytest.mark.parametrize("kernel,dfn,loop", [("dx4", True, 1), ("dx4", True, 2),
+                                             ("dx4", False, 2), ("3d", False, 1),
+                                             ("3d", False, 2), ("3d", True, 0)])
+def test_backward_variants(kernel, dfn, loop):
+    """Every launch variant of the backward's pass over x (the per-stream ``dx4`` kernel or
+    the 3D-tile one; dfn in the same pass or in its own; ``loop`` token tiles per program)
+    gives the reference gradients, also for a token count that leaves the last loop step
+    ragged and for n < 4 (the per-stream kernel's unused streams)."""
     from torch_mhc.ops._backend import TUNING
-    old = {k: TUNING.get(k) for k in ("coef_bwd", "coef_dx")}
-    TUNING["coef_bwd"] = {"split": split}
-    TUNING["coef_dx"] = {"loop": loop} if loop else {}
+    keys = ("coef_bwd", "coef_dx", "coef_dx4", "coef_bwd_x")
+    old = {k: TUNING.get(k) for k in keys}
+    TUNING["coef_bwd"] = {"dx4": kernel == "dx4", "split": not dfn}
+    name = "coef_dx4" if kernel == "dx4" else ("coef_bwd_x" if dfn else "coef_dx")
+    TUNING[name] = dict({"loop": loop} if loop else {}, dfn=dfn)
     try:
-        n, C = 4, 100
-        x = torch.randn(37, n, C, device=DEV).requires_grad_()
-        fn, base, scale = _params(n, C)
-        _compare(x, fn, base, scale, 0.0, 1e-6, 1e-5, 2e-5)
-        xb = torch.randn(37, n, C, device=DEV).bfloat16().requires_grad_()
-        _compare(xb, fn, base, scale, 1e-6, 1e-6, 1e-4, 1e-2)
+        for n in (4, 2) if kernel == "dx4" else (4,):
+            C = 100
+            x = torch.randn(37, n, C, device=DEV).requires_grad_()
+            fn, base, scale = _params(n, C)
+            _compare(x, fn, base, scale, 0.0, 1e-6, 1e-5, 2e-5)
+            xb = torch.randn(37, n, C, device=DEV).bfloat16().requires_grad_()
+            _compare(xb, fn, base, scale, 1e-6, 1e-6, 1e-4, 1e-2)
     finally:
         for k, v in old.items():
             if v is None:

@@ -419,6 +419,187 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                  acc3, mask=(oo < N)[:, None, None] & icmask[None, :, :])
 
 
+def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
+                     hpre_ptr, dh_ptr, hres_ptr, gout_ptr,
+                     T, C, K, t_per_split,
+                     n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
+                     BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
+                     HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr):
+    # bf16 streams, n <= 4: the sums of ``_coef_bwd_x_kernel`` with every stream's tile a 2D
+    # [BT, BC] tensor of its own (written out per stream: no 3D tile reshaped around
+    # ``tl.dot``, which spills), dfn accumulated in the same pass:
+    #   dx[t, i, c] = sum_o G[t, o] fn[o, iC + c] + 2 x[t, i, c] dss[t] + H_pre[t, i] dh[t, c]
+    #                 + sum_j H_res[t, j, i] g[t, j, c]
+    #   dfn[o, iC + c] (this program's token range) = sum_t G[t, o] x[t, i, c]
+    # Products: G = hi + lo and fn = hi + lo in bf16 (x is exact): G fn ~ hi hi + hi lo + lo hi.
+    pid_c = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    cc = pid_c * BC + tl.arange(0, BC)
+    cmask = cc < C
+    oo = tl.arange(0, NP)
+    rl = tl.arange(0, BT)
+    w_mask = (oo < N)[:, None] & cmask[None, :]
+    w_off = oo[:, None] * K + cc[None, :]
+    W = tl.load(fn_ptr + w_off + 0 * C, mask=w_mask & (n > 0), other=0.0)
+    Wh0 = W.to(tl.bfloat16)
+    Wl0 = (W - Wh0.to(tl.float32)).to(tl.bfloat16)
+    if PREC == 3:  # interpreter: the same split, products in float32
+        Wh0 = Wh0.to(tl.float32)
+        Wl0 = Wl0.to(tl.float32)
+    a0 = tl.zeros([NP, BC], dtype=tl.float32)
+    W = tl.load(fn_ptr + w_off + 1 * C, mask=w_mask & (n > 1), other=0.0)
+    Wh1 = W.to(tl.bfloat16)
+    Wl1 = (W - Wh1.to(tl.float32)).to(tl.bfloat16)
+    if PREC == 3:  # interpreter: the same split, products in float32
+        Wh1 = Wh1.to(tl.float32)
+        Wl1 = Wl1.to(tl.float32)
+    a1 = tl.zeros([NP, BC], dtype=tl.float32)
+    W = tl.load(fn_ptr + w_off + 2 * C, mask=w_mask & (n > 2), other=0.0)
+    Wh2 = W.to(tl.bfloat16)
+    Wl2 = (W - Wh2.to(tl.float32)).to(tl.bfloat16)
+    if PREC == 3:  # interpreter: the same split, products in float32
+        Wh2 = Wh2.to(tl.float32)
+        Wl2 = Wl2.to(tl.float32)
+    a2 = tl.zeros([NP, BC], dtype=tl.float32)
+    W = tl.load(fn_ptr + w_off + 3 * C, mask=w_mask & (n > 3), other=0.0)
+    Wh3 = W.to(tl.bfloat16)
+    Wl3 = (W - Wh3.to(tl.float32)).to(tl.bfloat16)
+    if PREC == 3:  # interpreter: the same split, products in float32
+        Wh3 = Wh3.to(tl.float32)
+        Wl3 = Wl3.to(tl.float32)
+    a3 = tl.zeros([NP, BC], dtype=tl.float32)
+    x_off = rl[:, None] * K + cc[None, :]
+    t_lo = pid_s * t_per_split
+    for tt in range(0, t_per_split, BT):
+        rows = t_lo + tt + rl
+        rmask = rows < T
+        r64 = rows.to(tl.int64)
+        m2 = rmask[:, None] & cmask[None, :]
+        tb = (t_lo + tt).to(tl.int64) * K  # this tile's first row; int32 offsets inside it
+        Gt = tl.load(g_ptr + r64[:, None] * NP + oo[None, :],
+                     mask=rmask[:, None] & (oo < N)[None, :], other=0.0)
+        Gh = Gt.to(tl.bfloat16)
+        Gl = (Gt - Gh.to(tl.float32)).to(tl.bfloat16)
+        if PREC == 3:
+            Gh = Gh.to(tl.float32)
+            Gl = Gl.to(tl.float32)
+        GhT = tl.trans(Gh)
+        GlT = tl.trans(Gl)
+        dss2 = 2.0 * tl.load(dss_ptr + rows, mask=rmask, other=0.0)
+        if HAS_PRE:
+            dhv = tl.load(dh_ptr + (t_lo + tt).to(tl.int64) * C + rl[:, None] * C + cc[None, :],
+                          mask=m2, other=0.0)
+        if HAS_RES:
+            g0 = tl.load(gout_ptr + tb + x_off + 0 * C, mask=m2 & (n > 0), other=0.0)
+            g1 = tl.load(gout_ptr + tb + x_off + 1 * C, mask=m2 & (n > 1), other=0.0)
+            g2 = tl.load(gout_ptr + tb + x_off + 2 * C, mask=m2 & (n > 2), other=0.0)
+            g3 = tl.load(gout_ptr + tb + x_off + 3 * C, mask=m2 & (n > 3), other=0.0)
+        x0 = tl.load(x_ptr + tb + x_off + 0 * C, mask=m2, other=0.0)
+        if PREC == 3:
+            xd = x0.to(tl.float32)
+        else:
+            xd = x0
+        d = tl.dot(Gh, Wh0)
+        d = tl.dot(Gh, Wl0, d)
+        d = tl.dot(Gl, Wh0, d)
+        d += dss2[:, None] * x0.to(tl.float32)
+        if HAS_PRE:
+            d += tl.load(hpre_ptr + r64 * n + 0, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
+        if HAS_RES:
+            if True:
+                d += tl.load(hres_ptr + r64 * (n * n) + 0 * n + 0, mask=rmask, other=0.0)[:, None] * g0.to(tl.float32)
+            if n > 1:
+                d += tl.load(hres_ptr + r64 * (n * n) + 1 * n + 0, mask=rmask, other=0.0)[:, None] * g1.to(tl.float32)
+            if n > 2:
+                d += tl.load(hres_ptr + r64 * (n * n) + 2 * n + 0, mask=rmask, other=0.0)[:, None] * g2.to(tl.float32)
+            if n > 3:
+                d += tl.load(hres_ptr + r64 * (n * n) + 3 * n + 0, mask=rmask, other=0.0)[:, None] * g3.to(tl.float32)
+        tl.store(dx_ptr + tb + x_off + 0 * C, d.to(dx_ptr.dtype.element_ty), mask=m2)
+        if DFN:
+            a0 = tl.dot(GhT, xd, a0)
+            a0 = tl.dot(GlT, xd, a0)
+        if n > 1:
+            x1 = tl.load(x_ptr + tb + x_off + 1 * C, mask=m2, other=0.0)
+            if PREC == 3:
+                xd = x1.to(tl.float32)
+            else:
+                xd = x1
+            d = tl.dot(Gh, Wh1)
+            d = tl.dot(Gh, Wl1, d)
+            d = tl.dot(Gl, Wh1, d)
+            d += dss2[:, None] * x1.to(tl.float32)
+            if HAS_PRE:
+                d += tl.load(hpre_ptr + r64 * n + 1, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
+            if HAS_RES:
+                if True:
+                    d += tl.load(hres_ptr + r64 * (n * n) + 0 * n + 1, mask=rmask, other=0.0)[:, None] * g0.to(tl.float32)
+                if n > 1:
+                    d += tl.load(hres_ptr + r64 * (n * n) + 1 * n + 1, mask=rmask, other=0.0)[:, None] * g1.to(tl.float32)
+                if n > 2:
+                    d += tl.load(hres_ptr + r64 * (n * n) + 2 * n + 1, mask=rmask, other=0.0)[:, None] * g2.to(tl.float32)
+                if n > 3:
+                    d += tl.load(hres_ptr + r64 * (n * n) + 3 * n + 1, mask=rmask, other=0.0)[:, None] * g3.to(tl.float32)
+            tl.store(dx_ptr + tb + x_off + 1 * C, d.to(dx_ptr.dtype.element_ty), mask=m2)
+            if DFN:
+                a1 = tl.dot(GhT, xd, a1)
+                a1 = tl.dot(GlT, xd, a1)
+        if n > 2:
+            x2 = tl.load(x_ptr + tb + x_off + 2 * C, mask=m2, other=0.0)
+            if PREC == 3:
+                xd = x2.to(tl.float32)
+            else:
+                xd = x2
+            d = tl.dot(Gh, Wh2)
+            d = tl.dot(Gh, Wl2, d)
+            d = tl.dot(Gl, Wh2, d)
+            d += dss2[:, None] * x2.to(tl.float32)
+            if HAS_PRE:
+                d += tl.load(hpre_ptr + r64 * n + 2, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
+            if HAS_RES:
+                if True:
+                    d += tl.load(hres_ptr + r64 * (n * n) + 0 * n + 2, mask=rmask, other=0.0)[:, None] * g0.to(tl.float32)
+                if n > 1:
+                    d += tl.load(hres_ptr + r64 * (n * n) + 1 * n + 2, mask=rmask, other=0.0)[:, None] * g1.to(tl.float32)
+                if n > 2:
+                    d += tl.load(hres_ptr + r64 * (n * n) + 2 * n + 2, mask=rmask, other=0.0)[:, None] * g2.to(tl.float32)
+                if n > 3:
+                    d += tl.load(hres_ptr + r64 * (n * n) + 3 * n + 2, mask=rmask, other=0.0)[:, None] * g3.to(tl.float32)
+            tl.store(dx_ptr + tb + x_off + 2 * C, d.to(dx_ptr.dtype.element_ty), mask=m2)
+            if DFN:
+                a2 = tl.dot(GhT, xd, a2)
+                a2 = tl.dot(GlT, xd, a2)
+        if n > 3:
+            x3 = tl.load(x_ptr + tb + x_off + 3 * C, mask=m2, other=0.0)
+            if PREC == 3:
+                xd = x3.to(tl.float32)
+            else:
+                xd = x3
+            d = tl.dot(Gh, Wh3)
+            d = tl.dot(Gh, Wl3, d)
+            d = tl.dot(Gl, Wh3, d)
+            d += dss2[:, None] * x3.to(tl.float32)
+            if HAS_PRE:
+                d += tl.load(hpre_ptr + r64 * n + 3, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
+            if HAS_RES:
+                if True:
+                    d += tl.load(hres_ptr + r64 * (n * n) + 0 * n + 3, mask=rmask, other=0.0)[:, None] * g0.to(tl.float32)
+                if n > 1:
+                    d += tl.load(hres_ptr + r64 * (n * n) + 1 * n + 3, mask=rmask, other=0.0)[:, None] * g1.to(tl.float32)
+                if n > 2:
+                    d += tl.load(hres_ptr + r64 * (n * n) + 2 * n + 3, mask=rmask, other=0.0)[:, None] * g2.to(tl.float32)
+                if n > 3:
+                    d += tl.load(hres_ptr + r64 * (n * n) + 3 * n + 3, mask=rmask, other=0.0)[:, None] * g3.to(tl.float32)
+            tl.store(dx_ptr + tb + x_off + 3 * C, d.to(dx_ptr.dtype.element_ty), mask=m2)
+            if DFN:
+                a3 = tl.dot(GhT, xd, a3)
+                a3 = tl.dot(GlT, xd, a3)
+    if DFN:
+        out = dfn_ptr + pid_s.to(tl.int64) * NP * K + w_off
+        tl.store(out + 0 * C, a0, mask=w_mask & (n > 0))
+        tl.store(out + 1 * C, a1, mask=w_mask & (n > 1))
+        tl.store(out + 2 * C, a2, mask=w_mask & (n > 2))
+        tl.store(out + 3 * C, a3, mask=w_mask & (n > 3))
+
 def _coef_dfn_kernel(x_ptr, g_ptr, dfn_ptr, T, K, t_per_split,
                      N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                      PREC: tl.constexpr):
@@ -460,6 +641,7 @@ _coef_token = LazyJit(_coef_token_kernel)
 _coef_token_bwd = LazyJit(_coef_token_bwd_kernel)
 _coef_bwd_x = LazyJit(_coef_bwd_x_kernel)
 _coef_dfn = LazyJit(_coef_dfn_kernel)
+_coef_dx4 = LazyJit(_coef_dx4_kernel)
 
 
 def _rows(t):
@@ -555,33 +737,42 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     has_gout = gout is not None
     extras = (h_pre if has_pre else G, dh if has_pre else G, h_res if has_gout else G,
               gout if has_gout else G)
-    # one pass over x per channel slice, each program looping over a token range with its
-    # fn tile split once: with ``split`` (default, faster on an H100) dx only, ``loop`` token
-    # tiles per program, and dfn = G^T x in its own skinny GEMM below (x read twice);
-    # otherwise dx and token-split partials of dfn together
-    split = tuned("coef_bwd", split=True)["split"]
-    if split:
+    # bf16 streams, n <= 4: ``_coef_dx4_kernel`` (2D per-stream tiles); otherwise the 3D-tile
+    # kernel. Each program takes a channel slice and loops over ``loop`` token tiles with its
+    # fn tile split once; dfn = G^T x either in the same pass (token-range partials) or in
+    # the skinny GEMM ``_coef_dfn_kernel`` that reads x again.
+    dx4 = n <= 4 and x.dtype == torch.bfloat16 and tuned("coef_bwd", dx4=True)["dx4"]
+    if dx4:
+        cfg = tuned("coef_dx4", BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=True)
+    elif tuned("coef_bwd", split=True)["split"]:
         cfg = tuned("coef_dx", BT=64 if x.element_size() == 2 else 32, BC=32, num_warps=4,
-                    num_stages=2, loop=16)
+                    num_stages=2, loop=16, dfn=False)
     else:
         BC = max(16, min(next_pow2(C), 8192 // (NB * NP)))
         if x.element_size() > 2:
             BC = max(16, BC // 2)
-        cfg = tuned("coef_bwd_x", BT=16, BC=BC, num_warps=4, num_stages=2, waves=2)
+        cfg = tuned("coef_bwd_x", BT=16, BC=BC, num_warps=4, num_stages=2, waves=2, dfn=True)
+    fused = cfg["dfn"]
     BT, BC = (16, min(cfg["BC"], 32)) if interpret_mode() else (cfg["BT"], min(cfg["BC"], next_pow2(C)))
     c_tiles, t_tiles = triton_cdiv(C, BC), triton_cdiv(T, BT)
-    if split:
+    if "loop" in cfg:
         tsplit = triton_cdiv(t_tiles, cfg["loop"])
     else:
         tsplit = max(1, min(t_tiles, (cfg["waves"] * device_sms(dev)) // c_tiles))
     t_per_split = triton_cdiv(t_tiles, tsplit) * BT
     tsplit = triton_cdiv(T, t_per_split)
-    dfn_p = None if split else torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32)
-    _coef_bwd_x[(c_tiles, tsplit)](
-        x, fn.contiguous(), G, dss, dx, G if split else dfn_p, *extras, T, C, K, t_per_split,
-        n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre,
-        HAS_RES=has_gout, DFN=not split, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if split:
+    dfn_p = torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32) if fused else G
+    if dx4:
+        _coef_dx4[(c_tiles, tsplit)](
+            x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K, t_per_split,
+            n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
+            DFN=fused, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    else:
+        _coef_bwd_x[(c_tiles, tsplit)](
+            x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K, t_per_split,
+            n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre,
+            HAS_RES=has_gout, DFN=fused, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if not fused:
         cfg = tuned("coef_dfn", BT=64, BK=32, num_warps=2, num_stages=4, waves=1)
         BT, BK = (16, 32) if interpret_mode() else (cfg["BT"], cfg["BK"])
         k_tiles = triton_cdiv(K, BK)
