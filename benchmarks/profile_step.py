@@ -56,11 +56,14 @@ def profile_variant(suite, variant, args, device):
     kernels = sorted(((e.key, e.device_time_total, e.count) for e in ka if e.device_time_total > 0
                       and e.self_device_time_total > 0), key=lambda r: -r[1])
     gpu_total = sum(e.self_device_time_total for e in ka) / 1e3
+    on_gpu = sorted(((e.key, e.self_device_time_total, e.count) for e in ka
+                     if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda r: -r[1])
     cpu_ops = sorted(((e.key, e.self_cpu_time_total, e.count) for e in ka),
                      key=lambda r: -r[1])[:25]
     res = {"wall_ms": statistics.median(walls), "issue_ms": statistics.median(issue),
            "gpu_kernel_ms": gpu_total,
            "top_kernels_us": [(k, round(t, 1), c) for k, t, c in kernels[:30]],
+           "gpu_kernels_us": [(k, round(t, 1), c) for k, t, c in on_gpu],
            "top_cpu_self_us": [(k, round(t, 1), c) for k, t, c in cpu_ops]}
     del model, opt
     torch.cuda.empty_cache()

@@ -14,6 +14,12 @@ import sys
 import torch
 
 
+#: the backward's pass over x that each sweep key times (``TUNING["coef_bwd"]``)
+MODES = {"coef_dfn": {"kernel": "fma"}, "coef_dxf": {"kernel": "fma"},
+         "coef_dx4": {"kernel": "mma4"}, "coef_dx": {"kernel": "mma3d", "split": True},
+         "coef_bwd_x": {"kernel": "mma3d", "split": False}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tuning.json")
@@ -67,26 +73,6 @@ def main() -> int:
         ("coef_token_bwd", bwd, b_bwd,
          [dict(BT=16, num_warps=4), dict(BT=8, num_warps=2), dict(BT=8, num_warps=1),
           dict(BT=4, num_warps=1), dict(BT=16, num_warps=2), dict(BT=32, num_warps=4)]),
-        ("coef_dx4", bwd, b_bwd,  # bf16, n <= 4: per-stream tiles, dfn fused or not
-         [dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=True),
-          dict(BT=64, BC=32, num_warps=8, num_stages=2, loop=16, dfn=True),
-          dict(BT=32, BC=32, num_warps=4, num_stages=2, loop=16, dfn=True),
-          dict(BT=64, BC=32, num_warps=4, num_stages=3, loop=8, dfn=True),
-          dict(BT=128, BC=32, num_warps=8, num_stages=2, loop=8, dfn=True),
-          dict(BT=64, BC=64, num_warps=8, num_stages=2, loop=8, dfn=True),
-          dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=16, dfn=True),
-          dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=32, dfn=True),
-          dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=False),
-          dict(BT=64, BC=64, num_warps=8, num_stages=2, loop=8, dfn=False),
-          dict(BT=128, BC=32, num_warps=8, num_stages=2, loop=8, dfn=False),
-          dict(BT=64, BC=32, num_warps=4, num_stages=3, loop=16, dfn=False)]),
-        ("coef_dx", bwd, b_bwd,
-         [dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16),
-          dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=8),
-          dict(BT=64, BC=32, num_warps=4, num_stages=3, loop=8),
-          dict(BT=128, BC=32, num_warps=8, num_stages=2, loop=4),
-          dict(BT=64, BC=64, num_warps=8, num_stages=2, loop=8),
-          dict(BT=32, BC=32, num_warps=4, num_stages=2, loop=16)]),
         ("coef_dfn", bwd, b_bwd,
          [dict(BT=32, BK=128, num_warps=4, num_stages=4, waves=2),
           dict(BT=64, BK=128, num_warps=4, num_stages=3, waves=2),
@@ -94,10 +80,23 @@ def main() -> int:
           dict(BT=32, BK=64, num_warps=4, num_stages=4, waves=1),
           dict(BT=64, BK=128, num_warps=4, num_stages=3, waves=1),
           dict(BT=64, BK=32, num_warps=2, num_stages=4, waves=1)]),
-        ("coef_bwd_x", bwd, b_bwd,  # the one-pass variant (swept with split=False)
-         [dict(BT=16, BC=64, num_warps=4, num_stages=2, waves=2),
-          dict(BT=32, BC=32, num_warps=4, num_stages=2, waves=4),
-          dict(BT=32, BC=64, num_warps=8, num_stages=2, waves=2)]),
+        ("coef_dxf", bwd, b_bwd,  # dx on the CUDA cores (the default)
+         [dict(BT=16, BC=64, num_warps=4, num_stages=2, loop=8),
+          dict(BT=16, BC=64, num_warps=4, num_stages=2, loop=1),
+          dict(BT=16, BC=64, num_warps=4, num_stages=2, loop=16),
+          dict(BT=8, BC=128, num_warps=4, num_stages=2, loop=8),
+          dict(BT=32, BC=64, num_warps=8, num_stages=2, loop=8),
+          dict(BT=16, BC=128, num_warps=8, num_stages=2, loop=8),
+          dict(BT=32, BC=128, num_warps=8, num_stages=2, loop=4),
+          dict(BT=8, BC=64, num_warps=2, num_stages=2, loop=16),
+          dict(BT=16, BC=64, num_warps=4, num_stages=3, loop=8)]),
+        ("coef_dx4", bwd, b_bwd,  # bf16, n <= 4: per-stream tiles on the tensor cores
+         [dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=False),
+          dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=16, dfn=True)]),
+        ("coef_dx", bwd, b_bwd,  # the 3D-tile kernel on the tensor cores
+         [dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16)]),
+        ("coef_bwd_x", bwd, b_bwd,  # the same with dfn in the same pass
+         [dict(BT=16, BC=64, num_warps=4, num_stages=2, waves=2)]),
         ("pre_mix_fwd", lambda: pm.pre_mix_forward_triton(x, hp), (n + 1) * unit,
          [dict(BT=1, BC=2048, num_warps=8), dict(BT=1, BC=1024, num_warps=4),
           dict(BT=2, BC=1024, num_warps=8), dict(BT=1, BC=4096, num_warps=8)]),
@@ -117,12 +116,8 @@ def main() -> int:
     best = {}
     report = {}
     for name, fn_call, nbytes, cfgs in jobs:
-        if name == "coef_dx4":
-            TUNING["coef_bwd"] = {"dx4": True}
-        elif name in ("coef_dx", "coef_dfn"):
-            TUNING["coef_bwd"] = {"dx4": False, "split": True}
-        elif name == "coef_bwd_x":
-            TUNING["coef_bwd"] = {"dx4": False, "split": False}
+        if name in MODES:
+            TUNING["coef_bwd"] = MODES[name]
         results = []
         for cfg in cfgs:
             TUNING[name] = cfg
@@ -140,13 +135,11 @@ def main() -> int:
             best[name] = TUNING[name] = cfg
             report[name] = {"best_us": ms * 1e3, "pct_copy_bw": 100 * nbytes / (ms * 1e-3) / bw,
                             "all": [(r[0] * 1e3, r[1]) for r in results]}
-    # the backward's pass over x: the fastest of the three kernels' best configurations
-    modes = {"coef_dx4": {"dx4": True}, "coef_dfn": {"dx4": False, "split": True},
-             "coef_bwd_x": {"dx4": False, "split": False}}
-    timed = {k: report[k]["best_us"] for k in modes if k in report}
+    # the backward's pass over x: the fastest of the kernels' best configurations
+    timed = {k: report[k]["best_us"] for k in MODES if k in report and k != "coef_dfn"}
     if timed:
         pick = min(timed, key=timed.get)
-        best["coef_bwd"] = TUNING["coef_bwd"] = modes[pick]
+        best["coef_bwd"] = TUNING["coef_bwd"] = MODES[pick]
         print(f"coef backward: {pick} {timed}", flush=True)
     with open(args.out, "w") as f:
         json.dump(best, f, indent=1)
