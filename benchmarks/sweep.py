@@ -15,7 +15,7 @@ import torch
 
 
 #: the backward's pass over x that each sweep key times (``TUNING["coef_bwd"]``)
-MODES = {"coef_dfn": {"kernel": "fma"}, "coef_dxf": {"kernel": "fma"},
+MODES = {"coef_dfn": {"kernel": "mma4"},
          "coef_dx4": {"kernel": "mma4"}, "coef_dx": {"kernel": "mma3d", "split": True},
          "coef_bwd_x": {"kernel": "mma3d", "split": False}}
 
@@ -80,23 +80,24 @@ def main() -> int:
           dict(BT=32, BK=64, num_warps=4, num_stages=4, waves=1),
           dict(BT=64, BK=128, num_warps=4, num_stages=3, waves=1),
           dict(BT=64, BK=32, num_warps=2, num_stages=4, waves=1)]),
-        ("coef_dxf", bwd, b_bwd,  # dx on the CUDA cores (the default)
-         [dict(BT=16, BC=64, num_warps=4, num_stages=2, loop=8),
-          dict(BT=16, BC=64, num_warps=4, num_stages=2, loop=1),
-          dict(BT=16, BC=64, num_warps=4, num_stages=2, loop=16),
-          dict(BT=8, BC=128, num_warps=4, num_stages=2, loop=8),
-          dict(BT=32, BC=64, num_warps=8, num_stages=2, loop=8),
-          dict(BT=16, BC=128, num_warps=8, num_stages=2, loop=8),
-          dict(BT=32, BC=128, num_warps=8, num_stages=2, loop=4),
-          dict(BT=8, BC=64, num_warps=2, num_stages=2, loop=16),
-          dict(BT=16, BC=64, num_warps=4, num_stages=3, loop=8)]),
-        ("coef_dx4", bwd, b_bwd,  # bf16, n <= 4: per-stream tiles on the tensor cores
-         [dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=False),
-          dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=16, dfn=True)]),
-        ("coef_dx", bwd, b_bwd,  # the 3D-tile kernel on the tensor cores
-         [dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16)]),
+        ("coef_dx4", bwd, b_bwd,  # bf16, n <= 4: per-stream tiles (the default)
+         [dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=False, ls=1),
+          dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=False, ls=2),
+          dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=False, ls=3),
+          dict(BT=32, BC=32, num_warps=4, num_stages=2, loop=32, dfn=False, ls=2),
+          dict(BT=32, BC=32, num_warps=4, num_stages=2, loop=32, dfn=False, ls=3),
+          dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=16, dfn=False, ls=2),
+          dict(BT=64, BC=64, num_warps=8, num_stages=2, loop=8, dfn=False, ls=2),
+          dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=8, dfn=False, ls=2),
+          dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=16, dfn=True, ls=2)]),
+        ("coef_dx", bwd, b_bwd,  # the 3D-tile kernel
+         [dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, ls=1),
+          dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, ls=2),
+          dict(BT=32, BC=32, num_warps=4, num_stages=2, loop=32, ls=2),
+          dict(BT=32, BC=32, num_warps=4, num_stages=2, loop=32, ls=3),
+          dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, ls=3)]),
         ("coef_bwd_x", bwd, b_bwd,  # the same with dfn in the same pass
-         [dict(BT=16, BC=64, num_warps=4, num_stages=2, waves=2)]),
+         [dict(BT=16, BC=64, num_warps=4, num_stages=2, waves=2, ls=1)]),
         ("pre_mix_fwd", lambda: pm.pre_mix_forward_triton(x, hp), (n + 1) * unit,
          [dict(BT=1, BC=2048, num_warps=8), dict(BT=1, BC=1024, num_warps=4),
           dict(BT=2, BC=1024, num_warps=8), dict(BT=1, BC=4096, num_warps=8)]),

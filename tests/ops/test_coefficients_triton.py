@@ -118,8 +118,7 @@ def test_auto_backend_resolution():
     assert resolve_backend("auto", x) == ("triton" if CUDA else "torch")
 
 
-@pytest.mark.parametrize("kernel,dfn,loop", [("fma", False, 1), ("fma", False, 2),
-                                             ("mma4", True, 1), ("mma4", True, 2),
+@pytest.mark.parametrize("kernel,dfn,loop", [("mma4", True, 1), ("mma4", True, 2),
                                              ("mma4", False, 2), ("mma3d", False, 1),
                                              ("mma3d", False, 2), ("mma3d", True, 0)])
 def test_backward_variants(kernel, dfn, loop):
@@ -128,11 +127,11 @@ def test_backward_variants(kernel, dfn, loop):
     gives the reference gradients, also for a token count that leaves the last loop step
     ragged and for n < 4 (the per-stream kernel's unused streams)."""
     from torch_mhc.ops._backend import TUNING
-    keys = ("coef_bwd", "coef_dx", "coef_dx4", "coef_dxf", "coef_bwd_x")
+    keys = ("coef_bwd", "coef_dx", "coef_dx4", "coef_bwd_x")
     old = {k: TUNING.get(k) for k in keys}
     TUNING["coef_bwd"] = {"kernel": kernel, "split": not dfn}
-    name = {"fma": "coef_dxf", "mma4": "coef_dx4"}.get(kernel, "coef_bwd_x" if dfn else "coef_dx")
-    TUNING[name] = dict({"loop": loop} if loop else {}, dfn=dfn)
+    name = "coef_dx4" if kernel == "mma4" else ("coef_bwd_x" if dfn else "coef_dx")
+    TUNING[name] = dict({"loop": loop, "ls": 2} if loop else {}, dfn=dfn)
     try:
         for n in (4, 2) if kernel != "mma3d" else (4,):
             C = 100

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.streams import broadcast_streams, sum_streams
+
 __all__ = ["expand_streams", "reduce_streams"]
 
 
@@ -16,7 +18,7 @@ def expand_streams(x: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     if x.dim() < 1:
         raise ValueError("expand_streams expects a tensor of shape (..., C)")
-    return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1]).contiguous()
+    return broadcast_streams(x, n)
 
 
 def reduce_streams(streams: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -30,7 +32,7 @@ def reduce_streams(streams: torch.Tensor, reduction: str = "mean") -> torch.Tens
     if streams.dim() < 2:
         raise ValueError(f"reduce_streams expects (..., n, C), got shape {tuple(streams.shape)}")
     if reduction == "mean":
-        return streams.mean(dim=-2)
+        return sum_streams(streams, 1.0 / streams.shape[-2])
     if reduction == "sum":
-        return streams.sum(dim=-2)
+        return sum_streams(streams)
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")

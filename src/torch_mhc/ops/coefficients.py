@@ -332,7 +332,8 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                        T, C, K, t_per_split,
                        n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NP: tl.constexpr,
                        BT: tl.constexpr, BC: tl.constexpr, QB: tl.constexpr, PREC: tl.constexpr,
-                       HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr):
+                       HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr,
+                       LS: tl.constexpr):
     # One pass over x for a channel slice [c0, c0 + BC) of every stream, over this program's
     # token range (the fn tile, split hi + lo once, stays in registers):
     #   dx[t, i, c] = sum_o G[t, o] fn[o, iC + c] + 2 x[t, i, c] dss[t]
@@ -358,7 +359,7 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
         W_lo = (W - W_hi.to(tl.float32)).to(tl.bfloat16)
     acc = tl.zeros([NP, QB], dtype=tl.float32)
     t_lo = pid_s * t_per_split
-    for tt in range(0, t_per_split, BT):
+    for tt in tl.range(0, t_per_split, BT, num_stages=LS):
         t0 = t_lo + tt
         rl = tl.arange(0, BT)
         rmask = (t0 + rl) < T
@@ -424,7 +425,8 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                      T, C, K, t_per_split,
                      n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
                      BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
-                     HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr):
+                     HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr,
+                     LS: tl.constexpr):
     # bf16 streams, n <= 4: the sums of ``_coef_bwd_x_kernel`` with every stream's tile a 2D
     # [BT, BC] tensor of its own (written out per stream: no 3D tile reshaped around
     # ``tl.dot``, which spills), dfn accumulated in the same pass:
@@ -470,7 +472,7 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
     a3 = tl.zeros([NP, BC], dtype=tl.float32)
     x_off = rl[:, None] * K + cc[None, :]
     t_lo = pid_s * t_per_split
-    for tt in range(0, t_per_split, BT):
+    for tt in tl.range(0, t_per_split, BT, num_stages=LS):
         rows = t_lo + tt + rl
         rmask = rows < T
         r64 = rows.to(tl.int64)
@@ -600,54 +602,6 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
         tl.store(out + 2 * C, a2, mask=w_mask & (n > 2))
         tl.store(out + 3 * C, a3, mask=w_mask & (n > 3))
 
-def _coef_dxf_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, hpre_ptr, dh_ptr, hres_ptr, gout_ptr,
-                     T, C, K, t_per_split,
-                     n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NP: tl.constexpr,
-                     BT: tl.constexpr, BC: tl.constexpr,
-                     HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr):
-    # dx of the whole connection on the CUDA cores, all in one register layout (no tensor
-    # cores, so no tile moves between the load and the MMA layouts), exact float32 products:
-    #   dx[t, i, c] = sum_o G[t, o] fn[o, iC + c] + 2 x[t, i, c] dss[t]
-    #                 (+ H_pre[t, i] dh[t, c]) (+ sum_j H_res[t, j, i] g[t, j, c])
-    # as N rank-1 updates of the [BT, NB, BC] tile; this program's fn slice (N x NB x BC
-    # floats) is re-read from L1 for each of its ``t_per_split / BT`` token tiles.
-    pid_c = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    ii = tl.arange(0, NB)
-    cc = pid_c * BC + tl.arange(0, BC)
-    rl = tl.arange(0, BT)
-    icmask = (ii < n)[:, None] & (cc < C)[None, :]
-    ic_off = ii[:, None] * C + cc[None, :]  # [NB, BC] column in [0, K)
-    off3 = rl[:, None, None] * K + ic_off[None, :, :]  # int32 inside one token tile
-    t_lo = pid_s * t_per_split
-    for tt in range(0, t_per_split, BT):
-        rows = t_lo + tt + rl
-        rmask = rows < T
-        r64 = rows.to(tl.int64)
-        tb = (t_lo + tt).to(tl.int64) * K
-        m3 = rmask[:, None, None] & icmask[None, :, :]
-        x3 = tl.load(x_ptr + tb + off3, mask=m3, other=0.0).to(tl.float32)
-        dss = tl.load(dss_ptr + rows, mask=rmask, other=0.0)
-        acc = 2.0 * x3 * dss[:, None, None]
-        m2 = rmask[:, None] & (ii < n)[None, :]
-        if HAS_PRE:
-            hp = tl.load(hpre_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
-            dhv = tl.load(dh_ptr + r64[:, None] * C + cc[None, :],
-                          mask=rmask[:, None] & (cc < C)[None, :], other=0.0)
-            acc += hp[:, :, None] * dhv.to(tl.float32)[:, None, :]
-        if HAS_RES:
-            for j in tl.static_range(n):
-                hr = tl.load(hres_ptr + r64[:, None] * (n * n) + j * n + ii[None, :], mask=m2,
-                             other=0.0)  # H_res[t, j, i] over i
-                gj = tl.load(gout_ptr + tb + j * C + rl[:, None] * K + cc[None, :],
-                             mask=rmask[:, None] & (cc < C)[None, :], other=0.0)
-                acc += hr[:, :, None] * gj.to(tl.float32)[:, None, :]
-        for o in range(N):  # a loop, so that the fn loads are not hoisted into registers
-            go = tl.load(g_ptr + r64 * NP + o, mask=rmask, other=0.0)
-            wo = tl.load(fn_ptr + o * K + ic_off, mask=icmask, other=0.0)
-            acc += go[:, None, None] * wo[None, :, :]
-        tl.store(dx_ptr + tb + off3, acc.to(dx_ptr.dtype.element_ty), mask=m3)
-
 def _coef_dfn_kernel(x_ptr, g_ptr, dfn_ptr, T, K, t_per_split,
                      N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                      PREC: tl.constexpr):
@@ -690,7 +644,6 @@ _coef_token_bwd = LazyJit(_coef_token_bwd_kernel)
 _coef_bwd_x = LazyJit(_coef_bwd_x_kernel)
 _coef_dfn = LazyJit(_coef_dfn_kernel)
 _coef_dx4 = LazyJit(_coef_dx4_kernel)
-_coef_dxf = LazyJit(_coef_dxf_kernel)
 
 
 def _rows(t):
@@ -790,20 +743,18 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     # kernel. Each program takes a channel slice and loops over ``loop`` token tiles with its
     # fn tile split once; dfn = G^T x either in the same pass (token-range partials) or in
     # the skinny GEMM ``_coef_dfn_kernel`` that reads x again.
-    kind = tuned("coef_bwd", kernel="fma")["kernel"]
-    dx4 = kind == "mma4" and n <= 4 and x.dtype == torch.bfloat16
-    if kind == "fma":
-        cfg = tuned("coef_dxf", BT=16, BC=64, num_warps=4, num_stages=2, loop=8, dfn=False)
-    elif dx4:
-        cfg = tuned("coef_dx4", BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=False)
+    dx4 = tuned("coef_bwd", kernel="mma4")["kernel"] == "mma4" and n <= 4 \
+        and x.dtype == torch.bfloat16
+    if dx4:
+        cfg = tuned("coef_dx4", BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=False, ls=2)
     elif tuned("coef_bwd", split=True)["split"]:
         cfg = tuned("coef_dx", BT=64 if x.element_size() == 2 else 32, BC=32, num_warps=4,
-                    num_stages=2, loop=16, dfn=False)
+                    num_stages=2, loop=16, dfn=False, ls=2)
     else:
         BC = max(16, min(next_pow2(C), 8192 // (NB * NP)))
         if x.element_size() > 2:
             BC = max(16, BC // 2)
-        cfg = tuned("coef_bwd_x", BT=16, BC=BC, num_warps=4, num_stages=2, waves=2, dfn=True)
+        cfg = tuned("coef_bwd_x", BT=16, BC=BC, num_warps=4, num_stages=2, waves=2, dfn=True, ls=1)
     fused = cfg["dfn"]
     BT, BC = (16, min(cfg["BC"], 32)) if interpret_mode() else (cfg["BT"], min(cfg["BC"], next_pow2(C)))
     c_tiles, t_tiles = triton_cdiv(C, BC), triton_cdiv(T, BT)
@@ -814,21 +765,19 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     t_per_split = triton_cdiv(t_tiles, tsplit) * BT
     tsplit = triton_cdiv(T, t_per_split)
     dfn_p = torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32) if fused else G
-    if kind == "fma":
-        _coef_dxf[(c_tiles, tsplit)](
-            x, fn.contiguous(), G, dss, dx, *extras, T, C, K, t_per_split,
-            n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, HAS_PRE=has_pre, HAS_RES=has_gout,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    elif dx4:
+    # ``ls``: software-pipeline stages of the token loop (``tl.range``): >= 2 prefetches the
+    # next tiles into shared memory with cp.async while the current one is computed
+    if dx4:
         _coef_dx4[(c_tiles, tsplit)](
             x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K, t_per_split,
             n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
-            DFN=fused, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            DFN=fused, LS=cfg["ls"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     else:
         _coef_bwd_x[(c_tiles, tsplit)](
             x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K, t_per_split,
             n=n, N=N, NB=NB, NP=NP, BT=BT, BC=BC, QB=NB * BC, PREC=prec, HAS_PRE=has_pre,
-            HAS_RES=has_gout, DFN=fused, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            HAS_RES=has_gout, DFN=fused, LS=cfg["ls"], num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
     if not fused:
         cfg = tuned("coef_dfn", BT=64, BK=32, num_warps=2, num_stages=4, waves=1)
         BT, BK = (16, 32) if interpret_mode() else (cfg["BT"], cfg["BK"])
