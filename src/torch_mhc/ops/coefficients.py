@@ -745,11 +745,14 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     # the skinny GEMM ``_coef_dfn_kernel`` that reads x again.
     dx4 = tuned("coef_bwd", kernel="mma4")["kernel"] == "mma4" and n <= 4 \
         and x.dtype == torch.bfloat16
+    # defaults: the fastest of benchmarks/sweep.py on an H100 at T = C = 4096, n = 4, bf16;
+    # the 3D-tile kernel keeps NB * BC <= 128 and one stage for n = 8 (shared memory)
     if dx4:
-        cfg = tuned("coef_dx4", BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=False, ls=2)
+        cfg = tuned("coef_dx4", BT=32, BC=64, num_warps=4, num_stages=2, loop=16, dfn=True, ls=2)
     elif tuned("coef_bwd", split=True)["split"]:
-        cfg = tuned("coef_dx", BT=64 if x.element_size() == 2 else 32, BC=32, num_warps=4,
-                    num_stages=2, loop=16, dfn=False, ls=2)
+        cfg = tuned("coef_dx", BT=64 if x.element_size() == 2 and NB <= 4 else 32,
+                    BC=max(16, 128 // NB), num_warps=4, num_stages=2, loop=16, dfn=False,
+                    ls=3 if NB <= 4 and x.element_size() == 2 else (2 if NB <= 4 else 1))
     else:
         BC = max(16, min(next_pow2(C), 8192 // (NB * NP)))
         if x.element_size() > 2:
