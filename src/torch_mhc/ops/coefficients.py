@@ -748,7 +748,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     # defaults: the fastest of benchmarks/sweep.py on an H100 at T = C = 4096, n = 4, bf16;
     # the 3D-tile kernel keeps NB * BC <= 128 and one stage for n = 8 (shared memory)
     if dx4:
-        cfg = tuned("coef_dx4", BT=32, BC=64, num_warps=4, num_stages=2, loop=16, dfn=True, ls=2)
+        cfg = tuned("coef_dx4", BT=32, BC=64, num_warps=4, num_stages=2, loop=32, dfn=True, ls=2)
     elif tuned("coef_bwd", split=True)["split"]:
         cfg = tuned("coef_dx", BT=64 if x.element_size() == 2 and NB <= 4 else 32,
                     BC=max(16, 128 // NB), num_warps=4, num_stages=2, loop=16, dfn=False,
