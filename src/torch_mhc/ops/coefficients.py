@@ -74,12 +74,13 @@ def mhc_coefficients_reference(x: torch.Tensor, fn: torch.Tensor, base: torch.Te
 #      is written and read back by the same program, then freed) and runs them backwards:
 #      dL for the (n+2)n logits -> G = dmix (T, NP), d(sum x^2), partial dscale/dbase.
 #   4. dx = G fn + 2 x d(sum x^2) (+ the pre-mix and post-res terms when called from the
-#      fused connection) and dfn = G^T x, both from ``_coef_bwd_x_kernel`` (per channel
-#      slice, looping over a token range with the fn tile split hi/lo once), either
-#      - in two passes (default, faster on an H100): that kernel with DFN off, then
-#        ``_coef_dfn_kernel``, a skinny GEMM that re-reads x, or
-#      - in one pass with DFN on (``TUNING["coef_bwd"] = {"split": False}``; token-split
-#        partials of dfn summed in fp32).
+#      fused connection) and dfn = G^T x: each program takes a channel slice of every
+#      stream and loops over a token range (the loop software-pipelined with ``tl.range``
+#      stages, so the next tiles arrive by cp.async while one is computed), fn split hi/lo
+#      once. bf16 streams with n <= 4 use ``_coef_dx4_kernel`` (each stream's tile a 2D
+#      tensor of its own, dfn accumulated in the same pass by default); other cases
+#      ``_coef_bwd_x_kernel`` (3D [BT, NB, BC] tiles) with ``_coef_dfn_kernel``, a skinny
+#      GEMM that re-reads x (``TUNING["coef_bwd"]`` picks among them).
 #
 # Gradient formulas (mix = x fn^T, inv_r = (sum x^2 / K + eps)^-1/2, logit = a mix inv_r + b):
 #   G      = dlogit * a * inv_r                       (d mix)

@@ -14,13 +14,12 @@ and ``post_res``. What the fusion buys, per token, in units of C stream elements
 * backward: post-res pass reads g, x, y and writes dy (2n + 2) but *not* dx; the pre-mix
   pass reads dh, x for dH_pre (n + 1); one final pass reads x, dh, g and writes the whole
   connection's dx = H_res^T g + H_pre dh + G fn + 2 x dss (3n + 1), with dfn = G^T x in the
-  same pass (6n + 4 = 28 in all) or, the default because it measured faster on an H100, in
-  a separate skinny-GEMM pass that reads x once more (7n + 4 = 32). Three separate ops would
-  write three dx tensors and autograd would add them (another 4n of traffic).
+  same pass (6n + 4 = 28 in all). Three separate ops would write three dx tensors and
+  autograd would add them (another 4n of traffic).
 
-Measured on an H100 (benchmarks/results/kernels_h100.json, T = C = 4096, n = 4, bf16): the
-whole forward's kernels take 222 us (91% of the copy bandwidth for 18 units), the backward's
-500 us (63% of 32 units; the dx pass, 240 us at 60%, is the slow one).
+Measured on an H100 (benchmarks/results/kernels_h100_s3.json, T = C = 4096, n = 4, bf16): the
+whole forward's kernels take 221 us (91% of the copy bandwidth for 18 units), the backward's
+419 us (75% of 28 units plus dfn; the dx + dfn pass takes 203 us).
 
 The hand-off: ``connection_post``'s backward returns no gradient for ``x`` and parks
 ``g = d out`` on the shared ``link``; ``connection_pre``'s backward, which autograd always runs
