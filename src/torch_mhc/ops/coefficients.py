@@ -427,14 +427,16 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                      n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
                      BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
                      HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr,
-                     LS: tl.constexpr):
+                     LS: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr):
     # bf16 streams, n <= 4: the sums of ``_coef_bwd_x_kernel`` with every stream's tile a 2D
     # [BT, BC] tensor of its own (written out per stream: no 3D tile reshaped around
     # ``tl.dot``, which spills), dfn accumulated in the same pass:
     #   dx[t, i, c] = sum_o G[t, o] fn[o, iC + c] + 2 x[t, i, c] dss[t] + H_pre[t, i] dh[t, c]
     #                 + sum_j H_res[t, j, i] g[t, j, c]
     #   dfn[o, iC + c] (this program's token range) = sum_t G[t, o] x[t, i, c]
-    # Products: G = hi + lo and fn = hi + lo in bf16 (x is exact): G fn ~ hi hi + hi lo + lo hi.
+    # Products: G = hi + lo and fn = hi + lo in bf16 (x is exact): G fn ~ hi hi + hi lo + lo hi
+    # (DXP = 3, ~16-bit operands) or hi hi alone (DXP = 1); G^T x = hi^T x + lo^T x (DFP = 2)
+    # or hi^T x (DFP = 1).
     pid_c = tl.program_id(0)
     pid_s = tl.program_id(1)
     cc = pid_c * BC + tl.arange(0, BC)
@@ -503,8 +505,9 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
         else:
             xd = x0
         d = tl.dot(Gh, Wh0)
-        d = tl.dot(Gh, Wl0, d)
-        d = tl.dot(Gl, Wh0, d)
+        if DXP == 3:
+            d = tl.dot(Gh, Wl0, d)
+            d = tl.dot(Gl, Wh0, d)
         d += dss2[:, None] * x0.to(tl.float32)
         if HAS_PRE:
             d += tl.load(hpre_ptr + r64 * n + 0, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
@@ -520,7 +523,8 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
         tl.store(dx_ptr + tb + x_off + 0 * C, d.to(dx_ptr.dtype.element_ty), mask=m2)
         if DFN:
             a0 = tl.dot(GhT, xd, a0)
-            a0 = tl.dot(GlT, xd, a0)
+            if DFP == 2:
+                a0 = tl.dot(GlT, xd, a0)
         if n > 1:
             x1 = tl.load(x_ptr + tb + x_off + 1 * C, mask=m2, other=0.0)
             if PREC == 3:
@@ -528,8 +532,9 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
             else:
                 xd = x1
             d = tl.dot(Gh, Wh1)
-            d = tl.dot(Gh, Wl1, d)
-            d = tl.dot(Gl, Wh1, d)
+            if DXP == 3:
+                d = tl.dot(Gh, Wl1, d)
+                d = tl.dot(Gl, Wh1, d)
             d += dss2[:, None] * x1.to(tl.float32)
             if HAS_PRE:
                 d += tl.load(hpre_ptr + r64 * n + 1, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
@@ -545,7 +550,8 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
             tl.store(dx_ptr + tb + x_off + 1 * C, d.to(dx_ptr.dtype.element_ty), mask=m2)
             if DFN:
                 a1 = tl.dot(GhT, xd, a1)
-                a1 = tl.dot(GlT, xd, a1)
+                if DFP == 2:
+                    a1 = tl.dot(GlT, xd, a1)
         if n > 2:
             x2 = tl.load(x_ptr + tb + x_off + 2 * C, mask=m2, other=0.0)
             if PREC == 3:
@@ -553,8 +559,9 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
             else:
                 xd = x2
             d = tl.dot(Gh, Wh2)
-            d = tl.dot(Gh, Wl2, d)
-            d = tl.dot(Gl, Wh2, d)
+            if DXP == 3:
+                d = tl.dot(Gh, Wl2, d)
+                d = tl.dot(Gl, Wh2, d)
             d += dss2[:, None] * x2.to(tl.float32)
             if HAS_PRE:
                 d += tl.load(hpre_ptr + r64 * n + 2, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
@@ -570,7 +577,8 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
             tl.store(dx_ptr + tb + x_off + 2 * C, d.to(dx_ptr.dtype.element_ty), mask=m2)
             if DFN:
                 a2 = tl.dot(GhT, xd, a2)
-                a2 = tl.dot(GlT, xd, a2)
+                if DFP == 2:
+                    a2 = tl.dot(GlT, xd, a2)
         if n > 3:
             x3 = tl.load(x_ptr + tb + x_off + 3 * C, mask=m2, other=0.0)
             if PREC == 3:
@@ -578,8 +586,9 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
             else:
                 xd = x3
             d = tl.dot(Gh, Wh3)
-            d = tl.dot(Gh, Wl3, d)
-            d = tl.dot(Gl, Wh3, d)
+            if DXP == 3:
+                d = tl.dot(Gh, Wl3, d)
+                d = tl.dot(Gl, Wh3, d)
             d += dss2[:, None] * x3.to(tl.float32)
             if HAS_PRE:
                 d += tl.load(hpre_ptr + r64 * n + 3, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
@@ -595,7 +604,8 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
             tl.store(dx_ptr + tb + x_off + 3 * C, d.to(dx_ptr.dtype.element_ty), mask=m2)
             if DFN:
                 a3 = tl.dot(GhT, xd, a3)
-                a3 = tl.dot(GlT, xd, a3)
+                if DFP == 2:
+                    a3 = tl.dot(GlT, xd, a3)
     if DFN:
         out = dfn_ptr + pid_s.to(tl.int64) * NP * K + w_off
         tl.store(out + 0 * C, a0, mask=w_mask & (n > 0))
@@ -749,7 +759,8 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     # defaults: the fastest of benchmarks/sweep.py on an H100 at T = C = 4096, n = 4, bf16;
     # the 3D-tile kernel keeps NB * BC <= 128 and one stage for n = 8 (shared memory)
     if dx4:
-        cfg = tuned("coef_dx4", BT=32, BC=64, num_warps=4, num_stages=2, loop=32, dfn=True, ls=2)
+        cfg = tuned("coef_dx4", BT=32, BC=64, num_warps=4, num_stages=2, loop=32, dfn=True, ls=2,
+                    dxp=3, dfp=2)
     elif tuned("coef_bwd", split=True)["split"]:
         cfg = tuned("coef_dx", BT=64 if x.element_size() == 2 and NB <= 4 else 32,
                     BC=max(16, 128 // NB), num_warps=4, num_stages=2, loop=16, dfn=False,
@@ -775,7 +786,8 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
         _coef_dx4[(c_tiles, tsplit)](
             x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K, t_per_split,
             n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
-            DFN=fused, LS=cfg["ls"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            DFN=fused, LS=cfg["ls"], DXP=cfg["dxp"], DFP=cfg["dfp"], num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
     else:
         _coef_bwd_x[(c_tiles, tsplit)](
             x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K, t_per_split,
