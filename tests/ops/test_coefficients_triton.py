@@ -118,7 +118,7 @@ def test_auto_backend_resolution():
     assert resolve_backend("auto", x) == ("triton" if CUDA else "torch")
 
 
-@pytest.mark.parametrize("kernel,dfn,loop", [("mma4", True, 1), ("mma4", True, 2),
+@pytest.mark.parametrize("kernel,dfn,loop", [("mma4", True, 1), ("mma4", True, 2), ("mma4x3", True, 2),
                                              ("mma4", False, 2), ("mma3d", False, 1),
                                              ("mma3d", False, 2), ("mma3d", True, 0)])
 def test_backward_variants(kernel, dfn, loop):
@@ -129,11 +129,13 @@ def test_backward_variants(kernel, dfn, loop):
     from torch_mhc.ops._backend import TUNING
     keys = ("coef_bwd", "coef_dx", "coef_dx4", "coef_bwd_x")
     old = {k: TUNING.get(k) for k in keys}
-    TUNING["coef_bwd"] = {"kernel": kernel, "split": not dfn}
-    name = "coef_dx4" if kernel == "mma4" else ("coef_bwd_x" if dfn else "coef_dx")
+    TUNING["coef_bwd"] = {"kernel": "mma4" if kernel.startswith("mma4") else "mma3d", "split": not dfn}
+    name = "coef_dx4" if kernel.startswith("mma4") else ("coef_bwd_x" if dfn else "coef_dx")
     TUNING[name] = dict({"loop": loop, "ls": 2} if loop else {}, dfn=dfn)
+    if kernel == "mma4x3":  # dx from the hi/lo split of G and fn (three products)
+        TUNING[name]["dxp"] = 3
     try:
-        for n in (4, 2) if kernel != "mma3d" else (4,):
+        for n in (4, 2) if kernel.startswith("mma4") else (4,):
             C = 100
             x = torch.randn(37, n, C, device=DEV).requires_grad_()
             fn, base, scale = _params(n, C)
