@@ -143,3 +143,41 @@ def test_torch_compile_graph_breaks_around_fused_halves():
     assert torch.equal(out, ref)
     for a, b in zip(g, g_ref):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("extra", ["none", "post", "res", "both"])
+def test_mappings_with_other_consumers(extra):
+    """The post half hands its per-slice partial sums of dH_post / dH_res to the pre half,
+    which sums them in the token kernel; when H_post or H_res also feed the loss directly,
+    autograd's gradient for them is added to those partials."""
+    from torch_mhc.ops.connection import connection_post, connection_pre
+    from torch_mhc.ops.coefficients import mhc_coefficients_reference
+    from torch_mhc.ops.post_res import post_res_reference
+    from torch_mhc.ops.pre_mix import pre_mix_reference
+    n, C, T = 4, 40, 7
+    x = torch.randn(T, n, C, device=DEV, requires_grad=True)
+    fn = (torch.randn((n + 2) * n, n * C, device=DEV) * 0.1).requires_grad_()
+    base = torch.randn((n + 2) * n, device=DEV).requires_grad_()
+    scale = (torch.rand(3, device=DEV) + 0.5).requires_grad_()
+    lin = nn.Linear(C, C).to(DEV)
+    w_out = torch.randn(T, n, C, device=DEV)
+    w_post, w_res = torch.randn(T, n, device=DEV), torch.randn(T, n, n, device=DEV)
+
+    def loss_of(out, hq, hr):
+        loss = (out * w_out).sum()
+        if extra in ("post", "both"):
+            loss = loss + (hq * w_post).sum()
+        if extra in ("res", "both"):
+            loss = loss + (hr * w_res).sum()
+        return loss
+
+    h, hp, hq, hr, link = connection_pre(x, fn, base, scale, 20, 1e-6, 0.0)
+    out = connection_post(x, lin(h), hq, hr, link)
+    leaves = [x, fn, base, scale, lin.weight]
+    g = torch.autograd.grad(loss_of(out, hq, hr), leaves)
+    hp, hq, hr = mhc_coefficients_reference(x, fn, base, scale, 20, 1e-6, 0.0)
+    ref = post_res_reference(x, lin(pre_mix_reference(x, hp)), hq, hr)
+    g_ref = torch.autograd.grad(loss_of(ref, hq, hr), leaves)
+    assert rel_error(out, ref) < 1e-5
+    for a, b in zip(g, g_ref):
+        assert rel_error(a, b) < 3e-5

@@ -201,7 +201,7 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
 
 def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dres_ptr,
                            g_ptr, dss_ptr, red_ptr, scr_ptr,
-                           T, K, iters, hc_eps, st_pre, st_post, st_res,
+                           T, K, iters, hc_eps, st_pre, st_post, st_res, n_part, st_part,
                            n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NN: tl.constexpr,
                            NP: tl.constexpr, BT: tl.constexpr, LOG: tl.constexpr,
                            HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
@@ -236,7 +236,11 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
     else:
         d_pre = tl.zeros([BT, NB], dtype=tl.float32)
     if HAS_DPOST:
-        d_post = tl.load(dpost_ptr + r64[:, None] * st_post + ii[None, :], mask=m2, other=0.0).to(tl.float32)
+        # dH_post / dH_res arrive as n_part partial sums st_part floats apart (summed here)
+        d_post = tl.zeros([BT, NB], dtype=tl.float32)
+        for sp in range(n_part):
+            d_post += tl.load(dpost_ptr + sp * st_part + r64[:, None] * st_post + ii[None, :],
+                              mask=m2, other=0.0).to(tl.float32)
         d_post = 2.0 * d_post * s_post * (1.0 - s_post)
     else:
         d_post = tl.zeros([BT, NB], dtype=tl.float32)
@@ -246,6 +250,10 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
     L = tl.where(valid, L, -1.0e30)
     scr = scr_ptr + r64[:, None, None] * (2 * iters * NN) + aa * NB + bb
     if HAS_DRES:
+        g_res = tl.zeros([BT, NB, NB], dtype=tl.float32)  # d H_res, transposed to comb's layout
+        for sp in range(n_part):
+            g_res += tl.load(dres_ptr + sp * st_part + r64[:, None, None] * st_res + bb * n + aa,
+                             mask=m3, other=0.0).to(tl.float32)
         if LOG:
             for k in range(iters):
                 tl.store(scr + (2 * k) * NN, L, mask=m3)
@@ -258,8 +266,7 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
                 L = tl.where(valid, L, -1.0e30)
             P = tl.exp(L)
             # d H_res -> d comb (transpose), then through P = exp(L)
-            gy = tl.load(dres_ptr + r64[:, None, None] * st_res + bb * n + aa, mask=m3, other=0.0)
-            gy = gy.to(tl.float32) * P
+            gy = g_res * P
             tl.debug_barrier()
             for kk in range(iters):
                 k = iters - 1 - kk
@@ -287,8 +294,7 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
                 P = P / (tl.sum(P, axis=2)[:, :, None] + hc_eps)
                 tl.store(scr + (2 * k + 1) * NN, P, mask=m3)
                 P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
-            gy = tl.load(dres_ptr + r64[:, None, None] * st_res + bb * n + aa, mask=m3, other=0.0)
-            gy = gy.to(tl.float32)
+            gy = g_res
             tl.debug_barrier()
             # y = m / (sum(m) + eps)  =>  dm = (dy - sum(dy * y)) / (sum(m) + eps)
             for kk in range(iters):
@@ -682,7 +688,7 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     dev = x.device
     # defaults: the fastest of benchmarks/sweep.py on an H100 at T = 4096, n = 4, C = 4096
     if x.element_size() == 2 and NP < 64:
-        cfg = tuned("coef_gemm", BT=128, BK=64, num_warps=8, num_stages=4, waves=2)
+        cfg = tuned("coef_gemm", BT=128, BK=128, num_warps=8, num_stages=3, waves=2)
     else:
         cfg = tuned("coef_gemm", BT=64 if NP < 64 else 32, BK=32, num_warps=4, num_stages=3,
                     waves=2)
@@ -714,11 +720,13 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
 
 
 def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
-                         h_pre=None, dh=None, h_res=None, gout=None):
+                         h_pre=None, dh=None, h_res=None, gout=None, post_part=None):
     """Kernels 3-4: gradients to ``x, fn, base, scale`` from those of ``H_pre, H_post, H_res``.
 
     With ``h_pre, dh`` (pre-mix) and ``h_res, gout`` (post-res) given, ``dx`` also holds
     ``H_pre_i dh`` and ``sum_j H_res[j, i] gout_j``: the whole connection's ``dx`` in one pass.
+    ``post_part (S, T, n + n^2)``, instead of ``d_post, d_res``: the post-res backward's
+    per-slice partial sums of ``[dH_post, dH_res]``, summed by the token kernel.
     """
     T, n, C = x.shape
     K, N = n * C, (n + 2) * n
@@ -732,6 +740,10 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     dss = torch.empty(T, device=dev, dtype=torch.float32)
     red = torch.empty(nprog, 3 + N, device=dev, dtype=torch.float32)
     d_pre, d_post, d_res = _rows(d_pre), _rows(d_post), _rows(d_res)
+    n_part, st_part = 1, 0
+    if post_part is not None:
+        n_part, st_part = post_part.shape[0], post_part.stride(0)
+        d_post, d_res = post_part[0, :, :n], post_part[0, :, n:]
     has_res = d_res is not None
     scr = torch.empty(T * 2 * int(iters) * NB * NB if has_res else 1, device=dev, dtype=torch.float32)
     dummy = mix
@@ -739,7 +751,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
         mix, scale.contiguous(), base.contiguous(),
         d_pre if d_pre is not None else dummy, d_post if d_post is not None else dummy,
         d_res if has_res else dummy, G, dss, red, scr, T, K, int(iters), float(hc_eps),
-        _stride0(d_pre), _stride0(d_post), _stride0(d_res),
+        _stride0(d_pre), _stride0(d_post), _stride0(d_res), n_part, st_part,
         n=n, N=N, NB=NB, NN=NB * NB, NP=NP, BT=BT2, LOG=(hc_eps == 0.0), HAS_DPRE=d_pre is not None,
         HAS_DPOST=d_post is not None, HAS_DRES=has_res, num_warps=cfg["num_warps"])
     del scr
@@ -808,7 +820,8 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
         _coef_dfn[(k_tiles, tsplit)](x, G, dfn_p, T, K, t_per_split, N=N, NP=NP, BT=BT, BK=BK,
                                      PREC=prec, num_warps=cfg["num_warps"],
                                      num_stages=cfg["num_stages"])
-    dfn = dfn_p[:, :N].sum(0) if tsplit > 1 else dfn_p[0, :N]
+    # partials summed as contiguous rows (an outer reduction torch vectorises)
+    dfn = dfn_p.view(tsplit, -1)[:, :N * K].sum(0).view(N, K) if tsplit > 1 else dfn_p[0, :N]
     red = red.sum(0)
     return dx, dfn, red[3:], red[:3]
 
@@ -831,9 +844,12 @@ def coef_forward_torch(x, fn, base, scale, iters, rms_eps, hc_eps):
 
 
 def coef_backward_torch(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
-                        h_pre=None, dh=None, h_res=None, gout=None):
+                        h_pre=None, dh=None, h_res=None, gout=None, post_part=None):
     """PyTorch twin of :func:`coef_backward_triton` (explicit formulas, see the header)."""
     T, n, C = x.shape
+    if post_part is not None:
+        summed = post_part.sum(0)
+        d_post, d_res = summed[:, :n], summed[:, n:].view(T, n, n)
     K, N = n * C, (n + 2) * n
     dt = mix.dtype
     proj, inv_r = mix[:, :N], mix[:, N:]

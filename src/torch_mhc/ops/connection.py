@@ -21,10 +21,12 @@ Measured on an H100 (benchmarks/results/kernels_h100_s3.json, T = C = 4096, n = 
 whole forward's kernels take 221 us (91% of the copy bandwidth for 18 units), the backward's
 419 us (75% of 28 units plus dfn; the dx + dfn pass takes 203 us).
 
-The hand-off: ``connection_post``'s backward returns no gradient for ``x`` and parks
-``g = d out`` on the shared ``link``; ``connection_pre``'s backward, which autograd always runs
-after it (it consumes ``dH_post``/``dH_res`` that post's backward produces), adds
-``H_res^T g`` into its single ``dx`` pass. The two halves must therefore be used as a pair on
+The hand-off: ``connection_post``'s backward returns no gradient for ``x``, ``H_post`` or
+``H_res``; it parks ``g = d out`` and its per-channel-slice partial sums of
+``[dH_post, dH_res]`` on the shared ``link``. ``connection_pre``'s backward, which autograd
+always runs after it (it produced ``H_post``/``H_res``), adds ``H_res^T g`` into its single
+``dx`` pass and sums the partials in its token kernel (adding any gradient that other
+consumers of ``H_post``/``H_res`` sent). The two halves must therefore be used as a pair on
 the same ``x``, which ``HyperConnection`` guarantees.
 
 Saved for backward per connection: ``x`` (the stream tensor that exists anyway, not copied),
@@ -49,10 +51,11 @@ __all__ = ["connection_pre", "connection_post", "ConnectionLink"]
 class ConnectionLink:
     """Carries ``g = d out`` from the post half's backward to the pre half's backward."""
 
-    __slots__ = ("g",)
+    __slots__ = ("g", "part")
 
     def __init__(self):
         self.g: Optional[torch.Tensor] = None
+        self.part: Optional[torch.Tensor] = None  # (S, T, n + n^2) partial [dH_post, dH_res]
 
 
 class _ConnectionPreFn(torch.autograd.Function):
@@ -63,6 +66,7 @@ class _ConnectionPreFn(torch.autograd.Function):
         h = _PRE_IMPL[impl][0](x, h_pre)
         ctx.save_for_backward(x, fn, base, scale, mix, h_pre, h_res)
         ctx.cfg = (link, iters, hc_eps, impl)
+        ctx.set_materialize_grads(False)  # unused outputs get None, not zero tensors
         return h, h_pre, h_post, h_res
 
     @staticmethod
@@ -70,6 +74,14 @@ class _ConnectionPreFn(torch.autograd.Function):
         x, fn, base, scale, mix, h_pre, h_res = ctx.saved_tensors
         link, iters, hc_eps, impl = ctx.cfg
         g, link.g = link.g, None
+        part, link.part = link.part, None
+        if part is not None and (d_hpost is not None or d_hres is not None):
+            # H_post / H_res also feed something else: add the post half's partials here
+            n = x.shape[1]
+            summed = part.sum(0)
+            d_hpost = summed[:, :n] + (0 if d_hpost is None else d_hpost)
+            d_hres = summed[:, n:].view(-1, n, n) + (0 if d_hres is None else d_hres)
+            part = None
         d_pre = d_hpre
         if dh is not None:
             dh = dh.contiguous()
@@ -78,7 +90,7 @@ class _ConnectionPreFn(torch.autograd.Function):
         dx, dfn, dbase, dscale = _COEF_IMPL[impl][1](
             x, fn, base, scale, mix, d_pre, d_hpost, d_hres, iters, hc_eps,
             h_pre=h_pre if dh is not None else None, dh=dh,
-            h_res=h_res if g is not None else None, gout=g)
+            h_res=h_res if g is not None else None, gout=g, post_part=part)
         return (dx, dfn.to(fn.dtype), dbase.to(base.dtype), dscale.to(scale.dtype),
                 None, None, None, None, None)
 
@@ -95,9 +107,11 @@ class _ConnectionPostFn(torch.autograd.Function):
         x, y, h_post, h_res = ctx.saved_tensors
         link, impl = ctx.cfg
         g = g.contiguous()
-        _, dy, dhpost, dhres = _POST_IMPL[impl][1](x, y, h_post, h_res, g, False)
-        link.g = g  # H_res^T g is added to dx by the pre half's backward
-        return None, dy, dhpost, dhres, None, None
+        _, dy, part = _POST_IMPL[impl][1](x, y, h_post, h_res, g, False, partials=True)
+        # H_res^T g is added to dx, and the partial [dH_post, dH_res] summed, by the pre
+        # half's backward (which autograd runs after this one)
+        link.g, link.part = g, part
+        return None, dy, None, None, None, None
 
 
 def _impl(x: torch.Tensor) -> str:

@@ -114,11 +114,13 @@ def post_res_forward_triton(x, y, h_post, h_res):
     return out
 
 
-def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
+def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True, partials=False):
     """``(dx or None, dy, dH_post, dH_res)`` in one pass over ``g``, ``x`` and ``y``.
 
     ``dH_post`` (T, n) and ``dH_res`` (T, n, n) are float32 row views of one (T, n + n^2)
-    buffer (the sum of the per-channel-slice partials).
+    buffer (the sum of the per-channel-slice partials). With ``partials`` the last two are
+    replaced by the unsummed ``(S, T, n + n^2)`` partials (the fused connection sums them in
+    its token backward kernel).
     """
     T, n, C = x.shape
     NB = next_pow2(n)
@@ -134,6 +136,8 @@ def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
     _post_res_bwd[(triton_cdiv(T, BT), S)](
         x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, C,
         n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=write_dx, num_warps=cfg["num_warps"])
+    if partials:
+        return dx, dy, part
     red = part.sum(0) if S > 1 else part[0]
     return dx, dy, red[:, :n], red[:, n:].view(T, n, n)
 
@@ -145,14 +149,16 @@ def post_res_forward_torch(x, y, h_post, h_res):
     return (out + h_post.to(dt).unsqueeze(-1) * y.to(dt).unsqueeze(-2)).to(x.dtype)
 
 
-def post_res_backward_torch(x, y, h_post, h_res, g, write_dx=True):
-    """PyTorch twin of :func:`post_res_backward_triton`."""
+def post_res_backward_torch(x, y, h_post, h_res, g, write_dx=True, partials=False):
+    """PyTorch twin of :func:`post_res_backward_triton` (one "partial" when ``partials``)."""
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     gf, xf, yf = g.to(dt), x.to(dt), y.to(dt)
     dy = torch.einsum("ti,tic->tc", h_post.to(dt), gf).to(y.dtype)
     dhpost = torch.einsum("tic,tc->ti", gf, yf)
     dhres = torch.einsum("tic,tjc->tij", gf, xf)
     dx = torch.einsum("tij,tic->tjc", h_res.to(dt), gf).to(x.dtype) if write_dx else None
+    if partials:
+        return dx, dy, torch.cat([dhpost, dhres.flatten(1)], 1).unsqueeze(0)
     return dx, dy, dhpost, dhres
 
 
