@@ -435,8 +435,10 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                      HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr,
                      LS: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr):
     # bf16 streams, n <= 4: the sums of ``_coef_bwd_x_kernel`` with every stream's tile a 2D
-    # [BT, BC] tensor of its own (written out per stream: no 3D tile reshaped around
-    # ``tl.dot``, which spills), dfn accumulated in the same pass:
+    # [BT, BC] tensor of its own (no 3D tile reshaped around ``tl.dot``; the four streams are
+    # written out one after another because LazyJit kernels cannot call ``@triton.jit``
+    # helpers and Triton loops carry no lists), dfn accumulated in the same pass, the token
+    # loop software-pipelined (``LS`` stages of cp.async prefetch):
     #   dx[t, i, c] = sum_o G[t, o] fn[o, iC + c] + 2 x[t, i, c] dss[t] + H_pre[t, i] dh[t, c]
     #                 + sum_j H_res[t, j, i] g[t, j, c]
     #   dfn[o, iC + c] (this program's token range) = sum_t G[t, o] x[t, i, c]
