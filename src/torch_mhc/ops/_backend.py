@@ -72,12 +72,15 @@ class LazyJit:
     ``triton.jit`` decides at decoration time whether a function runs on the GPU or in the
     CPU interpreter (it reads ``TRITON_INTERPRET`` then). Decorating lazily, per mode, lets
     tests switch the interpreter on after ``torch_mhc`` was imported, and keeps importing
-    ``torch_mhc`` free of Triton. Kernels must not call other ``@triton.jit`` helpers (the
-    interpreter does not resolve them from a closure); they are written inline.
+    ``torch_mhc`` free of Triton. Device functions the kernel calls are plain functions
+    passed as ``helpers``: each is decorated per mode the same way and bound under its own
+    name in the kernel's module globals whenever the kernel is fetched for a mode (the
+    interpreter looks them up there at call time, the compiler when it first compiles).
     """
 
-    def __init__(self, fn):
+    def __init__(self, fn, helpers=()):
         self.fn = fn
+        self.helpers = tuple(helpers)
         self._compiled = {}
         self._fast = {}
         functools.update_wrapper(self, fn)
@@ -85,23 +88,11 @@ class LazyJit:
     def jit(self, interpret: Optional[bool] = None):
         """The ``triton.jit`` object for the requested (default: current) mode."""
         mode = interpret_mode() if interpret is None else interpret
+        for helper in self.helpers:
+            self.fn.__globals__[helper.__name__] = _decorate(helper, mode)
         kernel = self._compiled.get(mode)
         if kernel is None:
-            import triton
-            import triton.language as tl
-            # the kernel sources use ``tl`` as a global; provide it here so that importing
-            # torch_mhc does not import Triton
-            self.fn.__globals__.setdefault("tl", tl)
-            old = os.environ.get("TRITON_INTERPRET")
-            os.environ["TRITON_INTERPRET"] = "1" if mode else "0"
-            try:
-                kernel = triton.jit(self.fn)
-            finally:
-                if old is None:
-                    del os.environ["TRITON_INTERPRET"]
-                else:
-                    os.environ["TRITON_INTERPRET"] = old
-            self._compiled[mode] = kernel
+            kernel = self._compiled[mode] = _decorate(self.fn, mode)
         return kernel
 
     def __getitem__(self, grid):
@@ -148,6 +139,32 @@ class LazyJit:
     def _param_names(self):
         import inspect
         return list(inspect.signature(self.fn).parameters)
+
+
+_DECORATED: dict = {}
+
+
+def _decorate(fn, interpret: bool):
+    """``triton.jit(fn)`` as Triton decorates it in that mode (it reads ``TRITON_INTERPRET``
+    at decoration time), cached per function and mode."""
+    key = (fn, interpret)
+    out = _DECORATED.get(key)
+    if out is None:
+        import triton
+        import triton.language as tl
+        # the kernel sources use ``tl`` as a global; provide it here so that importing
+        # torch_mhc does not import Triton
+        fn.__globals__.setdefault("tl", tl)
+        old = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+        try:
+            out = _DECORATED[key] = triton.jit(fn)
+        finally:
+            if old is None:
+                del os.environ["TRITON_INTERPRET"]
+            else:
+                os.environ["TRITON_INTERPRET"] = old
+    return out
 
 
 def _spec(a):

@@ -427,6 +427,55 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                  acc3, mask=(oo < N)[:, None, None] & icmask[None, :, :])
 
 
+def _split_hi_lo(v, PREC: tl.constexpr):
+    """A float32 tile as two bf16 tiles ``hi + lo`` (held in float32 by the interpreter,
+    ``PREC == 3``, which cannot multiply bf16 matrices)."""
+    hi = v.to(tl.bfloat16)
+    lo = (v - hi.to(tl.float32)).to(tl.bfloat16)
+    if PREC == 3:
+        hi = hi.to(tl.float32)
+        lo = lo.to(tl.float32)
+    return hi, lo
+
+
+def _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv, g0, g1, g2, g3,
+                Gh, Gl, GhT, GlT, Wh, Wl, acc, C,
+                i: tl.constexpr, n: tl.constexpr, PREC: tl.constexpr, HAS_PRE: tl.constexpr,
+                HAS_RES: tl.constexpr, DFN: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr):
+    """Stream ``i`` of one token tile of ``_coef_dx4_kernel``: writes its dx tile and
+    returns its dfn accumulator ``acc`` updated."""
+    x = tl.load(xb + x_off + i * C, mask=m2, other=0.0)
+    if PREC == 3:
+        xd = x.to(tl.float32)
+    else:
+        xd = x
+    d = tl.dot(Gh, Wh)
+    if DXP == 3:
+        d = tl.dot(Gh, Wl, d)
+        d = tl.dot(Gl, Wh, d)
+    d += dss2[:, None] * x.to(tl.float32)
+    if HAS_PRE:
+        d += tl.load(hpre_ptr + r64 * n + i, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
+    if HAS_RES:  # sum_j H_res[t, j, i] g_j
+        d += tl.load(hres_ptr + r64 * (n * n) + 0 * n + i, mask=rmask,
+                     other=0.0)[:, None] * g0.to(tl.float32)
+        if n > 1:
+            d += tl.load(hres_ptr + r64 * (n * n) + 1 * n + i, mask=rmask,
+                         other=0.0)[:, None] * g1.to(tl.float32)
+        if n > 2:
+            d += tl.load(hres_ptr + r64 * (n * n) + 2 * n + i, mask=rmask,
+                         other=0.0)[:, None] * g2.to(tl.float32)
+        if n > 3:
+            d += tl.load(hres_ptr + r64 * (n * n) + 3 * n + i, mask=rmask,
+                         other=0.0)[:, None] * g3.to(tl.float32)
+    tl.store(dxb + x_off + i * C, d.to(dxb.dtype.element_ty), mask=m2)
+    if DFN:
+        acc = tl.dot(GhT, xd, acc)
+        if DFP == 2:
+            acc = tl.dot(GlT, xd, acc)
+    return acc
+
+
 def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                      hpre_ptr, dh_ptr, hres_ptr, gout_ptr,
                      T, C, K, t_per_split,
@@ -435,10 +484,10 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                      HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr,
                      LS: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr):
     # bf16 streams, n <= 4: the sums of ``_coef_bwd_x_kernel`` with every stream's tile a 2D
-    # [BT, BC] tensor of its own (no 3D tile reshaped around ``tl.dot``; the four streams are
-    # written out one after another because LazyJit kernels cannot call ``@triton.jit``
-    # helpers and Triton loops carry no lists), dfn accumulated in the same pass, the token
-    # loop software-pipelined (``LS`` stages of cp.async prefetch):
+    # [BT, BC] tensor of its own (no 3D tile reshaped around ``tl.dot``; one
+    # ``_dx4_stream`` call per stream, since Triton loops carry no lists of tiles), dfn
+    # accumulated in the same pass, the token loop software-pipelined (``LS`` stages of
+    # cp.async prefetch):
     #   dx[t, i, c] = sum_o G[t, o] fn[o, iC + c] + 2 x[t, i, c] dss[t] + H_pre[t, i] dh[t, c]
     #                 + sum_j H_res[t, j, i] g[t, j, c]
     #   dfn[o, iC + c] (this program's token range) = sum_t G[t, o] x[t, i, c]
@@ -453,33 +502,13 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
     rl = tl.arange(0, BT)
     w_mask = (oo < N)[:, None] & cmask[None, :]
     w_off = oo[:, None] * K + cc[None, :]
-    W = tl.load(fn_ptr + w_off + 0 * C, mask=w_mask & (n > 0), other=0.0)
-    Wh0 = W.to(tl.bfloat16)
-    Wl0 = (W - Wh0.to(tl.float32)).to(tl.bfloat16)
-    if PREC == 3:  # interpreter: the same split, products in float32
-        Wh0 = Wh0.to(tl.float32)
-        Wl0 = Wl0.to(tl.float32)
+    Wh0, Wl0 = _split_hi_lo(tl.load(fn_ptr + w_off + 0 * C, mask=w_mask & (n > 0), other=0.0), PREC)
+    Wh1, Wl1 = _split_hi_lo(tl.load(fn_ptr + w_off + 1 * C, mask=w_mask & (n > 1), other=0.0), PREC)
+    Wh2, Wl2 = _split_hi_lo(tl.load(fn_ptr + w_off + 2 * C, mask=w_mask & (n > 2), other=0.0), PREC)
+    Wh3, Wl3 = _split_hi_lo(tl.load(fn_ptr + w_off + 3 * C, mask=w_mask & (n > 3), other=0.0), PREC)
     a0 = tl.zeros([NP, BC], dtype=tl.float32)
-    W = tl.load(fn_ptr + w_off + 1 * C, mask=w_mask & (n > 1), other=0.0)
-    Wh1 = W.to(tl.bfloat16)
-    Wl1 = (W - Wh1.to(tl.float32)).to(tl.bfloat16)
-    if PREC == 3:  # interpreter: the same split, products in float32
-        Wh1 = Wh1.to(tl.float32)
-        Wl1 = Wl1.to(tl.float32)
     a1 = tl.zeros([NP, BC], dtype=tl.float32)
-    W = tl.load(fn_ptr + w_off + 2 * C, mask=w_mask & (n > 2), other=0.0)
-    Wh2 = W.to(tl.bfloat16)
-    Wl2 = (W - Wh2.to(tl.float32)).to(tl.bfloat16)
-    if PREC == 3:  # interpreter: the same split, products in float32
-        Wh2 = Wh2.to(tl.float32)
-        Wl2 = Wl2.to(tl.float32)
     a2 = tl.zeros([NP, BC], dtype=tl.float32)
-    W = tl.load(fn_ptr + w_off + 3 * C, mask=w_mask & (n > 3), other=0.0)
-    Wh3 = W.to(tl.bfloat16)
-    Wl3 = (W - Wh3.to(tl.float32)).to(tl.bfloat16)
-    if PREC == 3:  # interpreter: the same split, products in float32
-        Wh3 = Wh3.to(tl.float32)
-        Wl3 = Wl3.to(tl.float32)
     a3 = tl.zeros([NP, BC], dtype=tl.float32)
     x_off = rl[:, None] * K + cc[None, :]
     t_lo = pid_s * t_per_split
@@ -491,14 +520,11 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
         tb = (t_lo + tt).to(tl.int64) * K  # this tile's first row; int32 offsets inside it
         Gt = tl.load(g_ptr + r64[:, None] * NP + oo[None, :],
                      mask=rmask[:, None] & (oo < N)[None, :], other=0.0)
-        Gh = Gt.to(tl.bfloat16)
-        Gl = (Gt - Gh.to(tl.float32)).to(tl.bfloat16)
-        if PREC == 3:
-            Gh = Gh.to(tl.float32)
-            Gl = Gl.to(tl.float32)
+        Gh, Gl = _split_hi_lo(Gt, PREC)
         GhT = tl.trans(Gh)
         GlT = tl.trans(Gl)
         dss2 = 2.0 * tl.load(dss_ptr + rows, mask=rmask, other=0.0)
+        dhv, g0, g1, g2, g3 = None, None, None, None, None  # stay None for a term that is off
         if HAS_PRE:
             dhv = tl.load(dh_ptr + (t_lo + tt).to(tl.int64) * C + rl[:, None] * C + cc[None, :],
                           mask=m2, other=0.0)
@@ -507,119 +533,30 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
             g1 = tl.load(gout_ptr + tb + x_off + 1 * C, mask=m2 & (n > 1), other=0.0)
             g2 = tl.load(gout_ptr + tb + x_off + 2 * C, mask=m2 & (n > 2), other=0.0)
             g3 = tl.load(gout_ptr + tb + x_off + 3 * C, mask=m2 & (n > 3), other=0.0)
-        x0 = tl.load(x_ptr + tb + x_off + 0 * C, mask=m2, other=0.0)
-        if PREC == 3:
-            xd = x0.to(tl.float32)
-        else:
-            xd = x0
-        d = tl.dot(Gh, Wh0)
-        if DXP == 3:
-            d = tl.dot(Gh, Wl0, d)
-            d = tl.dot(Gl, Wh0, d)
-        d += dss2[:, None] * x0.to(tl.float32)
-        if HAS_PRE:
-            d += tl.load(hpre_ptr + r64 * n + 0, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
-        if HAS_RES:
-            if n > 0:
-                d += tl.load(hres_ptr + r64 * (n * n) + 0 * n + 0, mask=rmask, other=0.0)[:, None] * g0.to(tl.float32)
-            if n > 1:
-                d += tl.load(hres_ptr + r64 * (n * n) + 1 * n + 0, mask=rmask, other=0.0)[:, None] * g1.to(tl.float32)
-            if n > 2:
-                d += tl.load(hres_ptr + r64 * (n * n) + 2 * n + 0, mask=rmask, other=0.0)[:, None] * g2.to(tl.float32)
-            if n > 3:
-                d += tl.load(hres_ptr + r64 * (n * n) + 3 * n + 0, mask=rmask, other=0.0)[:, None] * g3.to(tl.float32)
-        tl.store(dx_ptr + tb + x_off + 0 * C, d.to(dx_ptr.dtype.element_ty), mask=m2)
-        if DFN:
-            a0 = tl.dot(GhT, xd, a0)
-            if DFP == 2:
-                a0 = tl.dot(GlT, xd, a0)
+        xb = x_ptr + tb
+        dxb = dx_ptr + tb
+        a0 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
+                         g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh0, Wl0, a0, C,
+                         0, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP)
         if n > 1:
-            x1 = tl.load(x_ptr + tb + x_off + 1 * C, mask=m2, other=0.0)
-            if PREC == 3:
-                xd = x1.to(tl.float32)
-            else:
-                xd = x1
-            d = tl.dot(Gh, Wh1)
-            if DXP == 3:
-                d = tl.dot(Gh, Wl1, d)
-                d = tl.dot(Gl, Wh1, d)
-            d += dss2[:, None] * x1.to(tl.float32)
-            if HAS_PRE:
-                d += tl.load(hpre_ptr + r64 * n + 1, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
-            if HAS_RES:
-                if n > 0:
-                    d += tl.load(hres_ptr + r64 * (n * n) + 0 * n + 1, mask=rmask, other=0.0)[:, None] * g0.to(tl.float32)
-                if n > 1:
-                    d += tl.load(hres_ptr + r64 * (n * n) + 1 * n + 1, mask=rmask, other=0.0)[:, None] * g1.to(tl.float32)
-                if n > 2:
-                    d += tl.load(hres_ptr + r64 * (n * n) + 2 * n + 1, mask=rmask, other=0.0)[:, None] * g2.to(tl.float32)
-                if n > 3:
-                    d += tl.load(hres_ptr + r64 * (n * n) + 3 * n + 1, mask=rmask, other=0.0)[:, None] * g3.to(tl.float32)
-            tl.store(dx_ptr + tb + x_off + 1 * C, d.to(dx_ptr.dtype.element_ty), mask=m2)
-            if DFN:
-                a1 = tl.dot(GhT, xd, a1)
-                if DFP == 2:
-                    a1 = tl.dot(GlT, xd, a1)
+            a1 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
+                             g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh1, Wl1, a1, C,
+                             1, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP)
         if n > 2:
-            x2 = tl.load(x_ptr + tb + x_off + 2 * C, mask=m2, other=0.0)
-            if PREC == 3:
-                xd = x2.to(tl.float32)
-            else:
-                xd = x2
-            d = tl.dot(Gh, Wh2)
-            if DXP == 3:
-                d = tl.dot(Gh, Wl2, d)
-                d = tl.dot(Gl, Wh2, d)
-            d += dss2[:, None] * x2.to(tl.float32)
-            if HAS_PRE:
-                d += tl.load(hpre_ptr + r64 * n + 2, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
-            if HAS_RES:
-                if n > 0:
-                    d += tl.load(hres_ptr + r64 * (n * n) + 0 * n + 2, mask=rmask, other=0.0)[:, None] * g0.to(tl.float32)
-                if n > 1:
-                    d += tl.load(hres_ptr + r64 * (n * n) + 1 * n + 2, mask=rmask, other=0.0)[:, None] * g1.to(tl.float32)
-                if n > 2:
-                    d += tl.load(hres_ptr + r64 * (n * n) + 2 * n + 2, mask=rmask, other=0.0)[:, None] * g2.to(tl.float32)
-                if n > 3:
-                    d += tl.load(hres_ptr + r64 * (n * n) + 3 * n + 2, mask=rmask, other=0.0)[:, None] * g3.to(tl.float32)
-            tl.store(dx_ptr + tb + x_off + 2 * C, d.to(dx_ptr.dtype.element_ty), mask=m2)
-            if DFN:
-                a2 = tl.dot(GhT, xd, a2)
-                if DFP == 2:
-                    a2 = tl.dot(GlT, xd, a2)
+            a2 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
+                             g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh2, Wl2, a2, C,
+                             2, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP)
         if n > 3:
-            x3 = tl.load(x_ptr + tb + x_off + 3 * C, mask=m2, other=0.0)
-            if PREC == 3:
-                xd = x3.to(tl.float32)
-            else:
-                xd = x3
-            d = tl.dot(Gh, Wh3)
-            if DXP == 3:
-                d = tl.dot(Gh, Wl3, d)
-                d = tl.dot(Gl, Wh3, d)
-            d += dss2[:, None] * x3.to(tl.float32)
-            if HAS_PRE:
-                d += tl.load(hpre_ptr + r64 * n + 3, mask=rmask, other=0.0)[:, None] * dhv.to(tl.float32)
-            if HAS_RES:
-                if n > 0:
-                    d += tl.load(hres_ptr + r64 * (n * n) + 0 * n + 3, mask=rmask, other=0.0)[:, None] * g0.to(tl.float32)
-                if n > 1:
-                    d += tl.load(hres_ptr + r64 * (n * n) + 1 * n + 3, mask=rmask, other=0.0)[:, None] * g1.to(tl.float32)
-                if n > 2:
-                    d += tl.load(hres_ptr + r64 * (n * n) + 2 * n + 3, mask=rmask, other=0.0)[:, None] * g2.to(tl.float32)
-                if n > 3:
-                    d += tl.load(hres_ptr + r64 * (n * n) + 3 * n + 3, mask=rmask, other=0.0)[:, None] * g3.to(tl.float32)
-            tl.store(dx_ptr + tb + x_off + 3 * C, d.to(dx_ptr.dtype.element_ty), mask=m2)
-            if DFN:
-                a3 = tl.dot(GhT, xd, a3)
-                if DFP == 2:
-                    a3 = tl.dot(GlT, xd, a3)
+            a3 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
+                             g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh3, Wl3, a3, C,
+                             3, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP)
     if DFN:
         out = dfn_ptr + pid_s.to(tl.int64) * NP * K + w_off
         tl.store(out + 0 * C, a0, mask=w_mask & (n > 0))
         tl.store(out + 1 * C, a1, mask=w_mask & (n > 1))
         tl.store(out + 2 * C, a2, mask=w_mask & (n > 2))
         tl.store(out + 3 * C, a3, mask=w_mask & (n > 3))
+
 
 def _coef_dfn_kernel(x_ptr, g_ptr, dfn_ptr, T, K, t_per_split,
                      N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -662,7 +599,7 @@ _coef_token = LazyJit(_coef_token_kernel)
 _coef_token_bwd = LazyJit(_coef_token_bwd_kernel)
 _coef_bwd_x = LazyJit(_coef_bwd_x_kernel)
 _coef_dfn = LazyJit(_coef_dfn_kernel)
-_coef_dx4 = LazyJit(_coef_dx4_kernel)
+_coef_dx4 = LazyJit(_coef_dx4_kernel, helpers=(_split_hi_lo, _dx4_stream))
 
 
 def _rows(t):
