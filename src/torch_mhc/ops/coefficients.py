@@ -91,6 +91,17 @@ def mhc_coefficients_reference(x: torch.Tensor, fn: torch.Tensor, base: torch.Te
 # padded Sinkhorn entries hold -1e30 ("minus infinity", finite: no inf - inf) in the kernels
 
 
+def _split_hi_lo(v, PREC: tl.constexpr):
+    """A float32 tile as two bf16 tiles ``hi + lo`` (held in float32 by the interpreter,
+    ``PREC == 3``, which cannot multiply bf16 matrices)."""
+    hi = v.to(tl.bfloat16)
+    lo = (v - hi.to(tl.float32)).to(tl.bfloat16)
+    if PREC == 3:
+        hi = hi.to(tl.float32)
+        lo = lo.to(tl.float32)
+    return hi, lo
+
+
 def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, k_per_split,
                       N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       PREC: tl.constexpr):
@@ -115,14 +126,13 @@ def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, k_per_split,
         w = tl.load(fn_ptr + oo[None, :] * K + ks[:, None],
                     mask=omask[None, :] & kmask[:, None], other=0.0).to(tl.float32)  # [BK, NP]
         if PREC >= 2:  # bf16 x: w = hi + lo, two bf16 products (x is exact in bf16)
-            w_hi = w.to(tl.bfloat16)
-            w_lo = (w - w_hi.to(tl.float32)).to(tl.bfloat16)
+            w_hi, w_lo = _split_hi_lo(w, PREC)
             if PREC == 2:
                 acc = tl.dot(xt, w_hi, acc)
                 acc = tl.dot(xt, w_lo, acc)
             else:  # interpreter: the same split, products in float32
-                acc = tl.dot(xf, w_hi.to(tl.float32), acc, input_precision="ieee")
-                acc = tl.dot(xf, w_lo.to(tl.float32), acc, input_precision="ieee")
+                acc = tl.dot(xf, w_hi, acc, input_precision="ieee")
+                acc = tl.dot(xf, w_lo, acc, input_precision="ieee")
         elif PREC == 1:
             acc = tl.dot(xf, w, acc, input_precision="tf32x3")
         else:
@@ -362,8 +372,7 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                  mask=(oo < N)[:, None, None] & icmask[None, :, :], other=0.0).to(tl.float32)
     W = tl.reshape(W3, [NP, QB])
     if PREC >= 2:
-        W_hi = W.to(tl.bfloat16)
-        W_lo = (W - W_hi.to(tl.float32)).to(tl.bfloat16)
+        W_hi, W_lo = _split_hi_lo(W, PREC)
     acc = tl.zeros([NP, QB], dtype=tl.float32)
     t_lo = pid_s * t_per_split
     for tt in tl.range(0, t_per_split, BT, num_stages=LS):
@@ -378,8 +387,7 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
         Gt = tl.load(g_ptr + (t0 + rl)[:, None].to(tl.int64) * NP + oo[None, :],
                      mask=rmask[:, None] & (oo < N)[None, :], other=0.0)
         if PREC >= 2:  # G = hi + lo: hi W_hi + hi W_lo + lo W_hi, and G^T x = hi^T x + lo^T x
-            G_hi = Gt.to(tl.bfloat16)
-            G_lo = (Gt - G_hi.to(tl.float32)).to(tl.bfloat16)
+            G_hi, G_lo = _split_hi_lo(Gt, PREC)
             if PREC == 2:
                 d2 = tl.dot(G_hi, W_hi)
                 d2 = tl.dot(G_hi, W_lo, d2)
@@ -388,14 +396,12 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                     acc = tl.dot(tl.trans(G_hi), xt, acc)
                     acc = tl.dot(tl.trans(G_lo), xt, acc)
             else:  # interpreter: the same split, products in float32
-                Gh = G_hi.to(tl.float32)
-                Gl = G_lo.to(tl.float32)
-                d2 = tl.dot(Gh, W_hi.to(tl.float32), input_precision="ieee")
-                d2 = tl.dot(Gh, W_lo.to(tl.float32), d2, input_precision="ieee")
-                d2 = tl.dot(Gl, W_hi.to(tl.float32), d2, input_precision="ieee")
+                d2 = tl.dot(G_hi, W_hi, input_precision="ieee")
+                d2 = tl.dot(G_hi, W_lo, d2, input_precision="ieee")
+                d2 = tl.dot(G_lo, W_hi, d2, input_precision="ieee")
                 if DFN:
-                    acc = tl.dot(tl.trans(Gh), xt.to(tl.float32), acc, input_precision="ieee")
-                    acc = tl.dot(tl.trans(Gl), xt.to(tl.float32), acc, input_precision="ieee")
+                    acc = tl.dot(tl.trans(G_hi), xt.to(tl.float32), acc, input_precision="ieee")
+                    acc = tl.dot(tl.trans(G_lo), xt.to(tl.float32), acc, input_precision="ieee")
         elif PREC == 1:
             d2 = tl.dot(Gt, W, input_precision="tf32x3")
             if DFN:
@@ -425,17 +431,6 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
         acc3 = tl.reshape(acc, [NP, NB, BC])
         tl.store(dfn_ptr + (pid_s * NP + oo[:, None, None]).to(tl.int64) * K + ic_off[None, :, :],
                  acc3, mask=(oo < N)[:, None, None] & icmask[None, :, :])
-
-
-def _split_hi_lo(v, PREC: tl.constexpr):
-    """A float32 tile as two bf16 tiles ``hi + lo`` (held in float32 by the interpreter,
-    ``PREC == 3``, which cannot multiply bf16 matrices)."""
-    hi = v.to(tl.bfloat16)
-    lo = (v - hi.to(tl.float32)).to(tl.bfloat16)
-    if PREC == 3:
-        hi = hi.to(tl.float32)
-        lo = lo.to(tl.float32)
-    return hi, lo
 
 
 def _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv, g0, g1, g2, g3,
@@ -578,14 +573,13 @@ def _coef_dfn_kernel(x_ptr, g_ptr, dfn_ptr, T, K, t_per_split,
         GT = tl.load(g_ptr + r64[None, :] * NP + oo[:, None],
                      mask=(oo < N)[:, None] & rmask[None, :], other=0.0)  # [NP, BT]
         if PREC >= 2:
-            G_hi = GT.to(tl.bfloat16)
-            G_lo = (GT - G_hi.to(tl.float32)).to(tl.bfloat16)
+            G_hi, G_lo = _split_hi_lo(GT, PREC)
             if PREC == 2:
                 acc = tl.dot(G_hi, xt, acc)
                 acc = tl.dot(G_lo, xt, acc)
             else:
-                acc = tl.dot(G_hi.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
-                acc = tl.dot(G_lo.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
+                acc = tl.dot(G_hi, xt.to(tl.float32), acc, input_precision="ieee")
+                acc = tl.dot(G_lo, xt.to(tl.float32), acc, input_precision="ieee")
         elif PREC == 1:
             acc = tl.dot(GT, xt.to(tl.float32), acc, input_precision="tf32x3")
         else:
@@ -594,11 +588,11 @@ def _coef_dfn_kernel(x_ptr, g_ptr, dfn_ptr, T, K, t_per_split,
              mask=(oo < N)[:, None] & kmask[None, :])
 
 
-_coef_gemm = LazyJit(_coef_gemm_kernel)
+_coef_gemm = LazyJit(_coef_gemm_kernel, helpers=(_split_hi_lo,))
 _coef_token = LazyJit(_coef_token_kernel)
 _coef_token_bwd = LazyJit(_coef_token_bwd_kernel)
-_coef_bwd_x = LazyJit(_coef_bwd_x_kernel)
-_coef_dfn = LazyJit(_coef_dfn_kernel)
+_coef_bwd_x = LazyJit(_coef_bwd_x_kernel, helpers=(_split_hi_lo,))
+_coef_dfn = LazyJit(_coef_dfn_kernel, helpers=(_split_hi_lo,))
 _coef_dx4 = LazyJit(_coef_dx4_kernel, helpers=(_split_hi_lo, _dx4_stream))
 
 
