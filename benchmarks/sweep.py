@@ -26,6 +26,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--C", type=int, default=4096)
     ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--only", default=None, help="comma list of tuning keys to sweep (default all)")
     args = ap.parse_args()
     from triton.testing import do_bench
 
@@ -101,6 +102,21 @@ def main() -> int:
         ("post_res_fwd", lambda: po.post_res_forward_triton(x, y, hq, hr), (2 * n + 1) * unit,
          [dict(BT=1, BC=2048, num_warps=8), dict(BT=1, BC=1024, num_warps=4),
           dict(BT=2, BC=1024, num_warps=8), dict(BT=1, BC=4096, num_warps=8)]),
+        ("post_res_proj", lambda: po.post_res_project_triton(x, y, hq, hr, fn),
+         (2 * n + 1) * unit + N * K * 4,  # chained connections: post-res + next projection
+         [dict(BT=64, BC=32, num_warps=4, num_stages=1, ls=2, waves=2),
+          dict(BT=128, BC=32, num_warps=8, num_stages=1, ls=2, waves=2),
+          dict(BT=32, BC=32, num_warps=8, num_stages=1, ls=2, waves=2),
+          dict(BT=16, BC=32, num_warps=4, num_stages=1, ls=2, waves=2),
+          dict(BT=32, BC=32, num_warps=4, num_stages=1, ls=2, waves=2),
+          dict(BT=64, BC=64, num_warps=4, num_stages=1, ls=2, waves=2),
+          dict(BT=64, BC=16, num_warps=4, num_stages=1, ls=3, waves=2),
+          dict(BT=128, BC=16, num_warps=8, num_stages=1, ls=3, waves=2),
+          dict(BT=64, BC=32, num_warps=8, num_stages=1, ls=2, waves=2),
+          dict(BT=64, BC=32, num_warps=4, num_stages=1, ls=3, waves=2),
+          dict(BT=64, BC=32, num_warps=4, num_stages=1, ls=1, waves=2),
+          dict(BT=64, BC=32, num_warps=4, num_stages=1, ls=2, waves=4),
+          dict(BT=32, BC=32, num_warps=8, num_stages=1, ls=2, waves=4)]),
         ("post_res_bwd", lambda: po.post_res_backward_triton(x, y, hq, hr, g, False),
          (2 * n + 2) * unit,
          [dict(BT=2, BC=512, num_warps=4), dict(BT=1, BC=1024, num_warps=4),
@@ -110,6 +126,8 @@ def main() -> int:
     ]
     best = {}
     report = {}
+    if args.only:
+        jobs = [j for j in jobs if j[0] in args.only.split(",")]
     for name, fn_call, nbytes, cfgs in jobs:
         if name in MODES:
             TUNING["coef_bwd"] = MODES[name]

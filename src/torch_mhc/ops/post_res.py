@@ -101,17 +101,20 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
         tl.store(dx_ptr + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
 
 
-def _post_res_proj_stream(x0, x1, x2, x3, y, hp, h0, h1, h2, h3, out_i, fn_i, w_off, w_mask,
-                          st_off, m2, acc, ss, n: tl.constexpr, PREC: tl.constexpr):
+def _post_res_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, r2, rm2, out_i, fn_i, w_off,
+                          w_mask, st_off, m2, acc, ss, i: tl.constexpr, n: tl.constexpr,
+                          PREC: tl.constexpr):
     """Stream ``i`` of one tile of ``_post_res_proj_kernel``: stores ``out_i`` and returns
     the projection accumulator and sum of squares updated with it (as stored)."""
-    o = hp[:, None] * y + h0[:, None] * x0.to(tl.float32)
+    hrow = hres_ptr + r2 * (n * n) + i * n  # [BT, 1] columns: the tile's own layout
+    o = tl.load(hpost_ptr + r2 * n + i, mask=rm2, other=0.0) * y
+    o += tl.load(hrow, mask=rm2, other=0.0) * x0.to(tl.float32)
     if n > 1:
-        o += h1[:, None] * x1.to(tl.float32)
+        o += tl.load(hrow + 1, mask=rm2, other=0.0) * x1.to(tl.float32)
     if n > 2:
-        o += h2[:, None] * x2.to(tl.float32)
+        o += tl.load(hrow + 2, mask=rm2, other=0.0) * x2.to(tl.float32)
     if n > 3:
-        o += h3[:, None] * x3.to(tl.float32)
+        o += tl.load(hrow + 3, mask=rm2, other=0.0) * x3.to(tl.float32)
     ob = o.to(out_i.dtype.element_ty)
     tl.store(out_i + st_off, ob, mask=m2)
     of = ob.to(tl.float32)  # the next connection sees the rounded stream
@@ -132,15 +135,6 @@ def _post_res_proj_stream(x0, x1, x2, x3, y, hp, h0, h1, h2, h3, out_i, fn_i, w_
     return acc, ss
 
 
-def _hres_row(hres_ptr, r64, rmask, i: tl.constexpr, n: tl.constexpr):
-    """``H_res[t, i, 0..3]`` for a token tile (zeros past ``n``)."""
-    base = hres_ptr + r64 * (n * n) + i * n
-    return (tl.load(base, mask=rmask, other=0.0),
-            tl.load(base + 1, mask=rmask & (n > 1), other=0.0),
-            tl.load(base + 2, mask=rmask & (n > 2), other=0.0),
-            tl.load(base + 3, mask=rmask & (n > 3), other=0.0))
-
-
 def _post_res_proj_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, fn_ptr, part_ptr,
                           T, C, c_per_split,
                           n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr,
@@ -157,54 +151,47 @@ def _post_res_proj_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, fn_ptr, pa
     rows = pid_t * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
+    r2 = r64[:, None]
+    rm2 = rmask[:, None]
     oo = tl.arange(0, NP)
-    hp0 = tl.load(hpost_ptr + r64 * n, mask=rmask, other=0.0)
-    hp1 = tl.load(hpost_ptr + r64 * n + 1, mask=rmask & (n > 1), other=0.0)
-    hp2 = tl.load(hpost_ptr + r64 * n + 2, mask=rmask & (n > 2), other=0.0)
-    hp3 = tl.load(hpost_ptr + r64 * n + 3, mask=rmask & (n > 3), other=0.0)
-    h00, h01, h02, h03 = _hres_row(hres_ptr, r64, rmask, 0, n)
-    h10, h11, h12, h13 = _hres_row(hres_ptr, r64, rmask, 1 if n > 1 else 0, n)
-    h20, h21, h22, h23 = _hres_row(hres_ptr, r64, rmask, 2 if n > 2 else 0, n)
-    h30, h31, h32, h33 = _hres_row(hres_ptr, r64, rmask, 3 if n > 3 else 0, n)
     acc = tl.zeros([BT, NP], dtype=tl.float32)
     ss = tl.zeros([BT], dtype=tl.float32)
     c_lo = pid_s * c_per_split
     for cs in tl.range(0, c_per_split, BC, num_stages=LS):
         cc = c_lo + cs + tl.arange(0, BC)
         cmask = cc < C
-        m2 = rmask[:, None] & cmask[None, :]
-        st_off = r64[:, None] * K + cc[None, :]
+        m2 = rm2 & cmask[None, :]
+        st_off = r2 * K + cc[None, :]
         w_off = oo[None, :] * K + cc[:, None]
         w_mask = (oo < N)[None, :] & cmask[:, None]
-        y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=m2, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + r2 * C + cc[None, :], mask=m2, other=0.0).to(tl.float32)
         x0 = tl.load(x_ptr + st_off, mask=m2, other=0.0)
         x1 = tl.load(x_ptr + st_off + 1 * C, mask=m2 & (n > 1), other=0.0)
         x2 = tl.load(x_ptr + st_off + 2 * C, mask=m2 & (n > 2), other=0.0)
         x3 = tl.load(x_ptr + st_off + 3 * C, mask=m2 & (n > 3), other=0.0)
-        acc, ss = _post_res_proj_stream(x0, x1, x2, x3, y, hp0, h00, h01, h02, h03,
+        acc, ss = _post_res_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, r2, rm2,
                                         out_ptr, fn_ptr, w_off, w_mask, st_off, m2, acc, ss,
-                                        n, PREC)
+                                        0, n, PREC)
         if n > 1:
-            acc, ss = _post_res_proj_stream(x0, x1, x2, x3, y, hp1, h10, h11, h12, h13,
+            acc, ss = _post_res_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, r2, rm2,
                                             out_ptr + 1 * C, fn_ptr + 1 * C, w_off, w_mask,
-                                            st_off, m2, acc, ss, n, PREC)
+                                            st_off, m2, acc, ss, 1, n, PREC)
         if n > 2:
-            acc, ss = _post_res_proj_stream(x0, x1, x2, x3, y, hp2, h20, h21, h22, h23,
+            acc, ss = _post_res_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, r2, rm2,
                                             out_ptr + 2 * C, fn_ptr + 2 * C, w_off, w_mask,
-                                            st_off, m2, acc, ss, n, PREC)
+                                            st_off, m2, acc, ss, 2, n, PREC)
         if n > 3:
-            acc, ss = _post_res_proj_stream(x0, x1, x2, x3, y, hp3, h30, h31, h32, h33,
+            acc, ss = _post_res_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, r2, rm2,
                                             out_ptr + 3 * C, fn_ptr + 3 * C, w_off, w_mask,
-                                            st_off, m2, acc, ss, n, PREC)
+                                            st_off, m2, acc, ss, 3, n, PREC)
     prow = part_ptr + (pid_s * T + r64) * (N + 1)
-    tl.store(prow[:, None] + oo[None, :], acc, mask=rmask[:, None] & (oo < N)[None, :])
+    tl.store(prow[:, None] + oo[None, :], acc, mask=rm2 & (oo < N)[None, :])
     tl.store(prow + N, ss, mask=rmask)
 
 
 _post_res_fwd = LazyJit(_post_res_fwd_kernel)
 _post_res_bwd = LazyJit(_post_res_bwd_kernel)
-_post_res_proj = LazyJit(_post_res_proj_kernel,
-                         helpers=(_split_hi_lo, _post_res_proj_stream, _hres_row))
+_post_res_proj = LazyJit(_post_res_proj_kernel, helpers=(_split_hi_lo, _post_res_proj_stream))
 
 
 def post_res_forward_triton(x, y, h_post, h_res):
@@ -233,7 +220,7 @@ def post_res_project_triton(x, y, h_post, h_res, fn_next):
     K, N = n * C, (n + 2) * n
     NP = max(16, next_pow2(N))
     # defaults: benchmarks/sweep.py on an H100 at T = C = 4096, n = 4, bf16
-    cfg = tuned("post_res_proj", BT=64, BC=64, num_warps=4, num_stages=1, ls=2, waves=2)
+    cfg = tuned("post_res_proj", BT=64, BC=32, num_warps=4, num_stages=1, ls=2, waves=2)
     BT, BC = (16, min(32, max(16, next_pow2(C)))) if interpret_mode() else (cfg["BT"], cfg["BC"])
     tiles_t, c_tiles = triton_cdiv(T, BT), triton_cdiv(C, BC)
     split = max(1, min(c_tiles, (cfg["waves"] * device_sms(x.device)) // max(tiles_t, 1)))
