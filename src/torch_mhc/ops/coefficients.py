@@ -621,7 +621,7 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     dev = x.device
     # defaults: the fastest of benchmarks/sweep.py on an H100 at T = 4096, n = 4, C = 4096
     if x.element_size() == 2 and NP < 64:
-        cfg = tuned("coef_gemm", BT=128, BK=128, num_warps=8, num_stages=3, waves=2)
+        cfg = tuned("coef_gemm", BT=128, BK=128, num_warps=8, num_stages=3, waves=4)
     else:
         cfg = tuned("coef_gemm", BT=64 if NP < 64 else 32, BK=32, num_warps=4, num_stages=3,
                     waves=2)
@@ -666,7 +666,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     NP = max(16, next_pow2(N))
     NB = next_pow2(n)
     dev = x.device
-    cfg = tuned("coef_token_bwd", BT=8 if NB <= 4 else 4, num_warps=1 if NB <= 4 else 2)
+    cfg = tuned("coef_token_bwd", BT=4, num_warps=1 if NB <= 4 else 2)
     BT2 = 8 if interpret_mode() else cfg["BT"]
     nprog = triton_cdiv(T, BT2)
     G = torch.empty(T, NP, device=dev, dtype=torch.float32)

@@ -88,7 +88,7 @@ def _blocks(n: int, C: int, budget: int):
 def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
     """``x (T, n, C)``, ``h_pre (T, n)`` fp32, contiguous -> ``h (T, C)`` in ``x``'s dtype."""
     T, n, C = x.shape
-    NB, BC = _blocks(n, C, 4096)
+    NB, BC = _blocks(n, C, 8192)
     cfg = tuned("pre_mix_fwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
     BT, BC = cfg["BT"], (BC if interpret_mode() else min(cfg["BC"], next_pow2(C)))
     h = torch.empty(T, C, device=x.device, dtype=x.dtype)
