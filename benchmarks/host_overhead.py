@@ -44,6 +44,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--C", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--optimizer", choices=("fused", "foreach"), default="fused")
     ap.add_argument("--out", default="host_overhead.json")
     args = ap.parse_args()
     dev = "cuda"
@@ -83,13 +84,13 @@ def main():
         print(f"fast={fast}: one launch {r['launch_host_us']:.1f} us host; connection fwd+bwd "
               f"{r['connection_host_us']:.0f} us host, {r['connection_wall_us']:.0f} us wall",
               flush=True)
-    from torch_mhc.bench import _build_gpt
+    from torch_mhc.bench import _build_gpt, make_optimizer
     ns = SimpleNamespace(seq=None, n=4, dtype="bf16")
     for variant in ("residual", "mhc-triton"):
         for fast in ((False, True) if variant == "mhc-triton" else (True,)):
             _backend.FAST_LAUNCH = fast
             model, cfg = _build_gpt("gpt-small", variant, ns, torch.device(dev))
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+            opt = make_optimizer(model, args.optimizer, torch.device(dev))
             idx = torch.randint(0, cfg.vocab_size, (8, cfg.seq_len), device=dev)
 
             def step():

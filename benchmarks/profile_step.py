@@ -18,14 +18,14 @@ from types import SimpleNamespace
 
 import torch
 
-from torch_mhc.bench import _build_gpt, _device_info, _versions, _commit
+from torch_mhc.bench import _build_gpt, _commit, _device_info, _versions, make_optimizer
 
 
 def profile_variant(suite, variant, args, device):
     ns = SimpleNamespace(seq=args.seq, n=4, dtype="bf16")
     model, cfg = _build_gpt(args.preset or suite, variant, ns, device)
     batch = args.batch or (1 if suite == "layer" else 8)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    opt = make_optimizer(model, args.optimizer, device)
     idx = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len), device=device)
     tgt = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len), device=device)
 
@@ -78,6 +78,7 @@ def main():
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--seq", type=int, default=None)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--optimizer", choices=("fused", "foreach"), default="fused")
     ap.add_argument("--out", default="profile_step.json")
     args = ap.parse_args()
     device = torch.device("cuda")

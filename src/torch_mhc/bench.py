@@ -3,7 +3,8 @@
 Suites (``--suite``):
 
 * ``layer``: ``GPT`` with ``gpt_config("layer")`` (d = 4096, 4 blocks, 32 heads, sequence
-  4096, micro-batch 1, SwiGLU 11008): forward + backward + AdamW step, median of ``--steps``
+  4096, micro-batch 1, SwiGLU 11008): forward + backward + AdamW step (fused, as ``mhc train``
+  uses; ``--optimizer foreach`` for the multi-tensor one), median of ``--steps``
   timed steps after ``--warmup``, for the plain residual, mHC (n = 4) on our fused Triton
   kernels (also with the stream recomputed in blocks, paper Eq. 20:
   ``mhc-triton-recompute``), mHC on the PyTorch reference, and Liger-Kernel's ``LigerMHC`` when
@@ -169,12 +170,24 @@ def _build_gpt(preset: str, variant: str, args, device):
     return model, cfg
 
 
+def _optimizer_kind(kind: str, device) -> str:
+    return "foreach" if device.type != "cuda" else kind
+
+
+def make_optimizer(model: nn.Module, kind: str, device, capturable: bool = False):
+    """The benchmarks' AdamW: ``kind="fused"`` (what ``mhc train`` uses on CUDA: one kernel
+    per parameter dtype) or ``"foreach"`` (a few multi-tensor kernels per dtype); always
+    ``foreach`` off CUDA."""
+    flag = {"fused": True} if _optimizer_kind(kind, device) == "fused" else {"foreach": True}
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                             capturable=capturable, **flag)
+
+
 def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
     model, cfg = _build_gpt(preset, variant, args, device)
     T = cfg.seq_len
     graphed = bool(getattr(args, "cuda_graph", False))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                            foreach=True, capturable=graphed)
+    opt = make_optimizer(model, getattr(args, "optimizer", "fused"), device, graphed)
     g = torch.Generator(device="cpu").manual_seed(1)
     data = [(torch.randint(0, cfg.vocab_size, (batch, T), generator=g).to(device),
              torch.randint(0, cfg.vocab_size, (batch, T), generator=g).to(device))
@@ -294,7 +307,7 @@ def _model_suite(suite: str, args, device) -> Dict:
     out["overhead_pct"] = ours.get("overhead_pct")
     out["peak_mem_overhead_pct"] = ours.get("peak_mem_overhead_pct")
     out["config"] = {"preset": preset, "batch": batch, "n": args.n, "dtype": args.dtype,
-                     "steps": args.steps, "warmup": args.warmup, "optimizer": "AdamW(foreach)",
+                     "steps": args.steps, "warmup": args.warmup, "optimizer": f"AdamW({_optimizer_kind(args.optimizer, device)})",
                      "cuda_graph": bool(getattr(args, "cuda_graph", False)),
                      "seq_len": args.seq or None,
                      "timing": "CUDA events around zero_grad+forward+backward+step, median"}
@@ -577,6 +590,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles kernels)")
     p.add_argument("--n", type=int, default=4, help="streams")
     p.add_argument("--dtype", choices=("bf16", "autocast", "fp32"), default="bf16")
+    p.add_argument("--optimizer", choices=("fused", "foreach"), default="fused",
+                   help="AdamW implementation on CUDA: fused (as mhc train uses; default) or "
+                        "foreach")
     p.add_argument("--variants", default=None,
                    help="comma list of residual,mhc-triton,mhc-triton-recompute,mhc-torch,liger "
                         "(default all)")
