@@ -181,3 +181,71 @@ def test_mappings_with_other_consumers(extra):
     assert rel_error(out, ref) < 1e-5
     for a, b in zip(g, g_ref):
         assert rel_error(a, b) < 3e-5
+
+
+def _stack(n, C, depth, dtype=torch.float32):
+    layers = nn.ModuleList(
+        HyperConnection(nn.Sequential(nn.Linear(C, C), nn.Tanh()), C, n, backend="triton",
+                        layer_index=i, rms_eps=1e-6) for i in range(depth)).to(DEV, dtype)
+    _randomise(layers)
+    return layers
+
+
+@pytest.mark.parametrize("n,C,dtype,tol", [(4, 48, torch.float32, 3e-5), (3, 40, torch.float32, 3e-5),
+                                           (2, 24, torch.float64, 1e-12)])
+def test_chained_connections_match_unchained(n, C, dtype, tol):
+    """Inside ``chain_connections`` each connection computes the next one's projection in
+    its post-res kernel (float64: the PyTorch twins); values and gradients are unchanged,
+    and every connection after the first takes the hand-off."""
+    from torch_mhc.nn import chain_connections
+    layers = _stack(n, C, 3, dtype)
+    x = torch.randn(2, 5, n, C, device=DEV, dtype=dtype, requires_grad=True)
+    w = torch.randn(2, 5, n, C, device=DEV, dtype=dtype)
+    leaves = [x] + list(layers.parameters())
+    results = []
+    for chained in (True, False):
+        with chain_connections(layers, enabled=chained) as chain:
+            s = x
+            for hc in layers:
+                s = hc(s)
+        results.append((s, torch.autograd.grad((s * w).sum(), leaves)))
+        if chained:
+            assert chain.handed == 2
+    (out, g), (ref, g_ref) = results
+    assert rel_error(out, ref) < tol
+    for a, b in zip(g, g_ref):
+        assert rel_error(a, b) < tol
+
+
+def test_chain_falls_back_when_the_streams_change_in_between():
+    """A hand-off is taken only by a call on the very tensor it was computed from."""
+    from torch_mhc.nn import chain_connections
+    layers = _stack(4, 32, 3)
+    x = torch.randn(6, 4, 32, device=DEV)
+    with chain_connections(layers) as chain:
+        out = layers[2](layers[1](layers[0](x)) * 0.5)
+    assert chain.handed == 1  # 0 -> 1 taken, 1 -> 2 refused (the streams were rescaled)
+    ref = layers[2](layers[1](layers[0](x)) * 0.5)
+    assert rel_error(out, ref) < 3e-5
+
+
+def test_gpt_chains_its_connections(monkeypatch):
+    """GPT runs the coefficient GEMM once per forward (the first connection); the others
+    get their projection from the previous post-res kernel. Same loss as unchained."""
+    from torch_mhc.ops import coefficients
+    calls = []
+    real = coefficients._coef_gemm_partials
+    monkeypatch.setattr(coefficients, "_coef_gemm_partials",
+                        lambda *a: calls.append(1) or real(*a))
+    idx = torch.arange(16, device=DEV).view(2, 8) % 32
+    losses = []
+    for chain in (True, False):
+        cfg = gpt_config("tiny", d_model=32, n_layer=2, n_head=2, seq_len=8, vocab_size=32,
+                         mlp_hidden=48, backend="triton", chain=chain)
+        torch.manual_seed(0)
+        model = GPT(cfg).to(DEV)
+        _randomise(model)
+        calls.clear()
+        losses.append(model(idx, idx.flip(1))[1].item())
+        assert len(calls) == (1 if chain else 4)
+    assert abs(losses[0] - losses[1]) < 1e-5 * abs(losses[1])
