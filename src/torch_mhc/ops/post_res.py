@@ -178,20 +178,30 @@ def _post_res_proj_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, fn_ptr, pa
     ss = tl.zeros([BT], dtype=tl.float32)
     c_lo = pid_s * c_per_split
     n_chunks = tl.cdiv(tl.minimum(c_per_split, C - c_lo), BC)
-    lag = tl.minimum(n_chunks, LAG)
-    for it in range(0, lag):
-        cc = c_lo + it * BC + tl.arange(0, BC)
-        _post_res_chunk(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, r2, rm2, cc, cc < C, C, n)
-    tl.debug_barrier()
-    for it in range(lag, n_chunks):
-        cc = c_lo + it * BC + tl.arange(0, BC)
-        _post_res_chunk(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, r2, rm2, cc, cc < C, C, n)
-        cb = cc - lag * BC
-        acc, ss = _proj_chunk(out_ptr, fn_ptr, r2, rm2, cb, cb < C, oo, C, acc, ss, n, N, PREC)
-        tl.debug_barrier()  # chunk ``it`` is visible to the whole program from here on
-    for it in range(n_chunks - lag, n_chunks):
-        cb = c_lo + it * BC + tl.arange(0, BC)
-        acc, ss = _proj_chunk(out_ptr, fn_ptr, r2, rm2, cb, cb < C, oo, C, acc, ss, n, N, PREC)
+    if LAG == 0:  # two phases: the whole channel range, one barrier, then the GEMM
+        for it in range(0, n_chunks):
+            cc = c_lo + it * BC + tl.arange(0, BC)
+            _post_res_chunk(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, r2, rm2, cc, cc < C, C, n)
+        tl.debug_barrier()
+        for it in range(0, n_chunks):
+            cb = c_lo + it * BC + tl.arange(0, BC)
+            acc, ss = _proj_chunk(out_ptr, fn_ptr, r2, rm2, cb, cb < C, oo, C, acc, ss, n, N,
+                                  PREC)
+    else:  # lagged: chunk it - LAG multiplied while chunk it is written
+        lag = tl.minimum(n_chunks, LAG)
+        for it in range(0, lag):
+            cc = c_lo + it * BC + tl.arange(0, BC)
+            _post_res_chunk(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, r2, rm2, cc, cc < C, C, n)
+        tl.debug_barrier()
+        for it in range(lag, n_chunks):
+            cc = c_lo + it * BC + tl.arange(0, BC)
+            _post_res_chunk(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, r2, rm2, cc, cc < C, C, n)
+            cb = cc - lag * BC
+            acc, ss = _proj_chunk(out_ptr, fn_ptr, r2, rm2, cb, cb < C, oo, C, acc, ss, n, N, PREC)
+            tl.debug_barrier()  # chunk ``it`` is visible to the whole program from here on
+        for it in range(n_chunks - lag, n_chunks):
+            cb = c_lo + it * BC + tl.arange(0, BC)
+            acc, ss = _proj_chunk(out_ptr, fn_ptr, r2, rm2, cb, cb < C, oo, C, acc, ss, n, N, PREC)
     prow = part_ptr + (pid_s * T + r2) * (N + 1)
     tl.store(prow + oo[None, :], acc, mask=rm2 & (oo < N)[None, :])
     tl.store(prow + N, ss[:, None], mask=rm2)
@@ -241,7 +251,7 @@ def post_res_project_triton(x, y, h_post, h_res, fn_next):
         x, y, h_post, h_res, out, fn_next.contiguous(), part, T, C, c_per_split,
         n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=dot_mode(x.dtype),
         # a chunk is read back no sooner than the software pipeline may prefetch it
-        LAG=max(cfg["lag"], cfg["num_stages"]),
+        LAG=max(cfg["lag"], cfg["num_stages"]) if cfg["lag"] else 0,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out, part
 
