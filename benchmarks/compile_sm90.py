@@ -112,11 +112,6 @@ def main(argv=None):
          dict(x_ptr=xt, y_ptr=xt, hpost_ptr=f32, hres_ptr=f32, g_ptr=xt, dx_ptr=xt, dy_ptr=xt,
               part_ptr=f32, T=i32, C=i32),
          dict(n=n, NB=NB, BT=1, BC=bc_pr, WRITE_DX=True), 4, 1),
-        ("post_res_proj", po._post_res_proj,
-         dict(x_ptr=xt, y_ptr=xt, hpost_ptr=f32, hres_ptr=f32, out_ptr=xt, fn_ptr=f32, part_ptr=f32,
-              T=i32, C=i32, c_per_split=i32),
-         dict(n=min(n, 4), N=(min(n, 4) + 2) * min(n, 4), NP=max(16, next_pow2((min(n, 4) + 2) * min(n, 4))),
-              BT=64, BC=64, PREC=prec, LAG=2), 8, 2),
     ]
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     ok = True
@@ -124,7 +119,7 @@ def main(argv=None):
         fn = lazy.jit(interpret=False)
         # what a real launch specialises on: 16-byte aligned pointers, sizes divisible by 16
         attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, v in sig.items()
-                 if v.startswith("*") or k in ("C", "K", "k_per_split", "t_per_split", "c_per_split")}
+                 if v.startswith("*") or k in ("C", "K", "k_per_split", "t_per_split")}
         try:
             c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
                                target=GPUTarget("cuda", 90, 32),

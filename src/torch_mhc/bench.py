@@ -145,11 +145,9 @@ def _build_gpt(preset: str, variant: str, args, device):
         cfg = gpt_config(preset, connection="residual", **over)
     else:
         backend = {"mhc-triton": "triton", "mhc-triton-recompute": "triton", "mhc-torch": "torch",
-                   "liger": "torch", "mhc-triton-unchained": "triton"}[variant]
+                   "liger": "torch"}[variant]
         if variant == "mhc-triton-recompute":  # stream kept every L_r connections (Eq. 20)
             over["recompute_block"] = -1
-        if variant == "mhc-triton-unchained":  # each connection runs its own GEMM
-            over["chain"] = False
         cfg = gpt_config(preset, connection="mhc", n=args.n, backend=backend, **over)
     torch.manual_seed(0)
     model = GPT(cfg)
@@ -276,7 +274,7 @@ def _graphed_step(model, opt, data, amp, warmup: int):
 def _model_suite(suite: str, args, device) -> Dict:
     preset = args.preset or suite
     batch = args.batch or (1 if suite == "layer" else 8)
-    variants = list(DEFAULT_VARIANTS)
+    variants = list(VARIANTS)
     if args.variants:
         variants = [v for v in args.variants.split(",") if v]
     out: Dict = {"variants": {}}
@@ -411,18 +409,6 @@ def _kernels_suite(args, device) -> Dict:
                 return post_res(x, h, hq, hr, backend="torch")
         return f
 
-    def chained(backend):  # a connection inside a chain: its projection arrives with x,
-        if backend != "triton":  # and its post-res computes the next one's (same fn here)
-            return None
-        from .ops._backend import next_pow2
-        from .ops.coefficients import _coef_gemm_partials
-        part = _coef_gemm_partials(x.detach(), fn.detach(), N, max(16, next_pow2(N)))
-
-        def f():
-            h, hp, hq, hr, link = connection_pre(x, fn, base, scale, part=part)
-            return connection_post(x, h, hq, hr, link, fn_next=fn)[0]
-        return f
-
     # (name, fwd callable factory(backend), grad inputs, min bytes fwd, min bytes bwd)
     ops = [
         ("coefficients", lambda b: (lambda: mhc_coefficients(x, fn, base, scale, backend=b)),
@@ -434,8 +420,6 @@ def _kernels_suite(args, device) -> Dict:
          [x, y, h_post, h_res], (2 * n + 1) * stream, (3 * n + 2) * stream),
         ("connection", conn, [x, fn, base, scale],
          (4 * n + 2) * stream + N * K * 4, (6 * n + 4) * stream + 2 * N * K * 4),
-        ("connection_chained", chained, [x, fn, base, scale],
-         (3 * n + 2) * stream + N * K * 4, (6 * n + 4) * stream + 2 * N * K * 4),
     ]
     rows = []
     backends = ["triton", "torch"] if device.type == "cuda" else ["torch"]
@@ -444,8 +428,6 @@ def _kernels_suite(args, device) -> Dict:
             row = {"op": name, "impl": backend, "min_bytes_fwd": b_fwd, "min_bytes_bwd": b_bwd}
             try:
                 f = make(backend)
-                if f is None:
-                    continue
                 with torch.no_grad():
                     row["fwd_us"] = 1e3 * _bench_ms(f, device)
                 out = f()
@@ -543,9 +525,7 @@ def run_bench(args) -> Dict:
     return {**{k: res[k] for k in order if k in res}, **{k: v for k, v in res.items() if k not in order}}
 
 
-VARIANTS = ("residual", "mhc-triton", "mhc-triton-recompute", "mhc-torch", "liger",
-            "mhc-triton-unchained")
-DEFAULT_VARIANTS = VARIANTS[:5]  # "mhc-triton-unchained" (no cross-connection GEMM) on request
+VARIANTS = ("residual", "mhc-triton", "mhc-triton-recompute", "mhc-torch", "liger")
 
 
 def _check_args(args) -> Optional[str]:
@@ -615,8 +595,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                         "foreach")
     p.add_argument("--variants", default=None,
                    help="comma list of residual,mhc-triton,mhc-triton-recompute,mhc-torch,liger "
-                        "(default: these five), mhc-triton-unchained (each connection its own "
-                        "coefficient GEMM, for comparison)")
+                        "(default all)")
     p.add_argument("--preset", default=None, help="override the suite's GPT preset")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--seq", type=int, default=None, help="override the sequence length")

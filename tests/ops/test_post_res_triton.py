@@ -50,21 +50,3 @@ def test_gradcheck_fp64_glue():
             torch.rand(3, 2, dtype=torch.float64, device=DEV, requires_grad=True),
             torch.rand(3, 2, 2, dtype=torch.float64, device=DEV, requires_grad=True))
     assert torch.autograd.gradcheck(lambda *a: post_res(*a, backend="triton"), args)
-
-
-@pytest.mark.parametrize("n,C,T", [(4, 48, 9), (4, 200, 33), (1, 40, 5), (3, 136, 40), (2, 64, 17)])
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
-def test_project_is_post_res_plus_the_next_projection_of_its_output(n, C, T, dtype, tol):
-    """``post_res_project_triton``: the post-res output, and split-K partials that sum to
-    ``out fn_next^T`` and ``sum out^2`` of that very (rounded) output."""
-    from torch_mhc.ops.post_res import post_res_project_triton
-    x = torch.randn(T, n, C, device=DEV).to(dtype)
-    y = torch.randn(T, C, device=DEV).to(dtype)
-    h_post, h_res = 2 * torch.rand(T, n, device=DEV), torch.rand(T, n, n, device=DEV)
-    fn = torch.randn((n + 2) * n, n * C, device=DEV) * 0.1
-    out, part = post_res_project_triton(x, y, h_post, h_res, fn)
-    assert out.dtype == dtype and part.shape[1:] == (T, (n + 2) * n + 1)
-    assert rel_error(out, post_res_reference(x, y, h_post, h_res)) < tol
-    of = out.reshape(T, n * C).double()
-    want = torch.cat([of @ fn.double().t(), of.pow(2).sum(-1, keepdim=True)], -1)
-    assert rel_error(part.double().sum(0), want) < 1e-5

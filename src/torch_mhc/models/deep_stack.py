@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import HyperConnection, RMSNorm, expand_streams, reduce_streams
-from ..nn.chain import chain_connections
 from ..nn.recompute import resolve_block_size, stream_recompute
 
 __all__ = ["DeepStack", "DeepStackConfig"]
@@ -74,8 +73,7 @@ class DeepStack(nn.Module):
         cross-entropy against ``targets (B, T)``, or None without targets."""
         x = expand_streams(self.embed(idx), self.cfg.streams)
         with stream_recompute(resolve_block_size(self.cfg.recompute_block, self.cfg.streams,
-                                                 self.cfg.depth)), \
-                chain_connections(self.layers):
+                                                 self.cfg.depth)):
             for layer in self.layers:
                 x = layer(x)
         logits = self.head(self.norm(reduce_streams(x)))

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import HyperConnection, RMSNorm, expand_streams, reduce_streams
-from ..nn.chain import chain_connections
 from ..nn.recompute import resolve_block_size, stream_recompute
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config"]
@@ -44,8 +43,6 @@ class GPTConfig:
     # stream recomputation (docs/recompute.md): 0 off; k > 0 keep every k-th stream;
     # -1 the paper's block size for 2 * n_layer connections (Eq. 20)
     recompute_block: int = 0
-    # each mHC connection computes the next one's projection (torch_mhc.nn.chain)
-    chain: bool = True
 
     def __post_init__(self):
         if self.d_model % self.n_head:
@@ -178,7 +175,7 @@ class GPT(nn.Module):
         x = expand_streams(self.embed(idx), self.cfg.streams)
         recompute = resolve_block_size(self.cfg.recompute_block, self.cfg.streams,
                                        2 * self.cfg.n_layer)
-        with stream_recompute(recompute), chain_connections(self.connections(), self.cfg.chain):
+        with stream_recompute(recompute):
             for block in self.blocks:
                 x = block(x, self.rope_cos, self.rope_sin)
         logits = self.head(self.norm(reduce_streams(x)))

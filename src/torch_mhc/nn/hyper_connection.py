@@ -38,7 +38,6 @@ from ..ops.connection import ConnectionLink, connection_post, connection_pre
 from ..ops.hc_coefficients import hc_coefficients_reference
 from ..ops.post_res import post_res
 from ..ops.pre_mix import pre_mix
-from .chain import current_chain
 from .recompute import current_recompute
 
 __all__ = ["HyperConnection", "MODES", "mhc_bias_init", "hc_bias_init"]
@@ -195,20 +194,13 @@ class HyperConnection(nn.Module):
     def _forward_fused(self, streams: torch.Tensor, *args, **kwargs):
         """mHC through the fused Triton connection (``torch_mhc.ops.connection``): one
         coefficient + pre-mix half, the branch, one post-res half; a single ``dx`` pass."""
-        chain = current_chain()
-        part = chain.take(self, streams) if chain is not None else None
         h, h_pre, h_post, h_res, link = connection_pre(
             streams, self.fn, self.base, self.scale, self.sinkhorn_iters, self.rms_eps,
-            self.hc_eps, part=part)
+            self.hc_eps)
         if self.record_mappings:
             self.last_mappings = (h_pre.detach(), h_post.detach(), h_res.detach())
         y, rest = _split_output(self.branch(h, *args, **kwargs))
-        nxt = chain.successor(self, streams) if chain is not None else None
-        if nxt is None:
-            new = connection_post(streams, y, h_post, h_res, link)
-        else:  # also the next connection's projection of ``new`` (torch_mhc.nn.chain)
-            new, part = connection_post(streams, y, h_post, h_res, link, fn_next=nxt.fn)
-            chain.hand_over(nxt, new, part)
+        new = connection_post(streams, y, h_post, h_res, link)
         _register(new, streams, _fused_post, y, h_post, h_res)
         return _pack(new, rest)
 

@@ -610,38 +610,14 @@ def _stride0(t):
 
 
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
-                        iters: int, rms_eps: float, hc_eps: float, part=None):
+                        iters: int, rms_eps: float, hc_eps: float):
     """Kernels 1-2: ``x (T, n, C)`` contiguous -> ``H_pre, H_post, H_res, mix`` (fp32).
 
     ``mix (T, N + 1)`` holds the raw projection ``x fn^T`` and ``1/r`` for the backward.
-    ``part (S, T, N + 1)``: the GEMM's split-K partials already computed (by the previous
-    connection's ``post_res_project_triton``); the GEMM is then skipped.
     """
     T, n, C = x.shape
     K, N = n * C, (n + 2) * n
     NP = max(16, next_pow2(N))
-    dev = x.device
-    if part is None:
-        part = _coef_gemm_partials(x, fn, N, NP)
-    split = part.shape[0]
-    mix = torch.empty(T, N + 1, device=dev, dtype=torch.float32)
-    h_pre = torch.empty(T, n, device=dev, dtype=torch.float32)
-    h_post = torch.empty(T, n, device=dev, dtype=torch.float32)
-    h_res = torch.empty(T, n, n, device=dev, dtype=torch.float32)
-    NB = next_pow2(n)
-    cfg = tuned("coef_token", BT=8, num_warps=1 if NB <= 4 else 2)
-    BT2 = cfg["BT"]
-    _coef_token[(triton_cdiv(T, BT2),)](
-        part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res,
-        T, split, K, int(iters), float(rms_eps), float(hc_eps),
-        n=n, N=N, NB=NB, BT=BT2, LOG=(hc_eps == 0.0), num_warps=cfg["num_warps"])
-    return h_pre, h_post, h_res, mix
-
-
-def _coef_gemm_partials(x, fn, N, NP):
-    """Kernel 1: the split-K partials ``(SPLIT, T, N + 1)`` of ``x fn^T`` and ``sum x^2``."""
-    T, n, C = x.shape
-    K = n * C
     dev = x.device
     # defaults: the fastest of benchmarks/sweep.py on an H100 at T = 4096, n = 4, C = 4096
     if x.element_size() == 2 and NP < 64:
@@ -662,7 +638,18 @@ def _coef_gemm_partials(x, fn, N, NP):
     _coef_gemm[(tiles_t, split)](x, fn_c, part, T, K, k_per_split, N=N, NP=NP, BT=BT, BK=BK,
                                  PREC=dot_mode(x.dtype), num_warps=cfg["num_warps"],
                                  num_stages=cfg["num_stages"])
-    return part
+    mix = torch.empty(T, N + 1, device=dev, dtype=torch.float32)
+    h_pre = torch.empty(T, n, device=dev, dtype=torch.float32)
+    h_post = torch.empty(T, n, device=dev, dtype=torch.float32)
+    h_res = torch.empty(T, n, n, device=dev, dtype=torch.float32)
+    NB = next_pow2(n)
+    cfg = tuned("coef_token", BT=8, num_warps=1 if NB <= 4 else 2)
+    BT2 = cfg["BT"]
+    _coef_token[(triton_cdiv(T, BT2),)](
+        part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res,
+        T, split, K, int(iters), float(rms_eps), float(hc_eps),
+        n=n, N=N, NB=NB, BT=BT2, LOG=(hc_eps == 0.0), num_warps=cfg["num_warps"])
+    return h_pre, h_post, h_res, mix
 
 
 def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
@@ -775,17 +762,13 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
 # -- the same decomposition in PyTorch: documents the kernels' math, runs any dtype (float64
 #    for gradcheck of the autograd glue) --------------------------------------------------------
 
-def coef_forward_torch(x, fn, base, scale, iters, rms_eps, hc_eps, part=None):
+def coef_forward_torch(x, fn, base, scale, iters, rms_eps, hc_eps):
     """PyTorch twin of :func:`coef_forward_triton` (same outputs, the input's float dtype)."""
     T, n, C = x.shape
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if part is None:
-        xf = x.reshape(T, n * C).to(dt)
-        proj, ss = xf @ fn.to(dt).t(), xf.pow(2).sum(-1, keepdim=True)
-    else:
-        summed = part.to(dt).sum(0)
-        proj, ss = summed[:, :-1], summed[:, -1:]
-    inv_r = torch.rsqrt(ss / (n * C) + rms_eps)
+    xf = x.reshape(T, n * C).to(dt)
+    proj = xf @ fn.to(dt).t()
+    inv_r = torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) / (n * C) + rms_eps)
     pre, post, comb = split_logits(proj * inv_r, scale.to(dt), base.to(dt), n)
     h_pre = torch.sigmoid(pre) + hc_eps
     h_post = 2.0 * torch.sigmoid(post)

@@ -60,9 +60,9 @@ class ConnectionLink:
 
 class _ConnectionPreFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, fn, base, scale, link, iters, rms_eps, hc_eps, impl, part):
+    def forward(ctx, x, fn, base, scale, link, iters, rms_eps, hc_eps, impl):
         coef_fwd = _COEF_IMPL[impl][0]
-        h_pre, h_post, h_res, mix = coef_fwd(x, fn, base, scale, iters, rms_eps, hc_eps, part)
+        h_pre, h_post, h_res, mix = coef_fwd(x, fn, base, scale, iters, rms_eps, hc_eps)
         h = _PRE_IMPL[impl][0](x, h_pre)
         ctx.save_for_backward(x, fn, base, scale, mix, h_pre, h_res)
         ctx.cfg = (link, iters, hc_eps, impl)
@@ -91,36 +91,27 @@ class _ConnectionPreFn(torch.autograd.Function):
             x, fn, base, scale, mix, d_pre, d_hpost, d_hres, iters, hc_eps,
             h_pre=h_pre if dh is not None else None, dh=dh,
             h_res=h_res if g is not None else None, gout=g, post_part=part)
-        # ``part`` (the projection precomputed by the previous connection) gets no gradient:
-        # dx and dfn above already hold the projection's, as if this half had computed it
         return (dx, dfn.to(fn.dtype), dbase.to(base.dtype), dscale.to(scale.dtype),
-                None, None, None, None, None, None)
+                None, None, None, None, None)
 
 
 class _ConnectionPostFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, h_post, h_res, link, impl, fn_next):
+    def forward(ctx, x, y, h_post, h_res, link, impl):
         ctx.save_for_backward(x, y, h_post, h_res)
         ctx.cfg = (link, impl)
-        ctx.set_materialize_grads(False)
-        if fn_next is None:
-            return _POST_IMPL[impl][0](x, y, h_post, h_res)
-        out, part = _POST_IMPL[impl][2](x, y, h_post, h_res, fn_next)
-        ctx.mark_non_differentiable(part)
-        return out, part
+        return _POST_IMPL[impl][0](x, y, h_post, h_res)
 
     @staticmethod
-    def backward(ctx, g, *_):  # ``part``'s gradient is the next pre half's (see its backward)
+    def backward(ctx, g):
         x, y, h_post, h_res = ctx.saved_tensors
         link, impl = ctx.cfg
-        if g is None:  # no gradient reached ``out``
-            return None, None, None, None, None, None, None
         g = g.contiguous()
         _, dy, part = _POST_IMPL[impl][1](x, y, h_post, h_res, g, False, partials=True)
         # H_res^T g is added to dx, and the partial [dH_post, dH_res] summed, by the pre
         # half's backward (which autograd runs after this one)
         link.g, link.part = g, part
-        return None, dy, None, None, None, None, None
+        return None, dy, None, None, None, None
 
 
 def _impl(x: torch.Tensor) -> str:
@@ -129,44 +120,30 @@ def _impl(x: torch.Tensor) -> str:
 
 @torch.compiler.disable
 def connection_pre(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
-                   iters: int = 20, rms_eps: float = 1e-20, hc_eps: float = 0.0,
-                   part: Optional[torch.Tensor] = None):
+                   iters: int = 20, rms_eps: float = 1e-20, hc_eps: float = 0.0):
     """Coefficients and pre-mix of one mHC connection (Eq. 7-9 and ``h = H_pre x``).
 
     Returns ``(h (..., C), H_pre, H_post, H_res, link)``; pass ``link`` to
-    :func:`connection_post` with the same ``x``. ``part``: the projection partials of ``x``
-    that the previous connection's ``connection_post(..., fn_next=fn)`` returned with ``x``
-    (skips the coefficient GEMM). Excluded from ``torch.compile`` graphs (a graph break
-    before and after): the hand-off through ``link`` is Python state.
+    :func:`connection_post` with the same ``x``. Excluded from ``torch.compile`` graphs
+    (a graph break before and after): the hand-off through ``link`` is Python state.
     """
     lead, (n, C) = x.shape[:-2], x.shape[-2:]
     x3 = x.reshape(-1, n, C).contiguous()
     link = ConnectionLink()
-    if part is not None and part.shape[1:] != (x3.shape[0], (n + 2) * n + 1):
-        raise ValueError(f"part of shape {tuple(part.shape)} does not match streams {tuple(x.shape)}")
     h, h_pre, h_post, h_res = _ConnectionPreFn.apply(x3, fn, base, scale, link, int(iters),
-                                                     float(rms_eps), float(hc_eps), _impl(x),
-                                                     part)
+                                                     float(rms_eps), float(hc_eps), _impl(x))
     return (h.view(*lead, C), h_pre.view(*lead, n), h_post.view(*lead, n),
             h_res.view(*lead, n, n), link)
 
 
 @torch.compiler.disable
 def connection_post(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
-                    h_res: torch.Tensor, link: ConnectionLink,
-                    fn_next: Optional[torch.Tensor] = None):
+                    h_res: torch.Tensor, link: ConnectionLink) -> torch.Tensor:
     """Post + residual of one mHC connection, ``H_res x + H_post^T y``; pairs with
-    :func:`connection_pre` (which computes this op's ``dx`` term in its backward).
-
-    With ``fn_next`` (the next connection's ``fn``, n <= 4) returns ``(out, part)``: the
-    same ``out`` and the next connection's projection partials of it, computed from the
-    tiles just written; pass ``part`` to that connection's :func:`connection_pre`.
-    """
+    :func:`connection_pre` (which computes this op's ``dx`` term in its backward)."""
     lead, (n, C) = x.shape[:-2], x.shape[-2:]
     x3 = x.reshape(-1, n, C).contiguous()
     y2 = y.reshape(-1, C).contiguous()
-    res = _ConnectionPostFn.apply(x3, y2, h_post.reshape(-1, n), h_res.reshape(-1, n, n), link,
-                                  _impl(x), None if fn_next is None else fn_next.detach())
-    if fn_next is None:
-        return res.view(*lead, n, C)
-    return res[0].view(*lead, n, C), res[1]
+    out = _ConnectionPostFn.apply(x3, y2, h_post.reshape(-1, n), h_res.reshape(-1, n, n), link,
+                                  _impl(x))
+    return out.view(*lead, n, C)

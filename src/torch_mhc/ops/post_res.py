@@ -10,20 +10,14 @@ Reference in PyTorch plus the fused Triton kernels (the paper's kernel 5, Sec. 4
   ``dH_res[i, j] = <g_i, x_j>`` (per-channel-slice partial sums, added up afterwards) and
   (optionally) ``dx_j = sum_i H_res[i, j] g_i``. The fused connection (``ops.connection``)
   skips ``dx`` here and folds that term into the single ``dx`` pass of the coefficient
-  backward, which reads ``g`` instead of a separately written ``dx``;
-* forward with the next connection's projection ``_post_res_proj_kernel`` (n <= 4): the
-  same ``out``, and from the tile just written the next connection's split-K partial
-  sums ``out fn_next^T`` and ``sum out^2`` (what its coefficient GEMM would compute by
-  reading ``out`` again): chained connections (``HyperConnection.chain``) skip that GEMM's
-  ``nC`` read per token.
+  backward, which reads ``g`` instead of a separately written ``dx``.
 """
 from __future__ import annotations
 
 import torch
 
-from ._backend import (LazyJit, compute_dtype, device_sms, dot_mode, interpret_mode, next_pow2,
-                       resolve_backend, triton_cdiv, tuned)
-from .coefficients import _split_hi_lo
+from ._backend import (LazyJit, compute_dtype, interpret_mode, next_pow2, resolve_backend,
+                       triton_cdiv, tuned)
 
 __all__ = ["post_res", "post_res_reference"]
 
@@ -101,116 +95,8 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
         tl.store(dx_ptr + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
 
 
-def _post_res_chunk(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, r2, rm2, cc, cmask, C,
-                    n: tl.constexpr):
-    """``_post_res_proj_kernel``: post-res forward of one [BT, BC] channel chunk of every
-    stream (2D tiles, ``n <= 4``), stored to ``out``."""
-    K = n * C
-    m2 = rm2 & cmask[None, :]
-    off = r2 * K + cc[None, :]
-    y = tl.load(y_ptr + r2 * C + cc[None, :], mask=m2, other=0.0).to(tl.float32)
-    x0 = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
-    x1 = tl.load(x_ptr + off + 1 * C, mask=m2 & (n > 1), other=0.0).to(tl.float32)
-    x2 = tl.load(x_ptr + off + 2 * C, mask=m2 & (n > 2), other=0.0).to(tl.float32)
-    x3 = tl.load(x_ptr + off + 3 * C, mask=m2 & (n > 3), other=0.0).to(tl.float32)
-    for i in tl.static_range(n):
-        hrow = hres_ptr + r2 * (n * n) + i * n  # [BT, 1]: the tile's own layout
-        o = tl.load(hpost_ptr + r2 * n + i, mask=rm2, other=0.0) * y
-        o += tl.load(hrow, mask=rm2, other=0.0) * x0
-        if n > 1:
-            o += tl.load(hrow + 1, mask=rm2, other=0.0) * x1
-        if n > 2:
-            o += tl.load(hrow + 2, mask=rm2, other=0.0) * x2
-        if n > 3:
-            o += tl.load(hrow + 3, mask=rm2, other=0.0) * x3
-        tl.store(out_ptr + off + i * C, o.to(out_ptr.dtype.element_ty), mask=m2)
-
-
-def _proj_chunk(out_ptr, fn_ptr, r2, rm2, cc, cmask, oo, C, acc, ss,
-                n: tl.constexpr, N: tl.constexpr, PREC: tl.constexpr):
-    """``_post_res_proj_kernel``: one channel chunk of ``out`` (read back, from L2) times
-    ``fn_next``, and its sum of squares, added to ``acc`` / ``ss`` (as the coefficient GEMM)."""
-    K = n * C
-    m2 = rm2 & cmask[None, :]
-    w_off = oo[None, :] * K + cc[:, None]
-    w_mask = (oo < N)[None, :] & cmask[:, None]
-    for i in tl.static_range(n):
-        a = tl.load(out_ptr + r2 * K + i * C + cc[None, :], mask=m2, other=0.0)
-        af = a.to(tl.float32)
-        ss += tl.sum(af * af, axis=1)
-        w = tl.load(fn_ptr + i * C + w_off, mask=w_mask, other=0.0).to(tl.float32)  # [BC, NP]
-        if PREC >= 2:  # bf16 streams: fn = hi + lo, two bf16 products
-            w_hi, w_lo = _split_hi_lo(w, PREC)
-            if PREC == 2:
-                acc = tl.dot(a, w_hi, acc)
-                acc = tl.dot(a, w_lo, acc)
-            else:
-                acc = tl.dot(af, w_hi, acc, input_precision="ieee")
-                acc = tl.dot(af, w_lo, acc, input_precision="ieee")
-        elif PREC == 1:
-            acc = tl.dot(af, w, acc, input_precision="tf32x3")
-        else:
-            acc = tl.dot(af, w, acc, input_precision="ieee")
-    return acc, ss
-
-
-def _post_res_proj_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, fn_ptr, part_ptr,
-                          T, C, c_per_split,
-                          n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr,
-                          BC: tl.constexpr, PREC: tl.constexpr, LAG: tl.constexpr):
-    # Post-res forward over a token tile and this program's channel range, plus the next
-    # connection's coefficient GEMM on the output (Eq. 14 and the projection of Eq. 10-13
-    # for connection l + 1):
-    #   part[s, t, :N] = sum over this channel range of out[t, i, c] fn_next[:, i C + c]
-    #   part[s, t, N]  = sum out[t, i, c]^2
-    # (the layout of ``coefficients._coef_gemm_kernel``'s split-K partials). The GEMM reads
-    # each chunk of ``out`` back LAG chunks after writing it (a barrier between: from L2,
-    # not HBM), so that the product's operands are loaded like any GEMM's instead of being
-    # computed in the tensor-core operand layout (which multiplied the registers).
-    pid_t = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    rows = pid_t * BT + tl.arange(0, BT)
-    rmask = rows < T
-    r2 = rows.to(tl.int64)[:, None]
-    rm2 = rmask[:, None]
-    oo = tl.arange(0, NP)
-    acc = tl.zeros([BT, NP], dtype=tl.float32)
-    ss = tl.zeros([BT], dtype=tl.float32)
-    c_lo = pid_s * c_per_split
-    n_chunks = tl.cdiv(tl.minimum(c_per_split, C - c_lo), BC)
-    if LAG == 0:  # two phases: the whole channel range, one barrier, then the GEMM
-        for it in range(0, n_chunks):
-            cc = c_lo + it * BC + tl.arange(0, BC)
-            _post_res_chunk(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, r2, rm2, cc, cc < C, C, n)
-        tl.debug_barrier()
-        for it in range(0, n_chunks):
-            cb = c_lo + it * BC + tl.arange(0, BC)
-            acc, ss = _proj_chunk(out_ptr, fn_ptr, r2, rm2, cb, cb < C, oo, C, acc, ss, n, N,
-                                  PREC)
-    else:  # lagged: chunk it - LAG multiplied while chunk it is written
-        lag = tl.minimum(n_chunks, LAG)
-        for it in range(0, lag):
-            cc = c_lo + it * BC + tl.arange(0, BC)
-            _post_res_chunk(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, r2, rm2, cc, cc < C, C, n)
-        tl.debug_barrier()
-        for it in range(lag, n_chunks):
-            cc = c_lo + it * BC + tl.arange(0, BC)
-            _post_res_chunk(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, r2, rm2, cc, cc < C, C, n)
-            cb = cc - lag * BC
-            acc, ss = _proj_chunk(out_ptr, fn_ptr, r2, rm2, cb, cb < C, oo, C, acc, ss, n, N, PREC)
-            tl.debug_barrier()  # chunk ``it`` is visible to the whole program from here on
-        for it in range(n_chunks - lag, n_chunks):
-            cb = c_lo + it * BC + tl.arange(0, BC)
-            acc, ss = _proj_chunk(out_ptr, fn_ptr, r2, rm2, cb, cb < C, oo, C, acc, ss, n, N, PREC)
-    prow = part_ptr + (pid_s * T + r2) * (N + 1)
-    tl.store(prow + oo[None, :], acc, mask=rm2 & (oo < N)[None, :])
-    tl.store(prow + N, ss[:, None], mask=rm2)
-
-
 _post_res_fwd = LazyJit(_post_res_fwd_kernel)
 _post_res_bwd = LazyJit(_post_res_bwd_kernel)
-_post_res_proj = LazyJit(_post_res_proj_kernel,
-                         helpers=(_split_hi_lo, _post_res_chunk, _proj_chunk))
 
 
 def post_res_forward_triton(x, y, h_post, h_res):
@@ -226,34 +112,6 @@ def post_res_forward_triton(x, y, h_post, h_res):
     _post_res_fwd[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
         x, y, h_post, h_res, out, T, C, n=n, NB=NB, BT=BT, BC=BC, num_warps=cfg["num_warps"])
     return out
-
-
-def post_res_project_triton(x, y, h_post, h_res, fn_next):
-    """``post_res_forward_triton``'s ``out`` plus the next connection's coefficient-GEMM
-    partials ``part (S, T, N + 1)`` (``out fn_next^T`` and ``sum out^2`` per channel
-    range), for n <= 4. ``coef_forward_triton(..., part=part)`` takes them in place of its
-    own pass over ``out``."""
-    T, n, C = x.shape
-    if n > 4:
-        raise ValueError(f"post_res_project_triton handles n <= 4 streams, got n = {n}")
-    K, N = n * C, (n + 2) * n
-    NP = max(16, next_pow2(N))
-    # defaults: benchmarks/sweep.py on an H100 at T = C = 4096, n = 4, bf16
-    cfg = tuned("post_res_proj", BT=64, BC=64, num_warps=8, num_stages=2, lag=2, waves=2)
-    BT, BC = (16, min(32, max(16, next_pow2(C)))) if interpret_mode() else (cfg["BT"], cfg["BC"])
-    tiles_t, c_tiles = triton_cdiv(T, BT), triton_cdiv(C, BC)
-    split = max(1, min(c_tiles, (cfg["waves"] * device_sms(x.device)) // max(tiles_t, 1)))
-    c_per_split = triton_cdiv(c_tiles, split) * BC
-    split = triton_cdiv(C, c_per_split)
-    out = torch.empty_like(x)
-    part = torch.empty(split, T, N + 1, device=x.device, dtype=torch.float32)
-    _post_res_proj[(tiles_t, split)](
-        x, y, h_post, h_res, out, fn_next.contiguous(), part, T, C, c_per_split,
-        n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=dot_mode(x.dtype),
-        # a chunk is read back no sooner than the software pipeline may prefetch it
-        LAG=max(cfg["lag"], cfg["num_stages"]) if cfg["lag"] else 0,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return out, part
 
 
 def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True, partials=False):
@@ -291,16 +149,6 @@ def post_res_forward_torch(x, y, h_post, h_res):
     return (out + h_post.to(dt).unsqueeze(-1) * y.to(dt).unsqueeze(-2)).to(x.dtype)
 
 
-def post_res_project_torch(x, y, h_post, h_res, fn_next):
-    """PyTorch twin of :func:`post_res_project_triton` (one channel range: ``S = 1``)."""
-    T, n, C = x.shape
-    out = post_res_forward_torch(x, y, h_post, h_res)
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    of = out.reshape(T, n * C).to(dt)
-    part = torch.cat([of @ fn_next.to(dt).t(), of.pow(2).sum(-1, keepdim=True)], -1)
-    return out, part.to(torch.float32 if dt == torch.float32 else dt).unsqueeze(0)
-
-
 def post_res_backward_torch(x, y, h_post, h_res, g, write_dx=True, partials=False):
     """PyTorch twin of :func:`post_res_backward_triton` (one "partial" when ``partials``)."""
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -314,9 +162,8 @@ def post_res_backward_torch(x, y, h_post, h_res, g, write_dx=True, partials=Fals
     return dx, dy, dhpost, dhres
 
 
-_POST_IMPL = {"triton": (post_res_forward_triton, post_res_backward_triton,
-                         post_res_project_triton),
-              "torch": (post_res_forward_torch, post_res_backward_torch, post_res_project_torch)}
+_POST_IMPL = {"triton": (post_res_forward_triton, post_res_backward_triton),
+              "torch": (post_res_forward_torch, post_res_backward_torch)}
 
 
 class _PostResFn(torch.autograd.Function):
