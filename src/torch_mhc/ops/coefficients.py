@@ -160,15 +160,12 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
     post = tl.zeros([BT, NB], dtype=tl.float32)
     comb = tl.zeros([BT, NB, NB], dtype=tl.float32)
     ss = tl.zeros([BT], dtype=tl.float32)
-    for s0 in range(0, SPLIT, 4):  # reduce the split-K partials, 4 slices' loads at a time
-        for u in tl.static_range(4):
-            p = part_ptr + ((s0 + u) * T + r64) * (N + 1)
-            ok = rmask & ((rows * 0 + s0 + u) < SPLIT)  # [BT]: this slice exists
-            pre += tl.load(p[:, None] + ii[None, :], mask=m2 & ok[:, None], other=0.0)
-            post += tl.load(p[:, None] + n + ii[None, :], mask=m2 & ok[:, None], other=0.0)
-            comb += tl.load(p[:, None, None] + 2 * n + aa * n + bb, mask=m3 & ok[:, None, None],
-                            other=0.0)
-            ss += tl.load(p + N, mask=ok, other=0.0)
+    for s in range(SPLIT):  # reduce the split-K partials
+        p = part_ptr + (s * T + r64) * (N + 1)
+        pre += tl.load(p[:, None] + ii[None, :], mask=m2, other=0.0)
+        post += tl.load(p[:, None] + n + ii[None, :], mask=m2, other=0.0)
+        comb += tl.load(p[:, None, None] + 2 * n + aa * n + bb, mask=m3, other=0.0)
+        ss += tl.load(p + N, mask=rmask, other=0.0)
     # keep the raw projection (N floats) and 1/r for the backward
     mrow = mix_ptr + r64 * (N + 1)
     tl.store(mrow[:, None] + ii[None, :], pre, mask=m2)
@@ -251,11 +248,9 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
     if HAS_DPOST:
         # dH_post / dH_res arrive as n_part partial sums st_part floats apart (summed here)
         d_post = tl.zeros([BT, NB], dtype=tl.float32)
-        for sp0 in range(0, n_part, 4):  # 4 partial sums' loads at a time
-            for u in tl.static_range(4):
-                ok = (rows * 0 + sp0 + u) < n_part
-                d_post += tl.load(dpost_ptr + (sp0 + u) * st_part + r64[:, None] * st_post
-                                  + ii[None, :], mask=m2 & ok[:, None], other=0.0).to(tl.float32)
+        for sp in range(n_part):
+            d_post += tl.load(dpost_ptr + sp * st_part + r64[:, None] * st_post + ii[None, :],
+                              mask=m2, other=0.0).to(tl.float32)
         d_post = 2.0 * d_post * s_post * (1.0 - s_post)
     else:
         d_post = tl.zeros([BT, NB], dtype=tl.float32)
@@ -266,12 +261,9 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
     scr = scr_ptr + r64[:, None, None] * (2 * iters * NN) + aa * NB + bb
     if HAS_DRES:
         g_res = tl.zeros([BT, NB, NB], dtype=tl.float32)  # d H_res, transposed to comb's layout
-        for sp0 in range(0, n_part, 4):
-            for u in tl.static_range(4):
-                ok = (rows * 0 + sp0 + u) < n_part
-                g_res += tl.load(dres_ptr + (sp0 + u) * st_part + r64[:, None, None] * st_res
-                                 + bb * n + aa, mask=m3 & ok[:, None, None],
-                                 other=0.0).to(tl.float32)
+        for sp in range(n_part):
+            g_res += tl.load(dres_ptr + sp * st_part + r64[:, None, None] * st_res + bb * n + aa,
+                             mask=m3, other=0.0).to(tl.float32)
         if LOG:
             for k in range(iters):
                 tl.store(scr + (2 * k) * NN, L, mask=m3)
@@ -286,23 +278,15 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
             # d H_res -> d comb (transpose), then through P = exp(L)
             gy = g_res * P
             tl.debug_barrier()
-            # each step's two inputs are loaded one step ahead (the loads' latency, not the
-            # arithmetic, bounds this per-token kernel)
-            L_c = tl.load(scr + (2 * iters - 1) * NN, mask=m3, other=-1.0e30)
-            L_r = tl.load(scr + (2 * iters - 2) * NN, mask=m3, other=-1.0e30)
             for kk in range(iters):
                 k = iters - 1 - kk
-                kn = tl.maximum(k - 1, 0)
-                Lin = L_c
-                Lin_r = L_r
-                L_c = tl.load(scr + (2 * kn + 1) * NN, mask=m3, other=-1.0e30)
-                L_r = tl.load(scr + (2 * kn) * NN, mask=m3, other=-1.0e30)
                 # y = Lin - lse(Lin) along axis 1  =>  dLin = dy - softmax(Lin) * sum(dy)
+                Lin = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=-1.0e30)
                 mx = tl.max(Lin, axis=1)
                 Q = tl.exp(Lin - mx[:, None, :])
                 Q = tl.where(valid, Q / tl.sum(Q, axis=1)[:, None, :], 0.0)
                 gy = tl.where(valid, gy - Q * tl.sum(gy, axis=1)[:, None, :], 0.0)
-                Lin = Lin_r
+                Lin = tl.load(scr + (2 * k) * NN, mask=m3, other=-1.0e30)
                 mx = tl.max(Lin, axis=2)
                 Q = tl.exp(Lin - mx[:, :, None])
                 Q = tl.where(valid, Q / tl.sum(Q, axis=2)[:, :, None], 0.0)
@@ -322,20 +306,14 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
                 P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
             gy = g_res
             tl.debug_barrier()
-            # y = m / (sum(m) + eps)  =>  dm = (dy - sum(dy * y)) / (sum(m) + eps); inputs
-            # loaded one step ahead, as above
-            M_c = tl.load(scr + (2 * iters - 1) * NN, mask=m3, other=0.0)
-            M_r = tl.load(scr + (2 * iters - 2) * NN, mask=m3, other=0.0)
+            # y = m / (sum(m) + eps)  =>  dm = (dy - sum(dy * y)) / (sum(m) + eps)
             for kk in range(iters):
                 k = iters - 1 - kk
-                kn = tl.maximum(k - 1, 0)
-                Mc = M_c
-                Mr = M_r
-                M_c = tl.load(scr + (2 * kn + 1) * NN, mask=m3, other=0.0)
-                M_r = tl.load(scr + (2 * kn) * NN, mask=m3, other=0.0)
+                Mc = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=0.0)
                 den_c = tl.sum(Mc, axis=1)[:, None, :] + hc_eps
                 gy = tl.where(valid, (gy - tl.sum(gy * Mc, axis=1)[:, None, :] / den_c) / den_c, 0.0)
                 if k > 0:
+                    Mr = tl.load(scr + (2 * k) * NN, mask=m3, other=0.0)
                     den_r = tl.sum(Mr, axis=2)[:, :, None] + hc_eps
                     gy = tl.where(valid, (gy - tl.sum(gy * Mr, axis=2)[:, :, None] / den_r) / den_r, 0.0)
             # softmax: dL = s * (dy - sum(dy * s))
