@@ -187,7 +187,7 @@ def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
     model, cfg = _build_gpt(preset, variant, args, device)
     T = cfg.seq_len
     graphed = bool(getattr(args, "cuda_graph", False))
-    opt = make_optimizer(model, getattr(args, "optimizer", "fused"), device, graphed)
+    opt = make_optimizer(model, args.optimizer, device, graphed)
     g = torch.Generator(device="cpu").manual_seed(1)
     data = [(torch.randint(0, cfg.vocab_size, (batch, T), generator=g).to(device),
              torch.randint(0, cfg.vocab_size, (batch, T), generator=g).to(device))
@@ -307,7 +307,8 @@ def _model_suite(suite: str, args, device) -> Dict:
     out["overhead_pct"] = ours.get("overhead_pct")
     out["peak_mem_overhead_pct"] = ours.get("peak_mem_overhead_pct")
     out["config"] = {"preset": preset, "batch": batch, "n": args.n, "dtype": args.dtype,
-                     "steps": args.steps, "warmup": args.warmup, "optimizer": f"AdamW({_optimizer_kind(args.optimizer, device)})",
+                     "steps": args.steps, "warmup": args.warmup,
+                     "optimizer": f"AdamW({_optimizer_kind(args.optimizer, device)})",
                      "cuda_graph": bool(getattr(args, "cuda_graph", False)),
                      "seq_len": args.seq or None,
                      "timing": "CUDA events around zero_grad+forward+backward+step, median"}
