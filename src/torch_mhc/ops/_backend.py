@@ -55,6 +55,16 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
 
 
 # -- helpers shared by the Triton kernels ------------------------------------------------------
+#
+# Launch order. Consecutive kernels of a connection read what the previous one just read or
+# wrote: at T = C = 4096, n = 4 the stream is 128 MiB against an H100's 50 MB L2, so the
+# last ~third of it is still there when the next kernel starts. Each kernel walks the tokens
+# (all channels of a token tile launched together) in the direction that starts where its
+# predecessor ended:
+#   forward:  post-res ascending -> (next connection) coefficient GEMM descending ->
+#             pre-mix ascending
+#   backward: pre-mix descending -> dx pass ascending (its programs interleaved over the
+#             token tiles) -> (previous connection) post-res descending
 
 def next_pow2(v: int) -> int:
     """Smallest power of two >= ``v`` (>= 1)."""

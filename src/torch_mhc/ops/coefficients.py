@@ -102,12 +102,16 @@ def _split_hi_lo(v, PREC: tl.constexpr):
     return hi, lo
 
 
-def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, k_per_split,
+def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, k_per_split, split,
                       N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       PREC: tl.constexpr):
     # part[s, t, :N] = x[t, ks] @ fn[:, ks]^T over this program's K-slice ks; part[s, t, N] = sum x^2
-    pid_t = tl.program_id(0)
-    pid_s = tl.program_id(1)
+    # Token tiles in descending order, a tile's K-slices launched together: the previous
+    # connection's post-res wrote x ascending, so its last rows are still in L2 (see
+    # ``_backend`` "launch order").
+    pid = tl.program_id(0)
+    pid_s = pid % split
+    pid_t = tl.cdiv(T, BT) - 1 - pid // split
     rows = pid_t * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
@@ -473,7 +477,7 @@ def _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv, g
 
 def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                      hpre_ptr, dh_ptr, hres_ptr, gout_ptr,
-                     T, C, K, t_per_split,
+                     T, C, K, tiles_per, tsplit,
                      n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
                      BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
                      HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr,
@@ -485,7 +489,10 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
     # cp.async prefetch):
     #   dx[t, i, c] = sum_o G[t, o] fn[o, iC + c] + 2 x[t, i, c] dss[t] + H_pre[t, i] dh[t, c]
     #                 + sum_j H_res[t, j, i] g[t, j, c]
-    #   dfn[o, iC + c] (this program's token range) = sum_t G[t, o] x[t, i, c]
+    #   dfn[o, iC + c] (this program's token tiles) = sum_t G[t, o] x[t, i, c]
+    # Program (c, s) takes token tiles s, s + tsplit, s + 2 tsplit, ...: the whole grid moves
+    # up the tokens together, starting where the pre-mix backward (descending) ended, with x
+    # and dh still in L2, and ending where the next post-res backward starts.
     # Products: G = hi + lo and fn = hi + lo in bf16 (x is exact): G fn ~ hi hi + hi lo + lo hi
     # (DXP = 3, ~16-bit operands) or hi hi alone (DXP = 1); G^T x = hi^T x + lo^T x (DFP = 2)
     # or hi^T x (DFP = 1).
@@ -506,13 +513,13 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
     a2 = tl.zeros([NP, BC], dtype=tl.float32)
     a3 = tl.zeros([NP, BC], dtype=tl.float32)
     x_off = rl[:, None] * K + cc[None, :]
-    t_lo = pid_s * t_per_split
-    for tt in tl.range(0, t_per_split, BT, num_stages=LS):
-        rows = t_lo + tt + rl
+    for k in tl.range(0, tiles_per, num_stages=LS):
+        t0 = (k * tsplit + pid_s) * BT
+        rows = t0 + rl
         rmask = rows < T
         r64 = rows.to(tl.int64)
         m2 = rmask[:, None] & cmask[None, :]
-        tb = (t_lo + tt).to(tl.int64) * K  # this tile's first row; int32 offsets inside it
+        tb = t0.to(tl.int64) * K  # this tile's first row; int32 offsets inside it
         Gt = tl.load(g_ptr + r64[:, None] * NP + oo[None, :],
                      mask=rmask[:, None] & (oo < N)[None, :], other=0.0)
         Gh, Gl = _split_hi_lo(Gt, PREC)
@@ -521,7 +528,7 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
         dss2 = 2.0 * tl.load(dss_ptr + rows, mask=rmask, other=0.0)
         dhv, g0, g1, g2, g3 = None, None, None, None, None  # stay None for a term that is off
         if HAS_PRE:
-            dhv = tl.load(dh_ptr + (t_lo + tt).to(tl.int64) * C + rl[:, None] * C + cc[None, :],
+            dhv = tl.load(dh_ptr + t0.to(tl.int64) * C + rl[:, None] * C + cc[None, :],
                           mask=m2, other=0.0)
         if HAS_RES:
             g0 = tl.load(gout_ptr + tb + x_off + 0 * C, mask=m2 & (n > 0), other=0.0)
@@ -635,7 +642,7 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     split = triton_cdiv(K, k_per_split)
     part = torch.empty(split, T, N + 1, device=dev, dtype=torch.float32)
     fn_c = fn.contiguous()
-    _coef_gemm[(tiles_t, split)](x, fn_c, part, T, K, k_per_split, N=N, NP=NP, BT=BT, BK=BK,
+    _coef_gemm[(tiles_t * split,)](x, fn_c, part, T, K, k_per_split, split, N=N, NP=NP, BT=BT, BK=BK,
                                  PREC=dot_mode(x.dtype), num_warps=cfg["num_warps"],
                                  num_stages=cfg["num_stages"])
     mix = torch.empty(T, N + 1, device=dev, dtype=torch.float32)
@@ -730,9 +737,10 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     dfn_p = torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32) if fused else G
     # ``ls``: software-pipeline stages of the token loop (``tl.range``): >= 2 prefetches the
     # next tiles into shared memory with cp.async while the current one is computed
-    if dx4:
+    if dx4:  # interleaved token tiles: ``tsplit`` programs per channel slice, each every tsplit-th
         _coef_dx4[(c_tiles, tsplit)](
-            x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K, t_per_split,
+            x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K,
+            triton_cdiv(t_tiles, tsplit), tsplit,
             n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
             DFN=fused, LS=cfg["ls"], DXP=cfg["dxp"], DFP=cfg["dfp"], num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"])

@@ -29,8 +29,11 @@ def pre_mix_reference(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
 
 def _pre_mix_fwd_kernel(x_ptr, hpre_ptr, h_ptr, T, C,
                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    pid_t = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    # token-major, ascending: the coefficient GEMM just read x descending (``_backend``)
+    pid = tl.program_id(0)
+    c_tiles = tl.cdiv(C, BC)
+    pid_t = pid // c_tiles
+    pid_c = pid % c_tiles
     rows = pid_t * BT + tl.arange(0, BT)
     r64 = rows.to(tl.int64)
     ii = tl.arange(0, NB)
@@ -48,7 +51,9 @@ def _pre_mix_fwd_kernel(x_ptr, hpre_ptr, h_ptr, T, C,
 def _pre_mix_bwd_kernel(x_ptr, hpre_ptr, dh_ptr, dx_ptr, dhpre_ptr, T, C,
                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                         WRITE_DX: tl.constexpr):
-    pid = tl.program_id(0)
+    # descending: the coefficient backward's dx pass then starts from the low tokens' x and dh,
+    # still in L2 (``_backend``)
+    pid = tl.cdiv(T, BT) - 1 - tl.program_id(0)
     rows = pid * BT + tl.arange(0, BT)
     r64 = rows.to(tl.int64)
     ii = tl.arange(0, NB)
@@ -92,7 +97,7 @@ def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor
     cfg = tuned("pre_mix_fwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
     BT, BC = cfg["BT"], (BC if interpret_mode() else min(cfg["BC"], next_pow2(C)))
     h = torch.empty(T, C, device=x.device, dtype=x.dtype)
-    _pre_mix_fwd[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
+    _pre_mix_fwd[(triton_cdiv(T, BT) * triton_cdiv(C, BC),)](
         x, h_pre, h, T, C, n=n, NB=NB, BT=BT, BC=BC, num_warps=cfg["num_warps"])
     return h
 
