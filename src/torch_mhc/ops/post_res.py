@@ -34,11 +34,10 @@ def post_res_reference(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
 
 def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
                          n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    # token-major, ascending: the next connection's GEMM reads out descending (``_backend``)
-    pid = tl.program_id(0)
-    c_tiles = tl.cdiv(C, BC)
-    pid_t = pid // c_tiles
-    pid_c = pid % c_tiles
+    # tokens ascending (one channel tile at C <= 4096): the next connection's GEMM reads out
+    # descending (``_backend``)
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
     rows = pid_t * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
@@ -58,16 +57,15 @@ def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
 
 
 def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_ptr, part_ptr,
-                         T, C, S, n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
+                         T, C, n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
                          BC: tl.constexpr, WRITE_DX: tl.constexpr):
     # One (token tile, channel tile) per program, no loop over C (like the forward): dy for
     # the tile, and this channel slice's partial dot products
     #   part[pid_c, t, i] = <g_i, y>,  part[pid_c, t, n + i n + j] = <g_i, x_j>
-    # which the launcher sums over the C / BC slices (a few MB at most). Token-major,
-    # descending: the previous dx pass wrote g ascending, its last rows are still in L2.
-    pid = tl.program_id(0)
-    pid_t = tl.cdiv(T, BT) - 1 - pid // S
-    pid_c = pid % S
+    # which the launcher sums over the C / BC slices (a few MB at most). Tokens descending:
+    # the previous dx pass wrote g ascending, its last rows are still in L2.
+    pid_t = tl.cdiv(T, BT) - 1 - tl.program_id(0)
+    pid_c = tl.program_id(1)
     rows = pid_t * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
@@ -114,7 +112,7 @@ def post_res_forward_triton(x, y, h_post, h_res):
     if interpret_mode():
         BC = min(BC, 32)
     out = torch.empty_like(x)
-    _post_res_fwd[(triton_cdiv(T, BT) * triton_cdiv(C, BC),)](
+    _post_res_fwd[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
         x, y, h_post, h_res, out, T, C, n=n, NB=NB, BT=BT, BC=BC, num_warps=cfg["num_warps"])
     return out
 
@@ -138,8 +136,8 @@ def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True, partials=Fal
     dy = torch.empty(T, C, device=x.device, dtype=y.dtype)
     part = torch.empty(S, T, n + n * n, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x) if write_dx else None
-    _post_res_bwd[(triton_cdiv(T, BT) * S,)](
-        x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, C, S,
+    _post_res_bwd[(triton_cdiv(T, BT), S)](
+        x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, C,
         n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=write_dx, num_warps=cfg["num_warps"])
     if partials:
         return dx, dy, part
