@@ -150,34 +150,31 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
                        T, SPLIT, K, iters, rms_eps, hc_eps,
                        n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
                        LOG: tl.constexpr):
-    # Token axis last ([NB, BT], [NB, NB, BT]) with BT = 32 * num_warps: one token per lane,
-    # so a matrix's row and column sums stay inside a thread (no shuffles in the 20
-    # dependent Sinkhorn steps). comb[a, b] is V4's layout; H_res = comb^T.
     pid = tl.program_id(0)
     rows = pid * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
-    ii = tl.arange(0, NB)[:, None]
-    m2 = (ii < n) & rmask[None, :]
-    aa = tl.arange(0, NB)[:, None, None]  # comb row
-    bb = tl.arange(0, NB)[None, :, None]  # comb column
+    ii = tl.arange(0, NB)
+    m2 = rmask[:, None] & (ii < n)[None, :]
+    aa = tl.arange(0, NB)[None, :, None]  # comb row (V4 layout); H_res = comb^T
+    bb = tl.arange(0, NB)[None, None, :]  # comb column
     valid = (aa < n) & (bb < n)
-    m3 = valid & rmask[None, None, :]
-    pre = tl.zeros([NB, BT], dtype=tl.float32)
-    post = tl.zeros([NB, BT], dtype=tl.float32)
-    comb = tl.zeros([NB, NB, BT], dtype=tl.float32)
+    m3 = rmask[:, None, None] & valid
+    pre = tl.zeros([BT, NB], dtype=tl.float32)
+    post = tl.zeros([BT, NB], dtype=tl.float32)
+    comb = tl.zeros([BT, NB, NB], dtype=tl.float32)
     ss = tl.zeros([BT], dtype=tl.float32)
     for s in range(SPLIT):  # reduce the split-K partials
         p = part_ptr + (s * T + r64) * (N + 1)
-        pre += tl.load(p[None, :] + ii, mask=m2, other=0.0)
-        post += tl.load(p[None, :] + n + ii, mask=m2, other=0.0)
-        comb += tl.load(p[None, None, :] + 2 * n + aa * n + bb, mask=m3, other=0.0)
+        pre += tl.load(p[:, None] + ii[None, :], mask=m2, other=0.0)
+        post += tl.load(p[:, None] + n + ii[None, :], mask=m2, other=0.0)
+        comb += tl.load(p[:, None, None] + 2 * n + aa * n + bb, mask=m3, other=0.0)
         ss += tl.load(p + N, mask=rmask, other=0.0)
     # keep the raw projection (N floats) and 1/r for the backward
     mrow = mix_ptr + r64 * (N + 1)
-    tl.store(mrow[None, :] + ii, pre, mask=m2)
-    tl.store(mrow[None, :] + n + ii, post, mask=m2)
-    tl.store(mrow[None, None, :] + 2 * n + aa * n + bb, comb, mask=m3)
+    tl.store(mrow[:, None] + ii[None, :], pre, mask=m2)
+    tl.store(mrow[:, None] + n + ii[None, :], post, mask=m2)
+    tl.store(mrow[:, None, None] + 2 * n + aa * n + bb, comb, mask=m3)
     inv_r = 1.0 / tl.sqrt(ss / K + rms_eps)  # Eq. 14: r = ||vec x|| / sqrt(nC)
     tl.store(mrow + N, inv_r, mask=rmask)
     a_pre = tl.load(scale_ptr).to(tl.float32)
@@ -187,55 +184,33 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
     b_post = tl.load(base_ptr + n + ii, mask=ii < n, other=0.0).to(tl.float32)
     b_res = tl.load(base_ptr + 2 * n + aa * n + bb, mask=valid, other=0.0).to(tl.float32)
     # Eq. 15-18: H~ = a * (x phi) / r + b; sigmoid, 2 sigmoid
-    h_pre = tl.sigmoid(a_pre * pre * inv_r[None, :] + b_pre) + hc_eps
-    h_post = 2.0 * tl.sigmoid(a_post * post * inv_r[None, :] + b_post)
-    tl.store(hpre_ptr + r64[None, :] * n + ii, h_pre, mask=m2)
-    tl.store(hpost_ptr + r64[None, :] * n + ii, h_post, mask=m2)
-    # Eq. 19, 9: Sinkhorn on comb (= H_res^T): normalising comb rows (axis 1) is T_c on H_res
-    L = a_res * comb * inv_r[None, None, :] + b_res
-    L = tl.where(valid, L, -1.0e30)
+    h_pre = tl.sigmoid(a_pre * pre * inv_r[:, None] + b_pre[None, :]) + hc_eps
+    h_post = 2.0 * tl.sigmoid(a_post * post * inv_r[:, None] + b_post[None, :])
+    tl.store(hpre_ptr + r64[:, None] * n + ii[None, :], h_pre, mask=m2)
+    tl.store(hpost_ptr + r64[:, None] * n + ii[None, :], h_post, mask=m2)
+    # Eq. 19, 9: Sinkhorn on comb (= H_res^T): normalising comb rows (axis 2) is T_c on H_res
+    L = a_res * comb * inv_r[:, None, None] + b_res
     if LOG:  # paper: log domain, columns then rows of H_res
+        L = tl.where(valid, L, -1.0e30)
         for _ in range(iters):
-            L = _lse_norm(L, valid, 1)
-            L = _lse_norm(L, valid, 0)
+            mx = tl.max(L, axis=2)
+            L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, :, None]), axis=2)))[:, :, None]
+            L = tl.where(valid, L, -1.0e30)
+            mx = tl.max(L, axis=1)
+            L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, None, :]), axis=1)))[:, None, :]
+            L = tl.where(valid, L, -1.0e30)
         P = tl.exp(L)
     else:  # DeepSeek-V4: softmax + eps, column norm, then (row, column) norms, each / (sum + eps)
-        mx = tl.max(L, axis=1)
-        E = tl.exp(L - mx[:, None, :])
-        P = tl.where(valid, E / tl.sum(E, axis=1)[:, None, :] + hc_eps, 0.0)
-        P = P / (tl.sum(P, axis=0)[None, :, :] + hc_eps)
+        L = tl.where(valid, L, -1.0e30)
+        mx = tl.max(L, axis=2)
+        E = tl.exp(L - mx[:, :, None])
+        P = tl.where(valid, E / tl.sum(E, axis=2)[:, :, None] + hc_eps, 0.0)
+        P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
         for _ in range(iters - 1):
+            P = P / (tl.sum(P, axis=2)[:, :, None] + hc_eps)
             P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
-            P = P / (tl.sum(P, axis=0)[None, :, :] + hc_eps)
     # H_res[t, b, a] = comb[t, a, b]
-    tl.store(hres_ptr + r64[None, None, :] * (n * n) + bb * n + aa, P, mask=m3)
-
-
-def _lse_norm(L, valid, AX: tl.constexpr):
-    """``L - logsumexp(L)`` along axis ``AX`` (0 or 1) of a [NB, NB, BT] tile, padding kept
-    at -1e30."""
-    if AX == 1:
-        mx = tl.max(L, axis=1)
-        L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, None, :]), axis=1)))[:, None, :]
-    else:
-        mx = tl.max(L, axis=0)
-        L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[None, :, :]), axis=0)))[None, :, :]
-    return tl.where(valid, L, -1.0e30)
-
-
-def _softmax_bwd(gy, Lin, valid, AX: tl.constexpr):
-    """Through ``y = Lin - logsumexp(Lin)`` along ``AX``: ``dLin = dy - softmax(Lin) sum(dy)``."""
-    if AX == 1:
-        mx = tl.max(Lin, axis=1)
-        Q = tl.exp(Lin - mx[:, None, :])
-        Q = tl.where(valid, Q / tl.sum(Q, axis=1)[:, None, :], 0.0)
-        gy = gy - Q * tl.sum(gy, axis=1)[:, None, :]
-    else:
-        mx = tl.max(Lin, axis=0)
-        Q = tl.exp(Lin - mx[None, :, :])
-        Q = tl.where(valid, Q / tl.sum(Q, axis=0)[None, :, :], 0.0)
-        gy = gy - Q * tl.sum(gy, axis=0)[None, :, :]
-    return tl.where(valid, gy, 0.0)
+    tl.store(hres_ptr + r64[:, None, None] * (n * n) + bb * n + aa, P, mask=m3)
 
 
 def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dres_ptr,
@@ -245,21 +220,20 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
                            NP: tl.constexpr, BT: tl.constexpr, LOG: tl.constexpr,
                            HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
                            HAS_DRES: tl.constexpr):
-    # token axis last, one token per lane (see ``_coef_token_kernel``)
     pid = tl.program_id(0)
     rows = pid * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
-    ii = tl.arange(0, NB)[:, None]
-    m2 = (ii < n) & rmask[None, :]
-    aa = tl.arange(0, NB)[:, None, None]
-    bb = tl.arange(0, NB)[None, :, None]
+    ii = tl.arange(0, NB)
+    m2 = rmask[:, None] & (ii < n)[None, :]
+    aa = tl.arange(0, NB)[None, :, None]
+    bb = tl.arange(0, NB)[None, None, :]
     valid = (aa < n) & (bb < n)
-    m3 = valid & rmask[None, None, :]
+    m3 = rmask[:, None, None] & valid
     mrow = mix_ptr + r64 * (N + 1)
-    pre = tl.load(mrow[None, :] + ii, mask=m2, other=0.0)
-    post = tl.load(mrow[None, :] + n + ii, mask=m2, other=0.0)
-    comb = tl.load(mrow[None, None, :] + 2 * n + aa * n + bb, mask=m3, other=0.0)
+    pre = tl.load(mrow[:, None] + ii[None, :], mask=m2, other=0.0)
+    post = tl.load(mrow[:, None] + n + ii[None, :], mask=m2, other=0.0)
+    comb = tl.load(mrow[:, None, None] + 2 * n + aa * n + bb, mask=m3, other=0.0)
     inv_r = tl.load(mrow + N, mask=rmask, other=0.0)
     a_pre = tl.load(scale_ptr).to(tl.float32)
     a_post = tl.load(scale_ptr + 1).to(tl.float32)
@@ -268,85 +242,96 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
     b_post = tl.load(base_ptr + n + ii, mask=ii < n, other=0.0).to(tl.float32)
     b_res = tl.load(base_ptr + 2 * n + aa * n + bb, mask=valid, other=0.0).to(tl.float32)
     # pre / post: d sigmoid = s (1 - s)
-    s_pre = tl.sigmoid(a_pre * pre * inv_r[None, :] + b_pre)
-    s_post = tl.sigmoid(a_post * post * inv_r[None, :] + b_post)
+    s_pre = tl.sigmoid(a_pre * pre * inv_r[:, None] + b_pre[None, :])
+    s_post = tl.sigmoid(a_post * post * inv_r[:, None] + b_post[None, :])
     if HAS_DPRE:
-        d_pre = tl.load(dpre_ptr + r64[None, :] * st_pre + ii, mask=m2, other=0.0).to(tl.float32)
+        d_pre = tl.load(dpre_ptr + r64[:, None] * st_pre + ii[None, :], mask=m2, other=0.0).to(tl.float32)
         d_pre = d_pre * s_pre * (1.0 - s_pre)
     else:
-        d_pre = tl.zeros([NB, BT], dtype=tl.float32)
+        d_pre = tl.zeros([BT, NB], dtype=tl.float32)
     if HAS_DPOST:
         # dH_post / dH_res arrive as n_part partial sums st_part floats apart (summed here)
-        d_post = tl.zeros([NB, BT], dtype=tl.float32)
+        d_post = tl.zeros([BT, NB], dtype=tl.float32)
         for sp in range(n_part):
-            d_post += tl.load(dpost_ptr + sp * st_part + r64[None, :] * st_post + ii,
+            d_post += tl.load(dpost_ptr + sp * st_part + r64[:, None] * st_post + ii[None, :],
                               mask=m2, other=0.0).to(tl.float32)
         d_post = 2.0 * d_post * s_post * (1.0 - s_post)
     else:
-        d_post = tl.zeros([NB, BT], dtype=tl.float32)
+        d_post = tl.zeros([BT, NB], dtype=tl.float32)
     # Sinkhorn: re-run the iterations from the logits, keeping each step's input in the
     # per-token scratch (2 * iters matrices), then differentiate the steps in reverse order.
-    L = a_res * comb * inv_r[None, None, :] + b_res
+    L = a_res * comb * inv_r[:, None, None] + b_res
     L = tl.where(valid, L, -1.0e30)
-    scr = scr_ptr + r64[None, None, :] * (2 * iters * NN) + aa * NB + bb
+    scr = scr_ptr + r64[:, None, None] * (2 * iters * NN) + aa * NB + bb
     if HAS_DRES:
-        g_res = tl.zeros([NB, NB, BT], dtype=tl.float32)  # d H_res, transposed to comb's layout
+        g_res = tl.zeros([BT, NB, NB], dtype=tl.float32)  # d H_res, transposed to comb's layout
         for sp in range(n_part):
-            g_res += tl.load(dres_ptr + sp * st_part + r64[None, None, :] * st_res + bb * n + aa,
+            g_res += tl.load(dres_ptr + sp * st_part + r64[:, None, None] * st_res + bb * n + aa,
                              mask=m3, other=0.0).to(tl.float32)
         if LOG:
             for k in range(iters):
                 tl.store(scr + (2 * k) * NN, L, mask=m3)
-                L = _lse_norm(L, valid, 1)
+                mx = tl.max(L, axis=2)
+                L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, :, None]), axis=2)))[:, :, None]
+                L = tl.where(valid, L, -1.0e30)
                 tl.store(scr + (2 * k + 1) * NN, L, mask=m3)
-                L = _lse_norm(L, valid, 0)
+                mx = tl.max(L, axis=1)
+                L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, None, :]), axis=1)))[:, None, :]
+                L = tl.where(valid, L, -1.0e30)
+            P = tl.exp(L)
             # d H_res -> d comb (transpose), then through P = exp(L)
-            gy = g_res * tl.exp(L)
+            gy = g_res * P
             tl.debug_barrier()
             for kk in range(iters):
                 k = iters - 1 - kk
-                gy = _softmax_bwd(gy, tl.load(scr + (2 * k + 1) * NN, mask=m3, other=-1.0e30),
-                                  valid, 0)
-                gy = _softmax_bwd(gy, tl.load(scr + (2 * k) * NN, mask=m3, other=-1.0e30),
-                                  valid, 1)
+                # y = Lin - lse(Lin) along axis 1  =>  dLin = dy - softmax(Lin) * sum(dy)
+                Lin = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=-1.0e30)
+                mx = tl.max(Lin, axis=1)
+                Q = tl.exp(Lin - mx[:, None, :])
+                Q = tl.where(valid, Q / tl.sum(Q, axis=1)[:, None, :], 0.0)
+                gy = tl.where(valid, gy - Q * tl.sum(gy, axis=1)[:, None, :], 0.0)
+                Lin = tl.load(scr + (2 * k) * NN, mask=m3, other=-1.0e30)
+                mx = tl.max(Lin, axis=2)
+                Q = tl.exp(Lin - mx[:, :, None])
+                Q = tl.where(valid, Q / tl.sum(Q, axis=2)[:, :, None], 0.0)
+                gy = tl.where(valid, gy - Q * tl.sum(gy, axis=2)[:, :, None], 0.0)
             d_res = gy
         else:
-            mx = tl.max(L, axis=1)
-            E = tl.exp(L - mx[:, None, :])
-            S0 = tl.where(valid, E / tl.sum(E, axis=1)[:, None, :], 0.0)  # softmax
+            mx = tl.max(L, axis=2)
+            E = tl.exp(L - mx[:, :, None])
+            S0 = tl.where(valid, E / tl.sum(E, axis=2)[:, :, None], 0.0)  # softmax
             P = tl.where(valid, S0 + hc_eps, 0.0)
             tl.store(scr + NN, P, mask=m3)
-            P = P / (tl.sum(P, axis=0)[None, :, :] + hc_eps)
+            P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
             for k in range(1, iters):
                 tl.store(scr + (2 * k) * NN, P, mask=m3)
-                P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
+                P = P / (tl.sum(P, axis=2)[:, :, None] + hc_eps)
                 tl.store(scr + (2 * k + 1) * NN, P, mask=m3)
-                P = P / (tl.sum(P, axis=0)[None, :, :] + hc_eps)
+                P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
             gy = g_res
             tl.debug_barrier()
             # y = m / (sum(m) + eps)  =>  dm = (dy - sum(dy * y)) / (sum(m) + eps)
             for kk in range(iters):
                 k = iters - 1 - kk
                 Mc = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=0.0)
-                den_c = tl.sum(Mc, axis=0)[None, :, :] + hc_eps
-                gy = tl.where(valid, (gy - tl.sum(gy * Mc, axis=0)[None, :, :] / den_c) / den_c, 0.0)
+                den_c = tl.sum(Mc, axis=1)[:, None, :] + hc_eps
+                gy = tl.where(valid, (gy - tl.sum(gy * Mc, axis=1)[:, None, :] / den_c) / den_c, 0.0)
                 if k > 0:
                     Mr = tl.load(scr + (2 * k) * NN, mask=m3, other=0.0)
-                    den_r = tl.sum(Mr, axis=1)[:, None, :] + hc_eps
-                    gy = tl.where(valid, (gy - tl.sum(gy * Mr, axis=1)[:, None, :] / den_r) / den_r, 0.0)
+                    den_r = tl.sum(Mr, axis=2)[:, :, None] + hc_eps
+                    gy = tl.where(valid, (gy - tl.sum(gy * Mr, axis=2)[:, :, None] / den_r) / den_r, 0.0)
             # softmax: dL = s * (dy - sum(dy * s))
-            d_res = tl.where(valid, S0 * (gy - tl.sum(gy * S0, axis=1)[:, None, :]), 0.0)
+            d_res = tl.where(valid, S0 * (gy - tl.sum(gy * S0, axis=2)[:, :, None]), 0.0)
     else:
-        d_res = tl.zeros([NB, NB, BT], dtype=tl.float32)
+        d_res = tl.zeros([BT, NB, NB], dtype=tl.float32)
     # d logit -> G = d mix = dlogit * a / r; d inv_r; partial d scale, d base
     grow = g_ptr + r64 * NP
-    tl.store(grow[None, :] + ii, d_pre * a_pre * inv_r[None, :], mask=m2)
-    tl.store(grow[None, :] + n + ii, d_post * a_post * inv_r[None, :], mask=m2)
-    tl.store(grow[None, None, :] + 2 * n + aa * n + bb, d_res * a_res * inv_r[None, None, :],
-             mask=m3)
-    m_pre = tl.sum(d_pre * pre, axis=0)
-    m_post = tl.sum(d_post * post, axis=0)
-    m_res = tl.sum(tl.sum(d_res * comb, axis=1), axis=0)
+    tl.store(grow[:, None] + ii[None, :], d_pre * a_pre * inv_r[:, None], mask=m2)
+    tl.store(grow[:, None] + n + ii[None, :], d_post * a_post * inv_r[:, None], mask=m2)
+    tl.store(grow[:, None, None] + 2 * n + aa * n + bb, d_res * a_res * inv_r[:, None, None], mask=m3)
+    m_pre = tl.sum(d_pre * pre, axis=1)
+    m_post = tl.sum(d_post * post, axis=1)
+    m_res = tl.sum(tl.sum(d_res * comb, axis=2), axis=1)
     dinv = a_pre * m_pre + a_post * m_post + a_res * m_res
     tl.store(dss_ptr + rows, -0.5 * dinv * inv_r * inv_r * inv_r / K, mask=rmask)
     # this program's partial d scale (3) and d base (N), one row of red[nprog, 3 + N]
@@ -355,10 +340,9 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
     tl.store(ds_row + 1, tl.sum(tl.where(rmask, m_post * inv_r, 0.0), axis=0))
     tl.store(ds_row + 2, tl.sum(tl.where(rmask, m_res * inv_r, 0.0), axis=0))
     db_row = ds_row + 3
-    i1 = tl.arange(0, NB)
-    tl.store(db_row + i1, tl.sum(tl.where(m2, d_pre, 0.0), axis=1), mask=i1 < n)
-    tl.store(db_row + n + i1, tl.sum(tl.where(m2, d_post, 0.0), axis=1), mask=i1 < n)
-    db_res = tl.sum(tl.where(m3, d_res, 0.0), axis=2)  # [NB, NB]
+    tl.store(db_row + ii, tl.sum(tl.where(m2, d_pre, 0.0), axis=0), mask=ii < n)
+    tl.store(db_row + n + ii, tl.sum(tl.where(m2, d_post, 0.0), axis=0), mask=ii < n)
+    db_res = tl.sum(tl.where(m3, d_res, 0.0), axis=0)  # [NB, NB]
     a2 = tl.arange(0, NB)[:, None]
     b2 = tl.arange(0, NB)[None, :]
     tl.store(db_row + 2 * n + a2 * n + b2, db_res, mask=(a2 < n) & (b2 < n))
@@ -612,8 +596,8 @@ def _coef_dfn_kernel(x_ptr, g_ptr, dfn_ptr, T, K, t_per_split,
 
 
 _coef_gemm = LazyJit(_coef_gemm_kernel, helpers=(_split_hi_lo,))
-_coef_token = LazyJit(_coef_token_kernel, helpers=(_lse_norm,))
-_coef_token_bwd = LazyJit(_coef_token_bwd_kernel, helpers=(_lse_norm, _softmax_bwd))
+_coef_token = LazyJit(_coef_token_kernel)
+_coef_token_bwd = LazyJit(_coef_token_bwd_kernel)
 _coef_bwd_x = LazyJit(_coef_bwd_x_kernel, helpers=(_split_hi_lo,))
 _coef_dfn = LazyJit(_coef_dfn_kernel, helpers=(_split_hi_lo,))
 _coef_dx4 = LazyJit(_coef_dx4_kernel, helpers=(_split_hi_lo, _dx4_stream))
@@ -666,7 +650,7 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     h_post = torch.empty(T, n, device=dev, dtype=torch.float32)
     h_res = torch.empty(T, n, n, device=dev, dtype=torch.float32)
     NB = next_pow2(n)
-    cfg = tuned("coef_token", BT=32, num_warps=1)  # one token per lane: BT = 32 * num_warps
+    cfg = tuned("coef_token", BT=8, num_warps=1 if NB <= 4 else 2)
     BT2 = cfg["BT"]
     _coef_token[(triton_cdiv(T, BT2),)](
         part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res,
@@ -689,7 +673,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     NP = max(16, next_pow2(N))
     NB = next_pow2(n)
     dev = x.device
-    cfg = tuned("coef_token_bwd", BT=32, num_warps=1)
+    cfg = tuned("coef_token_bwd", BT=4, num_warps=1 if NB <= 4 else 2)
     BT2 = 8 if interpret_mode() else cfg["BT"]
     nprog = triton_cdiv(T, BT2)
     G = torch.empty(T, NP, device=dev, dtype=torch.float32)
