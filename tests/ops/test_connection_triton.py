@@ -97,6 +97,39 @@ def test_output_unused_and_grad_wrt_input_only():
     assert rel_error(gx, gr) < 3e-5 and rel_error(gx2, gr) < 3e-5
 
 
+@pytest.mark.parametrize("dtype,n,C,tol", [(torch.float32, 4, 40, 3e-5), (torch.float32, 3, 36, 3e-5),
+                                         (torch.bfloat16, 4, 64, 3e-2)])
+def test_broadcast_streams_read_in_place(dtype, n, C, tol):
+    """expand_streams(view=True) feeds the connection a stream-stride-0 view and
+    reduce_streams sends back a stride-0 gradient: every kernel reads them in place (one
+    (T, C) row per token) and gives the reference's values and gradients."""
+    from torch_mhc import expand_streams, reduce_streams
+    from torch_mhc.ops._backend import is_broadcast
+    torch.manual_seed(3)
+    hc = HyperConnection(nn.Linear(C, C), C, n, backend="triton", rms_eps=1e-6).to(DEV)
+    _randomise(hc)
+    for p in hc.branch.parameters():
+        p.data = p.data.to(dtype)
+    x0 = torch.randn(2, 7, C, device=DEV).to(dtype).requires_grad_()
+    w = torch.randn(2, 7, C, device=DEV)
+    leaves = [x0, hc.fn, hc.base, hc.scale, hc.branch.weight]
+    results = []
+    for backend, view in (("triton", True), ("triton", False), ("torch", False)):
+        hc.backend = backend
+        streams = expand_streams(x0, n, view=view)
+        assert is_broadcast(streams.reshape(-1, n, C)) == view
+        out = hc(hc(streams))  # the second connection: a dense input, a broadcast gradient
+        loss = (reduce_streams(out).float() * w).sum()
+        results.append((out, torch.autograd.grad(loss, leaves)))
+    (out, g), (dense, g_dense), (ref, g_ref) = results
+    # the broadcast layout changes only the rounding of sum_j H_res[i, j] x_j; bf16 against
+    # the fp32 reference differs by the bf16 rounding of h, y and dx
+    assert rel_error(out, dense) < tol / 4 and rel_error(out, ref) < tol
+    for name, a, b, c in zip(["x", "fn", "base", "scale", "branch"], g, g_dense, g_ref):
+        assert rel_error(a, b) < tol / 4, (name, rel_error(a, b))
+        assert rel_error(a, c) < tol, (name, rel_error(a, c))
+
+
 def test_gradcheck_fp64_connection_glue():
     """float64 runs the kernels' PyTorch twins through the fused autograd Functions, so the
     hand-off of d out from the post half to the pre half's single dx pass is gradchecked."""

@@ -71,7 +71,7 @@ class DeepStack(nn.Module):
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
         """Token ids ``(B, T)`` -> ``(logits (B, T, vocab), loss)``; ``loss`` is the mean
         cross-entropy against ``targets (B, T)``, or None without targets."""
-        x = expand_streams(self.embed(idx), self.cfg.streams)
+        x = expand_streams(self.embed(idx), self.cfg.streams, view=True)
         with stream_recompute(resolve_block_size(self.cfg.recompute_block, self.cfg.streams,
                                                  self.cfg.depth)):
             for layer in self.layers:

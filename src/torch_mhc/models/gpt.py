@@ -172,7 +172,7 @@ class GPT(nn.Module):
         T = idx.shape[1]
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence length {T} exceeds the model's seq_len {self.cfg.seq_len}")
-        x = expand_streams(self.embed(idx), self.cfg.streams)
+        x = expand_streams(self.embed(idx), self.cfg.streams, view=True)
         recompute = resolve_block_size(self.cfg.recompute_block, self.cfg.streams,
                                        2 * self.cfg.n_layer)
         with stream_recompute(recompute):

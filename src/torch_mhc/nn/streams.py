@@ -8,17 +8,19 @@ from ..ops.streams import broadcast_streams, sum_streams
 __all__ = ["expand_streams", "reduce_streams"]
 
 
-def expand_streams(x: torch.Tensor, n: int) -> torch.Tensor:
+def expand_streams(x: torch.Tensor, n: int, view: bool = False) -> torch.Tensor:
     """``(..., C) -> (..., n, C)``: ``n`` identical copies (as DeepSeek-V4 feeds its embedding).
 
-    Returns a contiguous tensor (not an expanded view), so the streams can be written and
-    fed to the fused kernels directly.
+    Returns a contiguous tensor, so the streams can be written in place. ``view=True``
+    returns the broadcast view instead (``x.unsqueeze(-2).expand(...)``, no copy, read-only):
+    the fused mHC connection reads it in place, so the first connection reads its input once
+    per token instead of ``n`` times and the copy is never written (the models use it).
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     if x.dim() < 1:
         raise ValueError("expand_streams expects a tensor of shape (..., C)")
-    return broadcast_streams(x, n)
+    return broadcast_streams(x, n, view=view)
 
 
 def reduce_streams(streams: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

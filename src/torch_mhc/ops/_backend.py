@@ -66,6 +66,20 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
 #   backward: pre-mix descending -> dx pass ascending (its programs interleaved over the
 #             token tiles) -> (previous connection) post-res descending
 
+def is_broadcast(t: Optional[torch.Tensor]) -> bool:
+    """True for ``(T, n, C)`` streams that are one ``(T, C)`` tensor seen ``n`` times (stream
+    stride 0, as :func:`torch_mhc.expand_streams` returns them): the kernels then read each
+    element once instead of ``n`` times."""
+    return (t is not None and t.dim() == 3 and t.shape[1] > 1 and t.stride(1) == 0
+            and t.stride(2) == 1 and (t.shape[0] == 1 or t.stride(0) == t.shape[2]))
+
+
+def as_streams(t: torch.Tensor) -> torch.Tensor:
+    """``(T, n, C)`` streams in a layout the kernels take: contiguous, or a broadcast view
+    kept as it is (:func:`is_broadcast`); anything else is copied."""
+    return t if t.is_contiguous() or is_broadcast(t) else t.contiguous()
+
+
 def next_pow2(v: int) -> int:
     """Smallest power of two >= ``v`` (>= 1)."""
     return 1 << max(0, int(v) - 1).bit_length()

@@ -19,8 +19,8 @@ from typing import Tuple
 
 import torch
 
-from ._backend import (LazyJit, compute_dtype, device_sms, dot_mode, interpret_mode, next_pow2,
-                       resolve_backend, triton_cdiv, tuned)
+from ._backend import (LazyJit, compute_dtype, device_sms, dot_mode, interpret_mode, is_broadcast,
+                       next_pow2, resolve_backend, triton_cdiv, tuned)
 from .sinkhorn import sinkhorn
 
 __all__ = ["mhc_coefficients", "mhc_coefficients_reference", "split_logits"]
@@ -102,9 +102,9 @@ def _split_hi_lo(v, PREC: tl.constexpr):
     return hi, lo
 
 
-def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, k_per_split, split,
+def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, C, k_per_split, split,
                       N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                      PREC: tl.constexpr):
+                      PREC: tl.constexpr, XB: tl.constexpr):
     # part[s, t, :N] = x[t, ks] @ fn[:, ks]^T over this program's K-slice ks; part[s, t, N] = sum x^2
     # Token tiles in descending order, a tile's K-slices launched together: the previous
     # connection's post-res wrote x ascending, so its last rows are still in L2 (see
@@ -123,8 +123,12 @@ def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, k_per_split, split,
     for kk in range(0, k_per_split, BK):
         ks = k_lo + kk + tl.arange(0, BK)
         kmask = ks < K
-        xt = tl.load(x_ptr + r64[:, None] * K + ks[None, :],
-                     mask=rmask[:, None] & kmask[None, :], other=0.0)
+        if XB:  # x a broadcast (T, C) -> (T, n, C) view: stream stride 0
+            xt = tl.load(x_ptr + r64[:, None] * C + (ks % C)[None, :],
+                         mask=rmask[:, None] & kmask[None, :], other=0.0)
+        else:
+            xt = tl.load(x_ptr + r64[:, None] * K + ks[None, :],
+                         mask=rmask[:, None] & kmask[None, :], other=0.0)
         xf = xt.to(tl.float32)
         ss += tl.sum(xf * xf, axis=1)
         w = tl.load(fn_ptr + oo[None, :] * K + ks[:, None],
@@ -440,10 +444,15 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
 def _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv, g0, g1, g2, g3,
                 Gh, Gl, GhT, GlT, Wh, Wl, acc, C,
                 i: tl.constexpr, n: tl.constexpr, PREC: tl.constexpr, HAS_PRE: tl.constexpr,
-                HAS_RES: tl.constexpr, DFN: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr):
+                HAS_RES: tl.constexpr, DFN: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr,
+                XB: tl.constexpr):
     """Stream ``i`` of one token tile of ``_coef_dx4_kernel``: writes its dx tile and
-    returns its dfn accumulator ``acc`` updated."""
-    x = tl.load(xb + x_off + i * C, mask=m2, other=0.0)
+    returns its dfn accumulator ``acc`` updated (``XB``: ``xb`` is the tile itself, loaded
+    once for every stream of a broadcast x)."""
+    if XB:
+        x = xb
+    else:
+        x = tl.load(xb + x_off + i * C, mask=m2, other=0.0)
     if PREC == 3:
         xd = x.to(tl.float32)
     else:
@@ -481,7 +490,8 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                      n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
                      BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
                      HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr,
-                     LS: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr):
+                     LS: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr,
+                     XB: tl.constexpr, GB: tl.constexpr):
     # bf16 streams, n <= 4: the sums of ``_coef_bwd_x_kernel`` with every stream's tile a 2D
     # [BT, BC] tensor of its own (no 3D tile reshaped around ``tl.dot``; one
     # ``_dx4_stream`` call per stream, since Triton loops carry no lists of tiles), dfn
@@ -531,27 +541,36 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
             dhv = tl.load(dh_ptr + t0.to(tl.int64) * C + rl[:, None] * C + cc[None, :],
                           mask=m2, other=0.0)
         if HAS_RES:
-            g0 = tl.load(gout_ptr + tb + x_off + 0 * C, mask=m2 & (n > 0), other=0.0)
-            g1 = tl.load(gout_ptr + tb + x_off + 1 * C, mask=m2 & (n > 1), other=0.0)
-            g2 = tl.load(gout_ptr + tb + x_off + 2 * C, mask=m2 & (n > 2), other=0.0)
-            g3 = tl.load(gout_ptr + tb + x_off + 3 * C, mask=m2 & (n > 3), other=0.0)
-        xb = x_ptr + tb
+            if GB:  # g a broadcast view (the gradient of reduce_streams): one load
+                g0 = tl.load(gout_ptr + t0.to(tl.int64) * C + rl[:, None] * C + cc[None, :],
+                             mask=m2, other=0.0)
+                g1, g2, g3 = g0, g0, g0
+            else:
+                g0 = tl.load(gout_ptr + tb + x_off + 0 * C, mask=m2 & (n > 0), other=0.0)
+                g1 = tl.load(gout_ptr + tb + x_off + 1 * C, mask=m2 & (n > 1), other=0.0)
+                g2 = tl.load(gout_ptr + tb + x_off + 2 * C, mask=m2 & (n > 2), other=0.0)
+                g3 = tl.load(gout_ptr + tb + x_off + 3 * C, mask=m2 & (n > 3), other=0.0)
+        if XB:  # x a broadcast view: the same (T, C) tile for every stream
+            xb = tl.load(x_ptr + t0.to(tl.int64) * C + rl[:, None] * C + cc[None, :],
+                         mask=m2, other=0.0)
+        else:
+            xb = x_ptr + tb
         dxb = dx_ptr + tb
         a0 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
                          g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh0, Wl0, a0, C,
-                         0, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP)
+                         0, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
         if n > 1:
             a1 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
                              g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh1, Wl1, a1, C,
-                             1, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP)
+                             1, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
         if n > 2:
             a2 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
                              g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh2, Wl2, a2, C,
-                             2, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP)
+                             2, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
         if n > 3:
             a3 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
                              g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh3, Wl3, a3, C,
-                             3, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP)
+                             3, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
     if DFN:
         out = dfn_ptr + pid_s.to(tl.int64) * NP * K + w_off
         tl.store(out + 0 * C, a0, mask=w_mask & (n > 0))
@@ -618,7 +637,8 @@ def _stride0(t):
 
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
                         iters: int, rms_eps: float, hc_eps: float):
-    """Kernels 1-2: ``x (T, n, C)`` contiguous -> ``H_pre, H_post, H_res, mix`` (fp32).
+    """Kernels 1-2: ``x (T, n, C)`` contiguous or broadcast (``_backend.is_broadcast``) ->
+    ``H_pre, H_post, H_res, mix`` (fp32).
 
     ``mix (T, N + 1)`` holds the raw projection ``x fn^T`` and ``1/r`` for the backward.
     """
@@ -642,9 +662,9 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     split = triton_cdiv(K, k_per_split)
     part = torch.empty(split, T, N + 1, device=dev, dtype=torch.float32)
     fn_c = fn.contiguous()
-    _coef_gemm[(tiles_t * split,)](x, fn_c, part, T, K, k_per_split, split, N=N, NP=NP, BT=BT, BK=BK,
-                                 PREC=dot_mode(x.dtype), num_warps=cfg["num_warps"],
-                                 num_stages=cfg["num_stages"])
+    _coef_gemm[(tiles_t * split,)](x, fn_c, part, T, K, C, k_per_split, split, N=N, NP=NP,
+                                   BT=BT, BK=BK, PREC=dot_mode(x.dtype), XB=is_broadcast(x),
+                                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     mix = torch.empty(T, N + 1, device=dev, dtype=torch.float32)
     h_pre = torch.empty(T, n, device=dev, dtype=torch.float32)
     h_post = torch.empty(T, n, device=dev, dtype=torch.float32)
@@ -697,17 +717,20 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     del scr
     # pass(es) over x: dx and dfn
     prec = dot_mode(x.dtype)
-    dx = torch.empty_like(x)
-    has_pre = dh is not None
-    has_gout = gout is not None
-    extras = (h_pre if has_pre else G, dh if has_pre else G, h_res if has_gout else G,
-              gout if has_gout else G)
     # bf16 streams, n <= 4: ``_coef_dx4_kernel`` (2D per-stream tiles); otherwise the 3D-tile
     # kernel. Each program takes a channel slice and loops over ``loop`` token tiles with its
     # fn tile split once; dfn = G^T x either in the same pass (token-range partials) or in
     # the skinny GEMM ``_coef_dfn_kernel`` that reads x again.
     dx4 = tuned("coef_bwd", kernel="mma4")["kernel"] == "mma4" and n <= 4 \
         and x.dtype == torch.bfloat16
+    if not dx4:  # only the dx4 kernel reads broadcast streams as they are
+        x = x.contiguous()
+        gout = None if gout is None else gout.contiguous()
+    dx = torch.empty(x.shape, device=dev, dtype=x.dtype)
+    has_pre = dh is not None
+    has_gout = gout is not None
+    extras = (h_pre if has_pre else G, dh if has_pre else G, h_res if has_gout else G,
+              gout if has_gout else G)
     # defaults: the fastest of benchmarks/sweep.py on an H100 at T = C = 4096, n = 4, bf16;
     # the 3D-tile kernel keeps NB * BC <= 128 and one stage for n = 8 (shared memory)
     if dx4:
@@ -742,8 +765,8 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
             x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K,
             triton_cdiv(t_tiles, tsplit), tsplit,
             n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
-            DFN=fused, LS=cfg["ls"], DXP=cfg["dxp"], DFP=cfg["dfp"], num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"])
+            DFN=fused, LS=cfg["ls"], DXP=cfg["dxp"], DFP=cfg["dfp"], XB=is_broadcast(x),
+            GB=is_broadcast(gout), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     else:
         _coef_bwd_x[(c_tiles, tsplit)](
             x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K, t_per_split,

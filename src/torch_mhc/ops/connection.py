@@ -41,6 +41,7 @@ from typing import Optional
 
 import torch
 
+from ._backend import as_streams
 from .coefficients import _COEF_IMPL
 from .post_res import _POST_IMPL
 from .pre_mix import _PRE_IMPL
@@ -106,7 +107,7 @@ class _ConnectionPostFn(torch.autograd.Function):
     def backward(ctx, g):
         x, y, h_post, h_res = ctx.saved_tensors
         link, impl = ctx.cfg
-        g = g.contiguous()
+        g = as_streams(g)  # the gradient of reduce_streams arrives as a broadcast view
         _, dy, part = _POST_IMPL[impl][1](x, y, h_post, h_res, g, False, partials=True)
         # H_res^T g is added to dx, and the partial [dH_post, dH_res] summed, by the pre
         # half's backward (which autograd runs after this one)
@@ -128,7 +129,7 @@ def connection_pre(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale:
     (a graph break before and after): the hand-off through ``link`` is Python state.
     """
     lead, (n, C) = x.shape[:-2], x.shape[-2:]
-    x3 = x.reshape(-1, n, C).contiguous()
+    x3 = as_streams(x.reshape(-1, n, C))  # a broadcast view (first connection) stays one
     link = ConnectionLink()
     h, h_pre, h_post, h_res = _ConnectionPreFn.apply(x3, fn, base, scale, link, int(iters),
                                                      float(rms_eps), float(hc_eps), _impl(x))
@@ -142,7 +143,7 @@ def connection_post(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
     """Post + residual of one mHC connection, ``H_res x + H_post^T y``; pairs with
     :func:`connection_pre` (which computes this op's ``dx`` term in its backward)."""
     lead, (n, C) = x.shape[:-2], x.shape[-2:]
-    x3 = x.reshape(-1, n, C).contiguous()
+    x3 = as_streams(x.reshape(-1, n, C))
     y2 = y.reshape(-1, C).contiguous()
     out = _ConnectionPostFn.apply(x3, y2, h_post.reshape(-1, n), h_res.reshape(-1, n, n), link,
                                   _impl(x))

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import (LazyJit, compute_dtype, interpret_mode, next_pow2, resolve_backend,
-                       triton_cdiv, tuned)
+from ._backend import (LazyJit, compute_dtype, interpret_mode, is_broadcast, next_pow2,
+                       resolve_backend, triton_cdiv, tuned)
 
 __all__ = ["post_res", "post_res_reference"]
 
@@ -33,7 +33,8 @@ def post_res_reference(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
 # -- Triton kernels ------------------------------------------------------------------------------
 
 def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
-                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                         XB: tl.constexpr):
     # tokens ascending (one channel tile at C <= 4096): the next connection's GEMM reads out
     # descending (``_backend``)
     pid_t = tl.program_id(0)
@@ -48,17 +49,25 @@ def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
     y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
     hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
     out = hp[:, :, None] * y[:, None, :]
-    for j in tl.static_range(n):
-        xj = tl.load(x_ptr + r64[:, None] * (n * C) + j * C + cc[None, :], mask=mc, other=0.0)
-        hj = tl.load(hres_ptr + r64[:, None] * (n * n) + ii[None, :] * n + j, mask=m2, other=0.0)
-        out += hj[:, :, None] * xj.to(tl.float32)[:, None, :]
+    if XB:  # x a broadcast view: sum_j H_res[i, j] x_j = (row sum i of H_res) x
+        x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
+        hr = tl.load(hres_ptr + r64[:, None, None] * (n * n) + ii[None, :, None] * n
+                     + ii[None, None, :], mask=m2[:, :, None] & (ii < n)[None, None, :], other=0.0)
+        out += tl.sum(hr, axis=2)[:, :, None] * x2.to(tl.float32)[:, None, :]
+    else:
+        for j in tl.static_range(n):
+            xj = tl.load(x_ptr + r64[:, None] * (n * C) + j * C + cc[None, :], mask=mc, other=0.0)
+            hj = tl.load(hres_ptr + r64[:, None] * (n * n) + ii[None, :] * n + j, mask=m2,
+                         other=0.0)
+            out += hj[:, :, None] * xj.to(tl.float32)[:, None, :]
     tl.store(out_ptr + r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :],
              out.to(out_ptr.dtype.element_ty), mask=m2[:, :, None] & (cc < C)[None, None, :])
 
 
 def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_ptr, part_ptr,
                          T, C, n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
-                         BC: tl.constexpr, WRITE_DX: tl.constexpr):
+                         BC: tl.constexpr, WRITE_DX: tl.constexpr, XB: tl.constexpr,
+                         GB: tl.constexpr):
     # One (token tile, channel tile) per program, no loop over C (like the forward): dy for
     # the tile, and this channel slice's partial dot products
     #   part[pid_c, t, i] = <g_i, y>,  part[pid_c, t, n + i n + j] = <g_i, x_j>
@@ -75,23 +84,38 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
     mc = rmask[:, None] & (cc < C)[None, :]
     m3 = m2[:, :, None] & (cc < C)[None, None, :]
     off3 = r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :]
-    g3 = tl.load(g_ptr + off3, mask=m3, other=0.0).to(tl.float32)
+    # XB / GB: x / g a broadcast view (stream stride 0): one (T, C) row per token
+    if GB:
+        g3 = tl.load(g_ptr + r64[:, None, None] * C + 0 * ii[None, :, None] + cc[None, None, :],
+                     mask=m3, other=0.0).to(tl.float32)
+    else:
+        g3 = tl.load(g_ptr + off3, mask=m3, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
     hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
     tl.store(dy_ptr + r64[:, None] * C + cc[None, :],
              tl.sum(g3 * hp[:, :, None], axis=1).to(dy_ptr.dtype.element_ty), mask=mc)
     prow = part_ptr + (pid_c * T + r64) * (n + n * n)
     tl.store(prow[:, None] + ii[None, :], tl.sum(g3 * y[:, None, :], axis=2), mask=m2)
-    for j in tl.static_range(n):
-        xj = tl.load(x_ptr + r64[:, None] * (n * C) + j * C + cc[None, :], mask=mc,
-                     other=0.0).to(tl.float32)
-        tl.store(prow[:, None] + n + ii[None, :] * n + j, tl.sum(g3 * xj[:, None, :], axis=2),
-                 mask=m2)
+    if XB:  # <g_i, x_j> = <g_i, x> for every j
+        x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
+        gx = tl.sum(g3 * x2[:, None, :], axis=2)
+        for j in tl.static_range(n):
+            tl.store(prow[:, None] + n + ii[None, :] * n + j, gx, mask=m2)
+    else:
+        for j in tl.static_range(n):
+            xj = tl.load(x_ptr + r64[:, None] * (n * C) + j * C + cc[None, :], mask=mc,
+                         other=0.0).to(tl.float32)
+            tl.store(prow[:, None] + n + ii[None, :] * n + j, tl.sum(g3 * xj[:, None, :], axis=2),
+                     mask=m2)
     if WRITE_DX:  # dx_j = sum_i H_res[i, j] g_i
         dx = tl.zeros([BT, NB, BC], dtype=tl.float32)
         for i in tl.static_range(n):
-            gi = tl.load(g_ptr + r64[:, None] * (n * C) + i * C + cc[None, :], mask=mc,
-                         other=0.0).to(tl.float32)
+            if GB:
+                gi = tl.load(g_ptr + r64[:, None] * C + cc[None, :], mask=mc,
+                             other=0.0).to(tl.float32)
+            else:
+                gi = tl.load(g_ptr + r64[:, None] * (n * C) + i * C + cc[None, :], mask=mc,
+                             other=0.0).to(tl.float32)
             hi = tl.load(hres_ptr + r64[:, None] * (n * n) + i * n + ii[None, :], mask=m2,
                          other=0.0)
             dx += hi[:, :, None] * gi[:, None, :]
@@ -111,9 +135,10 @@ def post_res_forward_triton(x, y, h_post, h_res):
     BT, BC = cfg["BT"], min(cfg["BC"], next_pow2(C))
     if interpret_mode():
         BC = min(BC, 32)
-    out = torch.empty_like(x)
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     _post_res_fwd[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
-        x, y, h_post, h_res, out, T, C, n=n, NB=NB, BT=BT, BC=BC, num_warps=cfg["num_warps"])
+        x, y, h_post, h_res, out, T, C, n=n, NB=NB, BT=BT, BC=BC, XB=is_broadcast(x),
+        num_warps=cfg["num_warps"])
     return out
 
 
@@ -135,10 +160,11 @@ def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True, partials=Fal
     S = triton_cdiv(C, BC)
     dy = torch.empty(T, C, device=x.device, dtype=y.dtype)
     part = torch.empty(S, T, n + n * n, device=x.device, dtype=torch.float32)
-    dx = torch.empty_like(x) if write_dx else None
+    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype) if write_dx else None
     _post_res_bwd[(triton_cdiv(T, BT), S)](
         x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, C,
-        n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=write_dx, num_warps=cfg["num_warps"])
+        n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=write_dx, XB=is_broadcast(x), GB=is_broadcast(g),
+        num_warps=cfg["num_warps"])
     if partials:
         return dx, dy, part
     red = part.sum(0) if S > 1 else part[0]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import (LazyJit, compute_dtype, interpret_mode, next_pow2, resolve_backend,
-                       triton_cdiv, tuned)
+from ._backend import (LazyJit, compute_dtype, interpret_mode, is_broadcast, next_pow2,
+                       resolve_backend, triton_cdiv, tuned)
 
 __all__ = ["pre_mix", "pre_mix_reference"]
 
@@ -28,7 +28,8 @@ def pre_mix_reference(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
 # -- Triton kernels ------------------------------------------------------------------------------
 
 def _pre_mix_fwd_kernel(x_ptr, hpre_ptr, h_ptr, T, C,
-                        n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+                        n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                        XB: tl.constexpr):
     # token-major, ascending: the coefficient GEMM just read x descending (``_backend``)
     pid = tl.program_id(0)
     c_tiles = tl.cdiv(C, BC)
@@ -40,17 +41,22 @@ def _pre_mix_fwd_kernel(x_ptr, hpre_ptr, h_ptr, T, C,
     cc = pid_c * BC + tl.arange(0, BC)
     m2 = (rows < T)[:, None] & (ii < n)[None, :]
     m3 = m2[:, :, None] & (cc < C)[None, None, :]
-    x3 = tl.load(x_ptr + r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :],
-                 mask=m3, other=0.0)
     hp = tl.load(hpre_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
-    h = tl.sum(x3.to(tl.float32) * hp[:, :, None], axis=1)
+    if XB:  # x a broadcast view: h = (sum_i H_pre_i) x
+        x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :],
+                     mask=(rows < T)[:, None] & (cc < C)[None, :], other=0.0)
+        h = tl.sum(hp, axis=1)[:, None] * x2.to(tl.float32)
+    else:
+        x3 = tl.load(x_ptr + r64[:, None, None] * (n * C) + ii[None, :, None] * C
+                     + cc[None, None, :], mask=m3, other=0.0)
+        h = tl.sum(x3.to(tl.float32) * hp[:, :, None], axis=1)
     tl.store(h_ptr + r64[:, None] * C + cc[None, :], h.to(h_ptr.dtype.element_ty),
              mask=(rows < T)[:, None] & (cc < C)[None, :])
 
 
 def _pre_mix_bwd_kernel(x_ptr, hpre_ptr, dh_ptr, dx_ptr, dhpre_ptr, T, C,
                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                        WRITE_DX: tl.constexpr):
+                        WRITE_DX: tl.constexpr, XB: tl.constexpr):
     # descending: the coefficient backward's dx pass then starts from the low tokens' x and dh,
     # still in L2 (``_backend``)
     pid = tl.cdiv(T, BT) - 1 - tl.program_id(0)
@@ -66,7 +72,11 @@ def _pre_mix_bwd_kernel(x_ptr, hpre_ptr, dh_ptr, dx_ptr, dhpre_ptr, T, C,
         cm = cc < C
         m3 = m2[:, :, None] & cm[None, None, :]
         off3 = r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :]
-        x3 = tl.load(x_ptr + off3, mask=m3, other=0.0)
+        if XB:  # x a broadcast view: every stream reads the same (T, C) row
+            x3 = tl.load(x_ptr + r64[:, None, None] * C + 0 * ii[None, :, None] + cc[None, None, :],
+                         mask=m3, other=0.0)
+        else:
+            x3 = tl.load(x_ptr + off3, mask=m3, other=0.0)
         dh = tl.load(dh_ptr + r64[:, None] * C + cc[None, :], mask=(rows < T)[:, None] & cm[None, :],
                      other=0.0).to(tl.float32)
         acc += x3.to(tl.float32) * dh[:, None, :]
@@ -91,14 +101,16 @@ def _blocks(n: int, C: int, budget: int):
 
 
 def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
-    """``x (T, n, C)``, ``h_pre (T, n)`` fp32, contiguous -> ``h (T, C)`` in ``x``'s dtype."""
+    """``x (T, n, C)`` (contiguous or broadcast), ``h_pre (T, n)`` fp32 -> ``h (T, C)`` in
+    ``x``'s dtype."""
     T, n, C = x.shape
     NB, BC = _blocks(n, C, 8192)
     cfg = tuned("pre_mix_fwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
     BT, BC = cfg["BT"], (BC if interpret_mode() else min(cfg["BC"], next_pow2(C)))
     h = torch.empty(T, C, device=x.device, dtype=x.dtype)
     _pre_mix_fwd[(triton_cdiv(T, BT) * triton_cdiv(C, BC),)](
-        x, h_pre, h, T, C, n=n, NB=NB, BT=BT, BC=BC, num_warps=cfg["num_warps"])
+        x, h_pre, h, T, C, n=n, NB=NB, BT=BT, BC=BC, XB=is_broadcast(x),
+        num_warps=cfg["num_warps"])
     return h
 
 
@@ -113,7 +125,7 @@ def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tens
     dx = torch.empty_like(x) if write_dx else None
     _pre_mix_bwd[(triton_cdiv(T, BT),)](
         x, h_pre, dh, dx if write_dx else dhpre, dhpre, T, C, n=n, NB=NB, BT=BT, BC=BC,
-        WRITE_DX=write_dx, num_warps=cfg["num_warps"])
+        WRITE_DX=write_dx, XB=is_broadcast(x), num_warps=cfg["num_warps"])
     return dx, dhpre
 
 

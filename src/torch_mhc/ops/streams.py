@@ -1,10 +1,14 @@
 """Widening a hidden state to ``n`` streams and collapsing them: the model's two boundaries.
 
-* ``broadcast_streams(x, n, s)``: ``(T, C) -> (T, n, C)``, every stream ``s * x``;
+* ``broadcast_streams(x, n, s)``: ``(T, C) -> (T, n, C)``, every stream ``s * x`` (or, with
+  ``view=True``, the stream-stride-0 view of ``x``, no copy);
 * ``sum_streams(x, s)``: ``(T, n, C) -> (T, C)``, ``s * sum_i x_i``.
 
 Each is the other's backward (``expand_streams`` = broadcast with ``s = 1``, its gradient a sum;
-``reduce_streams`` = sum with ``s = 1`` or ``1/n``, its gradient a broadcast). PyTorch runs the
+``reduce_streams`` = sum with ``s = 1`` or ``1/n``, its gradient the broadcast view of
+``s * g``). The fused mHC kernels read broadcast views in place: the first connection of a
+model then reads its input stream once per token instead of ``n`` times, and the last
+connection its incoming gradient. PyTorch runs the
 broadcast as a strided copy and the sum as a reduction over a middle axis, both well below the
 copy bandwidth on a GPU (about 160 and 80 us at T = C = 4096, n = 4, bf16 on an H100); the two
 Triton kernels below read and write each element once, in ``x``'s dtype with fp32 sums.
@@ -99,6 +103,19 @@ class _BroadcastFn(torch.autograd.Function):
         return _sum_impl(g, ctx.s), None, None
 
 
+class _BroadcastViewFn(torch.autograd.Function):
+    """``expand`` with the stream sum kernel as its backward (PyTorch's own reduction over
+    the middle axis is slower)."""
+
+    @staticmethod
+    def forward(ctx, x, n):
+        return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1])
+
+    @staticmethod
+    def backward(ctx, g):
+        return _sum_impl(g, 1.0), None
+
+
 class _SumFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, s):
@@ -107,12 +124,25 @@ class _SumFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        return _broadcast_impl(g, ctx.n, ctx.s), None
+        # a broadcast view, as PyTorch's own sum backward returns: the fused connection
+        # reads it in place (``_backend.is_broadcast``), nothing n-wide is written
+        g = g * ctx.s if ctx.s != 1.0 else g
+        return g.unsqueeze(-2).expand(*g.shape[:-1], ctx.n, g.shape[-1]), None
 
 
-def broadcast_streams(x: torch.Tensor, n: int, s: float = 1.0) -> torch.Tensor:
+def broadcast_streams(x: torch.Tensor, n: int, s: float = 1.0, view: bool = False) -> torch.Tensor:
     """``(..., C) -> (..., n, C)`` contiguous, every stream ``s * x``; differentiable (its
-    gradient is :func:`sum_streams`). One Triton pass on CUDA, PyTorch elsewhere."""
+    gradient is :func:`sum_streams`). One Triton pass on CUDA, PyTorch elsewhere.
+
+    ``view=True`` (``s = 1`` only): the broadcast view ``x.unsqueeze(-2).expand(...)``, no
+    copy; its gradient is still one :func:`sum_streams` pass.
+    """
+    if view:
+        if s != 1.0:
+            raise ValueError("broadcast_streams(view=True) takes no scale")
+        if torch.compiler.is_compiling():
+            return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1])
+        return _BroadcastViewFn.apply(x, n)
     if torch.compiler.is_compiling():  # let the compiler fuse the plain form
         return broadcast_streams_reference(x, n, s)
     return _BroadcastFn.apply(x, n, s)
