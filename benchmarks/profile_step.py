@@ -21,6 +21,26 @@ import torch
 from torch_mhc.bench import _build_gpt, _commit, _device_info, _versions, make_optimizer
 
 
+def gpu_gaps(prof, top=12):
+    """Where the GPU sat idle inside the profiled step: the span from the first kernel's
+    start to the last one's end, the idle time in it (gaps between consecutive kernels) and
+    the largest gaps with the kernels on either side."""
+    ks = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > 0)
+    if not ks:
+        return {}
+    gaps, busy_end = [], ks[0][1]
+    for (s0, e0, name), prev in zip(ks[1:], ks):
+        if s0 > busy_end:
+            gaps.append((s0 - busy_end, prev[2][:60], name[:60]))
+        busy_end = max(busy_end, e0)
+    gaps.sort(key=lambda g: -g[0])
+    return {"gpu_span_ms": (busy_end - ks[0][0]) / 1e3,
+            "gpu_idle_ms": sum(g[0] for g in gaps) / 1e3,
+            "gpu_gaps_over_20us": sum(1 for g in gaps if g[0] > 20),
+            "top_gaps_us": [(round(g, 1), a, b) for g, a, b in gaps[:top]]}
+
+
 def profile_variant(suite, variant, args, device):
     ns = SimpleNamespace(seq=args.seq, n=4, dtype="bf16")
     model, cfg = _build_gpt(args.preset or suite, variant, ns, device)
@@ -61,7 +81,7 @@ def profile_variant(suite, variant, args, device):
     cpu_ops = sorted(((e.key, e.self_cpu_time_total, e.count) for e in ka),
                      key=lambda r: -r[1])[:25]
     res = {"wall_ms": statistics.median(walls), "issue_ms": statistics.median(issue),
-           "gpu_kernel_ms": gpu_total,
+           "gpu_kernel_ms": gpu_total, **gpu_gaps(prof),
            "top_kernels_us": [(k, round(t, 1), c) for k, t, c in kernels[:30]],
            "gpu_kernels_us": [(k, round(t, 1), c) for k, t, c in on_gpu],
            "top_cpu_self_us": [(k, round(t, 1), c) for k, t, c in cpu_ops]}
