@@ -42,3 +42,26 @@ def test_expand_then_reduce_is_identity_and_gradcheck_fp64():
     assert torch.allclose(reduce_streams(expand_streams(x, 4), "sum"), 4 * x, atol=1e-5)
     xd = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: reduce_streams(expand_streams(t, 3) * 1.5), (xd,))
+
+
+def test_expand_view_is_a_read_only_broadcast_with_the_sum_as_gradient():
+    """``view=True``: no copy (same storage, stream stride 0); writing into it fails loudly;
+    its gradient is the stream sum, and reduce_streams' gradient is a broadcast view."""
+    x = torch.randn(3, 5, 33, device=DEV, requires_grad=True)
+    v = expand_streams(x, 4, view=True)
+    assert v.shape == (3, 5, 4, 33) and v.stride(-2) == 0
+    assert v.data_ptr() == x.data_ptr() and torch.equal(v[..., 2, :], x)
+    with pytest.raises(RuntimeError):
+        v.detach().add_(1.0)
+    w = torch.randn(3, 5, 4, 33, device=DEV)
+    (g,) = torch.autograd.grad((v * w).sum(), [x])
+    assert rel_error(g, w.sum(-2)) < 1e-6
+    s = torch.randn(3, 5, 4, 33, device=DEV, requires_grad=True)
+    out = reduce_streams(s)
+    (gs,) = torch.autograd.grad(out, [s], torch.ones_like(out))
+    assert torch.allclose(gs, torch.full_like(gs, 0.25))
+    with pytest.raises(ValueError):
+        broadcast_streams(x, 4, s=2.0, view=True)
+    xd = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t: reduce_streams(expand_streams(t, 3, view=True) * 1.5), (xd,))
