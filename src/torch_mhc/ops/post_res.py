@@ -86,8 +86,8 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
     off3 = r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :]
     # XB / GB: x / g a broadcast view (stream stride 0): one (T, C) row per token
     if GB:
-        g3 = tl.load(g_ptr + r64[:, None, None] * C + 0 * ii[None, :, None] + cc[None, None, :],
-                     mask=m3, other=0.0).to(tl.float32)
+        g2 = tl.load(g_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
+        g3 = tl.broadcast_to(g2[:, None, :], [BT, NB, BC])
     else:
         g3 = tl.load(g_ptr + off3, mask=m3, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
@@ -111,8 +111,7 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
         dx = tl.zeros([BT, NB, BC], dtype=tl.float32)
         for i in tl.static_range(n):
             if GB:
-                gi = tl.load(g_ptr + r64[:, None] * C + cc[None, :], mask=mc,
-                             other=0.0).to(tl.float32)
+                gi = g2
             else:
                 gi = tl.load(g_ptr + r64[:, None] * (n * C) + i * C + cc[None, :], mask=mc,
                              other=0.0).to(tl.float32)

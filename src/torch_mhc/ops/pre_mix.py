@@ -72,13 +72,12 @@ def _pre_mix_bwd_kernel(x_ptr, hpre_ptr, dh_ptr, dx_ptr, dhpre_ptr, T, C,
         cm = cc < C
         m3 = m2[:, :, None] & cm[None, None, :]
         off3 = r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :]
-        if XB:  # x a broadcast view: every stream reads the same (T, C) row
-            x3 = tl.load(x_ptr + r64[:, None, None] * C + 0 * ii[None, :, None] + cc[None, None, :],
-                         mask=m3, other=0.0)
+        mc = (rows < T)[:, None] & cm[None, :]
+        if XB:  # x a broadcast view: one (T, C) row, the same for every stream
+            x3 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)[:, None, :]
         else:
             x3 = tl.load(x_ptr + off3, mask=m3, other=0.0)
-        dh = tl.load(dh_ptr + r64[:, None] * C + cc[None, :], mask=(rows < T)[:, None] & cm[None, :],
-                     other=0.0).to(tl.float32)
+        dh = tl.load(dh_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
         acc += x3.to(tl.float32) * dh[:, None, :]
         if WRITE_DX:
             tl.store(dx_ptr + off3, (hp[:, :, None] * dh[:, None, :]).to(dx_ptr.dtype.element_ty),

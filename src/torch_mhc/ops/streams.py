@@ -22,9 +22,14 @@ from ._backend import LazyJit, interpret_mode, next_pow2, triton_available, trit
 __all__ = ["broadcast_streams", "sum_streams"]
 
 
+def _stream_view(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``(..., C) -> (..., n, C)`` as a view: stream stride 0, no copy."""
+    return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1])
+
+
 def broadcast_streams_reference(x: torch.Tensor, n: int, s: float = 1.0) -> torch.Tensor:
     """``(..., C) -> (..., n, C)``, contiguous, every stream ``s * x``."""
-    out = x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1])
+    out = _stream_view(x, n)
     return (out * s if s != 1.0 else out).contiguous()
 
 
@@ -109,7 +114,7 @@ class _BroadcastViewFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, n):
-        return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1])
+        return _stream_view(x, n)
 
     @staticmethod
     def backward(ctx, g):
@@ -127,7 +132,7 @@ class _SumFn(torch.autograd.Function):
         # a broadcast view, as PyTorch's own sum backward returns: the fused connection
         # reads it in place (``_backend.is_broadcast``), nothing n-wide is written
         g = g * ctx.s if ctx.s != 1.0 else g
-        return g.unsqueeze(-2).expand(*g.shape[:-1], ctx.n, g.shape[-1]), None
+        return _stream_view(g, ctx.n), None
 
 
 def broadcast_streams(x: torch.Tensor, n: int, s: float = 1.0, view: bool = False) -> torch.Tensor:
@@ -141,7 +146,7 @@ def broadcast_streams(x: torch.Tensor, n: int, s: float = 1.0, view: bool = Fals
         if s != 1.0:
             raise ValueError("broadcast_streams(view=True) takes no scale")
         if torch.compiler.is_compiling():
-            return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1])
+            return _stream_view(x, n)
         return _BroadcastViewFn.apply(x, n)
     if torch.compiler.is_compiling():  # let the compiler fuse the plain form
         return broadcast_streams_reference(x, n, s)
