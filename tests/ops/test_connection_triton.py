@@ -214,3 +214,71 @@ def test_mappings_with_other_consumers(extra):
     assert rel_error(out, ref) < 1e-5
     for a, b in zip(g, g_ref):
         assert rel_error(a, b) < 3e-5
+
+
+@pytest.mark.parametrize("dtype,n,C,tol", [(torch.float32, 4, 40, 1e-5), (torch.float32, 3, 36, 1e-5),
+                                         (torch.bfloat16, 4, 64, 3e-2)])
+def test_chained_connections_reuse_the_projection(dtype, n, C, tol, monkeypatch):
+    """chain_connections: each fused post-res also computes the next connection's
+    coefficient GEMM, so only the first connection runs the GEMM kernel; values and
+    gradients equal the unchained stack's (and the PyTorch reference's)."""
+    from torch_mhc import chain_connections, expand_streams, reduce_streams
+    import torch_mhc.ops.coefficients as co
+    calls = []
+    gemm = co.coef_gemm_triton
+    monkeypatch.setattr(co, "coef_gemm_triton", lambda *a: calls.append(1) or gemm(*a))
+    torch.manual_seed(5)
+    hcs = [HyperConnection(nn.Linear(C, C), C, n, backend="triton", rms_eps=1e-6,
+                           layer_index=i).to(DEV) for i in range(3)]
+    for hc in hcs:
+        _randomise(hc)
+        hc.branch.to(dtype)
+    x0 = torch.randn(2, 7, C, device=DEV).to(dtype).requires_grad_()
+    w = torch.randn(2, 7, C, device=DEV)
+    leaves = [x0] + [p for hc in hcs for p in hc.parameters()]
+    results = []
+    for chained, backend in ((True, "triton"), (False, "triton"), (False, "torch")):
+        chain_connections(hcs) if chained else [setattr(hc, "_next_connection", ()) for hc in hcs]
+        calls.clear()
+        s = expand_streams(x0, n, view=True)
+        for hc in hcs:
+            hc.backend = backend
+            s = hc(s)
+        loss = (reduce_streams(s).float() * w).sum()
+        results.append((s, torch.autograd.grad(loss, leaves), len(calls)))
+    (out, g, gemms), (plain, g_plain, gemms_plain), (ref, g_ref, _) = results
+    assert (gemms, gemms_plain) == (1, 3)
+    # the fused GEMM sums in another order than the GEMM kernel: rounding-level differences
+    assert rel_error(out, plain) < tol / 4 and rel_error(out, ref) < tol
+    for a, b, c in zip(g, g_plain, g_ref):
+        assert rel_error(a, b) < tol / 4 and rel_error(a, c) < tol
+
+
+def test_chained_projection_ignored_when_stale(monkeypatch):
+    """The partials ride on the output tensor: if it is modified in place, or the next
+    connection's fn changes, before that connection runs, the GEMM is recomputed."""
+    from torch_mhc import chain_connections
+    import torch_mhc.ops.coefficients as co
+    calls = []
+    gemm = co.coef_gemm_triton
+    monkeypatch.setattr(co, "coef_gemm_triton", lambda *a: calls.append(1) or gemm(*a))
+    n, C = 4, 24
+    a, b = (HyperConnection(nn.Linear(C, C), C, n, backend="triton", rms_eps=1e-6).to(DEV)
+            for _ in range(2))
+    _randomise(a)
+    _randomise(b)
+    chain_connections([a, b])
+    x = torch.randn(5, n, C, device=DEV)
+    with torch.no_grad():
+        for edit in ("none", "stream", "fn"):
+            s = a(x)
+            if edit == "stream":
+                s.mul_(1.5)
+            if edit == "fn":
+                b.fn.add_(0.01)
+            calls.clear()
+            out = b(s)
+            assert len(calls) == (0 if edit == "none" else 1), edit
+            b.backend = "torch"
+            assert rel_error(out, b(s)) < 1e-5, edit
+            b.backend = "triton"
