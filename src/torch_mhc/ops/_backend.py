@@ -98,8 +98,7 @@ class LazyJit:
     tests switch the interpreter on after ``torch_mhc`` was imported, and keeps importing
     ``torch_mhc`` free of Triton. Device functions the kernel calls are plain functions
     passed as ``helpers``: each is decorated per mode the same way and bound under its own
-    name in the kernel's module globals (and in those of the other helpers, which may live
-    in another module) whenever the kernel is fetched for a mode (the
+    name in the kernel's module globals whenever the kernel is fetched for a mode (the
     interpreter looks them up there at call time, the compiler when it first compiles).
     """
 
@@ -113,10 +112,8 @@ class LazyJit:
     def jit(self, interpret: Optional[bool] = None):
         """The ``triton.jit`` object for the requested (default: current) mode."""
         mode = interpret_mode() if interpret is None else interpret
-        scopes = {id(f.__globals__): f.__globals__ for f in (self.fn, *self.helpers)}
-        for helper in self.helpers:  # helpers from other modules call each other there
-            for scope in scopes.values():
-                scope[helper.__name__] = _decorate(helper, mode)
+        for helper in self.helpers:
+            self.fn.__globals__[helper.__name__] = _decorate(helper, mode)
         kernel = self._compiled.get(mode)
         if kernel is None:
             kernel = self._compiled[mode] = _decorate(self.fn, mode)

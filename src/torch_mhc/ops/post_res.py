@@ -75,30 +75,30 @@ def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
              out.to(out_ptr.dtype.element_ty), mask=m3)
 
 
-def _hres_row(hr_ptr, rl, rmask, i: tl.constexpr, n: tl.constexpr):
-    """``H_res[t, i, 0..3]`` of a tile's tokens as four ``[BT, 1]`` columns (0 past ``n``)."""
-    row = hr_ptr + rl * (n * n) + i * n
-    ok = rmask & (i < n)
-    return (tl.load(row, mask=ok, other=0.0)[:, None],
-            tl.load(row + 1, mask=ok & (n > 1), other=0.0)[:, None],
-            tl.load(row + 2, mask=ok & (n > 2), other=0.0)[:, None],
-            tl.load(row + 3, mask=ok & (n > 3), other=0.0)[:, None])
-
-
-def _post_proj_stream(x0, x1, x2, x3, y, hp, r0, r1, r2, r3, out_ptr, xoff, m2, C,
-                      i: tl.constexpr, n: tl.constexpr):
-    """Stream ``i`` of one tile of ``_post_res_proj_kernel``: ``out_i = hp y + sum_j r_j x_j``
-    (``hp = H_post[:, i]``, ``r_j = H_res[:, i, j]``), written and returned as stored."""
-    o = hp * y + r0 * x0.to(tl.float32)
+def _post_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, out_ptr, fn_ptr, xoff, m2, r64,
+                      rmask, cc, cmask, oo, acc, ss, C, i: tl.constexpr, n: tl.constexpr,
+                      N: tl.constexpr, PREC: tl.constexpr):
+    """Stream ``i`` of one tile of ``_post_res_proj_kernel``: writes ``out_i`` and adds its
+    part of the projection and of ``sum out^2`` to ``acc``, ``ss``."""
+    o = tl.load(hpost_ptr + r64 * n + i, mask=rmask, other=0.0)[:, None] * y
+    o += tl.load(hres_ptr + r64 * (n * n) + i * n, mask=rmask, other=0.0)[:, None] * x0.to(tl.float32)
     if n > 1:
-        o += r1 * x1.to(tl.float32)
+        o += tl.load(hres_ptr + r64 * (n * n) + i * n + 1, mask=rmask,
+                     other=0.0)[:, None] * x1.to(tl.float32)
     if n > 2:
-        o += r2 * x2.to(tl.float32)
+        o += tl.load(hres_ptr + r64 * (n * n) + i * n + 2, mask=rmask,
+                     other=0.0)[:, None] * x2.to(tl.float32)
     if n > 3:
-        o += r3 * x3.to(tl.float32)
+        o += tl.load(hres_ptr + r64 * (n * n) + i * n + 3, mask=rmask,
+                     other=0.0)[:, None] * x3.to(tl.float32)
     ob = o.to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + xoff + i * C, ob, mask=m2 & (i < n))
-    return ob
+    tl.store(out_ptr + xoff + i * C, ob, mask=m2)
+    w = tl.load(fn_ptr + oo[None, :] * (n * C) + i * C + cc[:, None],
+                mask=(oo < N)[None, :] & cmask[:, None], other=0.0).to(tl.float32)  # [BC, NP]
+    of = ob.to(tl.float32)
+    ss += tl.sum(of * of, axis=1)
+    acc = _proj_dot(ob, w, acc, PREC)
+    return acc, ss
 
 
 def _post_res_proj_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, fn_ptr, part_ptr,
@@ -112,61 +112,45 @@ def _post_res_proj_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, fn_ptr, pa
     #   part[s, t, :N] = sum_i out_i[t, cs] . fn[:, iC + cs]  and  part[s, t, N] = sum out^2
     # over this program's channel range cs, on ``out`` as stored (rounded to its dtype), in
     # the layout of ``_coef_gemm_kernel``'s split-K partials. Each stream a 2D [BT, BC] tile
-    # of its own (``_post_proj_stream``; the 3D tile reshaped for ``tl.dot`` spills), the
-    # mappings loaded once per program. Token tiles ascending, a tile's channel ranges
-    # launched together.
+    # of its own (``_post_proj_stream``; the 3D tile reshaped for ``tl.dot`` spills). Token
+    # tiles ascending, a tile's channel ranges launched together.
     pid = tl.program_id(0)
     pid_s = pid % split
-    t0 = (pid // split) * BT
-    rl = tl.arange(0, BT)
-    rmask = (t0 + rl) < T
-    # 64-bit pointers to the tile's first token, int32 offsets inside it (a [BT, BC] tensor
-    # of 64-bit addresses per load and store would take the registers the MMAs need)
-    tb = t0.to(tl.int64)
-    xb = x_ptr + tb * (n * C)
-    ob = out_ptr + tb * (n * C)
-    yb = y_ptr + tb * C
-    hp = hpost_ptr + tb * n
-    hp0 = tl.load(hp + rl * n, mask=rmask, other=0.0)[:, None]
-    hp1 = tl.load(hp + rl * n + 1, mask=rmask & (n > 1), other=0.0)[:, None]
-    hp2 = tl.load(hp + rl * n + 2, mask=rmask & (n > 2), other=0.0)[:, None]
-    hp3 = tl.load(hp + rl * n + 3, mask=rmask & (n > 3), other=0.0)[:, None]
-    hr = hres_ptr + tb * (n * n)
-    r00, r01, r02, r03 = _hres_row(hr, rl, rmask, 0, n)
-    r10, r11, r12, r13 = _hres_row(hr, rl, rmask, 1, n)
-    r20, r21, r22, r23 = _hres_row(hr, rl, rmask, 2, n)
-    r30, r31, r32, r33 = _hres_row(hr, rl, rmask, 3, n)
+    pid_t = pid // split
+    rows = pid_t * BT + tl.arange(0, BT)
+    rmask = rows < T
+    r64 = rows.to(tl.int64)
     oo = tl.arange(0, NP)
-    kk = tl.arange(0, 4 * BC)
     acc = tl.zeros([BT, NP], dtype=tl.float32)
     ss = tl.zeros([BT], dtype=tl.float32)
     for c0 in range(pid_s * c_per_split, (pid_s + 1) * c_per_split, BC):
         cc = c0 + tl.arange(0, BC)
-        m2 = rmask[:, None] & (cc < C)[None, :]
-        xoff = rl[:, None] * (n * C) + cc[None, :]
-        y = tl.load(yb + rl[:, None] * C + cc[None, :], mask=m2, other=0.0).to(tl.float32)
+        cmask = cc < C
+        m2 = rmask[:, None] & cmask[None, :]
+        xoff = r64[:, None] * (n * C) + cc[None, :]
+        y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=m2, other=0.0).to(tl.float32)
         if XB:  # x a broadcast view: one (T, C) row for every stream
-            x0 = tl.load(x_ptr + tb * C + rl[:, None] * C + cc[None, :], mask=m2, other=0.0)
+            x0 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=m2, other=0.0)
             x1, x2, x3 = x0, x0, x0
         else:
-            x0 = tl.load(xb + xoff, mask=m2, other=0.0)
-            x1 = tl.load(xb + xoff + C, mask=m2 & (n > 1), other=0.0)
-            x2 = tl.load(xb + xoff + 2 * C, mask=m2 & (n > 2), other=0.0)
-            x3 = tl.load(xb + xoff + 3 * C, mask=m2 & (n > 3), other=0.0)
-        o0 = _post_proj_stream(x0, x1, x2, x3, y, hp0, r00, r01, r02, r03, ob, xoff, m2, C, 0, n)
-        o1 = _post_proj_stream(x0, x1, x2, x3, y, hp1, r10, r11, r12, r13, ob, xoff, m2, C, 1, n)
-        o2 = _post_proj_stream(x0, x1, x2, x3, y, hp2, r20, r21, r22, r23, ob, xoff, m2, C, 2, n)
-        o3 = _post_proj_stream(x0, x1, x2, x3, y, hp3, r30, r31, r32, r33, ob, xoff, m2, C, 3, n)
-        # one product per channel tile: the four streams interleaved along K, column
-        # 4c + i = out_i[:, c] (tl.join stacks innermost), against fn's columns iC + c
-        a = tl.reshape(tl.join(tl.join(o0, o2), tl.join(o1, o3)), [BT, 4 * BC])
-        af = a.to(tl.float32)
-        ss += tl.sum(af * af, axis=1)
-        w = tl.load(fn_ptr + oo[None, :] * (n * C) + (kk % 4 * C + c0 + kk // 4)[:, None],
-                    mask=(oo < N)[None, :] & ((kk % 4 < n) & (c0 + kk // 4 < C))[:, None],
-                    other=0.0)  # [4 BC, NP]
-        acc = _proj_dot(a, w, acc, PREC)
-    r64 = (t0 + rl).to(tl.int64)
+            x0 = tl.load(x_ptr + xoff, mask=m2, other=0.0)
+            x1 = tl.load(x_ptr + xoff + C, mask=m2 & (n > 1), other=0.0)
+            x2 = tl.load(x_ptr + xoff + 2 * C, mask=m2 & (n > 2), other=0.0)
+            x3 = tl.load(x_ptr + xoff + 3 * C, mask=m2 & (n > 3), other=0.0)
+        acc, ss = _post_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, out_ptr, fn_ptr,
+                                    xoff, m2, r64, rmask, cc, cmask, oo, acc, ss, C, 0, n, N, PREC)
+        if n > 1:
+            acc, ss = _post_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, out_ptr, fn_ptr,
+                                        xoff, m2, r64, rmask, cc, cmask, oo, acc, ss, C, 1, n, N,
+                                        PREC)
+        if n > 2:
+            acc, ss = _post_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, out_ptr, fn_ptr,
+                                        xoff, m2, r64, rmask, cc, cmask, oo, acc, ss, C, 2, n, N,
+                                        PREC)
+        if n > 3:
+            acc, ss = _post_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, out_ptr, fn_ptr,
+                                        xoff, m2, r64, rmask, cc, cmask, oo, acc, ss, C, 3, n, N,
+                                        PREC)
     prow = part_ptr + (pid_s * T + r64) * (N + 1)
     tl.store(prow[:, None] + oo[None, :], acc, mask=rmask[:, None] & (oo < N)[None, :])
     tl.store(prow + N, ss, mask=rmask)
@@ -231,7 +215,7 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
 
 _post_res_fwd = LazyJit(_post_res_fwd_kernel, helpers=(_post_res_tile,))
 _post_res_proj = LazyJit(_post_res_proj_kernel,
-                         helpers=(_hres_row, _post_proj_stream, _proj_dot, _split_hi_lo))
+                         helpers=(_post_proj_stream, _proj_dot, _split_hi_lo))
 _post_res_bwd = LazyJit(_post_res_bwd_kernel)
 
 
@@ -262,7 +246,7 @@ def post_res_proj_forward_triton(x, y, h_post, h_res, fn):
         raise ValueError(f"the fused post-res + projection kernel takes n <= {PROJ_MAX_N}, got {n}")
     N = (n + 2) * n
     NP = max(16, next_pow2(N))
-    cfg = tuned("post_res_proj", BT=64, BC=32, chunks=8, num_warps=8)
+    cfg = tuned("post_res_proj", BT=64, BC=32, chunks=8, num_warps=4)
     BT, BC = cfg["BT"], min(cfg["BC"], next_pow2(C))
     if interpret_mode():
         BT, BC = 16, min(BC, 16)
