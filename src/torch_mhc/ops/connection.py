@@ -43,7 +43,7 @@ import torch
 
 from ._backend import as_streams
 from .coefficients import _COEF_IMPL
-from .post_res import _POST_IMPL, PROJ_MAX_N, post_res_proj_forward_triton
+from .post_res import _POST_IMPL, post_res_proj_forward_triton
 from .pre_mix import _PRE_IMPL
 
 __all__ = ["connection_pre", "connection_post", "ConnectionLink"]
@@ -193,8 +193,7 @@ def connection_post(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
     x3 = as_streams(x.reshape(-1, n, C))
     y2 = y.reshape(-1, C).contiguous()
     impl = _impl(x)
-    if (impl == "triton" and next_fn is not None and n <= PROJ_MAX_N
-            and next_fn.shape == (n * n + 2 * n, n * C)):
+    if impl == "triton" and next_fn is not None and next_fn.shape == (n * n + 2 * n, n * C):
         link.next_fn = next_fn.detach()
     out = _ConnectionPostFn.apply(x3, y2, h_post.reshape(-1, n), h_res.reshape(-1, n, n), link,
                                   impl)

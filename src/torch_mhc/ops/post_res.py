@@ -75,82 +75,43 @@ def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
              out.to(out_ptr.dtype.element_ty), mask=m3)
 
 
-def _post_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, out_ptr, fn_ptr, xoff, m2, r64,
-                      rmask, cc, cmask, oo, acc, ss, C, i: tl.constexpr, n: tl.constexpr,
-                      N: tl.constexpr, PREC: tl.constexpr):
-    """Stream ``i`` of one tile of ``_post_res_proj_kernel``: writes ``out_i`` and adds its
-    part of the projection and of ``sum out^2`` to ``acc``, ``ss``."""
-    o = tl.load(hpost_ptr + r64 * n + i, mask=rmask, other=0.0)[:, None] * y
-    o += tl.load(hres_ptr + r64 * (n * n) + i * n, mask=rmask, other=0.0)[:, None] * x0.to(tl.float32)
-    if n > 1:
-        o += tl.load(hres_ptr + r64 * (n * n) + i * n + 1, mask=rmask,
-                     other=0.0)[:, None] * x1.to(tl.float32)
-    if n > 2:
-        o += tl.load(hres_ptr + r64 * (n * n) + i * n + 2, mask=rmask,
-                     other=0.0)[:, None] * x2.to(tl.float32)
-    if n > 3:
-        o += tl.load(hres_ptr + r64 * (n * n) + i * n + 3, mask=rmask,
-                     other=0.0)[:, None] * x3.to(tl.float32)
-    ob = o.to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + xoff + i * C, ob, mask=m2)
-    w = tl.load(fn_ptr + oo[None, :] * (n * C) + i * C + cc[:, None],
-                mask=(oo < N)[None, :] & cmask[:, None], other=0.0).to(tl.float32)  # [BC, NP]
-    of = ob.to(tl.float32)
-    ss += tl.sum(of * of, axis=1)
-    acc = _proj_dot(ob, w, acc, PREC)
-    return acc, ss
-
-
 def _post_res_proj_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, fn_ptr, part_ptr,
                           T, C, c_per_split, split,
-                          n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
+                          n: tl.constexpr, NB: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
                           BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
                           XB: tl.constexpr):
-    # n <= 4: the forward above plus the next connection's coefficient GEMM
-    # (``coefficients``, kernel 1) on ``out`` while it is in registers, so that connection
-    # never reads its input for the projection:
-    #   part[s, t, :N] = sum_i out_i[t, cs] . fn[:, iC + cs]  and  part[s, t, N] = sum out^2
-    # over this program's channel range cs, on ``out`` as stored (rounded to its dtype), in
-    # the layout of ``_coef_gemm_kernel``'s split-K partials. Each stream a 2D [BT, BC] tile
-    # of its own (``_post_proj_stream``; the 3D tile reshaped for ``tl.dot`` spills). Token
-    # tiles ascending, a tile's channel ranges launched together.
+    # The forward above plus the next connection's coefficient GEMM (``coefficients``,
+    # kernel 1) on ``out`` while it is in registers, so that connection never reads its
+    # input for the projection:
+    #   part[s, t, :N] = out[t, :, cs] . fn[:, (i, cs)]  and  part[s, t, N] = sum out^2
+    # over this program's channel range cs of every stream, on ``out`` as stored (rounded
+    # to its dtype), in the layout of ``_coef_gemm_kernel``'s split-K partials. Token tiles
+    # ascending, a tile's channel ranges launched together.
     pid = tl.program_id(0)
     pid_s = pid % split
     pid_t = pid // split
     rows = pid_t * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
+    ii = tl.arange(0, NB)
     oo = tl.arange(0, NP)
+    K = n * C
+    m2 = rmask[:, None] & (ii < n)[None, :]
     acc = tl.zeros([BT, NP], dtype=tl.float32)
     ss = tl.zeros([BT], dtype=tl.float32)
     for c0 in range(pid_s * c_per_split, (pid_s + 1) * c_per_split, BC):
         cc = c0 + tl.arange(0, BC)
-        cmask = cc < C
-        m2 = rmask[:, None] & cmask[None, :]
-        xoff = r64[:, None] * (n * C) + cc[None, :]
-        y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=m2, other=0.0).to(tl.float32)
-        if XB:  # x a broadcast view: one (T, C) row for every stream
-            x0 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=m2, other=0.0)
-            x1, x2, x3 = x0, x0, x0
-        else:
-            x0 = tl.load(x_ptr + xoff, mask=m2, other=0.0)
-            x1 = tl.load(x_ptr + xoff + C, mask=m2 & (n > 1), other=0.0)
-            x2 = tl.load(x_ptr + xoff + 2 * C, mask=m2 & (n > 2), other=0.0)
-            x3 = tl.load(x_ptr + xoff + 3 * C, mask=m2 & (n > 3), other=0.0)
-        acc, ss = _post_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, out_ptr, fn_ptr,
-                                    xoff, m2, r64, rmask, cc, cmask, oo, acc, ss, C, 0, n, N, PREC)
-        if n > 1:
-            acc, ss = _post_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, out_ptr, fn_ptr,
-                                        xoff, m2, r64, rmask, cc, cmask, oo, acc, ss, C, 1, n, N,
-                                        PREC)
-        if n > 2:
-            acc, ss = _post_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, out_ptr, fn_ptr,
-                                        xoff, m2, r64, rmask, cc, cmask, oo, acc, ss, C, 2, n, N,
-                                        PREC)
-        if n > 3:
-            acc, ss = _post_proj_stream(x0, x1, x2, x3, y, hpost_ptr, hres_ptr, out_ptr, fn_ptr,
-                                        xoff, m2, r64, rmask, cc, cmask, oo, acc, ss, C, 3, n, N,
-                                        PREC)
+        out = _post_res_tile(x_ptr, y_ptr, hpost_ptr, hres_ptr, r64, rmask, cc, C, n, NB, XB)
+        ob = out.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + r64[:, None, None] * K + ii[None, :, None] * C + cc[None, None, :], ob,
+                 mask=m2[:, :, None] & (cc < C)[None, None, :])
+        # fn columns (i, c) of every output o, as [NB * BC, NP] (row i * BC + c, like ob's)
+        w = tl.load(fn_ptr + oo[None, None, :] * K + ii[:, None, None] * C + cc[None, :, None],
+                    mask=(ii < n)[:, None, None] & (cc < C)[None, :, None]
+                    & (oo < N)[None, None, :], other=0.0).to(tl.float32)
+        of = ob.to(tl.float32)
+        ss += tl.sum(tl.sum(of * of, axis=2), axis=1)
+        acc = _proj_dot(tl.reshape(ob, [BT, NB * BC]), tl.reshape(w, [NB * BC, NP]), acc, PREC)
     prow = part_ptr + (pid_s * T + r64) * (N + 1)
     tl.store(prow[:, None] + oo[None, :], acc, mask=rmask[:, None] & (oo < N)[None, :])
     tl.store(prow + N, ss, mask=rmask)
@@ -214,8 +175,7 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
 
 
 _post_res_fwd = LazyJit(_post_res_fwd_kernel, helpers=(_post_res_tile,))
-_post_res_proj = LazyJit(_post_res_proj_kernel,
-                         helpers=(_post_proj_stream, _proj_dot, _split_hi_lo))
+_post_res_proj = LazyJit(_post_res_proj_kernel, helpers=(_post_res_tile, _proj_dot, _split_hi_lo))
 _post_res_bwd = LazyJit(_post_res_bwd_kernel)
 
 
@@ -239,15 +199,12 @@ def post_res_proj_forward_triton(x, y, h_post, h_res, fn):
     """:func:`post_res_forward_triton` that also returns the next connection's coefficient
     GEMM partials ``part (S, T, (n+2)n + 1)`` of ``out fn^T`` and ``sum out^2``
     (``fn [(n+2)n, nC]``: that connection's projection), for ``coef_forward_triton(part=)``.
-    ``n <= 4`` (:data:`PROJ_MAX_N`).
     """
     T, n, C = x.shape
-    if n > PROJ_MAX_N:
-        raise ValueError(f"the fused post-res + projection kernel takes n <= {PROJ_MAX_N}, got {n}")
-    N = (n + 2) * n
+    NB, N = next_pow2(n), (n + 2) * n
     NP = max(16, next_pow2(N))
-    cfg = tuned("post_res_proj", BT=64, BC=32, chunks=8, num_warps=4)
-    BT, BC = cfg["BT"], min(cfg["BC"], next_pow2(C))
+    cfg = tuned("post_res_proj", BT=64, BC=64, chunks=4, num_warps=8)
+    BT, BC = cfg["BT"], min(cfg["BC"], max(16, 4 * cfg["BC"] // NB), next_pow2(C))
     if interpret_mode():
         BT, BC = 16, min(BC, 16)
     c_per_split = BC * cfg["chunks"]
@@ -256,13 +213,9 @@ def post_res_proj_forward_triton(x, y, h_post, h_res, fn):
     part = torch.empty(split, T, N + 1, device=x.device, dtype=torch.float32)
     _post_res_proj[(triton_cdiv(T, BT) * split,)](
         x, y, h_post, h_res, out, fn.contiguous(), part, T, C, c_per_split, split,
-        n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=dot_mode(x.dtype), XB=is_broadcast(x),
+        n=n, NB=NB, N=N, NP=NP, BT=BT, BC=BC, PREC=dot_mode(x.dtype), XB=is_broadcast(x),
         num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 3))
     return out, part
-
-
-#: streams the fused post-res + projection kernel handles (per-stream tiles, like ``_coef_dx4``)
-PROJ_MAX_N = 4
 
 
 def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True, partials=False):
