@@ -8,11 +8,10 @@ Public API:
 * :class:`HyperHead` -- DeepSeek-V4's learned collapse of the streams.
 * :mod:`torch_mhc.models` -- a GPT-style LM and a deep plain stack with the same switch.
 """
-from .nn import (HyperConnection, HyperHead, RMSNorm, chain_connections, expand_streams,
-                 reduce_streams)
+from .nn import HyperConnection, HyperHead, RMSNorm, expand_streams, reduce_streams
 from .ops import SinkhornError, sinkhorn
 
 __version__ = "0.1.0"
 
 __all__ = ["sinkhorn", "SinkhornError", "expand_streams", "reduce_streams", "HyperConnection",
-           "chain_connections", "HyperHead", "RMSNorm", "__version__"]
+           "HyperHead", "RMSNorm", "__version__"]

@@ -50,32 +50,3 @@ def test_gradcheck_fp64_glue():
             torch.rand(3, 2, dtype=torch.float64, device=DEV, requires_grad=True),
             torch.rand(3, 2, 2, dtype=torch.float64, device=DEV, requires_grad=True))
     assert torch.autograd.gradcheck(lambda *a: post_res(*a, backend="triton"), args)
-
-
-@pytest.mark.parametrize("n,C,T,chunks", [(4, 48, 37, 4), (4, 100, 9, 1), (3, 40, 20, 2),
-                                          (8, 24, 9, 1), (1, 40, 5, 4), (2, 100, 17, 1)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_post_res_with_next_projection(n, C, T, chunks, dtype):
-    """The post-res kernel that also computes the next connection's coefficient GEMM: its
-    output is the plain kernel's, and its split partials sum to ``out fn^T`` and
-    ``sum out^2`` of the output as stored (bf16 output: fn split hi + lo, ~1e-5)."""
-    from torch_mhc.ops._backend import TUNING
-    from torch_mhc.ops.post_res import post_res_forward_triton, post_res_proj_forward_triton
-    N = (n + 2) * n
-    x = torch.randn(T, n, C, device=DEV).to(dtype)
-    y = torch.randn(T, C, device=DEV).to(dtype)
-    hp, hr = 2 * torch.rand(T, n, device=DEV), torch.rand(T, n, n, device=DEV)
-    fn = torch.randn(N, n * C, device=DEV) * 0.1
-    TUNING["post_res_proj"] = dict(BT=16 if not CUDA else 64, BC=16 if not CUDA else 64,
-                                   chunks=chunks, num_warps=4)
-    try:
-        out, part = post_res_proj_forward_triton(x, y, hp, hr, fn)
-    finally:
-        TUNING.pop("post_res_proj")
-    assert torch.equal(out, post_res_forward_triton(x, y, hp, hr))
-    assert rel_error(out, post_res_reference(x, y, hp, hr)) < (1e-6 if dtype == torch.float32 else 1e-2)
-    assert part.shape[1:] == (T, N + 1) and (CUDA or part.shape[0] == -(-C // (16 * chunks)))
-    of = out.double().reshape(T, n * C)
-    summed = part.double().sum(0)
-    assert rel_error(summed[:, :N], of @ fn.double().t()) < 3e-5
-    assert rel_error(summed[:, N], of.pow(2).sum(-1)) < 1e-6

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import HyperConnection, RMSNorm, chain_connections, expand_streams, reduce_streams
+from ..nn import HyperConnection, RMSNorm, expand_streams, reduce_streams
 from ..nn.recompute import resolve_block_size, stream_recompute
 
 __all__ = ["DeepStack", "DeepStackConfig"]
@@ -58,7 +58,6 @@ class DeepStack(nn.Module):
                             cfg.width, n=cfg.streams, mode=cfg.connection, layer_index=i,
                             backend=cfg.backend, sinkhorn_iters=cfg.sinkhorn_iters)
             for i in range(cfg.depth))
-        chain_connections(self.layers)
         self.norm = RMSNorm(cfg.width)
         self.head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
         for name, p in self.named_parameters():

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import HyperConnection, RMSNorm, chain_connections, expand_streams, reduce_streams
+from ..nn import HyperConnection, RMSNorm, expand_streams, reduce_streams
 from ..nn.recompute import resolve_block_size, stream_recompute
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config"]
@@ -152,7 +152,6 @@ class GPT(nn.Module):
         cos, sin = rope_tables(cfg.seq_len, cfg.d_model // cfg.n_head, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        chain_connections(self.connections())
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -40,7 +40,7 @@ from ..ops.post_res import post_res
 from ..ops.pre_mix import pre_mix
 from .recompute import current_recompute
 
-__all__ = ["HyperConnection", "MODES", "chain_connections", "mhc_bias_init", "hc_bias_init"]
+__all__ = ["HyperConnection", "MODES", "mhc_bias_init", "hc_bias_init"]
 
 MODES = ("mhc", "hc", "residual")
 
@@ -104,7 +104,6 @@ class HyperConnection(nn.Module):
         self.backend = check_backend(backend)
         self.sinkhorn_iters, self.rms_eps, self.hc_eps = int(sinkhorn_iters), rms_eps, hc_eps
         self.record_mappings = False  # diagnostics: keep the last mappings (detached)
-        self._next_connection: tuple = ()  # set by chain_connections (a tuple: no submodule)
         self.last_mappings: Optional[Tuple[torch.Tensor, ...]] = None
         if mode == "mhc":
             self.fn = nn.Parameter(torch.zeros((n + 2) * n, n * dim))
@@ -201,46 +200,9 @@ class HyperConnection(nn.Module):
         if self.record_mappings:
             self.last_mappings = (h_pre.detach(), h_post.detach(), h_res.detach())
         y, rest = _split_output(self.branch(h, *args, **kwargs))
-        new = connection_post(streams, y, h_post, h_res, link, self._next_fn(streams))
+        new = connection_post(streams, y, h_post, h_res, link)
         _register(new, streams, _fused_post, y, h_post, h_res)
         return _pack(new, rest)
-
-    def _next_fn(self, streams: torch.Tensor) -> Optional[torch.Tensor]:
-        """The chained next connection's ``fn`` when its fused path will read our output
-        (:func:`chain_connections`), else None."""
-        nxt = getattr(self, "_next_connection", ())
-        if not nxt:
-            return None
-        nxt = nxt[0]
-        if (nxt.mode != "mhc" or nxt.n != self.n or nxt.dim != self.dim
-                or resolve_backend(nxt.backend, streams) != "triton"):
-            return None
-        fn = nxt.fn
-        # a plain tensor on our device (not, e.g., an FSDP2 shard that is not gathered yet)
-        if type(fn.data) is not torch.Tensor or fn.device != streams.device:
-            return None
-        return fn
-
-
-def chain_connections(connections) -> None:
-    """Declare that each of ``connections`` (``HyperConnection`` modules in depth order)
-    feeds its output streams straight into the next one, as in a stack of blocks.
-
-    Speed only: the fused Triton path of a connection then also computes the next mHC
-    connection's coefficient projection inside its post-res kernel, saving one read of
-    the ``n``-times-wider stream tensor per connection. Always safe: the next connection
-    uses that result only if it receives exactly this output, unmodified, with its own
-    ``fn`` unmodified; otherwise it computes the projection itself. The built-in models
-    chain their connections.
-    """
-    connections = list(connections)
-    for hc in connections:
-        if not isinstance(hc, HyperConnection):
-            raise TypeError(f"chain_connections expects HyperConnection modules, got {type(hc).__name__}")
-    for hc, nxt in zip(connections, connections[1:]):
-        hc._next_connection = (nxt,)
-    if connections:
-        connections[-1]._next_connection = ()
 
 
 def _fused_post(x, y, h_post, h_res):  # the fused post-res forward, for recomputation

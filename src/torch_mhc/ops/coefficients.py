@@ -102,24 +102,6 @@ def _split_hi_lo(v, PREC: tl.constexpr):
     return hi, lo
 
 
-def _proj_dot(xt, w, acc, PREC: tl.constexpr):
-    """``acc + xt @ w`` for a stream tile ``xt`` [BT, BK] (its storage dtype) and float32
-    weights ``w`` [BK, NP], at the precision ``PREC`` (``_backend.dot_mode``) picks."""
-    if PREC >= 2:  # bf16 x: w = hi + lo, two bf16 products (x is exact in bf16)
-        w_hi, w_lo = _split_hi_lo(w, PREC)
-        if PREC == 2:
-            acc = tl.dot(xt, w_hi, acc)
-            acc = tl.dot(xt, w_lo, acc)
-        else:  # interpreter: the same split, products in float32
-            acc = tl.dot(xt.to(tl.float32), w_hi, acc, input_precision="ieee")
-            acc = tl.dot(xt.to(tl.float32), w_lo, acc, input_precision="ieee")
-    elif PREC == 1:
-        acc = tl.dot(xt.to(tl.float32), w, acc, input_precision="tf32x3")
-    else:
-        acc = tl.dot(xt.to(tl.float32), w, acc, input_precision="ieee")
-    return acc
-
-
 def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, C, k_per_split, split,
                       N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       PREC: tl.constexpr, XB: tl.constexpr):
@@ -151,7 +133,18 @@ def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, C, k_per_split, split,
         ss += tl.sum(xf * xf, axis=1)
         w = tl.load(fn_ptr + oo[None, :] * K + ks[:, None],
                     mask=omask[None, :] & kmask[:, None], other=0.0).to(tl.float32)  # [BK, NP]
-        acc = _proj_dot(xt, w, acc, PREC)
+        if PREC >= 2:  # bf16 x: w = hi + lo, two bf16 products (x is exact in bf16)
+            w_hi, w_lo = _split_hi_lo(w, PREC)
+            if PREC == 2:
+                acc = tl.dot(xt, w_hi, acc)
+                acc = tl.dot(xt, w_lo, acc)
+            else:  # interpreter: the same split, products in float32
+                acc = tl.dot(xf, w_hi, acc, input_precision="ieee")
+                acc = tl.dot(xf, w_lo, acc, input_precision="ieee")
+        elif PREC == 1:
+            acc = tl.dot(xf, w, acc, input_precision="tf32x3")
+        else:
+            acc = tl.dot(xf, w, acc, input_precision="ieee")
     out = part_ptr + (pid_s * T + r64) * (N + 1)
     tl.store(out[:, None] + oo[None, :], acc, mask=rmask[:, None] & omask[None, :])
     tl.store(out + N, ss, mask=rmask)
@@ -621,7 +614,7 @@ def _coef_dfn_kernel(x_ptr, g_ptr, dfn_ptr, T, K, t_per_split,
              mask=(oo < N)[:, None] & kmask[None, :])
 
 
-_coef_gemm = LazyJit(_coef_gemm_kernel, helpers=(_split_hi_lo, _proj_dot))
+_coef_gemm = LazyJit(_coef_gemm_kernel, helpers=(_split_hi_lo,))
 _coef_token = LazyJit(_coef_token_kernel)
 _coef_token_bwd = LazyJit(_coef_token_bwd_kernel)
 _coef_bwd_x = LazyJit(_coef_bwd_x_kernel, helpers=(_split_hi_lo,))
@@ -643,23 +636,12 @@ def _stride0(t):
 
 
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
-                        iters: int, rms_eps: float, hc_eps: float, part=None):
+                        iters: int, rms_eps: float, hc_eps: float):
     """Kernels 1-2: ``x (T, n, C)`` contiguous or broadcast (``_backend.is_broadcast``) ->
     ``H_pre, H_post, H_res, mix`` (fp32).
 
     ``mix (T, N + 1)`` holds the raw projection ``x fn^T`` and ``1/r`` for the backward.
-    ``part``: the GEMM's split partials ``(S, T, N + 1)`` already computed from this ``x``
-    and ``fn`` (by the previous connection's post-res, ``post_res_proj_forward_triton``);
-    then only the token kernel runs.
     """
-    if part is None:
-        part = coef_gemm_triton(x, fn)
-    return coef_token_forward_triton(part, x.shape[1], x.shape[2], base, scale, iters,
-                                     rms_eps, hc_eps)
-
-
-def coef_gemm_triton(x: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
-    """Kernel 1: the split-K partials ``part (S, T, N + 1)`` of ``x fn^T`` and ``sum x^2``."""
     T, n, C = x.shape
     K, N = n * C, (n + 2) * n
     NP = max(16, next_pow2(N))
@@ -679,18 +661,10 @@ def coef_gemm_triton(x: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
     k_per_split = triton_cdiv(k_tiles, split) * BK
     split = triton_cdiv(K, k_per_split)
     part = torch.empty(split, T, N + 1, device=dev, dtype=torch.float32)
-    _coef_gemm[(tiles_t * split,)](x, fn.contiguous(), part, T, K, C, k_per_split, split, N=N,
-                                   NP=NP, BT=BT, BK=BK, PREC=dot_mode(x.dtype),
-                                   XB=is_broadcast(x), num_warps=cfg["num_warps"],
-                                   num_stages=cfg["num_stages"])
-    return part
-
-
-def coef_token_forward_triton(part: torch.Tensor, n: int, C: int, base: torch.Tensor,
-                              scale: torch.Tensor, iters: int, rms_eps: float, hc_eps: float):
-    """Kernel 2: the mappings from the GEMM partials ``part (S, T, (n+2)n + 1)``."""
-    split, T, N = part.shape[0], part.shape[1], (n + 2) * n
-    dev = part.device
+    fn_c = fn.contiguous()
+    _coef_gemm[(tiles_t * split,)](x, fn_c, part, T, K, C, k_per_split, split, N=N, NP=NP,
+                                   BT=BT, BK=BK, PREC=dot_mode(x.dtype), XB=is_broadcast(x),
+                                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     mix = torch.empty(T, N + 1, device=dev, dtype=torch.float32)
     h_pre = torch.empty(T, n, device=dev, dtype=torch.float32)
     h_post = torch.empty(T, n, device=dev, dtype=torch.float32)
@@ -700,7 +674,7 @@ def coef_token_forward_triton(part: torch.Tensor, n: int, C: int, base: torch.Te
     BT2 = cfg["BT"]
     _coef_token[(triton_cdiv(T, BT2),)](
         part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res,
-        T, split, n * C, int(iters), float(rms_eps), float(hc_eps),
+        T, split, K, int(iters), float(rms_eps), float(hc_eps),
         n=n, N=N, NB=NB, BT=BT2, LOG=(hc_eps == 0.0), num_warps=cfg["num_warps"])
     return h_pre, h_post, h_res, mix
 
@@ -819,9 +793,8 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
 # -- the same decomposition in PyTorch: documents the kernels' math, runs any dtype (float64
 #    for gradcheck of the autograd glue) --------------------------------------------------------
 
-def coef_forward_torch(x, fn, base, scale, iters, rms_eps, hc_eps, part=None):
-    """PyTorch twin of :func:`coef_forward_triton` (same outputs, the input's float dtype;
-    ``part`` is not used: the projection is recomputed)."""
+def coef_forward_torch(x, fn, base, scale, iters, rms_eps, hc_eps):
+    """PyTorch twin of :func:`coef_forward_triton` (same outputs, the input's float dtype)."""
     T, n, C = x.shape
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf = x.reshape(T, n * C).to(dt)

@@ -43,61 +43,28 @@ import torch
 
 from ._backend import as_streams
 from .coefficients import _COEF_IMPL
-from .post_res import _POST_IMPL, post_res_proj_forward_triton
+from .post_res import _POST_IMPL
 from .pre_mix import _PRE_IMPL
 
 __all__ = ["connection_pre", "connection_post", "ConnectionLink"]
 
 
 class ConnectionLink:
-    """Carries ``g = d out`` from the post half's backward to the pre half's backward, and
-    the projection partials between neighbouring connections in forward."""
+    """Carries ``g = d out`` from the post half's backward to the pre half's backward."""
 
-    __slots__ = ("g", "part", "proj", "next_fn")
+    __slots__ = ("g", "part")
 
     def __init__(self):
         self.g: Optional[torch.Tensor] = None
         self.part: Optional[torch.Tensor] = None  # (S, T, n + n^2) partial [dH_post, dH_res]
-        self.proj: Optional[torch.Tensor] = None  # (S, T, N + 1) GEMM partials of x fn^T
-        self.next_fn: Optional[torch.Tensor] = None  # post half: the next connection's fn
-
-
-class _Projection:
-    """GEMM partials of the next connection, computed by this one's post-res kernel and
-    parked on its output tensor until that connection's pre half takes them."""
-
-    __slots__ = ("fn", "fn_version", "out_version", "part")
-
-    def __init__(self, fn, out, part):
-        self.fn, self.fn_version = fn, fn._version
-        self.out_version, self.part = out._version, part
-
-    def take(self, x: torch.Tensor, fn: torch.Tensor) -> Optional[torch.Tensor]:
-        """The partials if they are still those of ``x fn^T`` (nothing rewritten since)."""
-        if (self.fn is fn and fn._version == self.fn_version
-                and x._version == self.out_version and self.part.shape[1] * x.shape[-2] * x.shape[-1] == x.numel()):
-            return self.part
-        return None
-
-
-_PROJ_ATTR = "_torch_mhc_projection"
-
-
-def _take_projection(x: torch.Tensor, fn: torch.Tensor) -> Optional[torch.Tensor]:
-    pend = x.__dict__.pop(_PROJ_ATTR, None)
-    return None if pend is None else pend.take(x, fn)
 
 
 class _ConnectionPreFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fn, base, scale, link, iters, rms_eps, hc_eps, impl):
         coef_fwd = _COEF_IMPL[impl][0]
-        proj, link.proj = link.proj, None
-        h_pre, h_post, h_res, mix = coef_fwd(x, fn, base, scale, iters, rms_eps, hc_eps,
-                                             part=proj)
-        # launch order: after the coefficient GEMM (descending) ascending; after the previous
-        # post-res (ascending, it computed the GEMM) descending
-        h = _PRE_IMPL[impl][0](x, h_pre, descending=proj is not None)
+        h_pre, h_post, h_res, mix = coef_fwd(x, fn, base, scale, iters, rms_eps, hc_eps)
+        h = _PRE_IMPL[impl][0](x, h_pre)
         ctx.save_for_backward(x, fn, base, scale, mix, h_pre, h_res)
         ctx.cfg = (link, iters, hc_eps, impl)
         ctx.set_materialize_grads(False)  # unused outputs get None, not zero tensors
@@ -134,10 +101,6 @@ class _ConnectionPostFn(torch.autograd.Function):
     def forward(ctx, x, y, h_post, h_res, link, impl):
         ctx.save_for_backward(x, y, h_post, h_res)
         ctx.cfg = (link, impl)
-        if link.next_fn is not None:  # also the next connection's GEMM partials (link.proj)
-            out, link.proj = post_res_proj_forward_triton(x, y, h_post, h_res, link.next_fn)
-            link.next_fn = None
-            return out
         return _POST_IMPL[impl][0](x, y, h_post, h_res)
 
     @staticmethod
@@ -166,10 +129,8 @@ def connection_pre(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale:
     (a graph break before and after): the hand-off through ``link`` is Python state.
     """
     lead, (n, C) = x.shape[:-2], x.shape[-2:]
-    link = ConnectionLink()
-    if _impl(x) == "triton":
-        link.proj = _take_projection(x, fn)
     x3 = as_streams(x.reshape(-1, n, C))  # a broadcast view (first connection) stays one
+    link = ConnectionLink()
     h, h_pre, h_post, h_res = _ConnectionPreFn.apply(x3, fn, base, scale, link, int(iters),
                                                      float(rms_eps), float(hc_eps), _impl(x))
     return (h.view(*lead, C), h_pre.view(*lead, n), h_post.view(*lead, n),
@@ -178,27 +139,12 @@ def connection_pre(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale:
 
 @torch.compiler.disable
 def connection_post(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
-                    h_res: torch.Tensor, link: ConnectionLink,
-                    next_fn: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    h_res: torch.Tensor, link: ConnectionLink) -> torch.Tensor:
     """Post + residual of one mHC connection, ``H_res x + H_post^T y``; pairs with
-    :func:`connection_pre` (which computes this op's ``dx`` term in its backward).
-
-    ``next_fn``: the projection ``fn`` of the connection that will read the output next.
-    The post-res kernel then also computes that connection's coefficient GEMM (one read of
-    the stream tensor less); the partials ride on the returned tensor, and
-    :func:`connection_pre` uses them only if it gets that very tensor, unmodified, with the
-    same unmodified ``fn``; otherwise it computes the GEMM itself.
-    """
+    :func:`connection_pre` (which computes this op's ``dx`` term in its backward)."""
     lead, (n, C) = x.shape[:-2], x.shape[-2:]
     x3 = as_streams(x.reshape(-1, n, C))
     y2 = y.reshape(-1, C).contiguous()
-    impl = _impl(x)
-    if impl == "triton" and next_fn is not None and next_fn.shape == (n * n + 2 * n, n * C):
-        link.next_fn = next_fn.detach()
     out = _ConnectionPostFn.apply(x3, y2, h_post.reshape(-1, n), h_res.reshape(-1, n, n), link,
-                                  impl)
-    out = out.view(*lead, n, C)
-    if link.proj is not None:
-        out.__dict__[_PROJ_ATTR] = _Projection(next_fn, out, link.proj)
-        link.proj = None
-    return out
+                                  _impl(x))
+    return out.view(*lead, n, C)

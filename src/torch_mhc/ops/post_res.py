@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import (LazyJit, compute_dtype, dot_mode, interpret_mode, is_broadcast,
-                       next_pow2, resolve_backend, triton_cdiv, tuned)
-from .coefficients import _proj_dot, _split_hi_lo
+from ._backend import (LazyJit, compute_dtype, interpret_mode, is_broadcast, next_pow2,
+                       resolve_backend, triton_cdiv, tuned)
 
 __all__ = ["post_res", "post_res_reference"]
 
@@ -33,11 +32,18 @@ def post_res_reference(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
 
 # -- Triton kernels ------------------------------------------------------------------------------
 
-def _post_res_tile(x_ptr, y_ptr, hpost_ptr, hres_ptr, r64, rmask, cc, C,
-                   n: tl.constexpr, NB: tl.constexpr, XB: tl.constexpr):
-    """``out[t, i, c]`` for one (token tile ``r64``, channel tile ``cc``), float32 [BT, NB, BC]
-    (padded streams and masked rows / channels are 0)."""
+def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
+                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                         XB: tl.constexpr):
+    # tokens ascending (one channel tile at C <= 4096): the next connection's GEMM reads out
+    # descending (``_backend``)
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = pid_t * BT + tl.arange(0, BT)
+    rmask = rows < T
+    r64 = rows.to(tl.int64)
     ii = tl.arange(0, NB)
+    cc = pid_c * BC + tl.arange(0, BC)
     m2 = rmask[:, None] & (ii < n)[None, :]
     mc = rmask[:, None] & (cc < C)[None, :]
     y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
@@ -54,67 +60,8 @@ def _post_res_tile(x_ptr, y_ptr, hpost_ptr, hres_ptr, r64, rmask, cc, C,
             hj = tl.load(hres_ptr + r64[:, None] * (n * n) + ii[None, :] * n + j, mask=m2,
                          other=0.0)
             out += hj[:, :, None] * xj.to(tl.float32)[:, None, :]
-    return out
-
-
-def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
-                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                         XB: tl.constexpr):
-    # tokens ascending (one channel tile at C <= 4096): the next connection's GEMM reads out
-    # descending (``_backend``)
-    pid_t = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    rows = pid_t * BT + tl.arange(0, BT)
-    rmask = rows < T
-    r64 = rows.to(tl.int64)
-    ii = tl.arange(0, NB)
-    cc = pid_c * BC + tl.arange(0, BC)
-    out = _post_res_tile(x_ptr, y_ptr, hpost_ptr, hres_ptr, r64, rmask, cc, C, n, NB, XB)
-    m3 = (rmask[:, None] & (ii < n)[None, :])[:, :, None] & (cc < C)[None, None, :]
     tl.store(out_ptr + r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :],
-             out.to(out_ptr.dtype.element_ty), mask=m3)
-
-
-def _post_res_proj_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, fn_ptr, part_ptr,
-                          T, C, c_per_split, split,
-                          n: tl.constexpr, NB: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
-                          BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
-                          XB: tl.constexpr):
-    # The forward above plus the next connection's coefficient GEMM (``coefficients``,
-    # kernel 1) on ``out`` while it is in registers, so that connection never reads its
-    # input for the projection:
-    #   part[s, t, :N] = out[t, :, cs] . fn[:, (i, cs)]  and  part[s, t, N] = sum out^2
-    # over this program's channel range cs of every stream, on ``out`` as stored (rounded
-    # to its dtype), in the layout of ``_coef_gemm_kernel``'s split-K partials. Token tiles
-    # ascending, a tile's channel ranges launched together.
-    pid = tl.program_id(0)
-    pid_s = pid % split
-    pid_t = pid // split
-    rows = pid_t * BT + tl.arange(0, BT)
-    rmask = rows < T
-    r64 = rows.to(tl.int64)
-    ii = tl.arange(0, NB)
-    oo = tl.arange(0, NP)
-    K = n * C
-    m2 = rmask[:, None] & (ii < n)[None, :]
-    acc = tl.zeros([BT, NP], dtype=tl.float32)
-    ss = tl.zeros([BT], dtype=tl.float32)
-    for c0 in range(pid_s * c_per_split, (pid_s + 1) * c_per_split, BC):
-        cc = c0 + tl.arange(0, BC)
-        out = _post_res_tile(x_ptr, y_ptr, hpost_ptr, hres_ptr, r64, rmask, cc, C, n, NB, XB)
-        ob = out.to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + r64[:, None, None] * K + ii[None, :, None] * C + cc[None, None, :], ob,
-                 mask=m2[:, :, None] & (cc < C)[None, None, :])
-        # fn columns (i, c) of every output o, as [NB * BC, NP] (row i * BC + c, like ob's)
-        w = tl.load(fn_ptr + oo[None, None, :] * K + ii[:, None, None] * C + cc[None, :, None],
-                    mask=(ii < n)[:, None, None] & (cc < C)[None, :, None]
-                    & (oo < N)[None, None, :], other=0.0).to(tl.float32)
-        of = ob.to(tl.float32)
-        ss += tl.sum(tl.sum(of * of, axis=2), axis=1)
-        acc = _proj_dot(tl.reshape(ob, [BT, NB * BC]), tl.reshape(w, [NB * BC, NP]), acc, PREC)
-    prow = part_ptr + (pid_s * T + r64) * (N + 1)
-    tl.store(prow[:, None] + oo[None, :], acc, mask=rmask[:, None] & (oo < N)[None, :])
-    tl.store(prow + N, ss, mask=rmask)
+             out.to(out_ptr.dtype.element_ty), mask=m2[:, :, None] & (cc < C)[None, None, :])
 
 
 def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_ptr, part_ptr,
@@ -174,8 +121,7 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
         tl.store(dx_ptr + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
 
 
-_post_res_fwd = LazyJit(_post_res_fwd_kernel, helpers=(_post_res_tile,))
-_post_res_proj = LazyJit(_post_res_proj_kernel, helpers=(_post_res_tile, _proj_dot, _split_hi_lo))
+_post_res_fwd = LazyJit(_post_res_fwd_kernel)
 _post_res_bwd = LazyJit(_post_res_bwd_kernel)
 
 
@@ -193,29 +139,6 @@ def post_res_forward_triton(x, y, h_post, h_res):
         x, y, h_post, h_res, out, T, C, n=n, NB=NB, BT=BT, BC=BC, XB=is_broadcast(x),
         num_warps=cfg["num_warps"])
     return out
-
-
-def post_res_proj_forward_triton(x, y, h_post, h_res, fn):
-    """:func:`post_res_forward_triton` that also returns the next connection's coefficient
-    GEMM partials ``part (S, T, (n+2)n + 1)`` of ``out fn^T`` and ``sum out^2``
-    (``fn [(n+2)n, nC]``: that connection's projection), for ``coef_forward_triton(part=)``.
-    """
-    T, n, C = x.shape
-    NB, N = next_pow2(n), (n + 2) * n
-    NP = max(16, next_pow2(N))
-    cfg = tuned("post_res_proj", BT=64, BC=64, chunks=4, num_warps=8)
-    BT, BC = cfg["BT"], min(cfg["BC"], max(16, 4 * cfg["BC"] // NB), next_pow2(C))
-    if interpret_mode():
-        BT, BC = 16, min(BC, 16)
-    c_per_split = BC * cfg["chunks"]
-    split = triton_cdiv(C, c_per_split)
-    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    part = torch.empty(split, T, N + 1, device=x.device, dtype=torch.float32)
-    _post_res_proj[(triton_cdiv(T, BT) * split,)](
-        x, y, h_post, h_res, out, fn.contiguous(), part, T, C, c_per_split, split,
-        n=n, NB=NB, N=N, NP=NP, BT=BT, BC=BC, PREC=dot_mode(x.dtype), XB=is_broadcast(x),
-        num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 3))
-    return out, part
 
 
 def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True, partials=False):

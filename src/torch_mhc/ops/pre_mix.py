@@ -29,14 +29,11 @@ def pre_mix_reference(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
 
 def _pre_mix_fwd_kernel(x_ptr, hpre_ptr, h_ptr, T, C,
                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                        XB: tl.constexpr, DESC: tl.constexpr):
-    # token-major, ascending after the coefficient GEMM (which read x descending), descending
-    # when the previous post-res computed the GEMM and wrote x ascending (``_backend``)
+                        XB: tl.constexpr):
+    # token-major, ascending: the coefficient GEMM just read x descending (``_backend``)
     pid = tl.program_id(0)
     c_tiles = tl.cdiv(C, BC)
     pid_t = pid // c_tiles
-    if DESC:
-        pid_t = tl.cdiv(T, BT) - 1 - pid_t
     pid_c = pid % c_tiles
     rows = pid_t * BT + tl.arange(0, BT)
     r64 = rows.to(tl.int64)
@@ -102,17 +99,16 @@ def _blocks(n: int, C: int, budget: int):
     return NB, BC
 
 
-def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor,
-                           descending: bool = False) -> torch.Tensor:
+def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
     """``x (T, n, C)`` (contiguous or broadcast), ``h_pre (T, n)`` fp32 -> ``h (T, C)`` in
-    ``x``'s dtype; ``descending``: token tiles in descending order (launch order only)."""
+    ``x``'s dtype."""
     T, n, C = x.shape
     NB, BC = _blocks(n, C, 8192)
     cfg = tuned("pre_mix_fwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
     BT, BC = cfg["BT"], (BC if interpret_mode() else min(cfg["BC"], next_pow2(C)))
     h = torch.empty(T, C, device=x.device, dtype=x.dtype)
     _pre_mix_fwd[(triton_cdiv(T, BT) * triton_cdiv(C, BC),)](
-        x, h_pre, h, T, C, n=n, NB=NB, BT=BT, BC=BC, XB=is_broadcast(x), DESC=bool(descending),
+        x, h_pre, h, T, C, n=n, NB=NB, BT=BT, BC=BC, XB=is_broadcast(x),
         num_warps=cfg["num_warps"])
     return h
 
@@ -132,7 +128,7 @@ def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tens
     return dx, dhpre
 
 
-def pre_mix_forward_torch(x, h_pre, descending=False):
+def pre_mix_forward_torch(x, h_pre):
     """PyTorch twin of :func:`pre_mix_forward_triton` (any float dtype)."""
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     return torch.einsum("ti,tic->tc", h_pre.to(dt), x.to(dt)).to(x.dtype)
