@@ -16,6 +16,7 @@ FAST = ["bench", "--suite", "layer", "--preset", "tiny", "--device", "cpu", "--s
     (["--out", "{dir}"], "is a folder"),
     (["--out", "{file}/x.json"], "cannot create the folder"),
     (["--cuda-graph"], "--cuda-graph needs a CUDA device"),  # FAST runs on --device cpu
+    (["--suite", "kernels", "--interleave"], "--interleave applies to the layer and gpt-small"),
 ])
 def test_bench_bad_arguments(tmp_path, capsys, extra, phrase):
     (tmp_path / "f").write_text("x")
@@ -36,3 +37,22 @@ def test_bench_writes_json(tmp_path, capsys):
     out = tmp_path / "sub" / "b.json"
     assert main([*FAST, "--out", str(out)]) == 0
     assert '"suite": "layer"' in out.read_text()
+
+
+def test_bench_interleaved_rounds(tmp_path):
+    """--interleave times the variants in rotated rounds: every variant gets --steps step
+    times, and the mHC variant a paired overhead (median of per-round ratios)."""
+    import json
+    out = tmp_path / "i.json"
+    args = list(FAST)
+    args[args.index("--variants") + 1] = "residual,mhc-torch"
+    args[args.index("--steps") + 1] = "3"
+    assert main([*args, "--interleave", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["interleave"] is True
+    for v in ("residual", "mhc-torch"):
+        assert len(res["variants"][v]["times_ms"]) == 3
+    mhc = res["variants"]["mhc-torch"]
+    ratios = sorted(a / b for a, b in zip(mhc["times_ms"], res["variants"]["residual"]["times_ms"]))
+    assert abs(mhc["paired_overhead_pct"] - 100 * (ratios[1] - 1)) < 1e-9
+    assert "paired_overhead_pct" not in res  # the top level reports mhc-triton (CUDA) only

@@ -183,58 +183,124 @@ def make_optimizer(model: nn.Module, kind: str, device, capturable: bool = False
                              capturable=capturable, **flag)
 
 
-def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
-    model, cfg = _build_gpt(preset, variant, args, device)
-    T = cfg.seq_len
-    graphed = bool(getattr(args, "cuda_graph", False))
-    opt = make_optimizer(model, args.optimizer, device, graphed)
-    g = torch.Generator(device="cpu").manual_seed(1)
-    data = [(torch.randint(0, cfg.vocab_size, (batch, T), generator=g).to(device),
-             torch.randint(0, cfg.vocab_size, (batch, T), generator=g).to(device))
-            for _ in range(2)]
-    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "autocast"
-           else contextlib.nullcontext())
+class _Trainee:
+    """One benchmarked model: built, its optimizer, its batches, and ``step(i)``; warmed up
+    by :meth:`warm` (which also records the peak memory of its steps)."""
 
-    def step(i):
-        idx, tgt = data[i % 2]
-        opt.zero_grad(set_to_none=True)
-        with amp:
-            _, loss = model(idx, tgt)
+    def __init__(self, preset: str, variant: str, batch: int, args, device):
+        self.device, self.args = device, args
+        self.base_mem = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        self.model, self.cfg = _build_gpt(preset, variant, args, device)
+        T = self.cfg.seq_len
+        self.graphed = bool(getattr(args, "cuda_graph", False))
+        self.opt = make_optimizer(self.model, args.optimizer, device, self.graphed)
+        g = torch.Generator(device="cpu").manual_seed(1)
+        self.data = [(torch.randint(0, self.cfg.vocab_size, (batch, T), generator=g).to(device),
+                      torch.randint(0, self.cfg.vocab_size, (batch, T), generator=g).to(device))
+                     for _ in range(2)]
+        self.amp = (torch.autocast(device.type, dtype=torch.bfloat16)
+                    if args.dtype == "autocast" else contextlib.nullcontext())
+        self.loss = None
+
+    def _eager_step(self, i):
+        idx, tgt = self.data[i % 2]
+        self.opt.zero_grad(set_to_none=True)
+        with self.amp:
+            _, loss = self.model(idx, tgt)
         loss.backward()
-        opt.step()
+        self.opt.step()
         return loss
 
-    t_compile = time.perf_counter()
-    if graphed:  # the peak then includes the graph's own pool
-        torch.cuda.reset_peak_memory_stats(device)
-        step = _graphed_step(model, opt, data, amp, args.warmup)
-    for i in range(args.warmup):
-        loss = step(i)
-    _sync(device)
-    warm_s = time.perf_counter() - t_compile
-    if device.type == "cuda" and not graphed:
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for i in range(args.steps):
-        if device.type == "cuda":
+    def warm(self) -> None:
+        """Warm-up steps (compile kernels; capture the CUDA graph with ``--cuda-graph``),
+        then the peak memory of one more step above what existed before this model."""
+        t0 = time.perf_counter()
+        cuda = self.device.type == "cuda"
+        if self.graphed:  # the peak then includes the graph's own pool
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.step = _graphed_step(self.model, self.opt, self.data, self.amp, self.args.warmup)
+        else:
+            self.step = self._eager_step
+        for i in range(self.args.warmup):
+            self.loss = self.step(i)
+        _sync(self.device)
+        self.warm_s = time.perf_counter() - t0
+        if cuda and not self.graphed:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.peak = None
+
+    def timed_step(self, i: int) -> float:
+        """One step in milliseconds (CUDA events on a GPU, the host clock elsewhere)."""
+        if self.device.type == "cuda":
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
-            loss = step(i)
+            self.loss = self.step(i)
             b.record()
             b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            loss = step(i)
-            times.append((time.perf_counter() - t0) * 1e3)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    res = {"median_ms": statistics.median(times), "min_ms": min(times), "times_ms": times,
-           "peak_mem_gib": peak, "loss": float(loss.detach()), "warmup_s": warm_s,
-           "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
-    del model, opt, data
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+            return a.elapsed_time(b)
+        t0 = time.perf_counter()
+        self.loss = self.step(i)
+        return (time.perf_counter() - t0) * 1e3
+
+    def peak_gib(self) -> Optional[float]:
+        """Peak memory of this model's steps since :meth:`warm` (minus what was allocated
+        before it was built), GiB; None off CUDA."""
+        if self.device.type != "cuda":
+            return None
+        return (torch.cuda.max_memory_allocated(self.device) - self.base_mem) / 2**30
+
+    def result(self, times: List[float]) -> Dict:
+        """The variant's entry of the JSON."""
+        return {"median_ms": statistics.median(times), "min_ms": min(times), "times_ms": times,
+                "peak_mem_gib": self.peak, "loss": float(self.loss.detach()),
+                "warmup_s": self.warm_s,
+                "params_m": sum(p.numel() for p in self.model.parameters()) / 1e6}
+
+    def free(self) -> None:
+        """Drop the model, optimizer and batches."""
+        del self.model, self.opt, self.data, self.step
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
+    run = _Trainee(preset, variant, batch, args, device)
+    run.warm()
+    times = [run.timed_step(i) for i in range(args.steps)]
+    run.peak = run.peak_gib()
+    res = run.result(times)
+    run.free()
     return res
+
+
+def _time_interleaved(preset: str, variants: List[str], batch: int, args, device) -> Dict:
+    """``--interleave``: all variants built and warmed up (each one's peak memory taken from
+    its own warm step, above what the others hold), then ``--steps`` rounds of one timed
+    step per variant, the order rotated every round. Slow drifts of the machine (clocks,
+    temperature, host load) then hit every variant alike; ``paired_overhead_pct`` is the
+    median over rounds of each round's ratio to the residual step."""
+    runs = {}
+    for v in variants:
+        run = runs[v] = _Trainee(preset, v, batch, args, device)
+        run.warm()
+        run.timed_step(args.warmup)  # one more step: this model's peak, others resident
+        run.peak = run.peak_gib()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+    times = {v: [] for v in variants}
+    for r in range(args.steps):
+        k = r % len(variants)
+        for v in variants[k:] + variants[:k]:
+            times[v].append(runs[v].timed_step(r))
+    out = {}
+    for v, run in runs.items():
+        out[v] = run.result(times[v])
+        if "residual" in times and v != "residual":
+            ratios = [a / b for a, b in zip(times[v], times["residual"])]
+            out[v]["paired_overhead_pct"] = 100.0 * (statistics.median(ratios) - 1.0)
+    for run in runs.values():
+        run.free()
+    return out
 
 
 def _graphed_step(model, opt, data, amp, warmup: int):
@@ -281,20 +347,32 @@ def _model_suite(suite: str, args, device) -> Dict:
     liger_cls, why = _liger_mhc_class()
     if liger_cls is None:
         out["liger"] = why
+    runnable = []
     for v in variants:
         if v == "liger" and liger_cls is None:
             out["variants"][v] = {"skipped": why}
-            continue
-        if v.startswith("mhc-triton") and device.type != "cuda":
+        elif v.startswith("mhc-triton") and device.type != "cuda":
             out["variants"][v] = {"skipped": "needs CUDA"}
-            continue
+        else:
+            runnable.append(v)
+    if getattr(args, "interleave", False):
         try:
-            r = _time_model(preset, v, batch, args, device)
-        except Exception as e:  # noqa: BLE001  (record it, keep measuring the others)
-            r = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            out["variants"].update(_time_interleaved(preset, runnable, batch, args, device))
+        except Exception as e:  # noqa: BLE001  (e.g. all models do not fit at once)
+            err = {"error": f"interleaved: {type(e).__name__}: {e}"[:2000]}
+            out["variants"].update({v: dict(err) for v in runnable})
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        out["variants"][v] = r
+    for v in runnable:
+        if v not in out["variants"]:
+            try:
+                r = _time_model(preset, v, batch, args, device)
+            except Exception as e:  # noqa: BLE001  (record it, keep measuring the others)
+                r = {"error": f"{type(e).__name__}: {e}"[:2000]}
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            out["variants"][v] = r
+        r = out["variants"][v]
         _log(f"  {suite} {v}: " + (f"{r['median_ms']:.2f} ms, peak {r['peak_mem_gib']} GiB"
                                    if "median_ms" in r else str(r)))
     base = out["variants"].get("residual", {})
@@ -306,12 +384,17 @@ def _model_suite(suite: str, args, device) -> Dict:
     ours = out["variants"].get("mhc-triton", {})
     out["overhead_pct"] = ours.get("overhead_pct")
     out["peak_mem_overhead_pct"] = ours.get("peak_mem_overhead_pct")
+    if "paired_overhead_pct" in ours:
+        out["paired_overhead_pct"] = ours["paired_overhead_pct"]
     out["config"] = {"preset": preset, "batch": batch, "n": args.n, "dtype": args.dtype,
                      "steps": args.steps, "warmup": args.warmup,
                      "optimizer": f"AdamW({_optimizer_kind(args.optimizer, device)})",
                      "cuda_graph": bool(getattr(args, "cuda_graph", False)),
                      "seq_len": args.seq or None,
-                     "timing": "CUDA events around zero_grad+forward+backward+step, median"}
+                     "interleave": bool(getattr(args, "interleave", False)),
+                     "timing": "CUDA events around zero_grad+forward+backward+step, median"
+                               + (" of rounds with one step per variant, order rotated"
+                                  if getattr(args, "interleave", False) else "")}
     return out
 
 
@@ -554,6 +637,8 @@ def _check_args(args) -> Optional[str]:
     if getattr(args, "cuda_graph", False):
         if not torch.cuda.is_available() or (args.device and torch.device(args.device).type != "cuda"):
             return "--cuda-graph needs a CUDA device"
+    if getattr(args, "interleave", False) and args.suite == "kernels":
+        return "--interleave applies to the layer and gpt-small suites"
     if args.out:
         if os.path.isdir(args.out):
             return f"--out {args.out} is a folder; give the path of the JSON file to write"
@@ -603,6 +688,10 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=4096, help="kernels suite: tokens")
     p.add_argument("--C", type=int, default=4096, help="kernels suite: stream width")
     p.add_argument("--device", default=None)
+    p.add_argument("--interleave", action="store_true",
+                   help="layer/gpt-small: keep every variant's model in memory and time them in "
+                        "rounds (one step each, order rotated), so machine drift hits all alike; "
+                        "adds paired_overhead_pct (median of per-round ratios)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="layer/gpt-small: capture each training step in one CUDA graph and time "
                         "its replays (removes the host launch overhead that small models pay)")
