@@ -19,8 +19,13 @@ Suites (``--suite``):
 stay fp32, as the paper keeps ``phi``); ``autocast`` trains fp32 parameters under
 ``torch.autocast(bfloat16)``; ``fp32`` is plain fp32.
 
+``--interleave`` keeps every variant's model in memory and times them in rounds (one step
+each, order rotated), so slow drifts of the machine hit every variant alike; the JSON then
+also holds ``paired_overhead_pct`` (median over rounds of mHC's step over the residual's).
+
 The JSON holds ``suite, overhead_pct, peak_mem_overhead_pct, device, torch, triton, commit,
-config`` and one entry per variant (``median_ms``, all step times, ``peak_mem_gib``).
+config`` and one entry per variant (``median_ms``, all step times, ``peak_mem_gib``: the peak
+above what was allocated before its model was built).
 """
 from __future__ import annotations
 
