@@ -217,8 +217,9 @@ class _Trainee:
         return loss
 
     def warm(self) -> None:
-        """Warm-up steps (compile kernels; capture the CUDA graph with ``--cuda-graph``),
-        then the peak memory of one more step above what existed before this model."""
+        """Warm-up steps (compile kernels; capture the CUDA graph with ``--cuda-graph``); the
+        peak-memory counter restarts after them (before them with a graph, so that the
+        peak includes the graph's pool)."""
         t0 = time.perf_counter()
         cuda = self.device.type == "cuda"
         if self.graphed:  # the peak then includes the graph's own pool
@@ -232,7 +233,6 @@ class _Trainee:
         self.warm_s = time.perf_counter() - t0
         if cuda and not self.graphed:
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.peak = None
 
     def timed_step(self, i: int) -> float:
         """One step in milliseconds (CUDA events on a GPU, the host clock elsewhere)."""
@@ -248,16 +248,16 @@ class _Trainee:
         return (time.perf_counter() - t0) * 1e3
 
     def peak_gib(self) -> Optional[float]:
-        """Peak memory of this model's steps since :meth:`warm` (minus what was allocated
-        before it was built), GiB; None off CUDA."""
+        """Peak memory since :meth:`warm`'s restart of the counter, minus what was allocated
+        before this model was built, GiB; None off CUDA."""
         if self.device.type != "cuda":
             return None
         return (torch.cuda.max_memory_allocated(self.device) - self.base_mem) / 2**30
 
-    def result(self, times: List[float]) -> Dict:
-        """The variant's entry of the JSON."""
+    def result(self, times: List[float], peak: Optional[float]) -> Dict:
+        """The variant's entry of the JSON (``peak``: :meth:`peak_gib` taken when due)."""
         return {"median_ms": statistics.median(times), "min_ms": min(times), "times_ms": times,
-                "peak_mem_gib": self.peak, "loss": float(self.loss.detach()),
+                "peak_mem_gib": peak, "loss": float(self.loss.detach()),
                 "warmup_s": self.warm_s,
                 "params_m": sum(p.numel() for p in self.model.parameters()) / 1e6}
 
@@ -272,26 +272,24 @@ def _time_model(preset: str, variant: str, batch: int, args, device) -> Dict:
     run = _Trainee(preset, variant, batch, args, device)
     run.warm()
     times = [run.timed_step(i) for i in range(args.steps)]
-    run.peak = run.peak_gib()
-    res = run.result(times)
+    res = run.result(times, run.peak_gib())
     run.free()
     return res
 
 
 def _time_interleaved(preset: str, variants: List[str], batch: int, args, device) -> Dict:
-    """``--interleave``: all variants built and warmed up (each one's peak memory taken from
-    its own warm step, above what the others hold), then ``--steps`` rounds of one timed
-    step per variant, the order rotated every round. Slow drifts of the machine (clocks,
-    temperature, host load) then hit every variant alike; ``paired_overhead_pct`` is the
-    median over rounds of each round's ratio to the residual step."""
-    runs = {}
+    """``--interleave``: all variants built and warmed up (each one's peak memory taken over
+    one step after its warm-up, above what the models built before it hold), then
+    ``--steps`` rounds of one timed step per variant, the order rotated every round. Slow
+    drifts of the machine (clocks, temperature, host load) then hit every variant alike;
+    ``paired_overhead_pct`` is the median over rounds of each round's ratio to the residual
+    step."""
+    runs, peaks = {}, {}
     for v in variants:
         run = runs[v] = _Trainee(preset, v, batch, args, device)
         run.warm()
         run.timed_step(args.warmup)  # one more step: this model's peak, others resident
-        run.peak = run.peak_gib()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        peaks[v] = run.peak_gib()
     times = {v: [] for v in variants}
     for r in range(args.steps):
         k = r % len(variants)
@@ -299,7 +297,7 @@ def _time_interleaved(preset: str, variants: List[str], batch: int, args, device
             times[v].append(runs[v].timed_step(r))
     out = {}
     for v, run in runs.items():
-        out[v] = run.result(times[v])
+        out[v] = run.result(times[v], peaks[v])
         if "residual" in times and v != "residual":
             ratios = [a / b for a, b in zip(times[v], times["residual"])]
             out[v]["paired_overhead_pct"] = 100.0 * (statistics.median(ratios) - 1.0)
