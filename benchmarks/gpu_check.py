@@ -17,8 +17,7 @@ import sys
 import time
 
 TESTS = ["tests/ops/test_coefficients_triton.py", "tests/ops/test_pre_mix_triton.py",
-         "tests/ops/test_post_res_triton.py", "tests/ops/test_connection_triton.py",
-         "tests/ops/test_connection_chain_triton.py"]
+         "tests/ops/test_post_res_triton.py", "tests/ops/test_connection_triton.py"]
 
 
 def main() -> int:

@@ -16,8 +16,7 @@ import torch
 
 #: the backward's pass over x that each sweep key times (``TUNING["coef_bwd"]``)
 MODES = {"coef_dfn": {"kernel": "mma4"},
-         "coef_dx4": {"kernel": "mma4"}, "coef_dx4_chain": {"kernel": "mma4"},
-         "coef_dx": {"kernel": "mma3d", "split": True},
+         "coef_dx4": {"kernel": "mma4"}, "coef_dx": {"kernel": "mma3d", "split": True},
          "coef_bwd_x": {"kernel": "mma3d", "split": False}}
 
 
@@ -57,9 +56,6 @@ def main() -> int:
     fwd = lambda: co.coef_forward_triton(x, fn, base, scale, 20, 1e-20, 0.0)  # noqa: E731
     bwd = lambda: co.coef_backward_triton(x, fn, base, scale, mix, dpre, dpost, dres, 20,  # noqa: E731
                                           0.0, h_pre=hp, dh=y, h_res=hr, gout=g)
-    bwd_chain = lambda: co.coef_backward_triton(  # noqa: E731
-        x, fn, base, scale, mix, dpre, dpost, dres, 20, 0.0, h_pre=hp, dh=y, h_res=hr, gout=g,
-        prev=(y, hq))
     b_fwd = n * unit + N * K * 4
     b_bwd = (3 * n + 1) * unit + 2 * N * K * 4
     # (tuning key, callable, minimum bytes, configurations); each key keeps its fastest
@@ -100,15 +96,6 @@ def main() -> int:
           dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=64, dfn=True, ls=2, dfp=1),
           dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=True, ls=2, dfp=1),
           dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=32, dfn=True, ls=3, dfp=1)]),
-        ("coef_dx4_chain", bwd_chain, b_bwd + 2 * unit,  # the same, chained (reads y', writes dy')
-         [dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=32, dfn=True, ls=2),
-          dict(BT=16, BC=64, num_warps=4, num_stages=2, loop=64, dfn=True, ls=2),
-          dict(BT=32, BC=32, num_warps=4, num_stages=2, loop=32, dfn=True, ls=2),
-          dict(BT=16, BC=128, num_warps=4, num_stages=2, loop=64, dfn=True, ls=2),
-          dict(BT=32, BC=64, num_warps=8, num_stages=2, loop=32, dfn=True, ls=2),
-          dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=32, dfn=True, ls=2, dfp=1),
-          dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=True, ls=2, dfp=1),
-          dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=32, dfn=False, ls=2)]),
         ("coef_dx", bwd, b_bwd,  # the 3D-tile kernel (fp32 streams, n > 4)
          [dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, ls=3),
           dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, ls=2)]),
@@ -129,10 +116,6 @@ def main() -> int:
           dict(BT=4, BC=256, num_warps=4), dict(BT=2, BC=1024, num_warps=8),
           dict(BT=4, BC=512, num_warps=8), dict(BT=8, BC=256, num_warps=8),
           dict(BT=1, BC=2048, num_warps=8), dict(BT=1, BC=512, num_warps=2)]),
-        ("res_pre_bwd", lambda: po.res_pre_backward_triton(x, g, y), (2 * n + 1) * unit,
-         [dict(BT=1, BC=1024, num_warps=4), dict(BT=2, BC=512, num_warps=4),
-          dict(BT=1, BC=512, num_warps=2), dict(BT=1, BC=2048, num_warps=8),
-          dict(BT=2, BC=1024, num_warps=8), dict(BT=4, BC=256, num_warps=4)]),
     ]
     best = {}
     report = {}
@@ -159,8 +142,7 @@ def main() -> int:
             report[name] = {"best_us": ms * 1e3, "pct_copy_bw": 100 * nbytes / (ms * 1e-3) / bw,
                             "all": [(r[0] * 1e3, r[1]) for r in results]}
     # the backward's pass over x: the fastest of the kernels' best configurations
-    timed = {k: report[k]["best_us"] for k in MODES
-             if k in report and k not in ("coef_dfn", "coef_dx4_chain")}
+    timed = {k: report[k]["best_us"] for k in MODES if k in report and k != "coef_dfn"}
     if timed:
         pick = min(timed, key=timed.get)
         best["coef_bwd"] = TUNING["coef_bwd"] = MODES[pick]

@@ -44,8 +44,6 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from .ops.connection import backward_chain
-
 __all__ = ["register", "run_bench", "main"]
 
 SUITES = ("layer", "gpt-small", "kernels")
@@ -151,8 +149,8 @@ def _build_gpt(preset: str, variant: str, args, device):
     if variant == "residual":
         cfg = gpt_config(preset, connection="residual", **over)
     else:
-        backend = {"mhc-triton": "triton", "mhc-triton-recompute": "triton",
-                   "mhc-triton-nochain": "triton", "mhc-torch": "torch", "liger": "torch"}[variant]
+        backend = {"mhc-triton": "triton", "mhc-triton-recompute": "triton", "mhc-torch": "torch",
+                   "liger": "torch"}[variant]
         if variant == "mhc-triton-recompute":  # stream kept every L_r connections (Eq. 20)
             over["recompute_block"] = -1
         cfg = gpt_config(preset, connection="mhc", n=args.n, backend=backend, **over)
@@ -208,13 +206,11 @@ class _Trainee:
         self.amp = (torch.autocast(device.type, dtype=torch.bfloat16)
                     if args.dtype == "autocast" else contextlib.nullcontext())
         self.loss = None
-        self.chain = (lambda: backward_chain(False)) if variant == "mhc-triton-nochain" \
-            else contextlib.nullcontext
 
     def _eager_step(self, i):
         idx, tgt = self.data[i % 2]
         self.opt.zero_grad(set_to_none=True)
-        with self.amp, self.chain():
+        with self.amp:
             _, loss = self.model(idx, tgt)
         loss.backward()
         self.opt.step()
@@ -228,9 +224,7 @@ class _Trainee:
         cuda = self.device.type == "cuda"
         if self.graphed:  # the peak then includes the graph's own pool
             torch.cuda.reset_peak_memory_stats(self.device)
-            with self.chain():  # captured as it is set now
-                self.step = _graphed_step(self.model, self.opt, self.data, self.amp,
-                                          self.args.warmup)
+            self.step = _graphed_step(self.model, self.opt, self.data, self.amp, self.args.warmup)
         else:
             self.step = self._eager_step
         for i in range(self.args.warmup):
@@ -619,9 +613,6 @@ def run_bench(args) -> Dict:
 
 
 VARIANTS = ("residual", "mhc-triton", "mhc-triton-recompute", "mhc-torch", "liger")
-#: run only when ``--variants`` names them: ``mhc-triton`` with the backward chain off
-#: (``ops.connection.backward_chain``), for A/B timing of the chain
-EXTRA_VARIANTS = ("mhc-triton-nochain",)
 
 
 def _check_args(args) -> Optional[str]:
@@ -633,10 +624,10 @@ def _check_args(args) -> Optional[str]:
         if v is not None and v < low:
             return f"--{name} must be >= {low}, got {v}"
     if args.variants is not None:
-        bad = [v for v in args.variants.split(",") if v and v not in VARIANTS + EXTRA_VARIANTS]
+        bad = [v for v in args.variants.split(",") if v and v not in VARIANTS]
         if bad or not any(args.variants.split(",")):
             return (f"unknown variant(s) {', '.join(bad) or repr(args.variants)}; choose from "
-                    f"{','.join(VARIANTS + EXTRA_VARIANTS)}")
+                    f"{','.join(VARIANTS)}")
     if args.preset is not None and args.preset not in GPT_PRESETS:
         return f"unknown --preset {args.preset!r}; choose one of {', '.join(GPT_PRESETS)}"
     if args.device is not None:
@@ -693,8 +684,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                         "foreach")
     p.add_argument("--variants", default=None,
                    help="comma list of residual,mhc-triton,mhc-triton-recompute,mhc-torch,liger "
-                        "(default all of these) and mhc-triton-nochain (mhc-triton with the "
-                        "backward chain between connections off, for A/B timing)")
+                        "(default all)")
     p.add_argument("--preset", default=None, help="override the suite's GPT preset")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--seq", type=int, default=None, help="override the sequence length")

@@ -15,7 +15,7 @@ in one GEMM and ``r = ||vec x||_2 / sqrt(nC)`` from the same read of ``x``, then
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import Tuple
 
 import torch
 
@@ -219,8 +219,7 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
 
 def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dres_ptr,
                            g_ptr, dss_ptr, red_ptr, scr_ptr,
-                           T, K, iters, hc_eps, st_pre, st_post, st_res,
-                           np_pre, sp_pre, np_post, sp_post, np_res, sp_res,
+                           T, K, iters, hc_eps, st_pre, st_post, st_res, n_part, st_part,
                            n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NN: tl.constexpr,
                            NP: tl.constexpr, BT: tl.constexpr, LOG: tl.constexpr,
                            HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
@@ -249,20 +248,16 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
     # pre / post: d sigmoid = s (1 - s)
     s_pre = tl.sigmoid(a_pre * pre * inv_r[:, None] + b_pre[None, :])
     s_post = tl.sigmoid(a_post * post * inv_r[:, None] + b_post[None, :])
-    # each incoming gradient arrives as np_* partial sums sp_* floats apart (summed here;
-    # one "partial" for a plain gradient), rows st_* floats apart
     if HAS_DPRE:
-        d_pre = tl.zeros([BT, NB], dtype=tl.float32)
-        for sp in range(np_pre):
-            d_pre += tl.load(dpre_ptr + sp * sp_pre + r64[:, None] * st_pre + ii[None, :],
-                             mask=m2, other=0.0).to(tl.float32)
+        d_pre = tl.load(dpre_ptr + r64[:, None] * st_pre + ii[None, :], mask=m2, other=0.0).to(tl.float32)
         d_pre = d_pre * s_pre * (1.0 - s_pre)
     else:
         d_pre = tl.zeros([BT, NB], dtype=tl.float32)
     if HAS_DPOST:
+        # dH_post / dH_res arrive as n_part partial sums st_part floats apart (summed here)
         d_post = tl.zeros([BT, NB], dtype=tl.float32)
-        for sp in range(np_post):
-            d_post += tl.load(dpost_ptr + sp * sp_post + r64[:, None] * st_post + ii[None, :],
+        for sp in range(n_part):
+            d_post += tl.load(dpost_ptr + sp * st_part + r64[:, None] * st_post + ii[None, :],
                               mask=m2, other=0.0).to(tl.float32)
         d_post = 2.0 * d_post * s_post * (1.0 - s_post)
     else:
@@ -274,8 +269,8 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
     scr = scr_ptr + r64[:, None, None] * (2 * iters * NN) + aa * NB + bb
     if HAS_DRES:
         g_res = tl.zeros([BT, NB, NB], dtype=tl.float32)  # d H_res, transposed to comb's layout
-        for sp in range(np_res):
-            g_res += tl.load(dres_ptr + sp * sp_res + r64[:, None, None] * st_res + bb * n + aa,
+        for sp in range(n_part):
+            g_res += tl.load(dres_ptr + sp * st_part + r64[:, None, None] * st_res + bb * n + aa,
                              mask=m3, other=0.0).to(tl.float32)
         if LOG:
             for k in range(iters):
@@ -447,14 +442,13 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
 
 
 def _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv, g0, g1, g2, g3,
-                Gh, Gl, GhT, GlT, Wh, Wl, acc, C, yp, hpp_ptr, pp_row, dya,
+                Gh, Gl, GhT, GlT, Wh, Wl, acc, C,
                 i: tl.constexpr, n: tl.constexpr, PREC: tl.constexpr, HAS_PRE: tl.constexpr,
                 HAS_RES: tl.constexpr, DFN: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr,
-                XB: tl.constexpr, PREV: tl.constexpr):
+                XB: tl.constexpr):
     """Stream ``i`` of one token tile of ``_coef_dx4_kernel``: writes its dx tile and
-    returns its dfn accumulator ``acc`` and (``PREV``) the previous connection's ``dy``
-    tile ``dya`` updated (``XB``: ``xb`` is the tile itself, loaded once for every stream
-    of a broadcast x)."""
+    returns its dfn accumulator ``acc`` updated (``XB``: ``xb`` is the tile itself, loaded
+    once for every stream of a broadcast x)."""
     if XB:
         x = xb
     else:
@@ -482,27 +476,22 @@ def _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv, g
         if n > 3:
             d += tl.load(hres_ptr + r64 * (n * n) + 3 * n + i, mask=rmask,
                          other=0.0)[:, None] * g3.to(tl.float32)
-    dr = d.to(dxb.dtype.element_ty)
-    tl.store(dxb + x_off + i * C, dr, mask=m2)
-    if PREV:  # this dx is the previous connection's d out: its dy and dH_post (as stored)
-        df = dr.to(tl.float32)
-        dya += tl.load(hpp_ptr + r64 * n + i, mask=rmask, other=0.0)[:, None] * df
-        tl.store(pp_row + i, tl.sum(df * yp.to(tl.float32), axis=1), mask=rmask)
+    tl.store(dxb + x_off + i * C, d.to(dxb.dtype.element_ty), mask=m2)
     if DFN:
         acc = tl.dot(GhT, xd, acc)
         if DFP == 2:
             acc = tl.dot(GlT, xd, acc)
-    return acc, dya
+    return acc
 
 
 def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
-                     hpre_ptr, dh_ptr, hres_ptr, gout_ptr, yp_ptr, hpp_ptr, dyp_ptr, pp_ptr,
+                     hpre_ptr, dh_ptr, hres_ptr, gout_ptr,
                      T, C, K, tiles_per, tsplit,
                      n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
                      BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
                      HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr,
                      LS: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr,
-                     XB: tl.constexpr, GB: tl.constexpr, PREV: tl.constexpr):
+                     XB: tl.constexpr, GB: tl.constexpr):
     # bf16 streams, n <= 4: the sums of ``_coef_bwd_x_kernel`` with every stream's tile a 2D
     # [BT, BC] tensor of its own (no 3D tile reshaped around ``tl.dot``; one
     # ``_dx4_stream`` call per stream, since Triton loops carry no lists of tiles), dfn
@@ -511,10 +500,6 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
     #   dx[t, i, c] = sum_o G[t, o] fn[o, iC + c] + 2 x[t, i, c] dss[t] + H_pre[t, i] dh[t, c]
     #                 + sum_j H_res[t, j, i] g[t, j, c]
     #   dfn[o, iC + c] (this program's token tiles) = sum_t G[t, o] x[t, i, c]
-    # PREV (backward chain, ``ops.connection``): dx is the gradient of the previous
-    # connection's output, whose post-res backward is done here from the dx tiles in
-    # registers (y' its branch output, H_post' its mapping; dx as stored in bf16):
-    #   dy'[t, c] = sum_i H_post'[t, i] dx[t, i, c],  pp[pid_c, t, i] = <dx_i, y'> (slice)
     # Program (c, s) takes token tiles s, s + tsplit, s + 2 tsplit, ...: the whole grid moves
     # up the tokens together, starting where the pre-mix backward (descending) ended, with x
     # and dh still in L2, and ending where the next post-res backward starts.
@@ -571,30 +556,21 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
         else:
             xb = x_ptr + tb
         dxb = dx_ptr + tb
-        yp, pp_row = None, None
-        dya = tl.zeros([BT, BC], dtype=tl.float32)
-        if PREV:
-            yp = tl.load(yp_ptr + t0.to(tl.int64) * C + rl[:, None] * C + cc[None, :],
-                         mask=m2, other=0.0)
-            pp_row = pp_ptr + (pid_c * T + r64) * n
-        a0, dya = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
-                         g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh0, Wl0, a0, C, yp, hpp_ptr, pp_row, dya,
-                         0, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB, PREV)
+        a0 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
+                         g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh0, Wl0, a0, C,
+                         0, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
         if n > 1:
-            a1, dya = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
-                             g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh1, Wl1, a1, C, yp, hpp_ptr, pp_row, dya,
-                             1, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB, PREV)
+            a1 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
+                             g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh1, Wl1, a1, C,
+                             1, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
         if n > 2:
-            a2, dya = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
-                             g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh2, Wl2, a2, C, yp, hpp_ptr, pp_row, dya,
-                             2, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB, PREV)
+            a2 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
+                             g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh2, Wl2, a2, C,
+                             2, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
         if n > 3:
-            a3, dya = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
-                             g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh3, Wl3, a3, C, yp, hpp_ptr, pp_row, dya,
-                             3, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB, PREV)
-        if PREV:
-            tl.store(dyp_ptr + t0.to(tl.int64) * C + rl[:, None] * C + cc[None, :],
-                     dya.to(dyp_ptr.dtype.element_ty), mask=m2)
+            a3 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
+                             g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh3, Wl3, a3, C,
+                             3, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
     if DFN:
         out = dfn_ptr + pid_s.to(tl.int64) * NP * K + w_off
         tl.store(out + 0 * C, a0, mask=w_mask & (n > 0))
@@ -655,30 +631,8 @@ def _rows(t):
     return t if inner_ok else t.contiguous()
 
 
-class Partials(NamedTuple):
-    """A gradient handed over as unsummed partial sums ``t (S, T, w)`` (rows of ``w``
-    contiguous floats, any strides between them): the token backward kernel sums them."""
-
-    t: torch.Tensor
-
-
-def _part_args(d):
-    """``(tensor, row stride, count, stride between partials)`` of a gradient given in full
-    (``(T, ...)``, one partial), as :class:`Partials`, or ``None``."""
-    if d is None:
-        return None
-    if isinstance(d, Partials):
-        assert d.t.stride(-1) == 1
-        return d.t, d.t.stride(1), d.t.shape[0], d.t.stride(0)
-    d = _rows(d)
-    return d, d.stride(0), 1, 0
-
-
-def _total(d, shape):
-    """A gradient given in full or as :class:`Partials`, summed, in ``shape`` (or None)."""
-    if d is None:
-        return None
-    return (d.t.sum(0) if isinstance(d, Partials) else d).reshape(shape)
+def _stride0(t):
+    return 0 if t is None else t.stride(0)
 
 
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
@@ -726,17 +680,13 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
 
 
 def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
-                         h_pre=None, dh=None, h_res=None, gout=None, prev=None):
+                         h_pre=None, dh=None, h_res=None, gout=None, post_part=None):
     """Kernels 3-4: gradients to ``x, fn, base, scale`` from those of ``H_pre, H_post, H_res``.
 
-    ``d_pre, d_post, d_res``: ``None``, the gradient in full, or :class:`Partials` (summed by
-    the token kernel). With ``h_pre, dh`` (pre-mix) and ``h_res, gout`` (post-res) given,
-    ``dx`` also holds ``H_pre_i dh`` and ``sum_j H_res[j, i] gout_j``: the whole connection's
-    ``dx`` in one pass. ``prev = (y', H_post')``: ``dx`` is the gradient of the output of a
-    previous connection with branch output ``y' (T, C)`` and ``H_post' (T, n)``; the dx pass
-    then also returns its ``dy'`` and ``Partials`` of ``dH_post'`` (``ops.connection``,
-    "backward chain"). Returns ``(dx, dfn, dbase, dscale, (dy', dH_post' partials) or None)``
-    (None also where the kernel in use does not do ``prev``).
+    With ``h_pre, dh`` (pre-mix) and ``h_res, gout`` (post-res) given, ``dx`` also holds
+    ``H_pre_i dh`` and ``sum_j H_res[j, i] gout_j``: the whole connection's ``dx`` in one pass.
+    ``post_part (S, T, n + n^2)``, instead of ``d_post, d_res``: the post-res backward's
+    per-slice partial sums of ``[dH_post, dH_res]``, summed by the token kernel.
     """
     T, n, C = x.shape
     K, N = n * C, (n + 2) * n
@@ -749,13 +699,19 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     G = torch.empty(T, NP, device=dev, dtype=torch.float32)
     dss = torch.empty(T, device=dev, dtype=torch.float32)
     red = torch.empty(nprog, 3 + N, device=dev, dtype=torch.float32)
-    args = [_part_args(d) or (mix, 0, 0, 0) for d in (d_pre, d_post, d_res)]
+    d_pre, d_post, d_res = _rows(d_pre), _rows(d_post), _rows(d_res)
+    n_part, st_part = 1, 0
+    if post_part is not None:
+        n_part, st_part = post_part.shape[0], post_part.stride(0)
+        d_post, d_res = post_part[0, :, :n], post_part[0, :, n:]
     has_res = d_res is not None
     scr = torch.empty(T * 2 * int(iters) * NB * NB if has_res else 1, device=dev, dtype=torch.float32)
+    dummy = mix
     _coef_token_bwd[(nprog,)](
-        mix, scale.contiguous(), base.contiguous(), args[0][0], args[1][0], args[2][0],
-        G, dss, red, scr, T, K, int(iters), float(hc_eps), args[0][1], args[1][1], args[2][1],
-        *args[0][2:], *args[1][2:], *args[2][2:],
+        mix, scale.contiguous(), base.contiguous(),
+        d_pre if d_pre is not None else dummy, d_post if d_post is not None else dummy,
+        d_res if has_res else dummy, G, dss, red, scr, T, K, int(iters), float(hc_eps),
+        _stride0(d_pre), _stride0(d_post), _stride0(d_res), n_part, st_part,
         n=n, N=N, NB=NB, NN=NB * NB, NP=NP, BT=BT2, LOG=(hc_eps == 0.0), HAS_DPRE=d_pre is not None,
         HAS_DPOST=d_post is not None, HAS_DRES=has_res, num_warps=cfg["num_warps"])
     del scr
@@ -781,10 +737,8 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
         # dxp=1: G fn from the bf16 high parts alone; the product's ~2^-9 relative error is
         # that of the bf16 dx it is stored into, and it saves two of five MMAs per tile (the
         # pass is MMA-bound on an H100: 239 -> 210 us for the whole coefficient backward)
-        # the chained pass (``prev``: also the previous connection's dy) holds a [BT, BC] fp32
-        # accumulator more and has a configuration of its own
-        cfg = tuned("coef_dx4_chain" if prev is not None else "coef_dx4", BT=32, BC=64,
-                    num_warps=4, num_stages=2, loop=32, dfn=True, ls=2, dxp=1, dfp=2)
+        cfg = tuned("coef_dx4", BT=32, BC=64, num_warps=4, num_stages=2, loop=32, dfn=True, ls=2,
+                    dxp=1, dfp=2)
     elif tuned("coef_bwd", split=True)["split"]:
         cfg = tuned("coef_dx", BT=64 if x.element_size() == 2 and NB <= 4 else 32,
                     BC=max(16, 128 // NB), num_warps=4, num_stages=2, loop=16, dfn=False,
@@ -806,22 +760,13 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     dfn_p = torch.empty(tsplit, NP, K, device=dev, dtype=torch.float32) if fused else G
     # ``ls``: software-pipeline stages of the token loop (``tl.range``): >= 2 prefetches the
     # next tiles into shared memory with cp.async while the current one is computed
-    prev_out = None
     if dx4:  # interleaved token tiles: ``tsplit`` programs per channel slice, each every tsplit-th
-        if prev is not None:
-            y_prev, hp_prev = prev
-            prev_out = (torch.empty(T, C, device=dev, dtype=y_prev.dtype),
-                        torch.empty(c_tiles, T, n, device=dev, dtype=torch.float32))
-            prev_args = (y_prev, hp_prev, *prev_out)
-        else:
-            prev_args = (G, G, G, G)
         _coef_dx4[(c_tiles, tsplit)](
-            x, fn.contiguous(), G, dss, dx, dfn_p, *extras, *prev_args, T, C, K,
+            x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K,
             triton_cdiv(t_tiles, tsplit), tsplit,
             n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
             DFN=fused, LS=cfg["ls"], DXP=cfg["dxp"], DFP=cfg["dfp"], XB=is_broadcast(x),
-            GB=is_broadcast(gout), PREV=prev is not None, num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"])
+            GB=is_broadcast(gout), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     else:
         _coef_bwd_x[(c_tiles, tsplit)](
             x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K, t_per_split,
@@ -842,9 +787,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     # partials summed as contiguous rows (an outer reduction torch vectorises)
     dfn = dfn_p.view(tsplit, -1)[:, :N * K].sum(0).view(N, K) if tsplit > 1 else dfn_p[0, :N]
     red = red.sum(0)
-    if prev_out is not None:
-        prev_out = (prev_out[0], Partials(prev_out[1]))
-    return dx, dfn, red[3:], red[:3], prev_out
+    return dx, dfn, red[3:], red[:3]
 
 
 # -- the same decomposition in PyTorch: documents the kernels' math, runs any dtype (float64
@@ -865,10 +808,12 @@ def coef_forward_torch(x, fn, base, scale, iters, rms_eps, hc_eps):
 
 
 def coef_backward_torch(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
-                        h_pre=None, dh=None, h_res=None, gout=None, prev=None):
+                        h_pre=None, dh=None, h_res=None, gout=None, post_part=None):
     """PyTorch twin of :func:`coef_backward_triton` (explicit formulas, see the header)."""
     T, n, C = x.shape
-    d_pre, d_post, d_res = _total(d_pre, (T, n)), _total(d_post, (T, n)), _total(d_res, (T, n, n))
+    if post_part is not None:
+        summed = post_part.sum(0)
+        d_post, d_res = summed[:, :n], summed[:, n:].view(T, n, n)
     K, N = n * C, (n + 2) * n
     dt = mix.dtype
     proj, inv_r = mix[:, :N], mix[:, N:]
@@ -899,14 +844,7 @@ def coef_backward_torch(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc
     dfn = G.t() @ xf
     m = dlogit * proj * inv_r
     dscale = torch.stack([m[:, :n].sum(), m[:, n:2 * n].sum(), m[:, 2 * n:].sum()])
-    dx = dx.to(x.dtype)
-    prev_out = None
-    if prev is not None:  # the previous connection's post-res backward from this dx
-        y_prev, hp_prev = prev
-        dxf = dx.to(dt)
-        prev_out = (torch.einsum("ti,tic->tc", hp_prev.to(dt), dxf).to(y_prev.dtype),
-                    Partials(torch.einsum("tic,tc->ti", dxf, y_prev.to(dt)).unsqueeze(0)))
-    return dx, dfn, dlogit.sum(0), dscale, prev_out
+    return dx.to(x.dtype), dfn, dlogit.sum(0), dscale
 
 
 _COEF_IMPL = {"triton": (coef_forward_triton, coef_backward_triton),
@@ -931,8 +869,8 @@ class _CoefficientsFn(torch.autograd.Function):
         iters, hc_eps, impl = ctx.cfg
         _, bwd = _COEF_IMPL[impl]
         cont = lambda g: None if g is None else g.contiguous()  # noqa: E731
-        dx, dfn, dbase, dscale, _ = bwd(x, fn, base, scale, mix, cont(d_pre), cont(d_post),
-                                        cont(d_res), iters, hc_eps)
+        dx, dfn, dbase, dscale = bwd(x, fn, base, scale, mix, cont(d_pre), cont(d_post),
+                                     cont(d_res), iters, hc_eps)
         return (dx, dfn.to(fn.dtype), dbase.to(base.dtype), dscale.to(scale.dtype),
                 None, None, None, None)
 

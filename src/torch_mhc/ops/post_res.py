@@ -10,11 +10,7 @@ Reference in PyTorch plus the fused Triton kernels (the paper's kernel 5, Sec. 4
   ``dH_res[i, j] = <g_i, x_j>`` (per-channel-slice partial sums, added up afterwards) and
   (optionally) ``dx_j = sum_i H_res[i, j] g_i``. The fused connection (``ops.connection``)
   skips ``dx`` here and folds that term into the single ``dx`` pass of the coefficient
-  backward, which reads ``g`` instead of a separately written ``dx``;
-* the same kernel with ``PRE`` (:func:`res_pre_backward_triton`), for a fused connection
-  whose ``dy`` and ``dH_post`` the next connection's ``dx`` pass already computed
-  (``ops.connection``, "backward chain"): one pass over ``g``, ``x`` and ``dh`` giving the
-  partial sums of ``dH_pre_j = <dh, x_j>`` and ``dH_res[i, j] = <g_i, x_j>``.
+  backward, which reads ``g`` instead of a separately written ``dx``.
 """
 from __future__ import annotations
 
@@ -71,13 +67,12 @@ def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
 def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_ptr, part_ptr,
                          T, C, n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
                          BC: tl.constexpr, WRITE_DX: tl.constexpr, XB: tl.constexpr,
-                         GB: tl.constexpr, PRE: tl.constexpr):
+                         GB: tl.constexpr):
     # One (token tile, channel tile) per program, no loop over C (like the forward): dy for
     # the tile, and this channel slice's partial dot products
     #   part[pid_c, t, i] = <g_i, y>,  part[pid_c, t, n + i n + j] = <g_i, x_j>
     # which the launcher sums over the C / BC slices (a few MB at most). Tokens descending:
     # the previous dx pass wrote g ascending, its last rows are still in L2.
-    # PRE: y_ptr is dh; part[pid_c, t, j] = <dh, x_j> instead of <g_i, y>, and no dy.
     pid_t = tl.cdiv(T, BT) - 1 - tl.program_id(0)
     pid_c = tl.program_id(1)
     rows = pid_t * BT + tl.arange(0, BT)
@@ -96,18 +91,14 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
     else:
         g3 = tl.load(g_ptr + off3, mask=m3, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
+    hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
+    tl.store(dy_ptr + r64[:, None] * C + cc[None, :],
+             tl.sum(g3 * hp[:, :, None], axis=1).to(dy_ptr.dtype.element_ty), mask=mc)
     prow = part_ptr + (pid_c * T + r64) * (n + n * n)
-    if not PRE:
-        hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
-        tl.store(dy_ptr + r64[:, None] * C + cc[None, :],
-                 tl.sum(g3 * hp[:, :, None], axis=1).to(dy_ptr.dtype.element_ty), mask=mc)
-        tl.store(prow[:, None] + ii[None, :], tl.sum(g3 * y[:, None, :], axis=2), mask=m2)
+    tl.store(prow[:, None] + ii[None, :], tl.sum(g3 * y[:, None, :], axis=2), mask=m2)
     if XB:  # <g_i, x_j> = <g_i, x> for every j
         x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
         gx = tl.sum(g3 * x2[:, None, :], axis=2)
-        if PRE:
-            tl.store(prow[:, None] + ii[None, :], tl.broadcast_to(
-                tl.sum(y * x2, axis=1)[:, None], [BT, NB]), mask=m2)
         for j in tl.static_range(n):
             tl.store(prow[:, None] + n + ii[None, :] * n + j, gx, mask=m2)
     else:
@@ -116,8 +107,6 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
                          other=0.0).to(tl.float32)
             tl.store(prow[:, None] + n + ii[None, :] * n + j, tl.sum(g3 * xj[:, None, :], axis=2),
                      mask=m2)
-            if PRE:
-                tl.store(prow + j, tl.sum(y * xj, axis=1), mask=rmask)
     if WRITE_DX:  # dx_j = sum_i H_res[i, j] g_i
         dx = tl.zeros([BT, NB, BC], dtype=tl.float32)
         for i in tl.static_range(n):
@@ -174,41 +163,11 @@ def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True, partials=Fal
     _post_res_bwd[(triton_cdiv(T, BT), S)](
         x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, C,
         n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=write_dx, XB=is_broadcast(x), GB=is_broadcast(g),
-        PRE=False, num_warps=cfg["num_warps"])
+        num_warps=cfg["num_warps"])
     if partials:
         return dx, dy, part
     red = part.sum(0) if S > 1 else part[0]
     return dx, dy, red[:, :n], red[:, n:].view(T, n, n)
-
-
-def res_pre_backward_triton(x, g, dh):
-    """Partial sums ``(S, T, n + n^2)`` of ``[dH_pre, dH_res]`` (float32) in one pass over
-    ``x`` (contiguous or broadcast), ``g = d out`` and ``dh``: the post-res backward of a
-    connection whose ``dy`` and ``dH_post`` were computed elsewhere, with the pre-mix
-    backward's ``dH_pre_j = <dh, x_j>`` folded in (``ops.connection``, "backward chain")."""
-    T, n, C = x.shape
-    NB = next_pow2(n)
-    BC = max(16, min(next_pow2(C), 4096 // NB))
-    cfg = tuned("res_pre_bwd", BT=1, BC=BC, num_warps=4)
-    BT, BC = cfg["BT"], min(cfg["BC"], next_pow2(C))
-    if interpret_mode():
-        BT, BC = 2, min(BC, 32)
-    S = triton_cdiv(C, BC)
-    part = torch.empty(S, T, n + n * n, device=x.device, dtype=torch.float32)
-    _post_res_bwd[(triton_cdiv(T, BT), S)](
-        x, dh, part, part, g, part, part, part, T, C,
-        n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=False, XB=is_broadcast(x), GB=is_broadcast(g),
-        PRE=True, num_warps=cfg["num_warps"])
-    return part
-
-
-def res_pre_backward_torch(x, g, dh):
-    """PyTorch twin of :func:`res_pre_backward_triton` (one "partial")."""
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xf = x.to(dt)
-    dhpre = torch.einsum("tc,tjc->tj", dh.to(dt), xf)
-    dhres = torch.einsum("tic,tjc->tij", g.to(dt), xf)
-    return torch.cat([dhpre, dhres.flatten(1)], 1).unsqueeze(0)
 
 
 def post_res_forward_torch(x, y, h_post, h_res):
@@ -231,9 +190,8 @@ def post_res_backward_torch(x, y, h_post, h_res, g, write_dx=True, partials=Fals
     return dx, dy, dhpost, dhres
 
 
-_POST_IMPL = {"triton": (post_res_forward_triton, post_res_backward_triton,
-                         res_pre_backward_triton),
-              "torch": (post_res_forward_torch, post_res_backward_torch, res_pre_backward_torch)}
+_POST_IMPL = {"triton": (post_res_forward_triton, post_res_backward_triton),
+              "torch": (post_res_forward_torch, post_res_backward_torch)}
 
 
 class _PostResFn(torch.autograd.Function):
