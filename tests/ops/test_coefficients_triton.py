@@ -119,14 +119,11 @@ def test_auto_backend_resolution():
 
 
 @pytest.mark.parametrize("kernel,dfn,loop", [("mma4", True, 1), ("mma4", True, 2), ("mma4x3", True, 2),
-                                             ("mma4", False, 2), ("mma4t", True, 2),
-                                             ("mma4t", True, 1), ("mma4tx3", False, 2),
-                                             ("mma3d", False, 1), ("mma3d", False, 2),
-                                             ("mma3d", True, 0)])
+                                             ("mma4", False, 2), ("mma3d", False, 1),
+                                             ("mma3d", False, 2), ("mma3d", True, 0)])
 def test_backward_variants(kernel, dfn, loop):
-    """Every launch variant of the backward's pass over x (the per-stream ``dx4`` kernel,
-    its channel-major twin ``dx4t`` (``mma4t``) or the 3D-tile one; dfn in the same pass or
-    in its own; ``loop`` token tiles per program)
+    """Every launch variant of the backward's pass over x (the per-stream ``dx4`` kernel or
+    the 3D-tile one; dfn in the same pass or in its own; ``loop`` token tiles per program)
     gives the reference gradients, also for a token count that leaves the last loop step
     ragged and for n < 4 (the per-stream kernel's unused streams)."""
     from torch_mhc.ops._backend import TUNING
@@ -135,10 +132,8 @@ def test_backward_variants(kernel, dfn, loop):
     TUNING["coef_bwd"] = {"kernel": "mma4" if kernel.startswith("mma4") else "mma3d", "split": not dfn}
     name = "coef_dx4" if kernel.startswith("mma4") else ("coef_bwd_x" if dfn else "coef_dx")
     TUNING[name] = dict({"loop": loop, "ls": 2} if loop else {}, dfn=dfn)
-    if kernel.endswith("x3"):  # dx from the hi/lo split of G and fn (three products)
+    if kernel == "mma4x3":  # dx from the hi/lo split of G and fn (three products)
         TUNING[name]["dxp"] = 3
-    if kernel.startswith("mma4t"):
-        TUNING[name]["tr"] = True
     try:
         for n in (4, 2) if kernel.startswith("mma4") else (4,):
             C = 100

@@ -579,134 +579,6 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
         tl.store(out + 3 * C, a3, mask=w_mask & (n > 3))
 
 
-def _dx4t_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv, g0, g1, g2, g3,
-                 Gh, Gl, GhT, GlT, WhT, WlT, acc, C,
-                 i: tl.constexpr, n: tl.constexpr, PREC: tl.constexpr, HAS_PRE: tl.constexpr,
-                 HAS_RES: tl.constexpr, DFN: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr,
-                 XB: tl.constexpr):
-    """Stream ``i`` of one token tile of ``_coef_dx4t_kernel`` (tiles channel-major,
-    ``[BC, BT]``): writes its dx tile, returns its dfn^T accumulator ``acc`` updated."""
-    if XB:
-        x = xb
-    else:
-        x = tl.load(xb + x_off + i * C, mask=m2, other=0.0)
-    if PREC == 3:
-        xd = x.to(tl.float32)
-    else:
-        xd = x
-    d = tl.dot(WhT, GhT)  # [BC, NP] @ [NP, BT]
-    if DXP == 3:
-        d = tl.dot(WhT, GlT, d)
-        d = tl.dot(WlT, GhT, d)
-    d += dss2[None, :] * x.to(tl.float32)
-    if HAS_PRE:
-        d += tl.load(hpre_ptr + r64 * n + i, mask=rmask, other=0.0)[None, :] * dhv.to(tl.float32)
-    if HAS_RES:  # sum_j H_res[t, j, i] g_j
-        d += tl.load(hres_ptr + r64 * (n * n) + 0 * n + i, mask=rmask,
-                     other=0.0)[None, :] * g0.to(tl.float32)
-        if n > 1:
-            d += tl.load(hres_ptr + r64 * (n * n) + 1 * n + i, mask=rmask,
-                         other=0.0)[None, :] * g1.to(tl.float32)
-        if n > 2:
-            d += tl.load(hres_ptr + r64 * (n * n) + 2 * n + i, mask=rmask,
-                         other=0.0)[None, :] * g2.to(tl.float32)
-        if n > 3:
-            d += tl.load(hres_ptr + r64 * (n * n) + 3 * n + i, mask=rmask,
-                         other=0.0)[None, :] * g3.to(tl.float32)
-    tl.store(dxb + x_off + i * C, d.to(dxb.dtype.element_ty), mask=m2)
-    if DFN:
-        acc = tl.dot(xd, Gh, acc)  # [BC, BT] @ [BT, NP]
-        if DFP == 2:
-            acc = tl.dot(xd, Gl, acc)
-    return acc
-
-
-def _coef_dx4t_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
-                      hpre_ptr, dh_ptr, hres_ptr, gout_ptr,
-                      T, C, K, tiles_per, tsplit,
-                      n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
-                      BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
-                      HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr,
-                      LS: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr,
-                      XB: tl.constexpr, GB: tl.constexpr):
-    # ``_coef_dx4_kernel`` transposed: every tile channel-major [BC, BT], so that both
-    # products have the channel slice as their M dimension (BC >= 64: Hopper's wgmma, whose
-    # operands come from shared memory, instead of mma.sync at M = BT = 32):
-    #   dx^T[c, t] = sum_o fn[o, iC + c] G[t, o] + (the elementwise terms, transposed)
-    #   dfn^T[iC + c, o] += sum_t x[t, i, c] G[t, o]
-    # Same grid, token interleave and launch order as ``_coef_dx4_kernel``.
-    pid_c = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    cc = pid_c * BC + tl.arange(0, BC)
-    cmask = cc < C
-    oo = tl.arange(0, NP)
-    rl = tl.arange(0, BT)
-    w_mask = cmask[:, None] & (oo < N)[None, :]
-    w_off = cc[:, None] + oo[None, :] * K  # [BC, NP]: fn[o, iC + c] at w_off + iC
-    Wh0, Wl0 = _split_hi_lo(tl.load(fn_ptr + w_off + 0 * C, mask=w_mask & (n > 0), other=0.0), PREC)
-    Wh1, Wl1 = _split_hi_lo(tl.load(fn_ptr + w_off + 1 * C, mask=w_mask & (n > 1), other=0.0), PREC)
-    Wh2, Wl2 = _split_hi_lo(tl.load(fn_ptr + w_off + 2 * C, mask=w_mask & (n > 2), other=0.0), PREC)
-    Wh3, Wl3 = _split_hi_lo(tl.load(fn_ptr + w_off + 3 * C, mask=w_mask & (n > 3), other=0.0), PREC)
-    a0 = tl.zeros([BC, NP], dtype=tl.float32)
-    a1 = tl.zeros([BC, NP], dtype=tl.float32)
-    a2 = tl.zeros([BC, NP], dtype=tl.float32)
-    a3 = tl.zeros([BC, NP], dtype=tl.float32)
-    x_off = cc[:, None] + rl[None, :] * K  # [BC, BT] inside a tile of x / g / dx
-    r_off = cc[:, None] + rl[None, :] * C  # [BC, BT] inside a tile of dh (or broadcast x, g)
-    for k in tl.range(0, tiles_per, num_stages=LS):
-        t0 = (k * tsplit + pid_s) * BT
-        rows = t0 + rl
-        rmask = rows < T
-        r64 = rows.to(tl.int64)
-        m2 = cmask[:, None] & rmask[None, :]
-        tb = t0.to(tl.int64) * K
-        tr = t0.to(tl.int64) * C
-        GT = tl.load(g_ptr + r64[None, :] * NP + oo[:, None],
-                     mask=(oo < N)[:, None] & rmask[None, :], other=0.0)  # [NP, BT]
-        GhT, GlT = _split_hi_lo(GT, PREC)
-        Gh = tl.trans(GhT)
-        Gl = tl.trans(GlT)
-        dss2 = 2.0 * tl.load(dss_ptr + rows, mask=rmask, other=0.0)
-        dhv, g0, g1, g2, g3 = None, None, None, None, None  # stay None for a term that is off
-        if HAS_PRE:
-            dhv = tl.load(dh_ptr + tr + r_off, mask=m2, other=0.0)
-        if HAS_RES:
-            if GB:  # g a broadcast view (the gradient of reduce_streams): one load
-                g0 = tl.load(gout_ptr + tr + r_off, mask=m2, other=0.0)
-                g1, g2, g3 = g0, g0, g0
-            else:
-                g0 = tl.load(gout_ptr + tb + x_off + 0 * C, mask=m2 & (n > 0), other=0.0)
-                g1 = tl.load(gout_ptr + tb + x_off + 1 * C, mask=m2 & (n > 1), other=0.0)
-                g2 = tl.load(gout_ptr + tb + x_off + 2 * C, mask=m2 & (n > 2), other=0.0)
-                g3 = tl.load(gout_ptr + tb + x_off + 3 * C, mask=m2 & (n > 3), other=0.0)
-        if XB:  # x a broadcast view: the same (T, C) tile for every stream
-            xb = tl.load(x_ptr + tr + r_off, mask=m2, other=0.0)
-        else:
-            xb = x_ptr + tb
-        dxb = dx_ptr + tb
-        a0 = _dx4t_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
-                          g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh0, Wl0, a0, C,
-                          0, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
-        if n > 1:
-            a1 = _dx4t_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
-                              g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh1, Wl1, a1, C,
-                              1, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
-        if n > 2:
-            a2 = _dx4t_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
-                              g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh2, Wl2, a2, C,
-                              2, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
-        if n > 3:
-            a3 = _dx4t_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
-                              g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh3, Wl3, a3, C,
-                              3, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
-    if DFN:
-        out = dfn_ptr + pid_s.to(tl.int64) * NP * K + w_off
-        tl.store(out + 0 * C, a0, mask=w_mask & (n > 0))
-        tl.store(out + 1 * C, a1, mask=w_mask & (n > 1))
-        tl.store(out + 2 * C, a2, mask=w_mask & (n > 2))
-        tl.store(out + 3 * C, a3, mask=w_mask & (n > 3))
-
-
 def _coef_dfn_kernel(x_ptr, g_ptr, dfn_ptr, T, K, t_per_split,
                      N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                      PREC: tl.constexpr):
@@ -748,7 +620,6 @@ _coef_token_bwd = LazyJit(_coef_token_bwd_kernel)
 _coef_bwd_x = LazyJit(_coef_bwd_x_kernel, helpers=(_split_hi_lo,))
 _coef_dfn = LazyJit(_coef_dfn_kernel, helpers=(_split_hi_lo,))
 _coef_dx4 = LazyJit(_coef_dx4_kernel, helpers=(_split_hi_lo, _dx4_stream))
-_coef_dx4t = LazyJit(_coef_dx4t_kernel, helpers=(_split_hi_lo, _dx4t_stream))
 
 
 def _rows(t):
@@ -890,8 +761,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     # ``ls``: software-pipeline stages of the token loop (``tl.range``): >= 2 prefetches the
     # next tiles into shared memory with cp.async while the current one is computed
     if dx4:  # interleaved token tiles: ``tsplit`` programs per channel slice, each every tsplit-th
-        kern = _coef_dx4t if cfg.get("tr", False) else _coef_dx4
-        kern[(c_tiles, tsplit)](
+        _coef_dx4[(c_tiles, tsplit)](
             x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K,
             triton_cdiv(t_tiles, tsplit), tsplit,
             n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
