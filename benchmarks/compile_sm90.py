@@ -82,13 +82,19 @@ def main(argv=None):
               dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, tiles_per=i32,
               tsplit=i32),
          dict(n=n, N=N, NP=NP, BT=32, BC=64, PREC=prec, HAS_PRE=True, HAS_RES=True, DFN=True, LS=2,
-              DXP=1, DFP=2, XB=False, GB=False), 4, 2),
+              DXP=1, DFP=2, XB=False, GB=False, GTL=False), 4, 2),
+        ("coef_dx4(dfn,gtl)", co._coef_dx4,
+         dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32, hpre_ptr=f32,
+              dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, tiles_per=i32,
+              tsplit=i32),
+         dict(n=n, N=N, NP=NP, BT=32, BC=64, PREC=prec, HAS_PRE=True, HAS_RES=True, DFN=True, LS=2,
+              DXP=1, DFP=2, XB=False, GB=False, GTL=True), 4, 2),
         ("coef_dx4", co._coef_dx4,
          dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32, hpre_ptr=f32,
               dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, tiles_per=i32,
               tsplit=i32),
          dict(n=n, N=N, NP=NP, BT=64, BC=32, PREC=prec, HAS_PRE=True, HAS_RES=True, DFN=False, LS=2,
-              DXP=3, DFP=2, XB=True, GB=True), 4, 2),
+              DXP=3, DFP=2, XB=True, GB=True, GTL=False), 4, 2),
         ("coef_dfn", co._coef_dfn, dict(x_ptr=xt, g_ptr=f32, dfn_ptr=f32, T=i32, K=i32,
                                           t_per_split=i32),
          dict(N=N, NP=NP, BT=64, BK=32, PREC=prec), 2, 4),
@@ -135,8 +141,10 @@ def main(argv=None):
         res = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
         os.unlink(f.name)
         m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", res)
-        sass_spill = "spill" in c.asm["ptx"]
-        print(f"{name:20s} warps={warps} {m.group(0) if m else res.strip()[:200]} const={const}")
+        ptx = c.asm["ptx"]
+        mma = f"wgmma:{ptx.count('wgmma.mma_async')} mma:{ptx.count('mma.sync')}"
+        print(f"{name:20s} warps={warps} {m.group(0) if m else res.strip()[:200]} {mma} "
+              f"const={const}")
     return 0 if ok else 1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import statistics
 import sys
 
 import torch
@@ -27,6 +28,11 @@ def main() -> int:
     ap.add_argument("--C", type=int, default=4096)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--only", default=None, help="comma list of tuning keys to sweep (default all)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time every configuration of a key this many times, interleaved "
+                         "(configuration order rotated each round), and keep the median")
+    ap.add_argument("--configs", default=None,
+                    help="KEY=JSON list of configurations: replaces that key's list")
     args = ap.parse_args()
     from triton.testing import do_bench
 
@@ -119,22 +125,36 @@ def main() -> int:
     ]
     best = {}
     report = {}
+    if args.configs:
+        key, _, text = args.configs.partition("=")
+        jobs = [(j[0], j[1], j[2], json.loads(text)) if j[0] == key else j for j in jobs]
     if args.only:
         jobs = [j for j in jobs if j[0] in args.only.split(",")]
     for name, fn_call, nbytes, cfgs in jobs:
         if name in MODES:
             TUNING["coef_bwd"] = MODES[name]
+        times = {i: [] for i in range(len(cfgs))}
+        for r in range(args.rounds):
+            order = list(range(len(cfgs)))
+            order = order[r % len(order):] + order[:r % len(order)]
+            for i in order:
+                if times[i] is None:  # failed before
+                    continue
+                TUNING[name] = cfgs[i]
+                try:
+                    times[i].append(do_bench(fn_call, warmup=10, rep=40, return_mode="median"))
+                except Exception as e:  # noqa: BLE001
+                    print(f"{name} {cfgs[i]} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+                    times[i] = None
         results = []
-        for cfg in cfgs:
-            TUNING[name] = cfg
-            try:
-                ms = do_bench(fn_call, warmup=10, rep=40, return_mode="median")
-            except Exception as e:  # noqa: BLE001
-                print(f"{name} {cfg} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-                continue
-            pct = 100 * nbytes / (ms * 1e-3) / bw
-            results.append((ms, cfg))
-            print(f"{name:14s} {ms * 1e3:8.1f} us {pct:5.1f}% of copy bw  {cfg}", flush=True)
+        for i, cfg in enumerate(cfgs):
+            if times[i]:
+                ms = statistics.median(times[i])
+                pct = 100 * nbytes / (ms * 1e-3) / bw
+                results.append((ms, cfg))
+                spread = f" ({min(times[i]) * 1e3:.1f}-{max(times[i]) * 1e3:.1f})" if args.rounds > 1 else ""
+                print(f"{name:14s} {ms * 1e3:8.1f} us{spread} {pct:5.1f}% of copy bw  {cfg}",
+                      flush=True)
         TUNING.pop(name, None)
         if results:
             ms, cfg = min(results, key=lambda r: r[0])

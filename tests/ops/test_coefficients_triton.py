@@ -119,7 +119,8 @@ def test_auto_backend_resolution():
 
 
 @pytest.mark.parametrize("kernel,dfn,loop", [("mma4", True, 1), ("mma4", True, 2), ("mma4x3", True, 2),
-                                             ("mma4", False, 2), ("mma3d", False, 1),
+                                             ("mma4", False, 2), ("mma4gtl", True, 2),
+                                             ("mma3d", False, 1),
                                              ("mma3d", False, 2), ("mma3d", True, 0)])
 def test_backward_variants(kernel, dfn, loop):
     """Every launch variant of the backward's pass over x (the per-stream ``dx4`` kernel or
@@ -134,6 +135,8 @@ def test_backward_variants(kernel, dfn, loop):
     TUNING[name] = dict({"loop": loop, "ls": 2} if loop else {}, dfn=dfn)
     if kernel == "mma4x3":  # dx from the hi/lo split of G and fn (three products)
         TUNING[name]["dxp"] = 3
+    if kernel == "mma4gtl":  # G^T loaded as such rather than transposed in registers
+        TUNING[name]["gtl"] = True
     try:
         for n in (4, 2) if kernel.startswith("mma4") else (4,):
             C = 100

@@ -491,7 +491,7 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                      BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
                      HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr,
                      LS: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr,
-                     XB: tl.constexpr, GB: tl.constexpr):
+                     XB: tl.constexpr, GB: tl.constexpr, GTL: tl.constexpr):
     # bf16 streams, n <= 4: the sums of ``_coef_bwd_x_kernel`` with every stream's tile a 2D
     # [BT, BC] tensor of its own (no 3D tile reshaped around ``tl.dot``; one
     # ``_dx4_stream`` call per stream, since Triton loops carry no lists of tiles), dfn
@@ -533,8 +533,13 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
         Gt = tl.load(g_ptr + r64[:, None] * NP + oo[None, :],
                      mask=rmask[:, None] & (oo < N)[None, :], other=0.0)
         Gh, Gl = _split_hi_lo(Gt, PREC)
-        GhT = tl.trans(Gh)
-        GlT = tl.trans(Gl)
+        if GTL:  # G^T loaded as such (a second, L1-resident read) instead of transposed
+            GhT, GlT = _split_hi_lo(tl.load(g_ptr + r64[None, :] * NP + oo[:, None],
+                                            mask=(oo < N)[:, None] & rmask[None, :], other=0.0),
+                                    PREC)
+        else:
+            GhT = tl.trans(Gh)
+            GlT = tl.trans(Gl)
         dss2 = 2.0 * tl.load(dss_ptr + rows, mask=rmask, other=0.0)
         dhv, g0, g1, g2, g3 = None, None, None, None, None  # stay None for a term that is off
         if HAS_PRE:
@@ -766,7 +771,9 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
             triton_cdiv(t_tiles, tsplit), tsplit,
             n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
             DFN=fused, LS=cfg["ls"], DXP=cfg["dxp"], DFP=cfg["dfp"], XB=is_broadcast(x),
-            GB=is_broadcast(gout), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            GB=is_broadcast(gout), GTL=cfg.get("gtl", False), num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
+            **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") and not interpret_mode() else {}))
     else:
         _coef_bwd_x[(c_tiles, tsplit)](
             x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K, t_per_split,
