@@ -604,9 +604,12 @@ def run_bench(args) -> Dict:
     else:
         res = _model_suite(args.suite, args, device)
     v = _versions()
+    from .ops._backend import TUNING
     res.update(suite=args.suite, device=_device_info(device), torch=v["torch"],
                triton=v["triton"], liger_kernel=v["liger_kernel"], commit=_commit(),
-               wall_s=round(time.time() - t0, 1))
+               wall_s=round(time.time() - t0, 1),
+               # launch configurations that replaced the built-in ones (TORCH_MHC_TUNING)
+               tuning=dict(TUNING) or None)
     order = ["suite", "overhead_pct", "peak_mem_overhead_pct", "device", "torch", "triton",
              "liger_kernel", "commit", "config"]
     return {**{k: res[k] for k in order if k in res}, **{k: v for k, v in res.items() if k not in order}}

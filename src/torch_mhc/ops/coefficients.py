@@ -443,7 +443,7 @@ def _coef_bwd_x_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
 
 def _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv, g0, g1, g2, g3,
                 Gh, Gl, GhT, GlT, Wh, Wl, acc, C,
-                i: tl.constexpr, n: tl.constexpr, PREC: tl.constexpr, HAS_PRE: tl.constexpr,
+                i, n: tl.constexpr, PREC: tl.constexpr, HAS_PRE: tl.constexpr,
                 HAS_RES: tl.constexpr, DFN: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr,
                 XB: tl.constexpr):
     """Stream ``i`` of one token tile of ``_coef_dx4_kernel``: writes its dx tile and
@@ -491,7 +491,7 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                      BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
                      HAS_PRE: tl.constexpr, HAS_RES: tl.constexpr, DFN: tl.constexpr,
                      LS: tl.constexpr, DXP: tl.constexpr, DFP: tl.constexpr,
-                     XB: tl.constexpr, GB: tl.constexpr, GTL: tl.constexpr):
+                     XB: tl.constexpr, GB: tl.constexpr, GTL: tl.constexpr, SP: tl.constexpr):
     # bf16 streams, n <= 4: the sums of ``_coef_bwd_x_kernel`` with every stream's tile a 2D
     # [BT, BC] tensor of its own (no 3D tile reshaped around ``tl.dot``; one
     # ``_dx4_stream`` call per stream, since Triton loops carry no lists of tiles), dfn
@@ -506,7 +506,16 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
     # Products: G = hi + lo and fn = hi + lo in bf16 (x is exact): G fn ~ hi hi + hi lo + lo hi
     # (DXP = 3, ~16-bit operands) or hi hi alone (DXP = 1); G^T x = hi^T x + lo^T x (DFP = 2)
     # or hi^T x (DFP = 1).
-    pid_c = tl.program_id(0)
+    # SP < n: each program writes the dx and dfn of SP streams only (s0 .. s0 + SP - 1), so it
+    # holds SP fn tiles and dfn accumulators (fewer registers, more programs per SM); the n / SP
+    # programs of one tile are adjacent in launch order and read the g tiles they all need
+    # from L2 after the first one's read.
+    if SP == n:
+        pid_c = tl.program_id(0)
+        s0 = 0
+    else:
+        pid_c = tl.program_id(0) // (n // SP)
+        s0 = (tl.program_id(0) % (n // SP)) * SP
     pid_s = tl.program_id(1)
     cc = pid_c * BC + tl.arange(0, BC)
     cmask = cc < C
@@ -514,10 +523,11 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
     rl = tl.arange(0, BT)
     w_mask = (oo < N)[:, None] & cmask[None, :]
     w_off = oo[:, None] * K + cc[None, :]
-    Wh0, Wl0 = _split_hi_lo(tl.load(fn_ptr + w_off + 0 * C, mask=w_mask & (n > 0), other=0.0), PREC)
-    Wh1, Wl1 = _split_hi_lo(tl.load(fn_ptr + w_off + 1 * C, mask=w_mask & (n > 1), other=0.0), PREC)
-    Wh2, Wl2 = _split_hi_lo(tl.load(fn_ptr + w_off + 2 * C, mask=w_mask & (n > 2), other=0.0), PREC)
-    Wh3, Wl3 = _split_hi_lo(tl.load(fn_ptr + w_off + 3 * C, mask=w_mask & (n > 3), other=0.0), PREC)
+    w_off += s0 * C
+    Wh0, Wl0 = _split_hi_lo(tl.load(fn_ptr + w_off + 0 * C, mask=w_mask & (SP > 0), other=0.0), PREC)
+    Wh1, Wl1 = _split_hi_lo(tl.load(fn_ptr + w_off + 1 * C, mask=w_mask & (SP > 1), other=0.0), PREC)
+    Wh2, Wl2 = _split_hi_lo(tl.load(fn_ptr + w_off + 2 * C, mask=w_mask & (SP > 2), other=0.0), PREC)
+    Wh3, Wl3 = _split_hi_lo(tl.load(fn_ptr + w_off + 3 * C, mask=w_mask & (SP > 3), other=0.0), PREC)
     a0 = tl.zeros([NP, BC], dtype=tl.float32)
     a1 = tl.zeros([NP, BC], dtype=tl.float32)
     a2 = tl.zeros([NP, BC], dtype=tl.float32)
@@ -563,25 +573,25 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
         dxb = dx_ptr + tb
         a0 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
                          g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh0, Wl0, a0, C,
-                         0, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
-        if n > 1:
+                         s0 + 0, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
+        if SP > 1:
             a1 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
                              g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh1, Wl1, a1, C,
-                             1, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
-        if n > 2:
+                             s0 + 1, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
+        if SP > 2:
             a2 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
                              g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh2, Wl2, a2, C,
-                             2, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
-        if n > 3:
+                             s0 + 2, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
+        if SP > 3:
             a3 = _dx4_stream(xb, dxb, hpre_ptr, hres_ptr, x_off, m2, r64, rmask, dss2, dhv,
                              g0, g1, g2, g3, Gh, Gl, GhT, GlT, Wh3, Wl3, a3, C,
-                             3, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
+                             s0 + 3, n, PREC, HAS_PRE, HAS_RES, DFN, DXP, DFP, XB)
     if DFN:
         out = dfn_ptr + pid_s.to(tl.int64) * NP * K + w_off
-        tl.store(out + 0 * C, a0, mask=w_mask & (n > 0))
-        tl.store(out + 1 * C, a1, mask=w_mask & (n > 1))
-        tl.store(out + 2 * C, a2, mask=w_mask & (n > 2))
-        tl.store(out + 3 * C, a3, mask=w_mask & (n > 3))
+        tl.store(out + 0 * C, a0, mask=w_mask & (SP > 0))
+        tl.store(out + 1 * C, a1, mask=w_mask & (SP > 1))
+        tl.store(out + 2 * C, a2, mask=w_mask & (SP > 2))
+        tl.store(out + 3 * C, a3, mask=w_mask & (SP > 3))
 
 
 def _coef_dfn_kernel(x_ptr, g_ptr, dfn_ptr, T, K, t_per_split,
@@ -766,12 +776,14 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     # ``ls``: software-pipeline stages of the token loop (``tl.range``): >= 2 prefetches the
     # next tiles into shared memory with cp.async while the current one is computed
     if dx4:  # interleaved token tiles: ``tsplit`` programs per channel slice, each every tsplit-th
-        _coef_dx4[(c_tiles, tsplit)](
+        sp = cfg.get("sp") or n
+        sp = sp if n % sp == 0 else n  # streams per program
+        _coef_dx4[(c_tiles * (n // sp), tsplit)](
             x, fn.contiguous(), G, dss, dx, dfn_p, *extras, T, C, K,
             triton_cdiv(t_tiles, tsplit), tsplit,
             n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
             DFN=fused, LS=cfg["ls"], DXP=cfg["dxp"], DFP=cfg["dfp"], XB=is_broadcast(x),
-            GB=is_broadcast(gout), GTL=cfg.get("gtl", False), num_warps=cfg["num_warps"],
+            GB=is_broadcast(gout), GTL=cfg.get("gtl", False), SP=sp, num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"],
             **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") and not interpret_mode() else {}))
     else:
