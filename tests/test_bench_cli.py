@@ -56,3 +56,30 @@ def test_bench_interleaved_rounds(tmp_path):
     ratios = sorted(a / b for a, b in zip(mhc["times_ms"], res["variants"]["residual"]["times_ms"]))
     assert abs(mhc["paired_overhead_pct"] - 100 * (ratios[1] - 1)) < 1e-9
     assert "paired_overhead_pct" not in res  # the top level reports mhc-triton (CUDA) only
+
+
+def test_interrupted_bench_keeps_what_it_measured(tmp_path, monkeypatch):
+    """The JSON is rewritten after each variant: a run stopped in its second variant leaves
+    the first one's timings, marked partial; a finished run's JSON is not partial."""
+    import json
+
+    from torch_mhc import bench
+    out = tmp_path / "b.json"
+    args = [*FAST, "--out", str(out)]
+    args[args.index("--variants") + 1] = "residual,mhc-torch"
+    real = bench._time_model
+
+    def stop_in_second(preset, variant, *a):
+        if variant == "mhc-torch":
+            raise KeyboardInterrupt
+        return real(preset, variant, *a)
+    monkeypatch.setattr(bench, "_time_model", stop_in_second)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    partial = json.loads(out.read_text())
+    assert partial["partial"] is True and list(partial["variants"]) == ["residual"]
+    assert len(partial["variants"]["residual"]["times_ms"]) == 1
+    monkeypatch.setattr(bench, "_time_model", real)
+    assert main(args) == 0
+    done = json.loads(out.read_text())
+    assert "partial" not in done and set(done["variants"]) == {"residual", "mhc-torch"}

@@ -25,7 +25,9 @@ also holds ``paired_overhead_pct`` (median over rounds of mHC's step over the re
 
 The JSON holds ``suite, overhead_pct, peak_mem_overhead_pct, device, torch, triton, commit,
 config`` and one entry per variant (``median_ms``, all step times, ``peak_mem_gib``: the peak
-above what was allocated before its model was built).
+above what was allocated before its model was built). ``--out`` is rewritten after each
+variant (each op of ``kernels``) with ``"partial": true``, so a run that is stopped keeps
+what it measured; the finished run's JSON replaces it.
 """
 from __future__ import annotations
 
@@ -340,7 +342,7 @@ def _graphed_step(model, opt, data, amp, warmup: int):
     return step
 
 
-def _model_suite(suite: str, args, device) -> Dict:
+def _model_suite(suite: str, args, device, save=None) -> Dict:
     preset = args.preset or suite
     batch = args.batch or (1 if suite == "layer" else 8)
     variants = list(VARIANTS)
@@ -375,6 +377,8 @@ def _model_suite(suite: str, args, device) -> Dict:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             out["variants"][v] = r
+            if save:
+                save({"suite": suite, "variants": out["variants"]})
         r = out["variants"][v]
         _log(f"  {suite} {v}: " + (f"{r['median_ms']:.2f} ms, peak {r['peak_mem_gib']} GiB"
                                    if "median_ms" in r else str(r)))
@@ -455,7 +459,7 @@ def _copy_bandwidth(device) -> Optional[float]:
     return bw
 
 
-def _kernels_suite(args, device) -> Dict:
+def _kernels_suite(args, device, save=None) -> Dict:
     from .ops.coefficients import mhc_coefficients
     from .ops.connection import connection_post, connection_pre
     from .ops.post_res import post_res
@@ -544,6 +548,8 @@ def _kernels_suite(args, device) -> Dict:
             except Exception as e:  # noqa: BLE001
                 row["error"] = f"{type(e).__name__}: {e}"[:1000]
             rows.append(row)
+            if save:
+                save({"suite": "kernels", "rows": rows})
             _log("  kernels " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in row.items()
                                          if "bytes" not in k and "kernels" not in k))
@@ -595,14 +601,15 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_bench(args) -> Dict:
-    """Run one suite and return its JSON-ready dict."""
+def run_bench(args, save=None) -> Dict:
+    """Run one suite and return its JSON-ready dict. ``save(partial)``, if given, is called
+    with what has been measured so far after each variant (each op of ``kernels``)."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.time()
     if args.suite == "kernels":
-        res = _kernels_suite(args, device)
+        res = _kernels_suite(args, device, save)
     else:
-        res = _model_suite(args.suite, args, device)
+        res = _model_suite(args.suite, args, device, save)
     v = _versions()
     from .ops._backend import TUNING
     res.update(suite=args.suite, device=_device_info(device), torch=v["torch"],
@@ -655,17 +662,31 @@ def _check_args(args) -> Optional[str]:
     return None
 
 
+def _write_json(path: str, obj: Dict) -> None:
+    """Write ``obj`` to ``path`` whole or not at all (a temporary file renamed over it)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
 def _cmd(args) -> int:
     problem = _check_args(args)
     if problem:
         print(f"mhc bench: error: {problem}", file=sys.stderr)
         return 2
-    res = run_bench(args)
+    save = None
+    if args.out:
+        def save(partial):  # an interrupted run keeps what it measured
+            try:
+                _write_json(args.out, {**partial, "partial": True, "commit": _commit()})
+            except OSError:
+                pass
+    res = run_bench(args, save)
     text = json.dumps(res, indent=2, default=float)
     if args.out:
         try:
-            with open(args.out, "w") as f:
-                f.write(text + "\n")
+            _write_json(args.out, res)
         except OSError as e:  # keep the measurements: print them instead
             print(text)
             print(f"mhc bench: error: cannot write {args.out}: {e.strerror or e}; the JSON "
