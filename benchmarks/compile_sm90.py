@@ -44,6 +44,9 @@ def main(argv=None):
     bc_x = max(16, min(next_pow2(C), 8192 // (NB * NP)))
     if args.dtype == "fp32":
         bc_x = max(16, bc_x // 2)
+    dx4_sig = dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32,
+                   hpre_ptr=f32, dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32,
+                   tiles_per=i32, tsplit=i32)
     cases = [
         ("coef_gemm", co._coef_gemm, dict(x_ptr=xt, fn_ptr=f32, part_ptr=f32, T=i32, K=i32,
                                             C=i32, k_per_split=i32, split=i32),
@@ -77,31 +80,16 @@ def main(argv=None):
               dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, t_per_split=i32),
          dict(n=n, N=N, NB=NB, NP=NP, BT=64 if prec == 2 else 32, BC=32, QB=NB * 32,
               PREC=prec, HAS_PRE=True, HAS_RES=True, DFN=False, LS=3), 4, 2),
-        ("coef_dx4(dfn)", co._coef_dx4,
-         dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32, hpre_ptr=f32,
-              dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, tiles_per=i32,
-              tsplit=i32),
-         dict(n=n, N=N, NP=NP, BT=32, BC=64, PREC=prec, HAS_PRE=True, HAS_RES=True, DFN=True, LS=2,
-              DXP=1, DFP=2, XB=False, GB=False, GTL=False, SP=n), 4, 2),
-        ("coef_dx4(dfn,gtl)", co._coef_dx4,
-         dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32, hpre_ptr=f32,
-              dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, tiles_per=i32,
-              tsplit=i32),
-         dict(n=n, N=N, NP=NP, BT=32, BC=64, PREC=prec, HAS_PRE=True, HAS_RES=True, DFN=True, LS=2,
-              DXP=1, DFP=2, XB=False, GB=False, GTL=True, SP=n), 4, 2),
-        *[(f"coef_dx4(dfn,sp{sp},gtl)", co._coef_dx4,
-           dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32,
-                hpre_ptr=f32, dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32,
-                tiles_per=i32, tsplit=i32),
+        # the dx pass as launched (gtl, SP = n), the transposed-in-registers G^T it replaced,
+        # and the launch variants with fewer streams per program
+        *[(f"coef_dx4(dfn{label})", co._coef_dx4, dx4_sig,
            dict(n=n, N=N, NP=NP, BT=32, BC=64, PREC=prec, HAS_PRE=True, HAS_RES=True, DFN=True,
-                LS=2, DXP=1, DFP=2, XB=False, GB=False, GTL=True, SP=sp), 4, 2)
-          for sp in (2, 1) if n % sp == 0],
-        ("coef_dx4", co._coef_dx4,
-         dict(x_ptr=xt, fn_ptr=f32, g_ptr=f32, dss_ptr=f32, dx_ptr=xt, dfn_ptr=f32, hpre_ptr=f32,
-              dh_ptr=xt, hres_ptr=f32, gout_ptr=xt, T=i32, C=i32, K=i32, tiles_per=i32,
-              tsplit=i32),
+                LS=2, DXP=1, DFP=2, XB=False, GB=False, GTL=gtl, SP=sp), 4, 2)
+          for label, gtl, sp in ((",gtl", True, n), ("", False, n), (",gtl,sp2", True, 2),
+                                 (",gtl,sp1", True, 1)) if n % sp == 0],
+        ("coef_dx4(broadcast)", co._coef_dx4, dx4_sig,
          dict(n=n, N=N, NP=NP, BT=64, BC=32, PREC=prec, HAS_PRE=True, HAS_RES=True, DFN=False, LS=2,
-              DXP=3, DFP=2, XB=True, GB=True, GTL=False, SP=n), 4, 2),
+              DXP=3, DFP=2, XB=True, GB=True, GTL=True, SP=n), 4, 2),
         ("coef_dfn", co._coef_dfn, dict(x_ptr=xt, g_ptr=f32, dfn_ptr=f32, T=i32, K=i32,
                                           t_per_split=i32),
          dict(N=N, NP=NP, BT=64, BK=32, PREC=prec), 2, 4),
