@@ -127,6 +127,10 @@ def main() -> int:
     report = {}
     if args.configs:
         key, _, text = args.configs.partition("=")
+        if key not in {j[0] for j in jobs}:
+            print(f"--configs: unknown key {key!r}; one of {', '.join(j[0] for j in jobs)}",
+                  file=sys.stderr)
+            return 2
         jobs = [(j[0], j[1], j[2], json.loads(text)) if j[0] == key else j for j in jobs]
     if args.only:
         jobs = [j for j in jobs if j[0] in args.only.split(",")]
