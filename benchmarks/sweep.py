@@ -34,6 +34,8 @@ def main() -> int:
     ap.add_argument("--configs", default=None,
                     help="KEY=JSON list of configurations: replaces that key's list")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
     from triton.testing import do_bench
 
     from torch_mhc.ops._backend import TUNING

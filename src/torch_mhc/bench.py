@@ -677,9 +677,11 @@ def _cmd(args) -> int:
         return 2
     save = None
     if args.out:
+        commit = _commit()
+
         def save(partial):  # an interrupted run keeps what it measured
             try:
-                _write_json(args.out, {**partial, "partial": True, "commit": _commit()})
+                _write_json(args.out, {**partial, "partial": True, "commit": commit})
             except OSError:
                 pass
     res = run_bench(args, save)

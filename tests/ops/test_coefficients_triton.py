@@ -119,14 +119,14 @@ def test_auto_backend_resolution():
 
 
 @pytest.mark.parametrize("kernel,dfn,loop", [("mma4", True, 1), ("mma4", True, 2), ("mma4x3", True, 2),
-                                             ("mma4", False, 2), ("mma4gtl", True, 2),
+                                             ("mma4", False, 2), ("mma4trans", True, 2),
                                              ("mma4sp2", True, 2), ("mma4sp1", True, 1),
                                              ("mma4sp1", False, 2),
                                              ("mma3d", False, 1),
                                              ("mma3d", False, 2), ("mma3d", True, 0)])
 def test_backward_variants(kernel, dfn, loop):
     """Every launch variant of the backward's pass over x (the per-stream ``dx4`` kernel, also
-    with G^T loaded as such and with 1 or 2 streams per program, or the 3D-tile one; dfn in
+    with G^T transposed in registers and with 1 or 2 streams per program, or the 3D-tile one; dfn in
     the same pass or in its own; ``loop`` token tiles per program)
     gives the reference gradients, also for a token count that leaves the last loop step
     ragged and for n < 4 (the per-stream kernel's unused streams)."""
@@ -138,10 +138,10 @@ def test_backward_variants(kernel, dfn, loop):
     TUNING[name] = dict({"loop": loop, "ls": 2} if loop else {}, dfn=dfn)
     if kernel == "mma4x3":  # dx from the hi/lo split of G and fn (three products)
         TUNING[name]["dxp"] = 3
-    if kernel == "mma4gtl":  # G^T loaded as such rather than transposed in registers
-        TUNING[name]["gtl"] = True
+    if kernel == "mma4trans":  # G^T transposed in registers (the default loads it as such)
+        TUNING[name]["gtl"] = False
     if kernel.startswith("mma4sp"):  # each program writes the dx / dfn of 1 or 2 streams
-        TUNING[name].update(sp=int(kernel[-1]), gtl=True)
+        TUNING[name]["sp"] = int(kernel[-1])
     try:
         for n in (4, 2) if kernel.startswith("mma4") else (4,):
             C = 100

@@ -785,7 +785,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
             triton_cdiv(t_tiles, tsplit), tsplit,
             n=n, N=N, NP=NP, BT=BT, BC=BC, PREC=prec, HAS_PRE=has_pre, HAS_RES=has_gout,
             DFN=fused, LS=cfg["ls"], DXP=cfg["dxp"], DFP=cfg["dfp"], XB=is_broadcast(x),
-            GB=is_broadcast(gout), GTL=cfg.get("gtl", False), SP=sp, num_warps=cfg["num_warps"],
+            GB=is_broadcast(gout), GTL=cfg["gtl"], SP=sp, num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"],
             **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") and not interpret_mode() else {}))
     else:
