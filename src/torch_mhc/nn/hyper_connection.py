@@ -34,7 +34,7 @@ from torch import nn
 
 from ..ops._backend import check_backend, resolve_backend
 from ..ops.coefficients import mhc_coefficients
-from ..ops.connection import ConnectionLink, connection_post, connection_pre
+from ..ops.connection import connection_post, connection_pre, post_forward
 from ..ops.hc_coefficients import hc_coefficients_reference
 from ..ops.post_res import post_res
 from ..ops.pre_mix import pre_mix
@@ -201,12 +201,8 @@ class HyperConnection(nn.Module):
             self.last_mappings = (h_pre.detach(), h_post.detach(), h_res.detach())
         y, rest = _split_output(self.branch(h, *args, **kwargs))
         new = connection_post(streams, y, h_post, h_res, link)
-        _register(new, streams, _fused_post, y, h_post, h_res)
+        _register(new, streams, post_forward, y, h_post, h_res)
         return _pack(new, rest)
-
-
-def _fused_post(x, y, h_post, h_res):  # the fused post-res forward, for recomputation
-    return connection_post(x, y, h_post, h_res, ConnectionLink())
 
 
 def _register(new, streams, post, y, h_post, h_res) -> None:

@@ -258,6 +258,14 @@ def kernel_device_ok(*tensors: torch.Tensor) -> bool:
     return all(t.is_cuda for t in tensors) or interpret_mode()
 
 
+def kernel_impl(x: torch.Tensor) -> str:
+    """What a fused op runs on streams ``x``: ``"triton"`` where the kernels can (CUDA or
+    the interpreter, Triton installed, not float64), else ``"torch"``, the PyTorch twins
+    of the same decomposition (exact float64 for gradcheck; any device)."""
+    ok = x.dtype != torch.float64 and kernel_device_ok(x) and triton_available()
+    return "triton" if ok else "torch"
+
+
 #: Launch-configuration overrides, ``{kernel name: {param: value}}``, read by the launchers
 #: (``benchmarks/sweep.py`` uses it to time alternatives; empty means the built-in choice).
 TUNING: dict = {}

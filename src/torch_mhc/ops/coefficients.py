@@ -15,12 +15,14 @@ in one GEMM and ``r = ||vec x||_2 / sqrt(nC)`` from the same read of ``x``, then
 """
 from __future__ import annotations
 
+import functools
 from typing import Tuple
 
 import torch
 
-from ._backend import (LazyJit, compute_dtype, device_sms, dot_mode, interpret_mode, is_broadcast,
-                       next_pow2, resolve_backend, triton_cdiv, tuned)
+from ._backend import (LazyJit, as_streams, compute_dtype, device_sms, dot_mode, interpret_mode,
+                       is_broadcast, kernel_impl, next_pow2, resolve_backend, triton_cdiv, tuned)
+from ._library import FusedOp
 from .sinkhorn import sinkhorn
 
 __all__ = ["mhc_coefficients", "mhc_coefficients_reference", "split_logits"]
@@ -695,13 +697,11 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
 
 
 def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
-                         h_pre=None, dh=None, h_res=None, gout=None, post_part=None):
+                         h_pre=None, dh=None, h_res=None, gout=None):
     """Kernels 3-4: gradients to ``x, fn, base, scale`` from those of ``H_pre, H_post, H_res``.
 
     With ``h_pre, dh`` (pre-mix) and ``h_res, gout`` (post-res) given, ``dx`` also holds
     ``H_pre_i dh`` and ``sum_j H_res[j, i] gout_j``: the whole connection's ``dx`` in one pass.
-    ``post_part (S, T, n + n^2)``, instead of ``d_post, d_res``: the post-res backward's
-    per-slice partial sums of ``[dH_post, dH_res]``, summed by the token kernel.
     """
     T, n, C = x.shape
     K, N = n * C, (n + 2) * n
@@ -716,9 +716,6 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     red = torch.empty(nprog, 3 + N, device=dev, dtype=torch.float32)
     d_pre, d_post, d_res = _rows(d_pre), _rows(d_post), _rows(d_res)
     n_part, st_part = 1, 0
-    if post_part is not None:
-        n_part, st_part = post_part.shape[0], post_part.stride(0)
-        d_post, d_res = post_part[0, :, :n], post_part[0, :, n:]
     has_res = d_res is not None
     scr = torch.empty(T * 2 * int(iters) * NB * NB if has_res else 1, device=dev, dtype=torch.float32)
     dummy = mix
@@ -817,7 +814,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
 def coef_forward_torch(x, fn, base, scale, iters, rms_eps, hc_eps):
     """PyTorch twin of :func:`coef_forward_triton` (same outputs, the input's float dtype)."""
     T, n, C = x.shape
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dt = compute_dtype(x)
     xf = x.reshape(T, n * C).to(dt)
     proj = xf @ fn.to(dt).t()
     inv_r = torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) / (n * C) + rms_eps)
@@ -825,16 +822,13 @@ def coef_forward_torch(x, fn, base, scale, iters, rms_eps, hc_eps):
     h_pre = torch.sigmoid(pre) + hc_eps
     h_post = 2.0 * torch.sigmoid(post)
     h_res = sinkhorn(comb.transpose(-1, -2), iters, eps=hc_eps, check_finite=False)
-    return h_pre, h_post, h_res, torch.cat([proj, inv_r], -1)
+    return h_pre, h_post, h_res.contiguous(), torch.cat([proj, inv_r], -1)
 
 
 def coef_backward_torch(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
-                        h_pre=None, dh=None, h_res=None, gout=None, post_part=None):
+                        h_pre=None, dh=None, h_res=None, gout=None):
     """PyTorch twin of :func:`coef_backward_triton` (explicit formulas, see the header)."""
     T, n, C = x.shape
-    if post_part is not None:
-        summed = post_part.sum(0)
-        d_post, d_res = summed[:, :n], summed[:, n:].view(T, n, n)
     K, N = n * C, (n + 2) * n
     dt = mix.dtype
     proj, inv_r = mix[:, :N], mix[:, N:]
@@ -872,28 +866,61 @@ _COEF_IMPL = {"triton": (coef_forward_triton, coef_backward_triton),
               "torch": (coef_forward_torch, coef_backward_torch)}
 
 
-class _CoefficientsFn(torch.autograd.Function):
-    """Fused coefficients; saves only ``x`` (the caller's tensor) and 25 floats per token
-    (n = 4); the Sinkhorn iterations are recomputed inside the backward."""
+# -- torch.library ops (``_library``): forward with autograd, backward as its own op ----------
 
-    @staticmethod
-    def forward(ctx, x, fn, base, scale, iters, rms_eps, hc_eps, impl):
-        fwd, _ = _COEF_IMPL[impl]
-        h_pre, h_post, h_res, mix = fwd(x, fn, base, scale, iters, rms_eps, hc_eps)
-        ctx.save_for_backward(x, fn, base, scale, mix)
-        ctx.cfg = (iters, hc_eps, impl)
-        return h_pre, h_post, h_res
+def _forward_impl(x, fn, base, scale, iters, rms_eps, hc_eps):
+    x = as_streams(x)
+    return _COEF_IMPL[kernel_impl(x)][0](x, fn, base, scale, iters, rms_eps, hc_eps)
 
-    @staticmethod
-    def backward(ctx, d_pre, d_post, d_res):
-        x, fn, base, scale, mix = ctx.saved_tensors
-        iters, hc_eps, impl = ctx.cfg
-        _, bwd = _COEF_IMPL[impl]
-        cont = lambda g: None if g is None else g.contiguous()  # noqa: E731
-        dx, dfn, dbase, dscale = bwd(x, fn, base, scale, mix, cont(d_pre), cont(d_post),
-                                     cont(d_res), iters, hc_eps)
-        return (dx, dfn.to(fn.dtype), dbase.to(base.dtype), dscale.to(scale.dtype),
-                None, None, None, None)
+
+def _forward_fake(x, fn, base, scale, iters, rms_eps, hc_eps):
+    T, n, _ = x.shape
+    new = functools.partial(x.new_empty, dtype=compute_dtype(x))
+    return new(T, n), new(T, n), new(T, n, n), new(T, (n + 2) * n + 1)
+
+
+def _backward_impl(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps):
+    x = as_streams(x)
+    impl = kernel_impl(x)
+    d_pre, d_post, d_res = (None if g is None else g.contiguous() for g in (d_pre, d_post, d_res))
+    return _COEF_IMPL[impl][1](x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps)
+
+
+def coef_backward_fake(x, fn, mix):
+    """Shapes of :func:`coef_backward_triton`'s ``(dx, dfn, dbase, dscale)``."""
+    N = fn.shape[0]
+    return (x.new_empty(x.shape), mix.new_empty(fn.shape), mix.new_empty(N), mix.new_empty(3))
+
+
+_coefficients_backward = FusedOp(
+    "coefficients_backward", _backward_impl,
+    lambda x, fn, base, scale, mix, *_: coef_backward_fake(x, fn, mix),
+    schema="(Tensor x, Tensor fn, Tensor base, Tensor scale, Tensor mix, Tensor? d_pre, "
+           "Tensor? d_post, Tensor? d_res, int iters, float hc_eps) "
+           "-> (Tensor, Tensor, Tensor, Tensor)")
+
+
+def _setup(ctx, inputs, output):
+    x, fn, base, scale, iters, _, hc_eps = inputs
+    ctx.save_for_backward(x, fn, base, scale, output[3])
+    ctx.cfg = (iters, hc_eps)
+    ctx.set_materialize_grads(False)  # unused mappings get None, not zero tensors
+
+
+def _backward(ctx, d_pre, d_post, d_res, _d_mix):
+    x, fn, base, scale, mix = ctx.saved_tensors
+    dx, dfn, dbase, dscale = _coefficients_backward(x, fn, base, scale, mix, d_pre, d_post,
+                                                    d_res, *ctx.cfg)
+    return dx, dfn.to(fn.dtype), dbase.to(base.dtype), dscale.to(scale.dtype), None, None, None
+
+
+#: ``torch.ops.torch_mhc.coefficients(x (T, n, C), fn, base, scale, iters, rms_eps, hc_eps)
+#: -> (H_pre, H_post, H_res, mix)``; saves ``x`` and ``mix`` ((n+2)n + 1 floats per token):
+#: the Sinkhorn iterations are recomputed inside the backward.
+coefficients_op = FusedOp(
+    "coefficients", _forward_impl, _forward_fake, _setup, _backward,
+    schema="(Tensor x, Tensor fn, Tensor base, Tensor scale, int iters, float rms_eps, "
+           "float hc_eps) -> (Tensor, Tensor, Tensor, Tensor)")
 
 
 def mhc_coefficients(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor,
@@ -901,16 +928,15 @@ def mhc_coefficients(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor,
                      hc_eps: float = 0.0, backend: str = "auto") -> Coefficients:
     """``H_pre, H_post, H_res`` (float32) for streams ``x (..., n, C)``; dispatches on ``backend``.
 
-    ``backend="triton"`` runs the fused kernels (module header) with a custom backward that
-    keeps only ``x`` and ``(n+2)n + 1`` floats per token; ``"torch"`` the reference;
-    ``"auto"`` Triton on CUDA when installed. float64 inputs use the PyTorch twin of the
-    kernels' decomposition (same autograd Function, exact float64 math).
+    ``backend="triton"`` runs the fused kernels (module header) as the custom op
+    ``torch.ops.torch_mhc.coefficients``, whose backward keeps only ``x`` and ``(n+2)n + 1``
+    floats per token; ``"torch"`` the reference; ``"auto"`` Triton on CUDA when installed.
+    float64 inputs use the PyTorch twin of the kernels' decomposition (same op, exact
+    float64 math).
     """
     if resolve_backend(backend, x) == "triton":
         lead, (n, C) = x.shape[:-2], x.shape[-2:]
-        x3 = x.reshape(-1, n, C).contiguous()
-        impl = "torch" if x.dtype == torch.float64 else "triton"
-        h_pre, h_post, h_res = _CoefficientsFn.apply(x3, fn, base, scale, int(iters),
-                                                     float(rms_eps), float(hc_eps), impl)
+        h_pre, h_post, h_res, _ = coefficients_op(x.reshape(-1, n, C), fn, base, scale,
+                                                  int(iters), float(rms_eps), float(hc_eps))
         return (h_pre.view(*lead, n), h_post.view(*lead, n), h_res.view(*lead, n, n))
     return mhc_coefficients_reference(x, fn, base, scale, iters, rms_eps, hc_eps)
