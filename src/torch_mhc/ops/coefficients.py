@@ -23,7 +23,7 @@ import torch
 from ._backend import (LazyJit, as_streams, compute_dtype, device_sms, dot_mode, interpret_mode,
                        is_broadcast, kernel_impl, next_pow2, resolve_backend, triton_cdiv, tuned)
 from ._library import FusedOp
-from .sinkhorn import sinkhorn
+from .sinkhorn import sinkhorn, sinkhorn_vjp
 
 __all__ = ["mhc_coefficients", "mhc_coefficients_reference", "split_logits"]
 
@@ -804,8 +804,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
                                      num_stages=cfg["num_stages"])
     # partials summed as contiguous rows (an outer reduction torch vectorises)
     dfn = dfn_p.view(tsplit, -1)[:, :N * K].sum(0).view(N, K) if tsplit > 1 else dfn_p[0, :N]
-    red = red.sum(0)
-    return dx, dfn, red[3:], red[:3]
+    return dx, dfn, red[:, 3:].sum(0), red[:, :3].sum(0)
 
 
 # -- the same decomposition in PyTorch: documents the kernels' math, runs any dtype (float64
@@ -834,18 +833,16 @@ def coef_backward_torch(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc
     proj, inv_r = mix[:, :N], mix[:, N:]
     a, b = scale.to(dt), base.to(dt)
     gate = torch.cat([a[0].expand(n), a[1].expand(n), a[2].expand(n * n)])
-    with torch.enable_grad():  # only the tiny logits -> mappings part goes through autograd
-        logits = (gate * proj * inv_r + b).detach().requires_grad_(True)
-        outs = (torch.sigmoid(logits[:, :n]), 2.0 * torch.sigmoid(logits[:, n:2 * n]),
-                sinkhorn(logits[:, 2 * n:].unflatten(-1, (n, n)).transpose(-1, -2), iters,
-                         eps=hc_eps, check_finite=False))
-        pairs = [(o, g.to(dt)) for o, g in zip(outs, (d_pre, d_post, d_res)) if g is not None]
-        dlogit = None
-        if pairs:
-            dlogit = torch.autograd.grad([o for o, _ in pairs], logits, [g for _, g in pairs],
-                                         allow_unused=True)[0]
-    if dlogit is None:
-        dlogit = torch.zeros_like(logits)
+    logits = gate * proj * inv_r + b
+    zero = torch.zeros((), dtype=dt, device=mix.device)
+    d_pre, d_post = (zero if g is None else g.to(dt) for g in (d_pre, d_post))
+    s_pre, s_post = torch.sigmoid(logits[:, :n]), torch.sigmoid(logits[:, n:2 * n])
+    d_comb = torch.zeros_like(logits[:, 2 * n:])
+    if d_res is not None:  # H_res = sinkhorn(comb^T)
+        comb_t = logits[:, 2 * n:].unflatten(-1, (n, n)).transpose(-1, -2)
+        d_comb = sinkhorn_vjp(comb_t, d_res, iters, hc_eps).transpose(-1, -2).flatten(1)
+    dlogit = torch.cat([d_pre * s_pre * (1 - s_pre), 2.0 * d_post * s_post * (1 - s_post),
+                        d_comb], -1)
     G = dlogit * gate * inv_r
     dinv = (dlogit * gate * proj).sum(-1, keepdim=True)
     dss = -0.5 * dinv * inv_r ** 3 / K
