@@ -8,13 +8,14 @@ from torch_mhc.models import GPT, GPTConfig
 from torch_mhc.testing import rel_error, triton_interpreter
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _model(connection="mhc", seed=0):
     torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=64, seq_len=16, n_layer=2, n_head=2, d_model=32,
                     connection=connection, backend="triton" if connection == "mhc" else "auto")
-    model = GPT(cfg)
+    model = GPT(cfg).to(DEV)
     with torch.no_grad():  # away from the symmetric init, so every gradient is exercised
         for hc in model.connections():
             if connection == "mhc":
@@ -25,7 +26,8 @@ def _model(connection="mhc", seed=0):
 
 def _batch():
     g = torch.Generator().manual_seed(1)
-    return torch.randint(0, 64, (2, 16), generator=g), torch.randint(0, 64, (2, 16), generator=g)
+    return (torch.randint(0, 64, (2, 16), generator=g).to(DEV),
+            torch.randint(0, 64, (2, 16), generator=g).to(DEV))
 
 
 def _loss_and_grads(model, step):
