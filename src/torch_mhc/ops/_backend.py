@@ -193,11 +193,14 @@ def _decorate(fn, interpret: bool):
 
 def _spec(a):
     """What Triton specialises a compiled kernel on, for one positional argument."""
-    if isinstance(a, int) and not isinstance(a, bool):
-        return (a == 1, a % 16 == 0, -2**31 <= a < 2**31)
-    if hasattr(a, "data_ptr"):
-        return (a.dtype, a.data_ptr() % 16 == 0)
-    return type(a)
+    t = type(a)
+    if t is torch.Tensor:
+        return (a.dtype, a.data_ptr() & 15 == 0)
+    if t is int:
+        return (a == 1, a & 15 == 0, -2**31 <= a < 2**31)
+    if hasattr(a, "data_ptr"):  # a tensor subclass
+        return (a.dtype, a.data_ptr() & 15 == 0)
+    return t
 
 
 #: Launch cached compiled kernels directly (``TORCH_MHC_FAST_LAUNCH=0`` turns it off).

@@ -804,7 +804,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
                                      num_stages=cfg["num_stages"])
     # partials summed as contiguous rows (an outer reduction torch vectorises)
     dfn = dfn_p.view(tsplit, -1)[:, :N * K].sum(0).view(N, K) if tsplit > 1 else dfn_p[0, :N]
-    return dx, dfn, red[:, 3:].sum(0), red[:, :3].sum(0)
+    return dx, dfn, red.sum(0)
 
 
 # -- the same decomposition in PyTorch: documents the kernels' math, runs any dtype (float64
@@ -856,7 +856,7 @@ def coef_backward_torch(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc
     dfn = G.t() @ xf
     m = dlogit * proj * inv_r
     dscale = torch.stack([m[:, :n].sum(), m[:, n:2 * n].sum(), m[:, 2 * n:].sum()])
-    return dx.to(x.dtype), dfn, dlogit.sum(0), dscale
+    return dx.to(x.dtype), dfn, torch.cat([dscale, dlogit.sum(0)])
 
 
 _COEF_IMPL = {"triton": (coef_forward_triton, coef_backward_triton),
@@ -884,9 +884,14 @@ def _backward_impl(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps)
 
 
 def coef_backward_fake(x, fn, mix):
-    """Shapes of :func:`coef_backward_triton`'s ``(dx, dfn, dbase, dscale)``."""
-    N = fn.shape[0]
-    return (x.new_empty(x.shape), mix.new_empty(fn.shape), mix.new_empty(N), mix.new_empty(3))
+    """Shapes of :func:`coef_backward_triton`'s ``(dx, dfn, d_gates)``."""
+    return x.new_empty(x.shape), mix.new_empty(fn.shape), mix.new_empty(3 + fn.shape[0])
+
+
+def grads_of_parameters(dfn, d_gates, fn, base, scale):
+    """``(dfn, dbase, dscale)`` in the parameters' dtypes from the backward's ``dfn`` and
+    ``d_gates = [dscale (3), dbase (N)]``."""
+    return dfn.to(fn.dtype), d_gates[3:].to(base.dtype), d_gates[:3].to(scale.dtype)
 
 
 _coefficients_backward = FusedOp(
@@ -894,7 +899,7 @@ _coefficients_backward = FusedOp(
     lambda x, fn, base, scale, mix, *_: coef_backward_fake(x, fn, mix),
     schema="(Tensor x, Tensor fn, Tensor base, Tensor scale, Tensor mix, Tensor? d_pre, "
            "Tensor? d_post, Tensor? d_res, int iters, float hc_eps) "
-           "-> (Tensor, Tensor, Tensor, Tensor)")
+           "-> (Tensor, Tensor, Tensor)")
 
 
 def _setup(ctx, inputs, output):
@@ -906,9 +911,9 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, d_pre, d_post, d_res, _d_mix):
     x, fn, base, scale, mix = ctx.saved_tensors
-    dx, dfn, dbase, dscale = _coefficients_backward(x, fn, base, scale, mix, d_pre, d_post,
-                                                    d_res, *ctx.cfg)
-    return dx, dfn.to(fn.dtype), dbase.to(base.dtype), dscale.to(scale.dtype), None, None, None
+    dx, dfn, d_gates = _coefficients_backward(x, fn, base, scale, mix, d_pre, d_post, d_res,
+                                              *ctx.cfg)
+    return (dx, *grads_of_parameters(dfn, d_gates, fn, base, scale), None, None, None)
 
 
 #: ``torch.ops.torch_mhc.coefficients(x (T, n, C), fn, base, scale, iters, rms_eps, hc_eps)

@@ -24,8 +24,8 @@ flow: ``connection_pre`` returns a ``link`` tensor of the streams' shape that co
 (one zero element seen through stride 0), ``connection_post`` takes it as an input and its
 backward returns ``g`` itself as the gradient of ``link`` (and none for ``x``), so the pre
 half's backward receives ``g`` as the gradient of its ``link`` output and adds ``H_res^T g``
-into its single ``dx`` pass. ``dH_post`` and ``dH_res`` flow back the same way, summed over
-the post-res kernel's channel slices. The halves must be used as a pair on the same ``x``,
+into its single ``dx`` pass. ``dH_post`` and ``dH_res`` flow back the same way, as views of
+one ``(T, n + n^2)`` sum of the post-res kernel's channel-slice partials. The halves must be used as a pair on the same ``x``,
 which ``HyperConnection`` guarantees.
 
 Saved for backward per connection: ``x`` (the stream tensor that exists anyway, not copied),
@@ -41,8 +41,8 @@ import torch
 
 from ._backend import as_streams, compute_dtype, kernel_impl
 from ._library import FusedOp
-from .coefficients import _COEF_IMPL, coef_backward_fake
-from .post_res import _POST_IMPL, post_res_backward_op, post_res_forward_impl
+from .coefficients import _COEF_IMPL, coef_backward_fake, grads_of_parameters
+from .post_res import post_res_backward_op, post_res_forward_impl, split_map_grad
 from .pre_mix import _PRE_IMPL
 
 __all__ = ["connection_pre", "connection_post"]
@@ -78,7 +78,6 @@ def _pre_backward_impl(x, fn, base, scale, mix, h_pre, h_res, dh, d_pre, d_post,
         dh = dh.contiguous()
         _, d_pre_h = _PRE_IMPL[impl][1](x, h_pre, dh, False)  # dH_pre = <dh, x_i>
         d_pre = d_pre_h if d_pre is None else d_pre + d_pre_h
-    d_post, d_res = (None if t is None else t.contiguous() for t in (d_post, d_res))
     return _COEF_IMPL[impl][1](
         x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
         h_pre=h_pre if dh is not None else None, dh=dh,
@@ -90,7 +89,7 @@ _pre_backward = FusedOp(
     lambda x, fn, base, scale, mix, *_: coef_backward_fake(x, fn, mix),
     schema="(Tensor x, Tensor fn, Tensor base, Tensor scale, Tensor mix, Tensor h_pre, "
            "Tensor h_res, Tensor? dh, Tensor? d_pre, Tensor? d_post, Tensor? d_res, "
-           "Tensor? g, int iters, float hc_eps) -> (Tensor, Tensor, Tensor, Tensor)")
+           "Tensor? g, int iters, float hc_eps) -> (Tensor, Tensor, Tensor)")
 
 
 def _pre_setup(ctx, inputs, output):
@@ -103,9 +102,9 @@ def _pre_setup(ctx, inputs, output):
 
 def _pre_backward_formula(ctx, dh, d_pre, d_post, d_res, _d_mix, g):
     x, fn, base, scale, mix, h_pre, h_res = ctx.saved_tensors
-    dx, dfn, dbase, dscale = _pre_backward(x, fn, base, scale, mix, h_pre, h_res, dh, d_pre,
-                                           d_post, d_res, g, *ctx.cfg)
-    return dx, dfn.to(fn.dtype), dbase.to(base.dtype), dscale.to(scale.dtype), None, None, None
+    dx, dfn, d_gates = _pre_backward(x, fn, base, scale, mix, h_pre, h_res, dh, d_pre, d_post,
+                                     d_res, g, *ctx.cfg)
+    return (dx, *grads_of_parameters(dfn, d_gates, fn, base, scale), None, None, None)
 
 
 _connection_pre = FusedOp(
@@ -129,8 +128,8 @@ def _post_backward_formula(ctx, g):
     x, y, h_post, h_res = ctx.saved_tensors
     # no dx here: H_res^T g is added by the pre half's dx pass, which receives g as the
     # gradient of ``link``
-    _, dy, d_post, d_res = post_res_backward_op(x, y, h_post, h_res, g, False)
-    return None, g, dy, d_post, d_res
+    _, dy, d_map = post_res_backward_op(x, y, h_post, h_res, g, False)
+    return (None, g, dy, *split_map_grad(d_map, x.shape[1]))
 
 
 _connection_post = FusedOp(

@@ -143,10 +143,10 @@ def post_res_forward_triton(x, y, h_post, h_res):
 
 
 def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
-    """``(dx or None, dy, dH_post, dH_res)`` in one pass over ``g``, ``x`` and ``y``.
+    """``(dx or None, dy, d_map)`` in one pass over ``g``, ``x`` and ``y``.
 
-    ``dH_post`` (T, n) and ``dH_res`` (T, n, n) are float32 sums of the per-channel-slice
-    partials the kernel writes.
+    ``d_map (T, n + n^2)`` float32 holds ``[dH_post, dH_res (row-major)]`` per token, the
+    sum of the per-channel-slice partials the kernel writes (:func:`split_map_grad`).
     """
     T, n, C = x.shape
     NB = next_pow2(n)
@@ -163,7 +163,7 @@ def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
         x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, C,
         n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=write_dx, XB=is_broadcast(x), GB=is_broadcast(g),
         num_warps=cfg["num_warps"])
-    return dx, dy, part[:, :, :n].sum(0), part[:, :, n:].sum(0).view(T, n, n)
+    return dx, dy, part[0] if S == 1 else part.sum(0)
 
 
 def post_res_forward_torch(x, y, h_post, h_res):
@@ -181,7 +181,12 @@ def post_res_backward_torch(x, y, h_post, h_res, g, write_dx=True):
     dhpost = torch.einsum("tic,tc->ti", gf, yf)
     dhres = torch.einsum("tic,tjc->tij", gf, xf)
     dx = torch.einsum("tij,tic->tjc", h_res.to(dt), gf).to(x.dtype) if write_dx else None
-    return dx, dy, dhpost, dhres
+    return dx, dy, torch.cat([dhpost, dhres.flatten(1)], 1)
+
+
+def split_map_grad(d_map: torch.Tensor, n: int):
+    """``(dH_post (T, n), dH_res (T, n, n))`` as views of ``d_map (T, n + n^2)``."""
+    return d_map[:, :n], d_map[:, n:].unflatten(-1, (n, n))
 
 
 _POST_IMPL = {"triton": (post_res_forward_triton, post_res_backward_triton),
@@ -203,25 +208,24 @@ def _forward_fake(x, y, h_post, h_res):
 
 def _backward_impl(x, y, h_post, h_res, g, write_dx):
     x = as_streams(x)
-    dx, dy, dhpost, dhres = _POST_IMPL[kernel_impl(x)][1](
+    dx, dy, d_map = _POST_IMPL[kernel_impl(x)][1](
         x, y.contiguous(), h_post.contiguous(), h_res.contiguous(), as_streams(g), write_dx)
-    return (dx if write_dx else x.new_empty(0)), dy, dhpost, dhres
+    return (dx if write_dx else x.new_empty(0)), dy, d_map
 
 
 def _backward_fake(x, y, h_post, h_res, g, write_dx):
     T, n, _ = x.shape
-    dt = compute_dtype(x)
     return (x.new_empty(x.shape if write_dx else (0,)), y.new_empty(y.shape),
-            x.new_empty(T, n, dtype=dt), x.new_empty(T, n, n, dtype=dt))
+            x.new_empty(T, n + n * n, dtype=compute_dtype(x)))
 
 
 #: ``torch.ops.torch_mhc.post_res_backward(x, y, h_post, h_res, g, write_dx)
-#: -> (dx, dy, dH_post, dH_res)`` in one pass over ``g``, ``x`` and ``y`` (``dx`` empty
+#: -> (dx, dy, [dH_post, dH_res])`` in one pass over ``g``, ``x`` and ``y`` (``dx`` empty
 #: unless ``write_dx``).
 post_res_backward_op = FusedOp(
     "post_res_backward", _backward_impl, _backward_fake,
     schema="(Tensor x, Tensor y, Tensor h_post, Tensor h_res, Tensor g, bool write_dx) "
-           "-> (Tensor, Tensor, Tensor, Tensor)")
+           "-> (Tensor, Tensor, Tensor)")
 
 
 def _setup(ctx, inputs, output):
@@ -230,7 +234,8 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, g):
     x, y, h_post, h_res = ctx.saved_tensors
-    dx, dy, dhpost, dhres = post_res_backward_op(x, y, h_post, h_res, g, ctx.needs_input_grad[0])
+    dx, dy, d_map = post_res_backward_op(x, y, h_post, h_res, g, ctx.needs_input_grad[0])
+    dhpost, dhres = split_map_grad(d_map, x.shape[1])
     return (dx if ctx.needs_input_grad[0] else None), dy, dhpost.to(h_post.dtype), \
         dhres.to(h_res.dtype)
 
