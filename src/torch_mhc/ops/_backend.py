@@ -121,6 +121,8 @@ class LazyJit:
 
     def __getitem__(self, grid):
         if not interpret_mode():
+            if torch._C._len_torch_dispatch_stack() > 0:  # traced (``_library``): a graph node
+                return torch.library.wrap_triton(self.jit())[grid]
             if not FAST_LAUNCH:
                 return self.jit()[grid]
             return functools.partial(self._launch_fast, grid)

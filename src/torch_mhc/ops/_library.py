@@ -17,6 +17,7 @@ compiled with eager results.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 import torch
@@ -60,6 +61,7 @@ class FusedOp:
         if backward is not None:
             self.op.register_autograd(backward, setup_context=setup_context)
             self._eager = _eager_function(name, impl, setup_context, backward)
+        _inline_under_compile(self.op, impl)
 
     def __call__(self, *args):
         if tracing(args[0]):
@@ -68,6 +70,44 @@ class FusedOp:
                 isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             return self._eager.apply(*args)
         return self.impl(*args)
+
+
+def inline_kernels(*args) -> bool:
+    """True when a compiled graph should see this op's kernels themselves: CUDA tensors,
+    compiled (not interpreted) Triton, not ``torch.export`` (which keeps the op) and not
+    switched off by ``TORCH_MHC_INLINE_KERNELS=0``."""
+    from ._backend import interpret_mode, triton_available
+    t = next(a for a in args if isinstance(a, torch.Tensor))
+    return (INLINE_KERNELS and t.is_cuda and not interpret_mode() and triton_available()
+            and getattr(torch._functorch.config, "decompose_custom_triton_ops", True))
+
+
+#: Let Inductor launch the fused kernels itself (``TORCH_MHC_INLINE_KERNELS=0``: keep the
+#: ops opaque, each call then runs the Python launchers).
+INLINE_KERNELS = os.environ.get("TORCH_MHC_INLINE_KERNELS", "1") not in ("", "0")
+
+
+def _inline_under_compile(op, impl: Callable) -> None:
+    """Under AOTAutograd (``FunctionalTensorMode``) on CUDA, trace ``impl`` itself instead of
+    keeping the op opaque, as ``torch.library.triton_op`` does: its allocations become graph
+    buffers and its Triton launches ``wrap_triton`` calls (``_backend.LazyJit``), so the
+    compiled code launches the kernels directly, with no Python launcher per call (the host
+    time that made compiled small models launch-bound) and CUDA graphs capture them."""
+    if not hasattr(op, "register_torch_dispatch"):  # PyTorch < 2.5: the op stays opaque
+        return
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+    def decompose(mode, func, types, args, kwargs):
+        if not inline_kernels(*args) or any(
+                t not in (torch.Tensor, FunctionalTensor) and not issubclass(t, FakeTensor)
+                for t in types):
+            return mode.__torch_dispatch__(func, types, args, kwargs)
+        with mode:
+            return impl(*args, **kwargs)
+
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+    op.register_torch_dispatch(FunctionalTensorMode, decompose)
 
 
 def _eager_function(name: str, impl: Callable, setup_context: Callable,
