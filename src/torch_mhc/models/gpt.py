@@ -155,7 +155,17 @@ class GPT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 style init: N(0, init_std), output projections scaled by 1/sqrt(2 n_layer)."""
+        """GPT-2 style init: N(0, init_std), output projections scaled by 1/sqrt(2 n_layer);
+        the RoPE tables are recomputed and tied weights re-tied. Matrices only: after ``to_empty()`` on a model built
+        on the ``meta`` device, call every submodule's ``reset_parameters`` first (norms,
+        connections), then this one."""
+        if self.cfg.tie_weights and self.head.weight is not self.embed.weight:
+            self.head.weight = self.embed.weight  # to_empty() unties them
+        cos, sin = rope_tables(self.cfg.seq_len, self.cfg.d_model // self.cfg.n_head,
+                               self.cfg.rope_theta)
+        with torch.no_grad():
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.dim() == 2 and not name.endswith((".fn", ".theta")):
