@@ -1,6 +1,7 @@
 """device=/dtype= construction and meta-device initialisation (FSDP2 style) of the layers."""
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from torch_mhc import HyperConnection, HyperHead, RMSNorm, expand_streams
@@ -112,3 +113,33 @@ def test_gpt_on_meta_device():
     assert torch.equal(model.rope_cos, ref.rope_cos) and torch.equal(model.rope_sin, ref.rope_sin)
     idx = torch.randint(0, 64, (2, 16))
     assert torch.equal(model(idx)[0], ref(idx)[0])
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_gpt_on_meta_device_sharded_with_fsdp2(tmp_path):
+    """The FSDP2 recipe: build on meta, fully_shard, to_empty, reset (a 1-rank gloo mesh)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    cfg = GPTConfig(vocab_size=64, seq_len=16, n_layer=2, d_model=32, n_head=4,
+                    connection="mhc", n=4)
+    torch.manual_seed(7)
+    ref = GPT(cfg)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        with torch.device("meta"):
+            model = GPT(cfg)
+        mesh = init_device_mesh("cpu", (1,))
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        model.to_empty(device="cpu")
+        torch.manual_seed(7)
+        _reset_all(model)
+        state = model.state_dict()
+        assert type(state["blocks.0.attn.base"]).__name__ == "DTensor"
+        for k, v in ref.state_dict().items():
+            assert torch.equal(state[k].full_tensor(), v), k
+    finally:
+        dist.destroy_process_group()

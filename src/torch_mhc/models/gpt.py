@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import HyperConnection, RMSNorm, expand_streams, reduce_streams
+from ..nn._init import copy_into
 from ..nn.recompute import resolve_block_size, stream_recompute
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config"]
@@ -163,9 +164,8 @@ class GPT(nn.Module):
             self.head.weight = self.embed.weight  # to_empty() unties them
         cos, sin = rope_tables(self.cfg.seq_len, self.cfg.d_model // self.cfg.n_head,
                                self.cfg.rope_theta)
-        with torch.no_grad():
-            self.rope_cos.copy_(cos)
-            self.rope_sin.copy_(sin)
+        copy_into(self.rope_cos, cos)
+        copy_into(self.rope_sin, sin)
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.dim() == 2 and not name.endswith((".fn", ".theta")):

@@ -38,6 +38,7 @@ from ..ops.connection import ConnectionLink, connection_post, connection_pre
 from ..ops.hc_coefficients import hc_coefficients_reference
 from ..ops.post_res import post_res
 from ..ops.pre_mix import pre_mix
+from ._init import copy_into
 from .recompute import current_recompute
 
 __all__ = ["HyperConnection", "MODES", "mhc_bias_init", "hc_bias_init"]
@@ -127,12 +128,12 @@ class HyperConnection(nn.Module):
         with torch.no_grad():
             if self.mode == "mhc":
                 self.fn.zero_()
-                self.base.copy_(mhc_bias_init(self.n, self.layer_index))
+                copy_into(self.base, mhc_bias_init(self.n, self.layer_index))
                 self.scale.fill_(self.gate_init)
             elif self.mode == "hc":
                 self.theta.zero_()
                 self.alpha.fill_(self.gate_init)
-                self.bias.copy_(hc_bias_init(self.n, self.layer_index))
+                copy_into(self.bias, hc_bias_init(self.n, self.layer_index))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n={self.n}, mode={self.mode!r}, layer_index={self.layer_index}"
