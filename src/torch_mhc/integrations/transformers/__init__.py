@@ -25,6 +25,7 @@ from ._compat import (
     MIN_TRANSFORMERS,
     MIN_TRANSFORMERS_DEEPSEEK_V4,
     SUPPORTED_MODEL_TYPES,
+    UPCYCLED_MODEL_TYPE,
     TransformersUnavailableError,
     require_transformers,
     transformers_version,
@@ -38,9 +39,6 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES", "MIN_TRANSFORMERS", "MIN_TRANSFORMERS_DEEPSEEK_V4",
     "TransformersUnavailableError", "require_transformers", "transformers_version",
 ]
-
-#: ``model_type`` in the ``config.json`` of a saved upcycled model.
-UPCYCLED_MODEL_TYPE = "mhc_upcycled"
 
 
 def _register_auto_classes() -> bool:

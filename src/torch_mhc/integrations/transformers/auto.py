@@ -24,12 +24,10 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, 
 from ...nn.hyper_connection import HyperConnection
 from ...nn.hyper_head import HyperHead
 from ...ops._backend import check_backend
+from ._compat import UPCYCLED_MODEL_TYPE
 
 __all__ = ["UPCYCLED_MODEL_TYPE", "MhcUpcycledConfig", "AutoMhcModelForCausalLM", "register",
            "upcycled_config_class", "upcycled_model_class"]
-
-#: ``model_type`` written to the ``config.json`` of an upcycled model.
-UPCYCLED_MODEL_TYPE = "mhc_upcycled"
 
 _CONFIGS: Dict[type, type] = {}
 _MODELS: Dict[type, type] = {}

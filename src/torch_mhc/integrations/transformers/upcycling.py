@@ -36,9 +36,7 @@ from torch import nn
 from ...nn.hyper_connection import MODES, HyperConnection
 from ...nn.streams import expand_streams, reduce_streams
 from ._branch import SublayerBranch
-from ._compat import SUPPORTED_MODEL_TYPES
-
-UPCYCLED_MODEL_TYPE = "mhc_upcycled"  # = auto.UPCYCLED_MODEL_TYPE (auto imports transformers)
+from ._compat import SUPPORTED_MODEL_TYPES, UPCYCLED_MODEL_TYPE
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "upcycle", "is_upcycled", "save_upcycled", "load_upcycled",
            "hc_state_dict"]
