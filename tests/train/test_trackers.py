@@ -95,8 +95,8 @@ def fake_tracker(monkeypatch):
     return make
 
 
-@pytest.mark.parametrize("name", ["wandb", "trackio"])
-def test_wandb_and_trackio_through_one_interface(tmp_path, small, fake_tracker, name):
+def test_wandb_gets_the_run_and_its_per_layer_diagnostics(tmp_path, small, fake_tracker):
+    name = "wandb"
     calls = fake_tracker(name)
     Trainer(TrainConfig(**small(tmp_path, tracker=name)).validate()).fit()
     assert calls[0][0] == "init" and calls[-1] == ("finish",)
@@ -115,6 +115,22 @@ def test_wandb_and_trackio_through_one_interface(tmp_path, small, fake_tracker, 
             f"{k}_per_layer/{i:03d}": v for k, vals in per_layer(records[step]).items()
             for i, v in enumerate(vals)}
         assert len([k for k in values if k.startswith("forward_gain_per_layer/")]) == 2
+
+
+def test_trackio_through_the_same_interface(tmp_path, fake_tracker, monkeypatch):
+    calls = fake_tracker("trackio")
+    monkeypatch.setenv("TRACKIO_PROJECT", "study")
+    (tmp_path / "a").mkdir()
+    log = RunLog(tmp_path / "a" / "log.jsonl", tracker="trackio")
+    rec = diag_record("hc", step=8)
+    for r in ({"type": "config", "config": {"lr": 0.1}}, {"type": "eval", "step": 8,
+                                                          "val_loss": 1.5}, rec):
+        log.write(r)
+    log.close()
+    assert calls[0] == ("init", {"project": "study", "name": f"{tmp_path.name}/a",
+                                 "config": {"lr": 0.1}})
+    assert calls[1] == ("log", 8, {"val/loss": 1.5})
+    assert calls[2] == ("log", 8, scalars(rec)) and calls[3] == ("finish",)
 
 
 def test_a_tracker_that_is_not_installed_is_one_line(tmp_path, flags, monkeypatch, capsys):
