@@ -110,6 +110,9 @@ class TrainConfig:
     keep_last: int = _f(2, "checkpoints to keep", "output")
     progress: bool = _f(True, "show a progress bar", "output")
     tensorboard: bool = _f(True, "also log to TensorBoard when it is installed", "output")
+    tracker: str = _f("none", "also log to Weights & Biases or trackio (pip install "
+                              "'torch-mhc[wandb]' / '[trackio]')", "output",
+                      ("none", "wandb", "trackio"))
 
     def validate(self) -> "TrainConfig":
         """Check ranges and combinations; raise :class:`ConfigError`; return self.

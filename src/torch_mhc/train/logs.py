@@ -1,4 +1,4 @@
-"""Run logs: one JSON object per line (``log.jsonl``), optional TensorBoard, and summaries.
+"""Run logs: one JSON object per line (``log.jsonl``), the trackers, and summaries.
 
 Record types (``"type"``): ``config`` (settings, model size, data), ``train`` (one optimizer
 step: loss, lr, grad_norm, clipped, tokens_per_s, ...), ``eval`` (validation loss),
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..diagnostics import find_spikes
+from .trackers import Logger, TensorBoardLogger, make_loggers
 
 __all__ = ["RunLog", "read_log", "clean_json", "summarize", "TRAIN_LOSS_WINDOW"]
 
@@ -34,54 +35,36 @@ def clean_json(obj: Any) -> Any:
 
 
 class RunLog:
-    """Appends records to ``path`` (main process only) and mirrors scalars to TensorBoard."""
+    """Appends records to ``path`` (main process only) and hands each to the trackers
+    (:mod:`torch_mhc.train.trackers`): TensorBoard when ``tensorboard`` and installed, W&B or
+    trackio when ``tracker`` names one."""
 
-    def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False):
+    def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False,
+                 tracker: str = "none"):
         self.path, self.enabled = Path(path), enabled
-        self._tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
-            except Exception:  # tensorboard not installed: JSONL only
-                self._tb = None
+        self.loggers: List[Logger] = (make_loggers(self.path.parent, tensorboard, tracker)
+                                      if enabled else [])
 
     @property
     def tensorboard_enabled(self) -> bool:
-        """True when scalars also go to TensorBoard."""
-        return self._tb is not None
+        """True when records also go to TensorBoard."""
+        return any(isinstance(lg, TensorBoardLogger) for lg in self.loggers)
 
     def write(self, record: Dict[str, Any]) -> None:
         """Append one record (and flush, so a crash loses nothing already written)."""
         if not self.enabled:
             return
+        record = clean_json(record)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(clean_json(record)) + "\n")
-        if self._tb is not None:
-            self._tensorboard(record)
-
-    def _tensorboard(self, r: Dict[str, Any]) -> None:
-        step = r.get("step")
-        if step is None:
-            return
-        scalars = {}
-        if r["type"] == "train":
-            scalars = {f"train/{k}": r.get(k) for k in ("loss", "lr", "grad_norm",
-                                                         "tokens_per_s")}
-        elif r["type"] == "eval":
-            scalars = {"val/loss": r.get("val_loss")}
-        elif r["type"] == "diag":
-            g = r["gain"]
-            scalars = {"diag/composite_forward_gain": max(g["comp_fwd_max"]),
-                       "diag/composite_backward_gain": max(g["comp_bwd_max"])}
-        for k, v in scalars.items():
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                self._tb.add_scalar(k, v, step)
+            f.write(json.dumps(record) + "\n")
+        for lg in self.loggers:
+            lg.log(record)
 
     def close(self) -> None:
-        """Flush TensorBoard."""
-        if self._tb is not None:
-            self._tb.close()
+        """Flush and close the trackers (idempotent)."""
+        loggers, self.loggers = self.loggers, []
+        for lg in loggers:
+            lg.close()
 
 
 def read_log(path) -> List[Dict[str, Any]]:

@@ -42,6 +42,7 @@ from .checkpoint import CheckpointError, CheckpointManager, find_checkpoint, set
 from .config import RESUME_KEYS, ConfigError, TrainConfig, config_to_dict
 from .distributed import all_reduce_mean, reshard, wrap_model
 from .logs import RunLog, read_log, summarize
+from .trackers import check_tracker
 from .runtime import Runtime
 
 __all__ = ["Trainer", "train", "build_model", "build_optimizer", "lr_at", "prepare_out",
@@ -175,10 +176,11 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg, rt.device)
         if rt.is_main:  # inputs are good: only now touch the disk
+            check_tracker(cfg.tracker)
             prepare_out(self.out, own, overwrite)
         self.ckpt = CheckpointManager(self.out, cfg.keep_last, enabled=rt.is_main)
         self.log = RunLog(self.out / "log.jsonl", enabled=rt.is_main,
-                          tensorboard=cfg.tensorboard)
+                          tensorboard=cfg.tensorboard, tracker=cfg.tracker)
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum  # all ranks
         self.elapsed = 0.0  # training wall time, carried across resumes
         self.skips_in_row = 0
