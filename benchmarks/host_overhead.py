@@ -24,8 +24,7 @@ from types import SimpleNamespace
 
 import torch
 
-from torch_mhc.bench import _build_gpt, _commit, _device_info, _gpu_kernel_time, _versions, \
-    make_optimizer
+from torch_mhc.bench import _commit, _device_info, _gpu_kernel_time, _Trainee, _versions
 from torch_mhc.ops import _backend
 from torch_mhc.ops.connection import connection_post, connection_pre
 
@@ -92,27 +91,16 @@ def main():
         del conn, leaves, grads
         torch.cuda.empty_cache()
     _backend.FAST_LAUNCH = True
-    ns = SimpleNamespace(seq=None, n=4, dtype="bf16")
+    ns = SimpleNamespace(seq=None, n=4, dtype="bf16", optimizer="fused", warmup=3)
     for variant in ("residual", "mhc-triton"):
-        model, cfg = _build_gpt("gpt-small", variant, ns, dev)
-        opt = make_optimizer(model, "fused", dev)
-        idx = torch.randint(0, cfg.vocab_size, (8, cfg.seq_len), device=dev)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            _, loss = model(idx, idx)
-            loss.backward()
-            opt.step()
-
-        for _ in range(3):
-            step()
-        issue, wall = zip(*(_host_and_wall_us(step, 1) for _ in range(args.steps)))
+        run = _Trainee("gpt-small", variant, 8, ns, dev)
+        run.warm()
+        issue, wall = zip(*(_host_and_wall_us(lambda: run.step(0), 1) for _ in range(args.steps)))
         r = res["gpt_small_eager"][variant] = {
             "issue_ms": statistics.median(issue) / 1e3, "wall_ms": statistics.median(wall) / 1e3}
         print(f"gpt-small {variant}: wall {r['wall_ms']:.1f} ms, issue {r['issue_ms']:.1f} ms",
               flush=True)
-        del model, opt
-        torch.cuda.empty_cache()
+        run.free()
     res["config"] = {"n": 4, "dtype": "bf16", "branch": "identity", "reps": args.reps,
                      "gpt_small": "batch 8, seq 1024, fused AdamW, eager"}
     with open(args.out, "w") as f:
