@@ -25,7 +25,7 @@ from .config import RESUME_KEYS, ConfigError, TrainConfig, config_to_dict
 from .logs import read_log, summarize
 from .trainer import Trainer
 
-__all__ = ["compare", "parse_modes", "DEFAULT_MODES", "format_table"]
+__all__ = ["compare", "parse_modes", "DEFAULT_MODES", "format_table", "summarize_folder"]
 
 DEFAULT_MODES = ("residual", "hc", "mhc")
 
@@ -54,7 +54,8 @@ def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
                           "start over with --overwrite, or choose another --out")
 
 
-def _check_resumable(root: Path, cfg: TrainConfig, modes: List[str]) -> None:
+def _check_resumable(root: Path, cfg: TrainConfig, modes: List[str],
+                     mode_overrides: Optional[Dict[str, Dict]] = None) -> None:
     """Refuse ``--resume`` when a mode already in ``root`` was run with other settings
     (a finished mode would otherwise be kept and reported under the new config)."""
     for mode in modes:
@@ -68,7 +69,8 @@ def _check_resumable(root: Path, cfg: TrainConfig, modes: List[str]) -> None:
             raise ConfigError(f"cannot resume the comparison in {root}: {e}") from None
         header = next((r for r in reversed(records) if r.get("type") == "config"), None)
         saved = (header or {}).get("config", {})
-        now = config_to_dict(dataclasses.replace(cfg, connection=mode))
+        now = config_to_dict(dataclasses.replace(cfg, connection=mode,
+                                                 **(mode_overrides or {}).get(mode, {})))
         diffs = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in RESUME_KEYS
                  if k in saved and saved.get(k) != now.get(k)]
         if diffs:
@@ -108,24 +110,35 @@ def _write_config(root: Path, cfg: TrainConfig, modes: List[str]) -> None:
         {"modes": modes, "config": {**config_to_dict(cfg), "out": str(root)}}, indent=2) + "\n")
 
 
+def summarize_folder(root: Path, modes: Sequence[str]) -> Dict[str, Dict]:
+    """Per-mode summaries of the runs in a comparison folder (modes without a log left out)."""
+    return {m: summarize(read_log(Path(root) / m / "log.jsonl")) for m in modes
+            if (Path(root) / m / "log.jsonl").is_file()}
+
+
 def compare(cfg: TrainConfig, modes: Sequence[str] = DEFAULT_MODES, out: Optional[str] = None,
-            overwrite: bool = False, resume: bool = False, report: bool = True) -> Dict:
+            overwrite: bool = False, resume: bool = False, report: bool = True,
+            mode_overrides: Optional[Dict[str, Dict]] = None,
+            param_match: Optional[Dict] = None) -> Dict:
     """Train ``cfg`` once per mode into ``out`` and write summary.json, plots, report.html.
 
     ``resume=True`` continues each unfinished mode from its latest checkpoint and skips
     finished ones. A mode that stops on a non-finite loss is a result (``diverged: true``),
     not an error, and so is running out of GPU memory (``error`` in its summary). Returns
-    the summary dict keyed by mode.
+    the summary dict keyed by mode. ``mode_overrides`` (mode -> settings) changes a mode's
+    settings, e.g. a parameter-matched residual baseline (:func:`.seeds.match_params`,
+    whose ``param_match`` statement is saved as ``param_match.json`` for the report).
     """
     modes = parse_modes(modes)
     cfg = cfg.validate()
     root = Path(out or Path("runs") / f"compare-{cfg.preset}")
     _check_out(root, overwrite, resume)
     if resume:
-        _check_resumable(root, cfg, modes)
+        _check_resumable(root, cfg, modes, mode_overrides)
     for i, mode in enumerate(modes):
         run_dir = root / mode
-        mcfg = dataclasses.replace(cfg, connection=mode, out=str(run_dir))
+        mcfg = dataclasses.replace(cfg, connection=mode, out=str(run_dir),
+                                   **(mode_overrides or {}).get(mode, {})).validate()
         done = run_dir / "summary.json"
         if resume and done.is_file():
             prev = json.loads(done.read_text())
@@ -142,7 +155,9 @@ def compare(cfg: TrainConfig, modes: Sequence[str] = DEFAULT_MODES, out: Optiona
         except torch.cuda.OutOfMemoryError:
             tqdm.write(f"{mode}: out of memory; recorded, going on with the next mode")
     _write_config(root, cfg, modes)
-    summary = {m: summarize(read_log(root / m / "log.jsonl")) for m in modes}
+    if param_match:
+        (root / "param_match.json").write_text(json.dumps(param_match, indent=2) + "\n")
+    summary = summarize_folder(root, modes)
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if report:
         from .report import write_report

@@ -92,6 +92,23 @@ def _last(records, kind) -> Optional[Dict[str, Any]]:
     return next((r for r in reversed(records) if r.get("type") == kind), None)
 
 
+def _paper_and_step_metrics(diags, train) -> Dict[str, Any]:
+    """Paper-convention gains (layers l..L, token mean per sequence) over the diagnostics,
+    and the per-step last/first gradient ratio and mean ||H_res||_F (absent in older logs)."""
+    s: Dict[str, Any] = {}
+    for name, key in (("forward", "comp_fwd_peak"), ("backward", "comp_bwd_peak")):
+        vals = [d["paper_gain"][key] for d in diags if d.get("paper_gain")]
+        s[f"paper_composite_{name}_gain_max"] = max(vals) if vals else None
+        s[f"paper_composite_{name}_gain_final"] = vals[-1] if vals else None
+    for key, name in (("grad_ratio_last_first", "step_grad_ratio_last_first"),
+                      ("hres_fro_mean", "step_hres_fro_mean")):
+        vals = [r[key] for r in train if _finite(r.get(key))]
+        s[f"{name}_final"] = statistics.fmean(vals[-TRAIN_LOSS_WINDOW:]) if vals else None
+        s[f"{name}_min"] = min(vals) if vals else None
+        s[f"{name}_max"] = max(vals) if vals else None
+    return s
+
+
 def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     """The per-run numbers of ``summary.json`` from the records of one run's log."""
     header = _last(records, "config") or {}
@@ -134,6 +151,7 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     s["hres_col_err_max"] = max(hres["col_err_max"]) if hres else None
     s["hres_dist_identity_mean"] = (statistics.fmean(hres["dist_identity"])
                                     if hres else None)
+    s.update(_paper_and_step_metrics(diags, train))
     stops = [e for e in events if e.get("event") == "stop"]
     s["diverged"] = bool(stops)
     s["diverged_at_step"] = stops[-1].get("step") if stops else None
