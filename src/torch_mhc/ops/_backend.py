@@ -8,6 +8,8 @@ from typing import Optional
 
 import torch
 
+from ._library import inlining
+
 BACKENDS = ("auto", "torch", "triton")
 
 
@@ -121,7 +123,7 @@ class LazyJit:
 
     def __getitem__(self, grid):
         if not interpret_mode():
-            if torch._C._len_torch_dispatch_stack() > 0:  # traced (``_library``): a graph node
+            if inlining():  # traced into a compiled graph (``_library``): a graph node
                 return torch.library.wrap_triton(self.jit())[grid]
             if not FAST_LAUNCH:
                 return self.jit()[grid]

@@ -18,6 +18,7 @@ compiled with eager results.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Callable, Optional
 
 import torch
@@ -82,6 +83,15 @@ def inline_kernels(*args) -> bool:
             and getattr(torch._functorch.config, "decompose_custom_triton_ops", True))
 
 
+_INLINING = threading.local()
+
+
+def inlining() -> bool:
+    """True while an op's implementation is being traced into a compiled graph: its Triton
+    launches must then be ``wrap_triton`` calls (``_backend.LazyJit``)."""
+    return getattr(_INLINING, "on", False)
+
+
 #: Let Inductor launch the fused kernels itself (``TORCH_MHC_INLINE_KERNELS=0``: keep the
 #: ops opaque, each call then runs the Python launchers).
 INLINE_KERNELS = os.environ.get("TORCH_MHC_INLINE_KERNELS", "1") not in ("", "0")
@@ -102,8 +112,12 @@ def _inline_under_compile(op, impl: Callable) -> None:
                 t not in (torch.Tensor, FunctionalTensor) and not issubclass(t, FakeTensor)
                 for t in types):
             return mode.__torch_dispatch__(func, types, args, kwargs)
-        with mode:
-            return impl(*args, **kwargs)
+        _INLINING.on = True
+        try:
+            with mode:
+                return impl(*args, **kwargs)
+        finally:
+            _INLINING.on = False
 
     from torch._subclasses.fake_tensor import FakeTensor
     from torch._subclasses.functional_tensor import FunctionalTensor
