@@ -250,10 +250,20 @@ def _interpretable_language():
     Triton 3.4 .. 3.9): a later GPU compile in the same process would then build its IR through
     the interpreter and fail (``'ir.value' object has no attribute 'dtype'``). Every
     attribute that the language modules and their classes had is put back on exit.
+
+    Triton < 3.7 turns a scalar kernel argument used as a loop bound into an int with
+    ``int()`` of a one-element 1-D array, which numpy >= 2.4 refuses; ``.item()`` is used.
     """
     import triton.language as tl_mod
+    import triton.runtime.interpreter as interp
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
+    patch_tensor = getattr(interp, "_patch_lang_tensor", None)
+    if patch_tensor is not None:
+        def _patch_lang_tensor(tensor, *args):
+            patch_tensor(tensor, *args)
+            tensor.__index__ = lambda self: int(self.handle.data.item())
+        interp._patch_lang_tensor = _patch_lang_tensor
     mods = [tl_mod, tl_mod.core, tl_mod.standard, tl_mod.math]
     saved = [(obj, dict(vars(obj))) for obj in mods + [
         v for v in vars(tl_mod.core).values()
@@ -268,6 +278,8 @@ def _interpretable_language():
     try:
         yield
     finally:
+        if patch_tensor is not None:
+            interp._patch_lang_tensor = patch_tensor
         for obj, attrs in saved:  # names the interpreter added (its own globals) stay
             now = vars(obj)
             for name, val in attrs.items():
