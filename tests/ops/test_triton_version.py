@@ -95,4 +95,6 @@ def test_interpreter_leaves_triton_language_unchanged():
     assert x.grad is not None and x.grad.abs().sum() > 0
     changed = [f"{getattr(obj, '__name__', obj)}.{k}" for obj, attrs in before
                for k, v in attrs.items() if vars(obj).get(k) is not v]
-    assert not changed, changed
+    added = [f"{obj.__name__}.{k}" for obj, attrs in before if isinstance(obj, type)
+             for k in vars(obj) if k not in attrs]  # e.g. tensor.__bool__ (Triton 3.4)
+    assert not changed and not added, changed + added

@@ -248,8 +248,9 @@ def _interpretable_language():
     The interpreter also rebinds ``triton.language``'s builtins (``tl.core.add``, ...) to
     interpreter versions for each device-function call and never restores them (seen with
     Triton 3.4 .. 3.9): a later GPU compile in the same process would then build its IR through
-    the interpreter and fail (``'ir.value' object has no attribute 'dtype'``). Every
-    attribute that the language modules and their classes had is put back on exit.
+    the interpreter and fail (``'ir.value' object has no attribute 'dtype'``). The language
+    modules and their classes get back every attribute they had (and the classes lose the
+    ones the interpreter added, such as ``tensor.__bool__``) on exit.
 
     Triton < 3.7 turns a scalar kernel argument used as a loop bound into an int with
     ``int()`` of a one-element 1-D array, which numpy >= 2.4 refuses; ``.item()`` is used.
@@ -280,8 +281,11 @@ def _interpretable_language():
     finally:
         if patch_tensor is not None:
             interp._patch_lang_tensor = patch_tensor
-        for obj, attrs in saved:  # names the interpreter added (its own globals) stay
+        for obj, attrs in saved:
             now = vars(obj)
+            if isinstance(obj, type):  # (a module keeps the globals the interpreter added)
+                for name in [k for k in now if k not in attrs]:
+                    delattr(obj, name)
             for name, val in attrs.items():
                 if now.get(name, _MISSING) is not val:
                     setattr(obj, name, val)
