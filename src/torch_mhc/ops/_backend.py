@@ -34,6 +34,7 @@ def triton_version_ok(version: str) -> bool:
     return bool(m) and TRITON_TESTED[0] <= (int(m[1]), int(m[2])) < TRITON_TESTED[1]
 
 
+@torch.compiler.assume_constant_result  # a first call inside a compiled model: no tracing
 def triton_available() -> bool:
     """True when a tested Triton imports (the kernels also run on CPU under
     ``TRITON_INTERPRET=1``); an untested one gives one warning and False."""
