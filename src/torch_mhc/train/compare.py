@@ -14,18 +14,19 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
 
 from ..nn import MODES
 from .checkpoint import CheckpointManager
-from .config import RESUME_KEYS, ConfigError, TrainConfig, config_to_dict
+from .config import (RESUME_KEYS, RUNTIME_KEYS, ConfigError, TrainConfig, config_changes,
+                     config_to_dict, format_changes)
 from .logs import read_log, summarize
 from .trainer import Trainer
 
-__all__ = ["compare", "parse_modes", "DEFAULT_MODES", "format_table"]
+__all__ = ["compare", "parse_modes", "saved_comparison", "DEFAULT_MODES", "format_table"]
 
 DEFAULT_MODES = ("residual", "hc", "mhc")
 
@@ -54,28 +55,57 @@ def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
                           "start over with --overwrite, or choose another --out")
 
 
-def _check_resumable(root: Path, cfg: TrainConfig, modes: List[str]) -> None:
-    """Refuse ``--resume`` when a mode already in ``root`` was run with other settings
-    (a finished mode would otherwise be kept and reported under the new config)."""
+def saved_comparison(root) -> Optional[Tuple[Dict, List[str]]]:
+    """``(settings, modes)`` the comparison in folder ``root`` was started with (its
+    ``config.json``), or None when there is none."""
+    f = Path(root) / "config.json"
+    if not f.is_file():
+        return None
+    try:
+        d = json.loads(f.read_text())
+        return dict(d["config"]), list(d["modes"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"cannot resume the comparison in {root}: {f} is damaged (not the "
+                          "JSON mhc compare writes); start over with --overwrite") from None
+
+
+def _check_resumable(root: Path, cfg: TrainConfig, modes: List[str]) -> Dict:
+    """Refuse ``--resume`` with settings other than the comparison's own (``config.json``),
+    except where it runs (:data:`RUNTIME_KEYS`), so finished and continued modes stay
+    comparable; returns the allowed changes. Without ``config.json`` (an older
+    comparison), each mode's log is checked for :data:`RESUME_KEYS`."""
+    saved = saved_comparison(root)
+    if saved is not None:
+        settings, saved_modes = saved
+        if modes != saved_modes:
+            raise ConfigError(f"cannot resume the comparison in {root} with other modes "
+                              f"({','.join(saved_modes)} there, {','.join(modes)} now); "
+                              "resume without --modes, or start over with --overwrite")
+        changes = config_changes(settings, cfg, ignore=("out", "connection"))
+        fixed = {k: v for k, v in changes.items() if k not in RUNTIME_KEYS}
+        if fixed:
+            listed = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in fixed.items())
+            raise ConfigError(f"cannot resume the comparison in {root} with other settings "
+                              f"({listed}); a comparison keeps its settings, except "
+                              f"{', '.join(RUNTIME_KEYS)}: resume without those flags, or "
+                              "start over with --overwrite (without --resume)")
+        return changes
     for mode in modes:
         log = root / mode / "log.jsonl"
         reused = (root / mode / "summary.json").is_file() or CheckpointManager(root / mode).latest()
         if not (log.is_file() and reused):
             continue
-        try:
-            records = read_log(log)
-        except ValueError as e:
-            raise ConfigError(f"cannot resume the comparison in {root}: {e}") from None
+        records = read_log(log, skipped=[])
         header = next((r for r in reversed(records) if r.get("type") == "config"), None)
-        saved = (header or {}).get("config", {})
-        now = config_to_dict(dataclasses.replace(cfg, connection=mode))
-        diffs = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in RESUME_KEYS
-                 if k in saved and saved.get(k) != now.get(k)]
+        old = (header or {}).get("config", {})
+        diffs = {k: v for k, v in config_changes(old, dataclasses.replace(cfg, connection=mode)
+                                                 ).items() if k in RESUME_KEYS}
         if diffs:
+            listed = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diffs.items())
             raise ConfigError(f"cannot resume the comparison in {root}: its {mode} run was "
-                              f"made with other settings ({'; '.join(diffs)}); resume with "
-                              "the same settings, or start over with --overwrite (without "
-                              "--resume)")
+                              f"made with other settings ({listed}); resume with the same "
+                              "settings, or start over with --overwrite (without --resume)")
+    return {}
 
 
 def _fmt(v, spec: str = ".3f") -> str:
@@ -112,37 +142,49 @@ def compare(cfg: TrainConfig, modes: Sequence[str] = DEFAULT_MODES, out: Optiona
             overwrite: bool = False, resume: bool = False, report: bool = True) -> Dict:
     """Train ``cfg`` once per mode into ``out`` and write summary.json, plots, report.html.
 
-    ``resume=True`` continues each unfinished mode from its latest checkpoint and skips
-    finished ones. A mode that stops on a non-finite loss is a result (``diverged: true``),
-    not an error, and so is running out of GPU memory (``error`` in its summary). Returns
-    the summary dict keyed by mode.
+    ``resume=True`` continues each unfinished mode from its latest intact checkpoint and
+    skips finished ones; the settings must be the comparison's own (``config.json``, which
+    is then left as it is) except where it runs (:data:`RUNTIME_KEYS`). A mode that stops
+    on a non-finite loss is a result (``diverged: true``), not an error, and so is running
+    out of GPU memory (``error`` in its summary). Returns the summary dict keyed by mode.
     """
     modes = parse_modes(modes)
     cfg = cfg.validate()
     root = Path(out or Path("runs") / f"compare-{cfg.preset}")
     _check_out(root, overwrite, resume)
+    keep_config = resume and (root / "config.json").is_file()
     if resume:
-        _check_resumable(root, cfg, modes)
+        changes = _check_resumable(root, cfg, modes)
+        if changes:
+            tqdm.write(f"resuming the comparison in {root}; changed for its unfinished modes: "
+                       f"{format_changes(changes)}")
+    summary: Dict[str, Dict] = {}
     for i, mode in enumerate(modes):
         run_dir = root / mode
         mcfg = dataclasses.replace(cfg, connection=mode, out=str(run_dir))
         done = run_dir / "summary.json"
         if resume and done.is_file():
-            prev = json.loads(done.read_text())
+            try:
+                prev = json.loads(done.read_text())
+            except ValueError:  # a damaged summary: the mode's checkpoint rebuilds it
+                prev = {}
             if prev.get("completed") and prev.get("max_steps") == cfg.max_steps:
                 tqdm.write(f"[{i + 1}/{len(modes)}] {mode}: already finished, skipped")
+                summary[mode] = prev
                 continue
-        latest = CheckpointManager(run_dir).latest() if resume else None
+        has_ckpt = resume and CheckpointManager(run_dir).latest() is not None
         tqdm.write(f"[{i + 1}/{len(modes)}] {mode}")
-        trainer = Trainer(mcfg, resume=str(latest) if latest else None,
-                          overwrite=overwrite or (resume and latest is None), desc=mode)
-        _write_config(root, cfg, modes)  # the inputs are good: now write
+        trainer = Trainer(mcfg, resume=str(run_dir) if has_ckpt else None,
+                          overwrite=overwrite or (resume and not has_ckpt), desc=mode)
+        if not keep_config:  # the inputs are good: now write
+            _write_config(root, cfg, modes)
         try:
             trainer.fit()
         except torch.cuda.OutOfMemoryError:
             tqdm.write(f"{mode}: out of memory; recorded, going on with the next mode")
-    _write_config(root, cfg, modes)
-    summary = {m: summarize(read_log(root / m / "log.jsonl")) for m in modes}
+        summary[mode] = summarize(read_log(run_dir / "log.jsonl", skipped=[]))
+    if not keep_config:
+        _write_config(root, cfg, modes)
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if report:
         from .report import write_report
