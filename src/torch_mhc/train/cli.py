@@ -152,6 +152,12 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
+def _given(overrides: dict, config_file: Optional[str], extra_keys=()) -> dict:
+    """The settings given explicitly: the config file's, then the flags."""
+    from .config import load_config_file
+    return {**(load_config_file(config_file, extra_keys) if config_file else {}), **overrides}
+
+
 def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
@@ -197,8 +203,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resume:
         from .checkpoint import CheckpointManager, find_checkpoint
         if resume is True:  # bare --resume: continue the run in --out
-            cfg, _ = resolve_config(overrides, config_file)
-            resume = cfg.out or cfg.default_out()
+            given = _given(overrides, config_file)
+            resume = given.get("out") or TrainConfig(
+                preset=given.get("preset", "tiny"),
+                connection=given.get("connection", "mhc")).default_out()
         # the run's own settings, changed only by what is given now (the trainer refuses
         # changes to model, data, batch and seed, and states the others)
         ckpt = find_checkpoint(resume)
@@ -233,14 +241,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if "modes" in vars(args):
         overrides["modes"] = args.modes
     config_file = getattr(args, "config", None)
-    cfg, extras = resolve_config(overrides, config_file, extra_keys=("modes",))
-    modes = extras.get("modes", DEFAULT_MODES)
-    out = cfg.out or f"runs/compare-{cfg.preset}"
+    given = _given(overrides, config_file, extra_keys=("modes",))
+    out = given.get("out") or f"runs/compare-{given.get('preset', 'tiny')}"
     saved = saved_comparison(out) if args.resume else None
     if saved is not None:  # the comparison's own settings and modes, unless given now
         cfg, extras = resume_config(saved[0], overrides, config_file, extra_keys=("modes",),
                                     where=f"{out}/config.json")
         modes = extras.get("modes", saved[1])
+    else:
+        cfg, extras = resolve_config(overrides, config_file, extra_keys=("modes",))
+        modes = extras.get("modes", DEFAULT_MODES)
     summary = compare(cfg, modes, out, overwrite=args.overwrite, resume=args.resume,
                       report=not args.no_report)
     print(format_table(summary))

@@ -85,10 +85,11 @@ def _check_resumable(root: Path, cfg: TrainConfig, modes: List[str]) -> Dict:
         fixed = {k: v for k, v in changes.items() if k not in RUNTIME_KEYS}
         if fixed:
             listed = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in fixed.items())
+            runtime = ", ".join("--" + k.replace("_", "-") for k in RUNTIME_KEYS)
+            drop = " ".join("--" + k.replace("_", "-") for k in fixed)
             raise ConfigError(f"cannot resume the comparison in {root} with other settings "
-                              f"({listed}); a comparison keeps its settings, except "
-                              f"{', '.join(RUNTIME_KEYS)}: resume without those flags, or "
-                              "start over with --overwrite (without --resume)")
+                              f"({listed}); on resume only {runtime} may change: drop {drop}, "
+                              "or start over with --overwrite (without --resume)")
         return changes
     for mode in modes:
         log = root / mode / "log.jsonl"
