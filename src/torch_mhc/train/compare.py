@@ -144,8 +144,9 @@ def compare(cfg: TrainConfig, modes: Sequence[str] = DEFAULT_MODES, out: Optiona
     """Train ``cfg`` once per mode into ``out`` and write summary.json, plots, report.html.
 
     ``resume=True`` continues each unfinished mode from its latest intact checkpoint and
-    skips finished ones; the settings must be the comparison's own (``config.json``, which
-    is then left as it is) except where it runs (:data:`RUNTIME_KEYS`). A mode that stops
+    skips finished (or diverged) ones; the settings must be the comparison's own
+    (``config.json``, which is then left as it is) except where it runs
+    (:data:`RUNTIME_KEYS`). A mode that stops
     on a non-finite loss is a result (``diverged: true``), not an error, and so is running
     out of GPU memory (``error`` in its summary). Returns the summary dict keyed by mode.
     """
@@ -169,7 +170,9 @@ def compare(cfg: TrainConfig, modes: Sequence[str] = DEFAULT_MODES, out: Optiona
                 prev = json.loads(done.read_text())
             except ValueError:  # a damaged summary: the mode's checkpoint rebuilds it
                 prev = {}
-            if prev.get("completed") and prev.get("max_steps") == cfg.max_steps:
+            # a diverged mode is a result too; one that ran out of memory is tried again
+            if (prev.get("completed") or prev.get("diverged")) \
+                    and prev.get("max_steps") == cfg.max_steps:
                 tqdm.write(f"[{i + 1}/{len(modes)}] {mode}: already finished, skipped")
                 summary[mode] = prev
                 continue
