@@ -23,7 +23,7 @@ import torch
 from ..data import DataError
 from .checkpoint import CheckpointError
 from .config import (PRESETS, RESUME_KEYS, RUNTIME_KEYS, ConfigError, TrainConfig,
-                     resolve_config, resume_config)
+                     load_config_file, resolve_config, resume_config)
 from .distributed import shutdown
 
 __all__ = ["register", "main", "EXIT_OK", "EXIT_DIVERGED", "EXIT_BAD_INPUT",
@@ -154,7 +154,6 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def _given(overrides: dict, config_file: Optional[str], extra_keys=()) -> dict:
     """The settings given explicitly: the config file's, then the flags."""
-    from .config import load_config_file
     return {**(load_config_file(config_file, extra_keys) if config_file else {}), **overrides}
 
 
