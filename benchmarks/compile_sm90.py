@@ -124,7 +124,8 @@ def main(argv=None):
         attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, v in sig.items()
                  if v.startswith("*") or k in ("C", "K", "k_per_split", "t_per_split")}
         try:
-            c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
+            full = {k: sig.get(k, "constexpr") for k in fn.arg_names}  # Triton 3.3 wants all
+            c = triton.compile(ASTSource(fn=fn, signature=full, constexprs=const, attrs=attrs),
                                target=GPUTarget("cuda", 90, 32),
                                options=dict(num_warps=warps, num_stages=stages))
         except Exception as e:  # noqa: BLE001

@@ -1,16 +1,18 @@
-"""Host (CPU) cost of launching the fused kernels, with and without the cached fast launch.
+"""Host (CPU) cost of the fused mHC ops in eager mode, against their GPU time.
 
-Small models are launch-bound: the GPU waits for Python. This times, at a gpt-small-like
-shape (T = 8192, C = 1024, n = 4, bf16):
+Small models are launch-bound: the GPU waits for Python. For one mHC connection forward +
+backward (identity branch, bf16, n = 4) at two shapes, T = C = 4096 (the ``layer`` suite's)
+and T = 8192, C = 1024 (``gpt-small``'s), this measures
 
-* one kernel launch (post-res forward), host microseconds per launch, no synchronisation;
-* one whole connection forward + backward through autograd (identity branch): the host time
-  to issue it and the synchronised wall time;
-* a gpt-small training step (wall and issue time),
+* ``host_us``: time to issue it (no synchronisation; the GPU runs behind),
+* ``wall_us``: synchronised wall time per connection over a run of them,
+* ``gpu_us``: the sum of its kernels' durations (torch.profiler),
 
-each with ``TORCH_MHC_FAST_LAUNCH`` on and off (``_backend.FAST_LAUNCH``). Writes JSON.
+and ``wall_over_gpu`` (1.0 = the GPU never waits for the host), each with the cached fast
+Triton launch on and off (``TORCH_MHC_FAST_LAUNCH``); then a gpt-small training step (eager)
+for the residual and mHC models: issue and wall time. Writes JSON.
 
-    PYTHONPATH=src python benchmarks/host_overhead.py --out host.json
+    python benchmarks/host_overhead.py --out host_overhead.json
 """
 from __future__ import annotations
 
@@ -22,12 +24,13 @@ from types import SimpleNamespace
 
 import torch
 
+from torch_mhc.bench import _commit, _device_info, _gpu_kernel_time, _Trainee, _versions
 from torch_mhc.ops import _backend
 from torch_mhc.ops.connection import connection_post, connection_pre
-from torch_mhc.ops.post_res import post_res_forward_triton
 
 
-def _host_us(fn, reps):
+def _host_and_wall_us(fn, reps):
+    """(issue time, synchronised wall time) per call of ``fn``, microseconds."""
     fn()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -39,80 +42,67 @@ def _host_us(fn, reps):
     return (t1 - t0) / reps * 1e6, (t2 - t0) / reps * 1e6
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tokens", type=int, default=8192)
-    ap.add_argument("--C", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--optimizer", choices=("fused", "foreach"), default="fused")
-    ap.add_argument("--out", default="host_overhead.json")
-    args = ap.parse_args()
-    dev = "cuda"
-    T, C, n = args.tokens, args.C, 4
+def _connection(T, C, n=4, dev="cuda"):
     N, K = (n + 2) * n, n * C
     x = torch.randn(T, n, C, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    y = torch.randn(T, C, device=dev, dtype=torch.bfloat16)
-    hq = torch.rand(T, n, device=dev)
-    hr = torch.rand(T, n, n, device=dev)
     fn = (torch.randn(N, K, device=dev) * 0.02).requires_grad_()
     base = torch.randn(N, device=dev, requires_grad=True)
     scale = (torch.rand(3, device=dev) + 0.5).requires_grad_()
     w = torch.randn(T, n, C, device=dev, dtype=torch.bfloat16)
+    leaves = (x, fn, base, scale)
 
     def conn():
-        h, _, h_post, h_res, link = connection_pre(x, fn, base, scale)
-        out = connection_post(x, h * 1.5, h_post, h_res, link)
-        out.backward(w)
-
-    res = {}
-    grads = []
-    for fast in (False, True):  # the fast launch must give the same bits
-        _backend.FAST_LAUNCH = fast
-        for t in (x, fn, base, scale):
+        for t in leaves:
             t.grad = None
-        conn()
-        conn()  # the second call takes the cached path
-        grads.append([t.grad.clone() for t in (x, fn, base, scale)])
-    res["fast_equals_triton_run"] = all(torch.equal(a, b) for a, b in zip(*grads))
-    print(f"fast launch gives identical gradients: {res['fast_equals_triton_run']}", flush=True)
-    for fast in (False, True):
-        _backend.FAST_LAUNCH = fast
-        r = res["fast" if fast else "triton_run"] = {}
-        r["launch_host_us"], r["launch_wall_us"] = _host_us(
-            lambda: post_res_forward_triton(x.detach(), y, hq, hr), 200)
-        r["connection_host_us"], r["connection_wall_us"] = _host_us(conn, 30)
-        print(f"fast={fast}: one launch {r['launch_host_us']:.1f} us host; connection fwd+bwd "
-              f"{r['connection_host_us']:.0f} us host, {r['connection_wall_us']:.0f} us wall",
-              flush=True)
-    from torch_mhc.bench import _build_gpt, make_optimizer
-    ns = SimpleNamespace(seq=None, n=4, dtype="bf16")
-    for variant in ("residual", "mhc-triton"):
-        for fast in ((False, True) if variant == "mhc-triton" else (True,)):
+        h, _, h_post, h_res, link = connection_pre(x, fn, base, scale)
+        connection_post(x, h, h_post, h_res, link).backward(w)
+    return conn, leaves
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=10, help="gpt-small steps timed")
+    ap.add_argument("--reps", type=int, default=50, help="connections per timing")
+    ap.add_argument("--out", default="host_overhead.json")
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    res = {"suite": "host_overhead", "device": _device_info(dev), **_versions(),
+           "commit": _commit(), "connection": {}, "gpt_small_eager": {}}
+    for T, C in ((4096, 4096), (8192, 1024)):
+        conn, leaves = _connection(T, C)
+        grads = []
+        for fast in (False, True):  # the fast launch must give the same bits
             _backend.FAST_LAUNCH = fast
-            model, cfg = _build_gpt("gpt-small", variant, ns, torch.device(dev))
-            opt = make_optimizer(model, args.optimizer, torch.device(dev))
-            idx = torch.randint(0, cfg.vocab_size, (8, cfg.seq_len), device=dev)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                _, loss = model(idx, idx)
-                loss.backward()
-                opt.step()
-
-            for _ in range(3):
-                step()
-            issue, wall = [], []
-            for _ in range(args.steps):
-                h, wl = _host_us(step, 1)
-                issue.append(h / 1e3)
-                wall.append(wl / 1e3)
-            key = f"gpt-small {variant}" + (f" fast={fast}" if variant != "residual" else "")
-            res[key] = {"issue_ms": statistics.median(issue), "wall_ms": statistics.median(wall)}
-            print(f"{key}: wall {res[key]['wall_ms']:.1f} ms, issue {res[key]['issue_ms']:.1f} ms",
-                  flush=True)
-            del model, opt
-            torch.cuda.empty_cache()
-    res["config"] = {"T": T, "C": C, "n": n, "dtype": "bf16"}
+            conn()
+            conn()
+            grads.append([t.grad.clone() for t in leaves])
+        same = all(torch.equal(a, b) for a, b in zip(*grads))
+        gpu_us, kernels = _gpu_kernel_time(conn, dev)
+        for fast in (False, True):
+            _backend.FAST_LAUNCH = fast
+            host, wall = _host_and_wall_us(conn, args.reps)
+            key = f"T{T}_C{C}_" + ("fast_launch" if fast else "triton_launch")
+            res["connection"][key] = {
+                "host_us": host, "wall_us": wall, "gpu_us": gpu_us,
+                "wall_over_gpu": wall / gpu_us, "fast_equals_triton_launch": same,
+                "kernels": kernels}
+            print(f"{key}: issue {host:.0f} us, wall {wall:.0f} us, GPU {gpu_us:.0f} us "
+                  f"(wall/GPU {wall / gpu_us:.2f})", flush=True)
+        del conn, leaves, grads
+        torch.cuda.empty_cache()
+    _backend.FAST_LAUNCH = True
+    ns = SimpleNamespace(seq=None, n=4, dtype="bf16", optimizer="fused", warmup=3)
+    for variant in ("residual", "mhc-triton"):
+        run = _Trainee("gpt-small", variant, 8, ns, dev)
+        run.warm()
+        issue, wall = zip(*(_host_and_wall_us(lambda: run.step(0), 1) for _ in range(args.steps)))
+        r = res["gpt_small_eager"][variant] = {
+            "issue_ms": statistics.median(issue) / 1e3, "wall_ms": statistics.median(wall) / 1e3}
+        print(f"gpt-small {variant}: wall {r['wall_ms']:.1f} ms, issue {r['issue_ms']:.1f} ms",
+              flush=True)
+        run.free()
+    res["config"] = {"n": 4, "dtype": "bf16", "branch": "identity", "reps": args.reps,
+                     "gpt_small": "batch 8, seq 1024, fused AdamW, eager"}
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
 

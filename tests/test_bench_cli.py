@@ -17,6 +17,8 @@ FAST = ["bench", "--suite", "layer", "--preset", "tiny", "--device", "cpu", "--s
     (["--out", "{file}/x.json"], "cannot create the folder"),
     (["--cuda-graph"], "--cuda-graph needs a CUDA device"),  # FAST runs on --device cpu
     (["--suite", "kernels", "--interleave"], "--interleave applies to the layer and gpt-small"),
+    (["--suite", "kernels", "--compile"], "--compile applies to the layer and gpt-small"),
+    (["--compile", "--cuda-graph"], "--compile and --cuda-graph are exclusive"),
 ])
 def test_bench_bad_arguments(tmp_path, capsys, extra, phrase):
     (tmp_path / "f").write_text("x")
@@ -37,6 +39,16 @@ def test_bench_writes_json(tmp_path, capsys):
     out = tmp_path / "sub" / "b.json"
     assert main([*FAST, "--out", str(out)]) == 0
     assert '"suite": "layer"' in out.read_text()
+
+
+def test_bench_compiled(tmp_path):
+    """``--compile``: the variants' models run through torch.compile; the JSON says so."""
+    import json
+    out = tmp_path / "c.json"
+    assert main([*FAST, "--compile", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["compiled"] is True and res["config"]["compile"] == "default"
+    assert res["variants"]["residual"]["median_ms"] > 0
 
 
 def test_bench_interleaved_rounds(tmp_path):

@@ -208,12 +208,19 @@ class _Trainee:
         self.amp = (torch.autocast(device.type, dtype=torch.bfloat16)
                     if args.dtype == "autocast" else contextlib.nullcontext())
         self.loss = None
+        self.compile_mode = getattr(args, "compile", None)
+        self.forward = self.model
+        if self.compile_mode:  # the whole model in one graph where it can be (not Liger's)
+            self.forward = torch.compile(self.model, mode=self.compile_mode,
+                                         fullgraph=variant != "liger")
 
     def _eager_step(self, i):
         idx, tgt = self.data[i % 2]
+        if self.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         self.opt.zero_grad(set_to_none=True)
         with self.amp:
-            _, loss = self.model(idx, tgt)
+            _, loss = self.forward(idx, tgt)
         loss.backward()
         self.opt.step()
         return loss
@@ -389,6 +396,7 @@ def _model_suite(suite: str, args, device, save=None) -> Dict:
             if r.get("peak_mem_gib") and base.get("peak_mem_gib"):
                 r["peak_mem_overhead_pct"] = 100.0 * (r["peak_mem_gib"] / base["peak_mem_gib"] - 1.0)
     ours = out["variants"].get("mhc-triton", {})
+    out["compiled"] = bool(getattr(args, "compile", None))
     out["overhead_pct"] = ours.get("overhead_pct")
     out["peak_mem_overhead_pct"] = ours.get("peak_mem_overhead_pct")
     if "paired_overhead_pct" in ours:
@@ -397,6 +405,7 @@ def _model_suite(suite: str, args, device, save=None) -> Dict:
                      "steps": args.steps, "warmup": args.warmup,
                      "optimizer": f"AdamW({_optimizer_kind(args.optimizer, device)})",
                      "cuda_graph": bool(getattr(args, "cuda_graph", False)),
+                     "compile": getattr(args, "compile", None),
                      "seq_len": args.seq or None,
                      "interleave": bool(getattr(args, "interleave", False)),
                      "timing": "CUDA events around zero_grad+forward+backward+step, median"
@@ -617,8 +626,8 @@ def run_bench(args, save=None) -> Dict:
                wall_s=round(time.time() - t0, 1),
                # launch configurations that replaced the built-in ones (TORCH_MHC_TUNING)
                tuning=dict(TUNING) or None)
-    order = ["suite", "overhead_pct", "peak_mem_overhead_pct", "device", "torch", "triton",
-             "liger_kernel", "commit", "config"]
+    order = ["suite", "compiled", "overhead_pct", "peak_mem_overhead_pct", "device", "torch",
+             "triton", "liger_kernel", "commit", "config"]
     return {**{k: res[k] for k in order if k in res}, **{k: v for k, v in res.items() if k not in order}}
 
 
@@ -651,6 +660,10 @@ def _check_args(args) -> Optional[str]:
         return ("no CUDA device here, and the suites are sized for one (the layer suite takes "
                 "minutes per step on a CPU); to run on the CPU anyway pass --device cpu, "
                 "e.g. with --preset tiny --seq 128 for a quick check")
+    if getattr(args, "compile", None) and getattr(args, "cuda_graph", False):
+        return "--compile and --cuda-graph are exclusive (use --compile reduce-overhead)"
+    if getattr(args, "compile", None) and args.suite == "kernels":
+        return "--compile applies to the layer and gpt-small suites"
     if getattr(args, "cuda_graph", False):
         if not torch.cuda.is_available() or (args.device and torch.device(args.device).type != "cuda"):
             return "--cuda-graph needs a CUDA device"
@@ -788,6 +801,12 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                    help="layer/gpt-small: keep every variant's model in memory and time them in "
                         "rounds (one step each, order rotated), so machine drift hits all alike; "
                         "adds paired_overhead_pct (median of per-round ratios)")
+    p.add_argument("--compile", nargs="?", const="default", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                   help="layer/gpt-small: torch.compile every variant's model (whole graph; "
+                        "the fused mHC ops are custom ops inside it) with this mode "
+                        "(default: default) and time the compiled steps; overhead_pct is then "
+                        "compiled mHC over compiled residual")
     p.add_argument("--cuda-graph", action="store_true",
                    help="layer/gpt-small: capture each training step in one CUDA graph and time "
                         "its replays (removes the host launch overhead that small models pay)")

@@ -10,8 +10,25 @@ import importlib
 import sys
 from typing import List, Optional
 
-# module that provides register(subparsers), in the order shown by `mhc --help`
-_SUBCOMMAND_MODULES = ("torch_mhc.train.cli", "torch_mhc.bench")
+from ._extras import MissingExtraError
+
+# module that provides register(subparsers) -> its subcommands, in the order of `mhc --help`
+_SUBCOMMAND_MODULES = {"torch_mhc.train.cli": ("train", "compare", "report"),
+                       "torch_mhc.bench": ("bench",)}
+
+
+def _unavailable(sub, names, error: MissingExtraError) -> None:
+    """Subcommands whose module cannot be imported (an extra is missing): each one prints
+    the one-line reason and exits 2."""
+    def run(args: argparse.Namespace) -> int:
+        print(f"mhc {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    for name in names:
+        p = sub.add_parser(name, help=f"unavailable: pip install 'torch-mhc[{error.extra}]'",
+                           add_help=False,
+                           prefix_chars="\0")  # every argument lands in `rest`
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "Hyper-Connections (mHC) against HC and plain residual models.",
         epilog="Start with: mhc compare --preset tiny --out runs/tiny  (CPU, a few minutes)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for name, commands in _SUBCOMMAND_MODULES.items():
+        try:
+            module = importlib.import_module(name)
+        except MissingExtraError as e:
+            _unavailable(sub, commands, e)
+        else:
+            module.register(sub)
     return parser
 
 

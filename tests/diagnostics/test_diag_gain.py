@@ -68,3 +68,53 @@ def test_composite_to_output_is_the_papers_direction():
     prof = gain_profile(hs)
     assert len(prof["out_fwd_max"]) == 4
     assert prof["out_fwd_max"][0] == pytest.approx(prof["comp_fwd_max"][-1])
+
+
+def test_paper_gains_token_mean_per_sequence_of_layers_l_to_L():
+    from torch_mhc.diagnostics import paper_gains
+    torch.manual_seed(0)
+    B, T, n, L = 3, 5, 4, 4
+    hs = [torch.randn(B, T, n, n, dtype=torch.float64) for _ in range(L)]
+    out = paper_gains(hs)
+    for l in range(L):  # direct: Q_l = H^(L) ... H^(l), per token, then per-sequence mean
+        q = hs[L - 1]
+        for h in reversed(hs[l:L - 1]):
+            q = q @ h
+        fwd = q.abs().sum(-1).amax(-1).mean(-1)   # (B,)
+        bwd = q.abs().sum(-2).amax(-1).mean(-1)
+        assert out["comp_fwd_max"][l] == pytest.approx(float(fwd.max()))
+        assert out["comp_fwd_mean"][l] == pytest.approx(float(fwd.mean()))
+        assert out["comp_bwd_max"][l] == pytest.approx(float(bwd.max()))
+    assert out["comp_fwd_peak"] == max(out["comp_fwd_max"])
+    # the token mean is below the token max (the current convention) unless all are equal
+    from torch_mhc.diagnostics import gain_profile
+    assert max(out["comp_fwd_max"]) < max(gain_profile(hs)["out_fwd_max"])
+    res = paper_gains(None, 3)
+    assert res["comp_fwd_max"] == [1.0] * 3 and res["comp_bwd_peak"] == 1.0
+
+
+def test_paper_gains_doubly_stochastic_is_one():
+    from torch_mhc import sinkhorn
+    from torch_mhc.diagnostics import paper_gains
+    hs = [sinkhorn(torch.randn(2, 6, 4, 4, dtype=torch.float64), 200) for _ in range(6)]
+    out = paper_gains(hs)
+    assert out["comp_fwd_peak"] == pytest.approx(1.0, abs=1e-6)
+    assert out["comp_bwd_peak"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_step_stats_ratio_and_frobenius():
+    from torch import nn
+    from torch_mhc.diagnostics import hres_frobenius, step_stats
+    a, b = nn.Linear(3, 3), nn.Linear(3, 3)
+    a.weight.grad = torch.full((3, 3), 1.0)
+    b.weight.grad = torch.full((3, 3), 2.0)
+    a.bias.grad = b.bias.grad = None
+    out = step_stats([a, nn.Identity(), b])
+    assert float(out["grad_ratio_last_first"]) == pytest.approx(2.0)
+    assert "hres_fro_mean" not in out
+    eye = torch.eye(4).expand(2, 3, 4, 4)
+    assert float(hres_frobenius(eye)) == pytest.approx(2.0)
+    a.last_mappings = (None, None, eye)
+    b.last_mappings = (None, None, torch.full((2, 3, 4, 4), 0.25))
+    out = step_stats([a, b])
+    assert float(out["hres_fro_mean"]) == pytest.approx(1.5)

@@ -8,13 +8,14 @@ transformers = pytest.importorskip(
     "transformers", minversion="5.8.1",
     reason="needs transformers >= 5.8.1 (DeepSeek-V4): pip install 'torch-mhc[hf]'")
 
-from transformers import DeepseekV4Config, DeepseekV4ForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM, DeepseekV4Config, DeepseekV4ForCausalLM  # noqa: E402
 from transformers.models.deepseek_v4.modeling_deepseek_v4 import (  # noqa: E402
     DeepseekV4DecoderLayer, DeepseekV4HyperConnection, DeepseekV4HyperHead)
 
 from torch_mhc import HyperConnection  # noqa: E402
 from torch_mhc.integrations.transformers import (  # noqa: E402
-    is_deepseek_v4_patched, patch_deepseek_v4, unpatch_deepseek_v4)
+    apply_mhc_kernels_to_deepseek_v4, hyper_connections, is_deepseek_v4_patched,
+    patch_deepseek_v4, revert_mhc_kernels_to_deepseek_v4, unpatch_deepseek_v4)
 from torch_mhc.nn.hyper_head import HyperHead  # noqa: E402
 
 N = 4
@@ -259,3 +260,44 @@ def test_patch_with_fused_kernels_matches_transformers(_triton_interpreter):
     assert rel(all1, all0) < 1e-4
     for k in g0:  # measured worst: 7e-6 (a gate gradient)
         assert rel(g1[k], g0[k]) < 1e-4, k
+
+
+def test_apply_patches_the_classes_before_loading(tmp_path, ids):
+    plain = make_model().eval()  # built before apply: plain transformers
+    with torch.no_grad():
+        logits0 = plain(ids, use_cache=False).logits
+    plain.save_pretrained(tmp_path)
+    apply_mhc_kernels_to_deepseek_v4(backend="torch")
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True,
+                                                           dtype=torch.float32)
+        assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+        assert is_deepseek_v4_patched(model) and isinstance(model.model.hc_head, HyperHead)
+        assert {c.backend for c in hyper_connections(model)} == {"torch"}
+        assert "MhcDeepseekV4DecoderLayer" in model._no_split_modules
+        with torch.no_grad():
+            assert rel(model.eval()(ids, use_cache=False).logits, logits0) < 1e-5
+        # a constructor too, initialised by transformers before the patch (not left empty)
+        fresh = DeepseekV4ForCausalLM(tiny_config())
+        assert is_deepseek_v4_patched(fresh)
+        site = fresh.model.layers[1].ffn_hc
+        assert torch.equal(site.scale, torch.ones(3)) and torch.equal(site.base, torch.zeros(24))
+        assert 0.01 < site.fn.std().item() < 0.03  # transformers' normal(0, initializer_range)
+    finally:
+        revert_mhc_kernels_to_deepseek_v4()
+    assert not is_deepseek_v4_patched(DeepseekV4ForCausalLM(tiny_config()))
+
+
+def test_auto_mhc_model_loads_v4_patched_and_leaves_the_classes_alone(tmp_path, ids):
+    from torch_mhc.integrations.transformers import AutoMhcModelForCausalLM
+    plain = make_model().eval()
+    plain.save_pretrained(tmp_path)
+    model = AutoMhcModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32,
+                                                    backend="torch")
+    assert is_deepseek_v4_patched(model)
+    with torch.no_grad():
+        assert rel(model.eval()(ids, use_cache=False).logits,
+                   plain(ids, use_cache=False).logits) < 1e-5
+    assert not is_deepseek_v4_patched(DeepseekV4ForCausalLM(tiny_config()))
+    fresh = AutoMhcModelForCausalLM.from_config(tiny_config(), backend="torch")
+    assert is_deepseek_v4_patched(fresh)

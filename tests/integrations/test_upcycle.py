@@ -1,6 +1,8 @@
 """Upcycling tiny random transformers models (no downloads) to mHC / HC / residual streams."""
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,11 +12,13 @@ transformers = pytest.importorskip(
     reason="needs transformers >= 5.0: pip install 'torch-mhc[hf]'")
 
 from transformers import (  # noqa: E402
-    AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
+    AutoModelForCausalLM, GPT2Config, LlamaConfig, LlamaForCausalLM, MistralConfig, Qwen2Config,
+    Qwen3Config)
 
 from torch_mhc import HyperConnection  # noqa: E402
 from torch_mhc.integrations.transformers import (  # noqa: E402
-    SUPPORTED_MODEL_TYPES, hc_state_dict, is_upcycled, load_upcycled, save_upcycled, upcycle)
+    SUPPORTED_MODEL_TYPES, UPCYCLED_MODEL_TYPE, hc_state_dict, hyper_connections, is_upcycled,
+    load_upcycled, save_upcycled, upcycle)
 
 SIZES = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -100,18 +104,28 @@ def _perturb(model):
             v.add_(torch.randn_like(v) * 0.05)
 
 
+@pytest.mark.parametrize("loader", ["auto", "load_upcycled"])
 @pytest.mark.parametrize("tied", [False, True])
-def test_save_and_reload_round_trip_exactly(tmp_path, ids, tied):
+def test_save_and_reload_round_trip_exactly(tmp_path, ids, tied, loader):
     model = upcycle(make("llama", tie_word_embeddings=tied), n=4, mode="mhc", sinkhorn_iters=12)
     _perturb(model)  # trained-looking connections, not the init
     with torch.no_grad():
         logits0 = model(ids).logits
     save_upcycled(model, tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["mhc_upcycle"] == {"n": 4, "mode": "mhc", "hc_kwargs": {"sinkhorn_iters": 12}}
-    with _no_warning():
-        again = load_upcycled(str(tmp_path))
+    assert cfg["mhc_upcycle"] == {"n": 4, "mode": "mhc", "hc_kwargs": {"sinkhorn_iters": 12},
+                                  "base_model_type": "llama"}
+    assert cfg["model_type"] == UPCYCLED_MODEL_TYPE
+    assert cfg["architectures"] == ["MhcLlamaForCausalLM"]
+    if loader == "auto":  # plain transformers, as for any registered architecture
+        again, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+        assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    else:
+        with _no_warning():
+            again = load_upcycled(str(tmp_path), backend="torch")
+        assert {c.backend for c in hyper_connections(again)} == {"torch"}
     again.eval()
+    assert isinstance(again, LlamaForCausalLM) and is_upcycled(again)
     assert type(again.model.layers[0]) is type(model.model.layers[0])
     assert again.model.layers[0].attn_hc.sinkhorn_iters == 12
     sd0, sd1 = model.state_dict(), again.state_dict()
@@ -119,6 +133,76 @@ def test_save_and_reload_round_trip_exactly(tmp_path, ids, tied):
     assert all(torch.equal(sd0[k], sd1[k]) for k in sd0)
     with torch.no_grad():
         assert torch.equal(again(ids).logits, logits0)
+
+
+def test_bf16_load_keeps_the_connections_in_float32(tmp_path, ids):
+    model = upcycle(make("qwen2"), n=4)
+    _perturb(model)
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    hc = hc_state_dict(again)
+    assert hc and {v.dtype for v in hc.values()} == {torch.float32}
+    assert again.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in hc.items())
+    # device maps keep an upcycled layer whole (its branches use the layer's modules)
+    assert "MhcQwen2DecoderLayer" in again._no_split_modules
+
+
+def test_fresh_process_loads_with_auto_model(tmp_path, ids):
+    """Importing torch_mhc.integrations.transformers is all a new process needs."""
+    model = upcycle(make("mistral"), n=2, mode="hc")
+    _perturb(model)
+    model.save_pretrained(tmp_path)
+    torch.save({"ids": ids, "logits": model(ids).logits.detach()}, tmp_path / "ref.pt")
+    code = (
+        "import sys, torch; torch.set_num_threads(1)\n"
+        "import torch_mhc.integrations.transformers\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()\n"
+        "ref = torch.load(sys.argv[1] + '/ref.pt')\n"
+        "with torch.no_grad():\n"
+        "    same = torch.equal(m(ref['ids']).logits, ref['logits'])\n"
+        "print(type(m).__name__, m.model.layers[0].attn_hc.mode, same)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["MhcMistralForCausalLM", "hc", "True"]
+
+
+def test_plain_checkpoint_with_an_upcycled_config_is_upcycled_at_load(tmp_path, ids):
+    """The connections a checkpoint lacks get torch-mhc's init (not transformers' garbage),
+    so a plain checkpoint under an upcycled config equals the original at step 0."""
+    ref = make("llama")
+    with torch.no_grad():
+        logits0 = ref(ids).logits
+    ref.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(model_type=UPCYCLED_MODEL_TYPE, mhc_upcycle={
+        "n": 4, "mode": "mhc", "hc_kwargs": {}, "base_model_type": "llama"})
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    model, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == set(hc_state_dict(model)) and len(info["missing_keys"]) == 12
+    fresh = hc_state_dict(upcycle(make("llama"), n=4))
+    assert all(torch.equal(v, fresh[k]) for k, v in hc_state_dict(model).items())
+    with torch.no_grad():
+        assert rel(model.eval()(ids).logits, logits0) < 1e-5
+
+
+def test_checkpoint_of_the_older_format_still_loads(tmp_path, ids):
+    """Saved by torch-mhc before the registered type: the family's model_type + mhc_upcycle."""
+    model = upcycle(make("qwen3"), n=4)
+    _perturb(model)
+    with torch.no_grad():
+        logits0 = model(ids).logits
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"])
+    del cfg["mhc_upcycle"]["base_model_type"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with _no_warning():
+        again = load_upcycled(str(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(again.eval()(ids).logits, logits0)
 
 
 class _no_warning:
@@ -150,6 +234,9 @@ def test_deepcopy_gradient_checkpointing_and_generate(ids):
     twin = copy.deepcopy(model)
     with torch.no_grad():
         assert torch.equal(twin(ids).logits, model(ids).logits)
+    # each copy's connections use its own layer's modules
+    assert twin.model.layers[1].ffn_hc.branch.__dict__["_layer"] is twin.model.layers[1]
+    assert twin.model.layers[1].mlp.up_proj.weight is not model.model.layers[1].mlp.up_proj.weight
     # generation with a KV cache: the same greedy tokens as the original model
     kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(model.generate(ids[:1, :6], **kw), ref.generate(ids[:1, :6], **kw))

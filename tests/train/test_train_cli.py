@@ -11,7 +11,7 @@ SUMMARY_FIELDS = ("final_train_loss", "final_val_loss", "max_composite_forward_g
                   "max_composite_backward_gain", "grad_ratio_deepest_to_shallowest",
                   "diverged", "tokens_per_s", "peak_memory_mb")
 PLOTS = ("loss", "gain_vs_layer", "gain_over_steps", "grad_norm_vs_layer",
-         "grad_norm_over_steps", "hres_heatmaps")
+         "grad_norm_over_steps", "hres_heatmaps", "step_stats")
 
 
 def _err(capsys):

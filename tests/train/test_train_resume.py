@@ -226,3 +226,42 @@ def test_compare_resume_states_a_runtime_change(flags, tmp_path, capsys):
     assert "changed for its unfinished modes: backend 'auto' -> 'torch'" in said
     assert "mhc: already finished, skipped" in said
     assert (out / "config.json").read_bytes() == config
+
+
+def test_compare_seeds_resume_takes_seeds_and_matching_from_the_study(flags, tmp_path,
+                                                                      monkeypatch, capsys):
+    """`mhc compare --out DIR --resume` alone on an interrupted multi-seed, parameter-matched
+    comparison: same seeds and matching, finished runs skipped, config.json kept; other
+    seeds or matching are refused."""
+    out = tmp_path / "seeds"
+    args = ["compare", *flags(**CMP), "--modes", "residual,mhc", "--seeds", "2",
+            "--match-params", "width", "--out", str(out), "--no-report"]
+    real = Trainer.train_step
+
+    def train_step(self, s):  # Ctrl-C in the second seed's mhc run
+        if s == 3 and self.cfg.connection == "mhc" and self.cfg.seed == 1338:
+            raise KeyboardInterrupt
+        return real(self, s)
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    assert main(args) == 130
+    monkeypatch.setattr(Trainer, "train_step", real)
+    config = (out / "config.json").read_bytes()
+    assert json.loads(config)["seeds"] == [1337, 1338]
+    capsys.readouterr()
+    assert main(["compare", "--out", str(out), "--resume", "--no-report"]) == 0
+    said = capsys.readouterr().out
+    assert said.count("already finished, skipped") == 3 and "mean over 2 seeds" in said
+    assert (out / "config.json").read_bytes() == config
+    summary = json.loads((out / "summary.json").read_text())
+    for seed, s in summary["per_seed"].items():
+        assert s["mhc"]["steps"] == 4 and s["mhc"]["completed"] and s["residual"]["completed"]
+        residual = _records(out / f"seed-{seed}" / "residual", "config")[-1]["config"]
+        assert residual["d_model"] > 32 and residual["seed"] == int(seed)  # still widened
+    resumed = _records(out / "seed-1338" / "mhc", "config")
+    assert len(resumed) == 2 and resumed[-1]["config"]["seed"] == 1338  # continued, not redone
+    for extra, named in ((["--seeds", "3"], "other seeds"),
+                         (["--match-params", "depth"], "other parameter matching"),
+                         (["--seeds", "1"], "comparison over 2 seeds")):
+        assert main(["compare", "--out", str(out), "--resume", "--no-report", *extra]) == 2
+        assert named in _one_line_error(capsys, "compare")
+    assert (out / "config.json").read_bytes() == config

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .gain import gain_profile
+from .paper import hres_frobenius, paper_gains
 from .gradients import StreamGradRecorder, depth_ratio, param_grad_norms
 from .stats import hres_stats, mean_matrix, range_stats
 
@@ -40,6 +41,8 @@ def collect_mappings(connections) -> Optional[Dict[str, object]]:
     h_res = [m[2] if m is not None else eye for m in maps]
     return {
         "gain": gain_profile(h_res),
+        "paper_gain": paper_gains(h_res),
+        "hres_fro": [float(hres_frobenius(h)) for h in h_res],
         "hres": _per_layer([hres_stats(h) for h in h_res]),
         "hres_mean": [mean_matrix(h) for h in h_res],
         "pre": _per_layer([range_stats(m[0]) for m in maps if m is not None]),
@@ -53,7 +56,9 @@ def probe_diagnostics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """Diagnostics of ``model`` on the batch ``(x, y)`` (see the module docstring).
 
     Keys: ``loss``; ``gain`` (per-layer single and composite Amax gains, max and mean over
-    tokens; all 1.0 for the plain residual); ``hres`` (per-layer ``H_res`` statistics),
+    tokens; all 1.0 for the plain residual); ``paper_gain`` (the same in the paper's
+    convention, :func:`~torch_mhc.diagnostics.paper.paper_gains`); ``hres_fro`` (per-layer
+    mean ``||H_res||_F``); ``hres`` (per-layer ``H_res`` statistics),
     ``hres_mean`` (token-averaged ``H_res`` per layer), ``pre``/``post`` (ranges), all None
     for the plain residual; ``grad_param``/``grad_stream`` (per-layer gradient norms) and
     their deepest/shallowest ratios ``grad_param_ratio``/``grad_stream_ratio``.
@@ -81,8 +86,9 @@ def probe_diagnostics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             c.record_mappings, c.last_mappings = flag, None
     out: Dict[str, object] = {"loss": float(loss.detach())}
     if mapped is None:
-        out.update(gain=gain_profile(None, len(conns)), hres=None, hres_mean=None,
-                   pre=None, post=None)
+        out.update(gain=gain_profile(None, len(conns)),
+                   paper_gain=paper_gains(None, len(conns)), hres_fro=None, hres=None,
+                   hres_mean=None, pre=None, post=None)
     else:
         out.update(mapped)
     out.update(grad_param=grad_param, grad_stream=grad_stream,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import HyperConnection, RMSNorm, expand_streams, reduce_streams
+from ..nn._init import copy_into
 from ..nn.recompute import resolve_block_size, stream_recompute
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config"]
@@ -155,7 +156,16 @@ class GPT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 style init: N(0, init_std), output projections scaled by 1/sqrt(2 n_layer)."""
+        """GPT-2 style init: N(0, init_std), output projections scaled by 1/sqrt(2 n_layer);
+        the RoPE tables are recomputed and tied weights re-tied. Matrices only: after ``to_empty()`` on a model built
+        on the ``meta`` device, call every submodule's ``reset_parameters`` first (norms,
+        connections), then this one."""
+        if self.cfg.tie_weights and self.head.weight is not self.embed.weight:
+            self.head.weight = self.embed.weight  # to_empty() unties them
+        cos, sin = rope_tables(self.cfg.seq_len, self.cfg.d_model // self.cfg.n_head,
+                               self.cfg.rope_theta)
+        copy_into(self.rope_cos, cos)
+        copy_into(self.rope_sin, sin)
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.dim() == 2 and not name.endswith((".fn", ".theta")):

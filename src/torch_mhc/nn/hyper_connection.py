@@ -34,10 +34,11 @@ from torch import nn
 
 from ..ops._backend import check_backend, resolve_backend
 from ..ops.coefficients import mhc_coefficients
-from ..ops.connection import ConnectionLink, connection_post, connection_pre
+from ..ops.connection import connection_post, connection_pre, post_forward
 from ..ops.hc_coefficients import hc_coefficients_reference
 from ..ops.post_res import post_res
 from ..ops.pre_mix import pre_mix
+from ._init import copy_into
 from .recompute import current_recompute
 
 __all__ = ["HyperConnection", "MODES", "mhc_bias_init", "hc_bias_init"]
@@ -82,13 +83,16 @@ class HyperConnection(nn.Module):
         rms_eps: RMSNorm epsilon (paper: 1e-20; DeepSeek-V4: 1e-6).
         hc_eps: DeepSeek-V4's ``+eps`` terms in ``H_pre`` and Sinkhorn (paper: 0).
         gate_init: initial value of the gates ``a_pre, a_post, a_res`` (paper: 0.01).
+        device, dtype: where and in which dtype to create the parameters (as ``nn.Linear``);
+            ``device="meta"`` allocates nothing (then ``to_empty`` + ``reset_parameters``).
 
     Call ``hc(streams, *args, **kwargs)`` with ``streams`` of shape ``(..., n, dim)``.
     """
 
     def __init__(self, branch: nn.Module, dim: int, n: int = 4, mode: str = "mhc",
                  layer_index: int = 0, backend: str = "auto", *, sinkhorn_iters: int = 20,
-                 rms_eps: float = 1e-20, hc_eps: float = 0.0, gate_init: float = 0.01):
+                 rms_eps: float = 1e-20, hc_eps: float = 0.0, gate_init: float = 0.01,
+                 device=None, dtype=None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
@@ -105,14 +109,31 @@ class HyperConnection(nn.Module):
         self.sinkhorn_iters, self.rms_eps, self.hc_eps = int(sinkhorn_iters), rms_eps, hc_eps
         self.record_mappings = False  # diagnostics: keep the last mappings (detached)
         self.last_mappings: Optional[Tuple[torch.Tensor, ...]] = None
+        self.gate_init = float(gate_init)
+        kw = {"device": device, "dtype": dtype}
         if mode == "mhc":
-            self.fn = nn.Parameter(torch.zeros((n + 2) * n, n * dim))
-            self.base = nn.Parameter(mhc_bias_init(n, layer_index))
-            self.scale = nn.Parameter(torch.full((3,), float(gate_init)))
+            self.fn = nn.Parameter(torch.empty((n + 2) * n, n * dim, **kw))
+            self.base = nn.Parameter(torch.empty((n + 2) * n, **kw))
+            self.scale = nn.Parameter(torch.empty(3, **kw))
         elif mode == "hc":
-            self.theta = nn.Parameter(torch.zeros(n + 2, dim))
-            self.alpha = nn.Parameter(torch.full((3,), float(gate_init)))
-            self.bias = nn.Parameter(hc_bias_init(n, layer_index))
+            self.theta = nn.Parameter(torch.empty(n + 2, dim, **kw))
+            self.alpha = nn.Parameter(torch.empty(3, **kw))
+            self.bias = nn.Parameter(torch.empty(2 * n + n * n, **kw))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """(Re)initialise the connection's parameters in place (module doc; HC: its paper's
+        init); the branch is left alone. Call it after ``to_empty()`` on a model built on
+        the ``meta`` device (FSDP2 style)."""
+        with torch.no_grad():
+            if self.mode == "mhc":
+                self.fn.zero_()
+                copy_into(self.base, mhc_bias_init(self.n, self.layer_index))
+                self.scale.fill_(self.gate_init)
+            elif self.mode == "hc":
+                self.theta.zero_()
+                self.alpha.fill_(self.gate_init)
+                copy_into(self.bias, hc_bias_init(self.n, self.layer_index))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n={self.n}, mode={self.mode!r}, layer_index={self.layer_index}"
@@ -201,12 +222,8 @@ class HyperConnection(nn.Module):
             self.last_mappings = (h_pre.detach(), h_post.detach(), h_res.detach())
         y, rest = _split_output(self.branch(h, *args, **kwargs))
         new = connection_post(streams, y, h_post, h_res, link)
-        _register(new, streams, _fused_post, y, h_post, h_res)
+        _register(new, streams, post_forward, y, h_post, h_res)
         return _pack(new, rest)
-
-
-def _fused_post(x, y, h_post, h_res):  # the fused post-res forward, for recomputation
-    return connection_post(x, y, h_post, h_res, ConnectionLink())
 
 
 def _register(new, streams, post, y, h_post, h_res) -> None:

@@ -35,10 +35,12 @@ class HyperHead(nn.Module):
         eps: V4's ``+eps`` added to every weight (V4: 1e-6; 0 gives an exact mean at init).
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` for the weighted sum.
         gate_init: initial ``hc_scale``.
+        device, dtype: where and in which dtype to create the parameters (``"meta"``: no
+            allocation; then ``to_empty`` + ``reset_parameters``).
     """
 
     def __init__(self, dim: int, n: int = 4, *, rms_eps: float = 1e-6, eps: float = 0.0,
-                 backend: str = "auto", gate_init: float = 0.01):
+                 backend: str = "auto", gate_init: float = 0.01, device=None, dtype=None):
         super().__init__()
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
@@ -47,10 +49,22 @@ class HyperHead(nn.Module):
         self.dim, self.n = dim, n
         self.rms_eps, self.eps = rms_eps, eps
         self.backend = check_backend(backend)
+        self.gate_init = float(gate_init)
+        kw = {"device": device, "dtype": dtype}
+        self.hc_fn = nn.Parameter(torch.empty(n, n * dim, **kw))
+        self.hc_base = nn.Parameter(torch.empty(n, **kw))
+        self.hc_scale = nn.Parameter(torch.empty(1, **kw))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """(Re)initialise to the default init (module doc), in place; for ``meta``-device
+        construction followed by ``to_empty()``."""
+        n = self.n
         base = -math.log(n - 1) if n > 1 else 16.0  # sigmoid -> 1/n (n = 1: as close to 1 as fp32 allows)
-        self.hc_fn = nn.Parameter(torch.zeros(n, n * dim))
-        self.hc_base = nn.Parameter(torch.full((n,), base))
-        self.hc_scale = nn.Parameter(torch.full((1,), float(gate_init)))
+        with torch.no_grad():
+            self.hc_fn.zero_()
+            self.hc_base.fill_(base)
+            self.hc_scale.fill_(self.gate_init)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n={self.n}, rms_eps={self.rms_eps}, eps={self.eps}"

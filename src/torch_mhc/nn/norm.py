@@ -10,10 +10,15 @@ __all__ = ["RMSNorm"]
 class RMSNorm(nn.Module):
     """``x / RMS(x) * weight``; the math runs in float32 and returns ``x``'s dtype."""
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+    def __init__(self, dim: int, eps: float = 1e-6, *, device=None, dtype=None):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.empty(dim, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weight back to ones (in place)."""
+        nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., dim)`` -> ``(..., dim)``, normalised and scaled."""

@@ -4,26 +4,56 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
+import warnings
 from typing import Optional
 
 import torch
+
+from ._library import inlining
 
 BACKENDS = ("auto", "torch", "triton")
 
 
 _TRITON_OK: Optional[bool] = None
+_TRITON_WHY = "needs Triton: pip install 'torch-mhc[triton]'"  # why the kernels are off
+
+#: Triton releases the fused kernels are tested with: first tested, first untested. They
+#: compile for sm_90 and pass the tests with 3.4 .. 3.9; 3.3 and older reject the dx pass
+#: (variables that start as ``None``). Outside the range ``"auto"`` runs the PyTorch path.
+TRITON_TESTED = ((3, 4), (3, 10))
+TRITON_RANGE = ">={}.{},<{}.{}".format(*TRITON_TESTED[0], *TRITON_TESTED[1])
+
+
+def triton_version_ok(version: str) -> bool:
+    """True for a Triton version in :data:`TRITON_TESTED`, or any with
+    ``TORCH_MHC_UNTESTED_TRITON=1``."""
+    if os.environ.get("TORCH_MHC_UNTESTED_TRITON", "0") not in ("", "0"):
+        return True
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return bool(m) and TRITON_TESTED[0] <= (int(m[1]), int(m[2])) < TRITON_TESTED[1]
 
 
 def triton_available() -> bool:
-    """True when Triton imports (the kernels also run on CPU under ``TRITON_INTERPRET=1``)."""
-    global _TRITON_OK
+    """True when a tested Triton imports (the kernels also run on CPU under
+    ``TRITON_INTERPRET=1``); an untested one gives one warning and False."""
+    global _TRITON_OK, _TRITON_WHY
     if _TRITON_OK is None:  # a plain global, not lru_cache: torch.compile traces this quietly
         try:
-            import triton  # noqa: F401
+            import triton
             import triton.language  # noqa: F401
-            _TRITON_OK = True
+            version = getattr(triton, "__version__", "unknown")
         except Exception:  # pragma: no cover - depends on the install
             _TRITON_OK = False
+            return _TRITON_OK
+        _TRITON_OK = triton_version_ok(version)
+        if not _TRITON_OK:
+            _TRITON_WHY = (f"needs a tested Triton ({TRITON_RANGE}), found {version}: "
+                           f"pip install 'triton{TRITON_RANGE}', or set "
+                           "TORCH_MHC_UNTESTED_TRITON=1 to try this one")
+            warnings.warn(f"torch_mhc: Triton {version} is outside the tested range "
+                          f"{TRITON_RANGE}; the fused kernels are off and backend='auto' runs "
+                          "the PyTorch path (TORCH_MHC_UNTESTED_TRITON=1 tries them)")
     return _TRITON_OK
 
 
@@ -46,7 +76,7 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
         return "triton" if (x.is_cuda and triton_available()) else "torch"
     if backend == "triton":
         if not triton_available():
-            raise RuntimeError("backend='triton' needs Triton: pip install 'torch-mhc[triton]'")
+            raise RuntimeError(f"backend='triton' {_TRITON_WHY}")
         if not x.is_cuda and not interpret_mode():
             raise RuntimeError(
                 "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU "
@@ -121,6 +151,8 @@ class LazyJit:
 
     def __getitem__(self, grid):
         if not interpret_mode():
+            if inlining():  # traced into a compiled graph (``_library``): a graph node
+                return torch.library.wrap_triton(self.jit())[grid]
             if not FAST_LAUNCH:
                 return self.jit()[grid]
             return functools.partial(self._launch_fast, grid)
@@ -193,11 +225,14 @@ def _decorate(fn, interpret: bool):
 
 def _spec(a):
     """What Triton specialises a compiled kernel on, for one positional argument."""
-    if isinstance(a, int) and not isinstance(a, bool):
-        return (a == 1, a % 16 == 0, -2**31 <= a < 2**31)
-    if hasattr(a, "data_ptr"):
-        return (a.dtype, a.data_ptr() % 16 == 0)
-    return type(a)
+    t = type(a)
+    if t is torch.Tensor:
+        return (a.dtype, a.data_ptr() & 15 == 0)
+    if t is int:
+        return (a == 1, a & 15 == 0, -2**31 <= a < 2**31)
+    if hasattr(a, "data_ptr"):  # a tensor subclass
+        return (a.dtype, a.data_ptr() & 15 == 0)
+    return t
 
 
 #: Launch cached compiled kernels directly (``TORCH_MHC_FAST_LAUNCH=0`` turns it off).
@@ -213,12 +248,31 @@ def _interpretable_language():
     without ``TRITON_INTERPRET=1`` (another module imported Triton first) they are compiled
     ``JITFunction``s that the interpreter refuses to call. They are swapped for interpreted
     twins here and restored afterwards, so the process can still compile for a GPU.
+
+    The interpreter also rebinds ``triton.language``'s builtins (``tl.core.add``, ...) to
+    interpreter versions for each device-function call and never restores them (seen with
+    Triton 3.4 .. 3.9): a later GPU compile in the same process would then build its IR through
+    the interpreter and fail (``'ir.value' object has no attribute 'dtype'``). The language
+    modules and their classes get back every attribute they had (and the classes lose the
+    ones the interpreter added, such as ``tensor.__bool__``) on exit.
+
+    Triton < 3.7 turns a scalar kernel argument used as a loop bound into an int with
+    ``int()`` of a one-element 1-D array, which numpy >= 2.4 refuses; ``.item()`` is used.
     """
     import triton.language as tl_mod
+    import triton.runtime.interpreter as interp
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
+    patch_tensor = getattr(interp, "_patch_lang_tensor", None)
+    if patch_tensor is not None:
+        def _patch_lang_tensor(tensor, *args):
+            patch_tensor(tensor, *args)
+            tensor.__index__ = lambda self: int(self.handle.data.item())
+        interp._patch_lang_tensor = _patch_lang_tensor
     mods = [tl_mod, tl_mod.core, tl_mod.standard, tl_mod.math]
-    swapped = []
+    saved = [(obj, dict(vars(obj))) for obj in mods + [
+        v for v in vars(tl_mod.core).values()
+        if isinstance(v, type) and v.__module__.startswith("triton.language")]]
     for mod in mods:
         for name, val in list(vars(mod).items()):
             if isinstance(val, JITFunction) and not isinstance(val, InterpretedFunction):
@@ -226,12 +280,22 @@ def _interpretable_language():
                 if twin is None:
                     twin = _INTERPRETED[id(val)] = InterpretedFunction(val.fn)
                 setattr(mod, name, twin)
-                swapped.append((mod, name, val))
     try:
         yield
     finally:
-        for mod, name, val in swapped:
-            setattr(mod, name, val)
+        if patch_tensor is not None:
+            interp._patch_lang_tensor = patch_tensor
+        for obj, attrs in saved:
+            now = vars(obj)
+            if isinstance(obj, type):  # (a module keeps the globals the interpreter added)
+                for name in [k for k in now if k not in attrs]:
+                    delattr(obj, name)
+            for name, val in attrs.items():
+                if now.get(name, _MISSING) is not val:
+                    setattr(obj, name, val)
+
+
+_MISSING = object()
 
 
 _INTERPRETED: dict = {}
@@ -256,6 +320,14 @@ def dot_mode(dtype: torch.dtype) -> int:
 def kernel_device_ok(*tensors: torch.Tensor) -> bool:
     """True when the Triton kernels can run on these tensors (CUDA, or the interpreter)."""
     return all(t.is_cuda for t in tensors) or interpret_mode()
+
+
+def kernel_impl(x: torch.Tensor) -> str:
+    """What a fused op runs on streams ``x``: ``"triton"`` where the kernels can (CUDA or
+    the interpreter, Triton installed, not float64), else ``"torch"``, the PyTorch twins
+    of the same decomposition (exact float64 for gradcheck; any device)."""
+    ok = x.dtype != torch.float64 and kernel_device_ok(x) and triton_available()
+    return "triton" if ok else "torch"
 
 
 #: Launch-configuration overrides, ``{kernel name: {param: value}}``, read by the launchers

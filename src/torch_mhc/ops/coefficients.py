@@ -15,13 +15,15 @@ in one GEMM and ``r = ||vec x||_2 / sqrt(nC)`` from the same read of ``x``, then
 """
 from __future__ import annotations
 
+import functools
 from typing import Tuple
 
 import torch
 
-from ._backend import (LazyJit, compute_dtype, device_sms, dot_mode, interpret_mode, is_broadcast,
-                       next_pow2, resolve_backend, triton_cdiv, tuned)
-from .sinkhorn import sinkhorn
+from ._backend import (LazyJit, as_streams, compute_dtype, device_sms, dot_mode, interpret_mode,
+                       is_broadcast, kernel_impl, next_pow2, resolve_backend, triton_cdiv, tuned)
+from ._library import FusedOp
+from .sinkhorn import sinkhorn, sinkhorn_vjp
 
 __all__ = ["mhc_coefficients", "mhc_coefficients_reference", "split_logits"]
 
@@ -695,13 +697,11 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
 
 
 def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
-                         h_pre=None, dh=None, h_res=None, gout=None, post_part=None):
+                         h_pre=None, dh=None, h_res=None, gout=None):
     """Kernels 3-4: gradients to ``x, fn, base, scale`` from those of ``H_pre, H_post, H_res``.
 
     With ``h_pre, dh`` (pre-mix) and ``h_res, gout`` (post-res) given, ``dx`` also holds
     ``H_pre_i dh`` and ``sum_j H_res[j, i] gout_j``: the whole connection's ``dx`` in one pass.
-    ``post_part (S, T, n + n^2)``, instead of ``d_post, d_res``: the post-res backward's
-    per-slice partial sums of ``[dH_post, dH_res]``, summed by the token kernel.
     """
     T, n, C = x.shape
     K, N = n * C, (n + 2) * n
@@ -716,9 +716,6 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     red = torch.empty(nprog, 3 + N, device=dev, dtype=torch.float32)
     d_pre, d_post, d_res = _rows(d_pre), _rows(d_post), _rows(d_res)
     n_part, st_part = 1, 0
-    if post_part is not None:
-        n_part, st_part = post_part.shape[0], post_part.stride(0)
-        d_post, d_res = post_part[0, :, :n], post_part[0, :, n:]
     has_res = d_res is not None
     scr = torch.empty(T * 2 * int(iters) * NB * NB if has_res else 1, device=dev, dtype=torch.float32)
     dummy = mix
@@ -807,8 +804,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
                                      num_stages=cfg["num_stages"])
     # partials summed as contiguous rows (an outer reduction torch vectorises)
     dfn = dfn_p.view(tsplit, -1)[:, :N * K].sum(0).view(N, K) if tsplit > 1 else dfn_p[0, :N]
-    red = red.sum(0)
-    return dx, dfn, red[3:], red[:3]
+    return dx, dfn, red.sum(0)
 
 
 # -- the same decomposition in PyTorch: documents the kernels' math, runs any dtype (float64
@@ -817,7 +813,7 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
 def coef_forward_torch(x, fn, base, scale, iters, rms_eps, hc_eps):
     """PyTorch twin of :func:`coef_forward_triton` (same outputs, the input's float dtype)."""
     T, n, C = x.shape
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dt = compute_dtype(x)
     xf = x.reshape(T, n * C).to(dt)
     proj = xf @ fn.to(dt).t()
     inv_r = torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) / (n * C) + rms_eps)
@@ -825,33 +821,28 @@ def coef_forward_torch(x, fn, base, scale, iters, rms_eps, hc_eps):
     h_pre = torch.sigmoid(pre) + hc_eps
     h_post = 2.0 * torch.sigmoid(post)
     h_res = sinkhorn(comb.transpose(-1, -2), iters, eps=hc_eps, check_finite=False)
-    return h_pre, h_post, h_res, torch.cat([proj, inv_r], -1)
+    return h_pre, h_post, h_res.contiguous(), torch.cat([proj, inv_r], -1)
 
 
 def coef_backward_torch(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
-                        h_pre=None, dh=None, h_res=None, gout=None, post_part=None):
+                        h_pre=None, dh=None, h_res=None, gout=None):
     """PyTorch twin of :func:`coef_backward_triton` (explicit formulas, see the header)."""
     T, n, C = x.shape
-    if post_part is not None:
-        summed = post_part.sum(0)
-        d_post, d_res = summed[:, :n], summed[:, n:].view(T, n, n)
     K, N = n * C, (n + 2) * n
     dt = mix.dtype
     proj, inv_r = mix[:, :N], mix[:, N:]
     a, b = scale.to(dt), base.to(dt)
     gate = torch.cat([a[0].expand(n), a[1].expand(n), a[2].expand(n * n)])
-    with torch.enable_grad():  # only the tiny logits -> mappings part goes through autograd
-        logits = (gate * proj * inv_r + b).detach().requires_grad_(True)
-        outs = (torch.sigmoid(logits[:, :n]), 2.0 * torch.sigmoid(logits[:, n:2 * n]),
-                sinkhorn(logits[:, 2 * n:].unflatten(-1, (n, n)).transpose(-1, -2), iters,
-                         eps=hc_eps, check_finite=False))
-        pairs = [(o, g.to(dt)) for o, g in zip(outs, (d_pre, d_post, d_res)) if g is not None]
-        dlogit = None
-        if pairs:
-            dlogit = torch.autograd.grad([o for o, _ in pairs], logits, [g for _, g in pairs],
-                                         allow_unused=True)[0]
-    if dlogit is None:
-        dlogit = torch.zeros_like(logits)
+    logits = gate * proj * inv_r + b
+    zero = torch.zeros((), dtype=dt, device=mix.device)
+    d_pre, d_post = (zero if g is None else g.to(dt) for g in (d_pre, d_post))
+    s_pre, s_post = torch.sigmoid(logits[:, :n]), torch.sigmoid(logits[:, n:2 * n])
+    d_comb = torch.zeros_like(logits[:, 2 * n:])
+    if d_res is not None:  # H_res = sinkhorn(comb^T)
+        comb_t = logits[:, 2 * n:].unflatten(-1, (n, n)).transpose(-1, -2)
+        d_comb = sinkhorn_vjp(comb_t, d_res, iters, hc_eps).transpose(-1, -2).flatten(1)
+    dlogit = torch.cat([d_pre * s_pre * (1 - s_pre), 2.0 * d_post * s_post * (1 - s_post),
+                        d_comb], -1)
     G = dlogit * gate * inv_r
     dinv = (dlogit * gate * proj).sum(-1, keepdim=True)
     dss = -0.5 * dinv * inv_r ** 3 / K
@@ -865,35 +856,73 @@ def coef_backward_torch(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc
     dfn = G.t() @ xf
     m = dlogit * proj * inv_r
     dscale = torch.stack([m[:, :n].sum(), m[:, n:2 * n].sum(), m[:, 2 * n:].sum()])
-    return dx.to(x.dtype), dfn, dlogit.sum(0), dscale
+    return dx.to(x.dtype), dfn, torch.cat([dscale, dlogit.sum(0)])
 
 
 _COEF_IMPL = {"triton": (coef_forward_triton, coef_backward_triton),
               "torch": (coef_forward_torch, coef_backward_torch)}
 
 
-class _CoefficientsFn(torch.autograd.Function):
-    """Fused coefficients; saves only ``x`` (the caller's tensor) and 25 floats per token
-    (n = 4); the Sinkhorn iterations are recomputed inside the backward."""
+# -- torch.library ops (``_library``): forward with autograd, backward as its own op ----------
 
-    @staticmethod
-    def forward(ctx, x, fn, base, scale, iters, rms_eps, hc_eps, impl):
-        fwd, _ = _COEF_IMPL[impl]
-        h_pre, h_post, h_res, mix = fwd(x, fn, base, scale, iters, rms_eps, hc_eps)
-        ctx.save_for_backward(x, fn, base, scale, mix)
-        ctx.cfg = (iters, hc_eps, impl)
-        return h_pre, h_post, h_res
+def _forward_impl(x, fn, base, scale, iters, rms_eps, hc_eps):
+    x = as_streams(x)
+    return _COEF_IMPL[kernel_impl(x)][0](x, fn, base, scale, iters, rms_eps, hc_eps)
 
-    @staticmethod
-    def backward(ctx, d_pre, d_post, d_res):
-        x, fn, base, scale, mix = ctx.saved_tensors
-        iters, hc_eps, impl = ctx.cfg
-        _, bwd = _COEF_IMPL[impl]
-        cont = lambda g: None if g is None else g.contiguous()  # noqa: E731
-        dx, dfn, dbase, dscale = bwd(x, fn, base, scale, mix, cont(d_pre), cont(d_post),
-                                     cont(d_res), iters, hc_eps)
-        return (dx, dfn.to(fn.dtype), dbase.to(base.dtype), dscale.to(scale.dtype),
-                None, None, None, None)
+
+def _forward_fake(x, fn, base, scale, iters, rms_eps, hc_eps):
+    T, n, _ = x.shape
+    new = functools.partial(x.new_empty, dtype=compute_dtype(x))
+    return new(T, n), new(T, n), new(T, n, n), new(T, (n + 2) * n + 1)
+
+
+def _backward_impl(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps):
+    x = as_streams(x)
+    impl = kernel_impl(x)
+    d_pre, d_post, d_res = (None if g is None else g.contiguous() for g in (d_pre, d_post, d_res))
+    return _COEF_IMPL[impl][1](x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps)
+
+
+def coef_backward_fake(x, fn, mix):
+    """Shapes of :func:`coef_backward_triton`'s ``(dx, dfn, d_gates)``."""
+    return x.new_empty(x.shape), mix.new_empty(fn.shape), mix.new_empty(3 + fn.shape[0])
+
+
+def grads_of_parameters(dfn, d_gates, fn, base, scale):
+    """``(dfn, dbase, dscale)`` in the parameters' dtypes from the backward's ``dfn`` and
+    ``d_gates = [dscale (3), dbase (N)]``."""
+    return dfn.to(fn.dtype), d_gates[3:].to(base.dtype), d_gates[:3].to(scale.dtype)
+
+
+_coefficients_backward = FusedOp(
+    "coefficients_backward", _backward_impl,
+    lambda x, fn, base, scale, mix, *_: coef_backward_fake(x, fn, mix),
+    schema="(Tensor x, Tensor fn, Tensor base, Tensor scale, Tensor mix, Tensor? d_pre, "
+           "Tensor? d_post, Tensor? d_res, int iters, float hc_eps) "
+           "-> (Tensor, Tensor, Tensor)")
+
+
+def _setup(ctx, inputs, output):
+    x, fn, base, scale, iters, _, hc_eps = inputs
+    ctx.save_for_backward(x, fn, base, scale, output[3])
+    ctx.cfg = (iters, hc_eps)
+    ctx.set_materialize_grads(False)  # unused mappings get None, not zero tensors
+
+
+def _backward(ctx, d_pre, d_post, d_res, _d_mix):
+    x, fn, base, scale, mix = ctx.saved_tensors
+    dx, dfn, d_gates = _coefficients_backward(x, fn, base, scale, mix, d_pre, d_post, d_res,
+                                              *ctx.cfg)
+    return (dx, *grads_of_parameters(dfn, d_gates, fn, base, scale), None, None, None)
+
+
+#: ``torch.ops.torch_mhc.coefficients(x (T, n, C), fn, base, scale, iters, rms_eps, hc_eps)
+#: -> (H_pre, H_post, H_res, mix)``; saves ``x`` and ``mix`` ((n+2)n + 1 floats per token):
+#: the Sinkhorn iterations are recomputed inside the backward.
+coefficients_op = FusedOp(
+    "coefficients", _forward_impl, _forward_fake, _setup, _backward,
+    schema="(Tensor x, Tensor fn, Tensor base, Tensor scale, int iters, float rms_eps, "
+           "float hc_eps) -> (Tensor, Tensor, Tensor, Tensor)")
 
 
 def mhc_coefficients(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor,
@@ -901,16 +930,15 @@ def mhc_coefficients(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor,
                      hc_eps: float = 0.0, backend: str = "auto") -> Coefficients:
     """``H_pre, H_post, H_res`` (float32) for streams ``x (..., n, C)``; dispatches on ``backend``.
 
-    ``backend="triton"`` runs the fused kernels (module header) with a custom backward that
-    keeps only ``x`` and ``(n+2)n + 1`` floats per token; ``"torch"`` the reference;
-    ``"auto"`` Triton on CUDA when installed. float64 inputs use the PyTorch twin of the
-    kernels' decomposition (same autograd Function, exact float64 math).
+    ``backend="triton"`` runs the fused kernels (module header) as the custom op
+    ``torch.ops.torch_mhc.coefficients``, whose backward keeps only ``x`` and ``(n+2)n + 1``
+    floats per token; ``"torch"`` the reference; ``"auto"`` Triton on CUDA when installed.
+    float64 inputs use the PyTorch twin of the kernels' decomposition (same op, exact
+    float64 math).
     """
     if resolve_backend(backend, x) == "triton":
         lead, (n, C) = x.shape[:-2], x.shape[-2:]
-        x3 = x.reshape(-1, n, C).contiguous()
-        impl = "torch" if x.dtype == torch.float64 else "triton"
-        h_pre, h_post, h_res = _CoefficientsFn.apply(x3, fn, base, scale, int(iters),
-                                                     float(rms_eps), float(hc_eps), impl)
+        h_pre, h_post, h_res, _ = coefficients_op(x.reshape(-1, n, C), fn, base, scale,
+                                                  int(iters), float(rms_eps), float(hc_eps))
         return (h_pre.view(*lead, n), h_post.view(*lead, n), h_res.view(*lead, n, n))
     return mhc_coefficients_reference(x, fn, base, scale, iters, rms_eps, hc_eps)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import (LazyJit, compute_dtype, interpret_mode, is_broadcast, next_pow2,
-                       resolve_backend, triton_cdiv, tuned)
+from ._backend import (LazyJit, as_streams, compute_dtype, interpret_mode, is_broadcast,
+                       kernel_impl, next_pow2, resolve_backend, triton_cdiv, tuned)
+from ._library import FusedOp
 
 __all__ = ["post_res", "post_res_reference"]
 
@@ -141,13 +142,11 @@ def post_res_forward_triton(x, y, h_post, h_res):
     return out
 
 
-def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True, partials=False):
-    """``(dx or None, dy, dH_post, dH_res)`` in one pass over ``g``, ``x`` and ``y``.
+def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
+    """``(dx or None, dy, d_map)`` in one pass over ``g``, ``x`` and ``y``.
 
-    ``dH_post`` (T, n) and ``dH_res`` (T, n, n) are float32 row views of one (T, n + n^2)
-    buffer (the sum of the per-channel-slice partials). With ``partials`` the last two are
-    replaced by the unsummed ``(S, T, n + n^2)`` partials (the fused connection sums them in
-    its token backward kernel).
+    ``d_map (T, n + n^2)`` float32 holds ``[dH_post, dH_res (row-major)]`` per token, the
+    sum of the per-channel-slice partials the kernel writes (:func:`split_map_grad`).
     """
     T, n, C = x.shape
     NB = next_pow2(n)
@@ -164,67 +163,102 @@ def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True, partials=Fal
         x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, C,
         n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=write_dx, XB=is_broadcast(x), GB=is_broadcast(g),
         num_warps=cfg["num_warps"])
-    if partials:
-        return dx, dy, part
-    red = part.sum(0) if S > 1 else part[0]
-    return dx, dy, red[:, :n], red[:, n:].view(T, n, n)
+    return dx, dy, part[0] if S == 1 else part.sum(0)
 
 
 def post_res_forward_torch(x, y, h_post, h_res):
     """PyTorch twin of :func:`post_res_forward_triton` (any float dtype)."""
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dt = compute_dtype(x)
     out = torch.einsum("tij,tjc->tic", h_res.to(dt), x.to(dt))
     return (out + h_post.to(dt).unsqueeze(-1) * y.to(dt).unsqueeze(-2)).to(x.dtype)
 
 
-def post_res_backward_torch(x, y, h_post, h_res, g, write_dx=True, partials=False):
-    """PyTorch twin of :func:`post_res_backward_triton` (one "partial" when ``partials``)."""
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+def post_res_backward_torch(x, y, h_post, h_res, g, write_dx=True):
+    """PyTorch twin of :func:`post_res_backward_triton`."""
+    dt = compute_dtype(x)
     gf, xf, yf = g.to(dt), x.to(dt), y.to(dt)
     dy = torch.einsum("ti,tic->tc", h_post.to(dt), gf).to(y.dtype)
     dhpost = torch.einsum("tic,tc->ti", gf, yf)
     dhres = torch.einsum("tic,tjc->tij", gf, xf)
     dx = torch.einsum("tij,tic->tjc", h_res.to(dt), gf).to(x.dtype) if write_dx else None
-    if partials:
-        return dx, dy, torch.cat([dhpost, dhres.flatten(1)], 1).unsqueeze(0)
-    return dx, dy, dhpost, dhres
+    return dx, dy, torch.cat([dhpost, dhres.flatten(1)], 1)
+
+
+def split_map_grad(d_map: torch.Tensor, n: int):
+    """``(dH_post (T, n), dH_res (T, n, n))`` as views of ``d_map (T, n + n^2)``."""
+    return d_map[:, :n], d_map[:, n:].unflatten(-1, (n, n))
 
 
 _POST_IMPL = {"triton": (post_res_forward_triton, post_res_backward_triton),
               "torch": (post_res_forward_torch, post_res_backward_torch)}
 
 
-class _PostResFn(torch.autograd.Function):
-    """Fused post + residual; saves ``x``, ``y`` (the callers' tensors) and the mappings."""
+# -- torch.library ops (``_library``) ------------------------------------------------------------
 
-    @staticmethod
-    def forward(ctx, x, y, h_post, h_res, impl):
-        ctx.save_for_backward(x, y, h_post, h_res)
-        ctx.impl = impl
-        return _POST_IMPL[impl][0](x, y, h_post, h_res)
+def post_res_forward_impl(x, y, h_post, h_res):
+    """The fused forward on any layout of its inputs (the impl of ``torch_mhc::post_res``)."""
+    x = as_streams(x)
+    return _POST_IMPL[kernel_impl(x)][0](x, y.contiguous(), h_post.contiguous(),
+                                         h_res.contiguous())
 
-    @staticmethod
-    def backward(ctx, g):
-        x, y, h_post, h_res = ctx.saved_tensors
-        dx, dy, dhpost, dhres = _POST_IMPL[ctx.impl][1](x, y, h_post, h_res, g.contiguous(),
-                                                         ctx.needs_input_grad[0])
-        return dx, dy, dhpost.to(h_post.dtype), dhres.to(h_res.dtype), None
+
+def _forward_fake(x, y, h_post, h_res):
+    return x.new_empty(x.shape)
+
+
+def _backward_impl(x, y, h_post, h_res, g, write_dx):
+    x = as_streams(x)
+    dx, dy, d_map = _POST_IMPL[kernel_impl(x)][1](
+        x, y.contiguous(), h_post.contiguous(), h_res.contiguous(), as_streams(g), write_dx)
+    return (dx if write_dx else x.new_empty(0)), dy, d_map
+
+
+def _backward_fake(x, y, h_post, h_res, g, write_dx):
+    T, n, _ = x.shape
+    return (x.new_empty(x.shape if write_dx else (0,)), y.new_empty(y.shape),
+            x.new_empty(T, n + n * n, dtype=compute_dtype(x)))
+
+
+#: ``torch.ops.torch_mhc.post_res_backward(x, y, h_post, h_res, g, write_dx)
+#: -> (dx, dy, [dH_post, dH_res])`` in one pass over ``g``, ``x`` and ``y`` (``dx`` empty
+#: unless ``write_dx``).
+post_res_backward_op = FusedOp(
+    "post_res_backward", _backward_impl, _backward_fake,
+    schema="(Tensor x, Tensor y, Tensor h_post, Tensor h_res, Tensor g, bool write_dx) "
+           "-> (Tensor, Tensor, Tensor)")
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, g):
+    x, y, h_post, h_res = ctx.saved_tensors
+    dx, dy, d_map = post_res_backward_op(x, y, h_post, h_res, g, ctx.needs_input_grad[0])
+    dhpost, dhres = split_map_grad(d_map, x.shape[1])
+    return (dx if ctx.needs_input_grad[0] else None), dy, dhpost.to(h_post.dtype), \
+        dhres.to(h_res.dtype)
+
+
+#: ``torch.ops.torch_mhc.post_res(x (T, n, C), y (T, C), h_post (T, n), h_res (T, n, n))
+#: -> out (T, n, C)``; saves ``x``, ``y`` (the callers' tensors) and the mappings.
+post_res_op = FusedOp("post_res", post_res_forward_impl, _forward_fake, _setup, _backward,
+                      schema="(Tensor x, Tensor y, Tensor h_post, Tensor h_res) -> Tensor")
 
 
 def post_res(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor, h_res: torch.Tensor,
              backend: str = "auto") -> torch.Tensor:
     """Next streams from streams ``x (..., n, C)``, branch output ``y (..., C)`` and mappings.
 
-    Returns ``x``'s shape and dtype. ``backend="triton"``: fused kernels (module doc);
-    float64 runs their PyTorch twin through the same autograd Function.
+    Returns ``x``'s shape and dtype. ``backend="triton"``: fused kernels (module doc) as the
+    custom op ``torch.ops.torch_mhc.post_res``; float64 runs their PyTorch twin through the
+    same op.
     """
     if resolve_backend(backend, x) == "triton":
         lead, (n, C) = x.shape[:-2], x.shape[-2:]
-        x3 = x.reshape(-1, n, C).contiguous()
-        y2 = y.expand(*lead, C).reshape(-1, C).contiguous()
-        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-        hp = h_post.expand(*lead, n).reshape(-1, n).to(dt).contiguous()
-        hr = h_res.expand(*lead, n, n).reshape(-1, n, n).to(dt).contiguous()
-        impl = "torch" if x.dtype == torch.float64 else "triton"
-        return _PostResFn.apply(x3, y2, hp, hr, impl).view(*lead, n, C)
+        dt = compute_dtype(x)
+        y2 = y.expand(*lead, C).reshape(-1, C)
+        hp = h_post.expand(*lead, n).reshape(-1, n).to(dt)
+        hr = h_res.expand(*lead, n, n).reshape(-1, n, n).to(dt)
+        return post_res_op(x.reshape(-1, n, C), y2, hp, hr).view(*lead, n, C)
     return post_res_reference(x, y, h_post, h_res)

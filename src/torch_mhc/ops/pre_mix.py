@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import (LazyJit, compute_dtype, interpret_mode, is_broadcast, next_pow2,
-                       resolve_backend, triton_cdiv, tuned)
+from ._backend import (LazyJit, as_streams, compute_dtype, interpret_mode, is_broadcast,
+                       kernel_impl, next_pow2, resolve_backend, triton_cdiv, tuned)
+from ._library import FusedOp
 
 __all__ = ["pre_mix", "pre_mix_reference"]
 
@@ -130,13 +131,13 @@ def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tens
 
 def pre_mix_forward_torch(x, h_pre):
     """PyTorch twin of :func:`pre_mix_forward_triton` (any float dtype)."""
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dt = compute_dtype(x)
     return torch.einsum("ti,tic->tc", h_pre.to(dt), x.to(dt)).to(x.dtype)
 
 
 def pre_mix_backward_torch(x, h_pre, dh, write_dx=True):
     """PyTorch twin of :func:`pre_mix_backward_triton`."""
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dt = compute_dtype(x)
     dhpre = torch.einsum("tc,tic->ti", dh.to(dt), x.to(dt))
     dx = (h_pre.to(dt).unsqueeze(-1) * dh.to(dt).unsqueeze(-2)).to(x.dtype) if write_dx else None
     return dx, dhpre
@@ -146,34 +147,60 @@ _PRE_IMPL = {"triton": (pre_mix_forward_triton, pre_mix_backward_triton),
              "torch": (pre_mix_forward_torch, pre_mix_backward_torch)}
 
 
-class _PreMixFn(torch.autograd.Function):
-    """Fused pre-mix; saves ``x`` (the caller's tensor) and ``h_pre`` (n floats per token)."""
+# -- torch.library ops (``_library``) ------------------------------------------------------------
 
-    @staticmethod
-    def forward(ctx, x, h_pre, impl):
-        ctx.save_for_backward(x, h_pre)
-        ctx.impl = impl
-        return _PRE_IMPL[impl][0](x, h_pre)
+def _forward_impl(x, h_pre):
+    x = as_streams(x)
+    return _PRE_IMPL[kernel_impl(x)][0](x, h_pre.contiguous())
 
-    @staticmethod
-    def backward(ctx, dh):
-        x, h_pre = ctx.saved_tensors
-        dx, dhpre = _PRE_IMPL[ctx.impl][1](x, h_pre, dh.contiguous(), ctx.needs_input_grad[0])
-        return dx, dhpre.to(h_pre.dtype), None
+
+def _backward_impl(x, h_pre, dh, write_dx):
+    x = as_streams(x)
+    dx, dhpre = _PRE_IMPL[kernel_impl(x)][1](x, h_pre.contiguous(), dh.contiguous(), write_dx)
+    return (dx if write_dx else x.new_empty(0)), dhpre
+
+
+def _backward_fake(x, h_pre, dh, write_dx):
+    return (x.new_empty(x.shape if write_dx else (0,)),
+            x.new_empty(x.shape[:2], dtype=compute_dtype(x)))
+
+
+#: ``torch.ops.torch_mhc.pre_mix_backward(x, h_pre, dh, write_dx) -> (dx, dH_pre)`` (``dx``
+#: empty unless ``write_dx``).
+pre_mix_backward_op = FusedOp(
+    "pre_mix_backward", _backward_impl, _backward_fake,
+    schema="(Tensor x, Tensor h_pre, Tensor dh, bool write_dx) -> (Tensor, Tensor)")
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, dh):
+    x, h_pre = ctx.saved_tensors
+    dx, dhpre = pre_mix_backward_op(x, h_pre, dh, ctx.needs_input_grad[0])
+    return (dx if ctx.needs_input_grad[0] else None), dhpre.to(h_pre.dtype)
+
+
+#: ``torch.ops.torch_mhc.pre_mix(x (T, n, C), h_pre (T, n)) -> h (T, C)``; saves ``x`` (the
+#: caller's tensor) and ``h_pre``.
+pre_mix_op = FusedOp(
+    "pre_mix", _forward_impl,
+    lambda x, h_pre: x.new_empty(x.shape[0], x.shape[2]), _setup, _backward,
+    schema="(Tensor x, Tensor h_pre) -> Tensor")
 
 
 def pre_mix(x: torch.Tensor, h_pre: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Branch input from streams ``x (..., n, C)`` and weights ``h_pre (..., n)``.
 
-    Returns ``(..., C)`` in ``x``'s dtype. ``backend="triton"``: fused kernels (module doc);
-    float64 runs their PyTorch twin through the same autograd Function.
+    Returns ``(..., C)`` in ``x``'s dtype. ``backend="triton"``: fused kernels (module doc)
+    as the custom op ``torch.ops.torch_mhc.pre_mix``; float64 runs their PyTorch twin
+    through the same op.
     """
     if resolve_backend(backend, x) == "triton":
         lead, (n, C) = x.shape[:-2], x.shape[-2:]
-        x3 = x.reshape(-1, n, C).contiguous()
-        hp = h_pre.expand(*lead, n).reshape(-1, n).contiguous()
+        hp = h_pre.expand(*lead, n).reshape(-1, n)
         if hp.dtype != torch.float64:
             hp = hp.float()
-        impl = "torch" if x.dtype == torch.float64 else "triton"
-        return _PreMixFn.apply(x3, hp, impl).view(*lead, C)
+        return pre_mix_op(x.reshape(-1, n, C), hp).view(*lead, C)
     return pre_mix_reference(x, h_pre)

@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["sinkhorn", "sinkhorn_reference", "SinkhornError"]
+__all__ = ["sinkhorn", "sinkhorn_reference", "sinkhorn_vjp", "SinkhornError"]
 
 
 class SinkhornError(ValueError):
@@ -71,13 +71,43 @@ def _column_error(m: torch.Tensor) -> float:
     return float((m.sum(dim=-2) - 1).abs().max()) if m.numel() else 0.0
 
 
-class _SinkhornRecompute(torch.autograd.Function):
-    """Forward without a graph; backward re-runs the iterations and differentiates them.
+def sinkhorn_vjp(logits: torch.Tensor, grad_out: torch.Tensor, iters: int = 20,
+                 eps: float = 0.0) -> torch.Tensor:
+    """The gradient of :func:`sinkhorn_reference` at ``logits`` against ``grad_out``,
+    written out (no autograd; the iterates are recomputed). In the compute dtype.
 
-    For ``eps == 0`` the backward is written out: each step ``z' = z - logsumexp(z)``
-    along a dim has the vector-Jacobian product ``dz = dz' - exp(z') * sum(dz')`` (the
-    softmax of ``z`` is ``exp(z')``), so only the normalised iterates are recomputed.
+    * ``eps == 0``: each step ``z' = z - logsumexp(z)`` along a dim has the vector-Jacobian
+      product ``dz = dz' - exp(z') * sum(dz')`` (``exp(z')`` is the softmax of ``z``);
+    * ``eps > 0``: each normalisation ``y = m / (sum(m) + eps)`` has
+      ``dm = (dy - sum(dy * y)) / (sum(m) + eps)``, the first softmax ``s`` has
+      ``dz = s * (ds - sum(ds * s))``.
     """
+    z = logits.to(_compute_dtype(logits.dtype))
+    grad = grad_out.to(z.dtype)
+    if eps == 0.0:
+        probs = []  # exp of every iterate, alternately after a column and a row step
+        for _ in range(iters):
+            z = z - torch.logsumexp(z, dim=-2, keepdim=True)
+            probs.append(z.exp())
+            z = z - torch.logsumexp(z, dim=-1, keepdim=True)
+            probs.append(z.exp())
+        grad = grad * probs[-1]
+        for k in reversed(range(len(probs))):
+            grad = grad - probs[k] * grad.sum(dim=-1 if k % 2 else -2, keepdim=True)
+        return grad
+    soft = torch.softmax(z, dim=-2)
+    steps, m = [], soft + eps  # (input, dim) of each normalisation, as sinkhorn_reference
+    for dim in [-1] + [-2, -1] * (iters - 1):
+        steps.append((m, dim))
+        m = m / (m.sum(dim=dim, keepdim=True) + eps)
+    for m, dim in reversed(steps):
+        den = m.sum(dim=dim, keepdim=True) + eps
+        grad = (grad - (grad * m / den).sum(dim=dim, keepdim=True)) / den
+    return soft * (grad - (grad * soft).sum(dim=-2, keepdim=True))
+
+
+class _SinkhornRecompute(torch.autograd.Function):
+    """Forward without a graph; backward re-runs the iterations (:func:`sinkhorn_vjp`)."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
@@ -89,22 +119,7 @@ class _SinkhornRecompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         (logits,) = ctx.saved_tensors
-        if ctx.eps == 0.0:
-            z = logits.to(_compute_dtype(logits.dtype))
-            probs = []  # exp of every iterate, alternately after a column and a row step
-            for _ in range(ctx.iters):
-                z = z - torch.logsumexp(z, dim=-2, keepdim=True)
-                probs.append(z.exp())
-                z = z - torch.logsumexp(z, dim=-1, keepdim=True)
-                probs.append(z.exp())
-            grad = grad_out.to(z.dtype) * probs[-1]
-            for k in reversed(range(len(probs))):
-                grad = grad - probs[k] * grad.sum(dim=-1 if k % 2 else -2, keepdim=True)
-            return grad.to(logits.dtype), None, None
-        with torch.enable_grad():
-            leaf = logits.detach().requires_grad_(True)
-            out = sinkhorn_reference(leaf, ctx.iters, ctx.eps)
-            (grad,) = torch.autograd.grad(out, leaf, grad_out.to(out.dtype))
+        grad = sinkhorn_vjp(logits, grad_out, ctx.iters, ctx.eps)
         return grad.to(logits.dtype), None, None
 
 

@@ -96,6 +96,7 @@ COMPARE_EPILOG = """examples:
   mhc compare --preset deep-tiny --modes residual,mhc --out runs/deep
   mhc compare --preset tiny --max-steps 50 --out runs/quick --overwrite
   mhc compare --out runs/tiny --resume               # finish an interrupted comparison
+  mhc compare --preset deep-tiny --seeds 3 --optimizer paper --match-params width
 
 resuming (--resume): the comparison's settings and modes come from DIR/config.json;
   finished modes are skipped and config.json is left as it is. Only where it runs may
@@ -232,27 +233,55 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _seed_options(extras: dict):
+    """``(seeds, match_params)`` of ``mhc compare`` from flags or the config file, checked."""
+    from .seeds import MATCH_CHOICES
+    seeds, match = extras.get("seeds", 1), extras.get("match_params", "none")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds must be an integer >= 1, got {seeds!r}")
+    if match not in MATCH_CHOICES:
+        raise ConfigError(f"match_params must be one of {', '.join(MATCH_CHOICES)}; got "
+                          f"{match!r}")
+    return seeds, match
+
+
 @_guard
 def cmd_compare(args: argparse.Namespace) -> int:
     """``mhc compare``: every mode, then summary.json, plots and report.html."""
-    from .compare import DEFAULT_MODES, compare, format_table, saved_comparison
+    from .compare import DEFAULT_MODES, compare, format_table, parse_modes, saved_comparison
     overrides = _overrides(args)
-    if "modes" in vars(args):
-        overrides["modes"] = args.modes
+    keys = ("modes", "seeds", "match_params")
+    for key in keys:
+        if key in vars(args):
+            overrides[key] = getattr(args, key)
     config_file = getattr(args, "config", None)
-    given = _given(overrides, config_file, extra_keys=("modes",))
+    given = _given(overrides, config_file, extra_keys=keys)
     out = given.get("out") or f"runs/compare-{given.get('preset', 'tiny')}"
     saved = saved_comparison(out) if args.resume else None
-    if saved is not None:  # the comparison's own settings and modes, unless given now
-        cfg, extras = resume_config(saved[0], overrides, config_file, extra_keys=("modes",),
+    if saved is not None:  # the comparison's own settings, modes, seeds, unless given now
+        cfg, extras = resume_config(saved[0], overrides, config_file, extra_keys=keys,
                                     where=f"{out}/config.json")
-        modes = extras.get("modes", saved[1])
+        extras = {"modes": saved[1], **saved[2], **extras}
     else:
-        cfg, extras = resolve_config(overrides, config_file, extra_keys=("modes",))
-        modes = extras.get("modes", DEFAULT_MODES)
-    summary = compare(cfg, modes, out, overwrite=args.overwrite, resume=args.resume,
-                      report=not args.no_report)
-    print(format_table(summary))
+        cfg, extras = resolve_config(overrides, config_file, extra_keys=keys)
+    modes = extras.get("modes", DEFAULT_MODES)
+    seeds, match = _seed_options(extras)
+    if seeds > 1:
+        from .seeds import compare_seeds
+        result = compare_seeds(cfg, modes, out, seeds, overwrite=args.overwrite,
+                               resume=args.resume, report=not args.no_report, match=match)
+        means = {m: {k: (a.get("mean") if "mean" in a else a["count"] > 0)
+                     for k, a in agg.items()} for m, agg in result["aggregate"].items()}
+        print(f"mean over {seeds} seeds (spread in summary.json"
+              + ("" if args.no_report else " and report.html") + "):")
+        print(format_table(means))
+    else:
+        from .seeds import match_params
+        overrides_, statement = match_params(cfg, parse_modes(modes), match)
+        summary = compare(cfg, modes, out, overwrite=args.overwrite, resume=args.resume,
+                          report=not args.no_report, mode_overrides=overrides_,
+                          param_match=statement)
+        print(format_table(summary))
     print(f"\n{out}/summary.json" + ("" if args.no_report else f", {out}/report.html"))
     return EXIT_OK
 
@@ -317,6 +346,15 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier comparison in --out instead of refusing")
     p.add_argument("--no-report", action="store_true", help="skip plots and report.html")
+    p.add_argument("--seeds", type=int, default=argparse.SUPPRESS, metavar="K",
+                   help="run the comparison for K seeds (--seed, --seed + 1, ...) into "
+                        "OUT/seed-<s>/ and report mean, standard deviation and range "
+                        "(default: 1)")
+    p.add_argument("--match-params", default=argparse.SUPPRESS,
+                   choices=("none", "width", "depth"),
+                   help="parameter-matched residual baseline: widen (d_model) or deepen "
+                        "(n_layer) it to the parameter count closest to mhc's; the report "
+                        "states the change and the counts (default: none)")
     add_config_flags(p, skip=("connection",))
     p.set_defaults(func=cmd_compare)
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..nn import MODES
 from .distributed import PARALLEL_MODES
+from .schedules import OPTIMIZER_PRESETS, SCHEDULES, apply_optimizer_preset
 
 __all__ = ["TrainConfig", "ConfigError", "PRESETS", "RESUME_KEYS", "RUNTIME_KEYS",
            "resolve_config", "resume_config", "config_changes", "format_changes",
@@ -72,6 +73,15 @@ class TrainConfig:
                          "optimisation")
     max_steps: int = _f(200, "optimizer steps", "optimisation", preset=True)
     lr: float = _f(3e-3, "peak learning rate (AdamW)", "optimisation", preset=True)
+    optimizer: str = _f("default", "optimizer settings: default (the values below) or paper "
+                                   "(the mHC paper's Table 5: AdamW betas 0.9/0.95, eps 1e-20, "
+                                   "weight decay 0.1, step decay to 0.316x at 0.8 and 0.1x at 0.9 "
+                                   "of the steps, warm-up 0.04 of the steps); flags and "
+                                   "file settings given explicitly win", "optimisation",
+                        tuple(OPTIMIZER_PRESETS))
+    lr_schedule: str = _f("cosine", "after the warm-up: cosine (down to --min-lr-ratio) or "
+                                    "step (0.316x from 0.8, 0.1x from 0.9 of the steps)",
+                          "optimisation", SCHEDULES)
     min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of --lr (cosine)",
                              "optimisation")
     warmup_steps: int = _f(20, "linear warm-up steps", "optimisation", preset=True)
@@ -106,12 +116,18 @@ class TrainConfig:
     eval_batches: int = _f(8, "batches per validation", "output", preset=True)
     diag_interval: int = _f(20, "diagnostics (gains, H_res statistics, gradient norms per "
                                 "layer) every this many steps; 0: off", "output", preset=True)
+    step_stats: bool = _f(True, "record in every training step the last/first layer "
+                                "gradient-norm ratio and the mean ||H_res||_F (the mappings "
+                                "of the training batch; H_res not under --compile)", "output")
     probe_batch_size: int = _f(4, "sequences in the diagnostics probe batch", "output")
     ckpt_interval: int = _f(100, "checkpoint every this many steps (and at the end)",
                             "output", preset=True)
     keep_last: int = _f(2, "checkpoints to keep", "output")
     progress: bool = _f(True, "show a progress bar", "output")
     tensorboard: bool = _f(True, "also log to TensorBoard when it is installed", "output")
+    tracker: str = _f("none", "also log to Weights & Biases or trackio (pip install "
+                              "'torch-mhc[wandb]' / '[trackio]')", "output",
+                      ("none", "wandb", "trackio"))
 
     def validate(self) -> "TrainConfig":
         """Check ranges and combinations; raise :class:`ConfigError`; return self.
@@ -331,6 +347,7 @@ def resolve_config(cli: Optional[Dict[str, Any]] = None, config_file: Optional[s
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     values = {**PRESETS[preset], **from_file, **cli, "preset": preset}
+    values = apply_optimizer_preset(values, explicit=set(from_file) | set(cli))
     values = {k: _coerce(k, v, "settings") for k, v in values.items()}
     return TrainConfig(**values).validate(), extras
 
@@ -340,8 +357,8 @@ def resume_config(saved: Dict[str, Any], given: Optional[Dict[str, Any]] = None,
                   where: str = "the checkpoint") -> Tuple[TrainConfig, Dict[str, Any]]:
     """The settings of a resumed run: the run's saved settings (a checkpoint's or a
     comparison's ``config``), overridden only by what is given explicitly (``given``
-    flags, then ``config_file``'s values; a preset is *not* re-applied; ``out`` is None
-    unless given). Returns
+    flags, then ``config_file``'s values; a model preset is *not* re-applied, an optimizer
+    preset only when ``optimizer`` is given; ``out`` is None unless given). Returns
     ``(config, extras)`` like :func:`resolve_config`; whether the changes are allowed is
     for the caller to decide (:func:`config_changes`)."""
     given = dict(given or {})
@@ -351,8 +368,11 @@ def resume_config(saved: Dict[str, Any], given: Optional[Dict[str, Any]] = None,
     # caller sets ``out`` (settings of older versions that no longer exist are dropped)
     values = {k: _coerce(k, v, where) for k, v in (saved or {}).items()
               if k in _FIELDS and k != "out"}
-    values.update({k: _coerce(k, v, "settings") for k, v in {**from_file, **given}.items()
-                   if k not in extra_keys})
+    explicit = {k: v for k, v in {**from_file, **given}.items() if k not in extra_keys}
+    values.update(explicit)
+    if "optimizer" in explicit:  # a preset named now sets what it covers, but what is given
+        values = apply_optimizer_preset(values, explicit=set(explicit))
+    values = {k: _coerce(k, v, "settings") for k, v in values.items()}
     return TrainConfig(**values).validate(), extras
 
 

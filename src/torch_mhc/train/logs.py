@@ -1,4 +1,4 @@
-"""Run logs: one JSON object per line (``log.jsonl``), optional TensorBoard, and summaries.
+"""Run logs: one JSON object per line (``log.jsonl``), the trackers, and summaries.
 
 Record types (``"type"``): ``config`` (settings, model size, data), ``train`` (one optimizer
 step: loss, lr, grad_norm, clipped, tokens_per_s, ...), ``eval`` (validation loss),
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..diagnostics import find_spikes
+from .trackers import Logger, TensorBoardLogger, make_loggers
 
 __all__ = ["RunLog", "read_log", "clean_json", "summarize", "TRAIN_LOSS_WINDOW"]
 
@@ -34,54 +35,36 @@ def clean_json(obj: Any) -> Any:
 
 
 class RunLog:
-    """Appends records to ``path`` (main process only) and mirrors scalars to TensorBoard."""
+    """Appends records to ``path`` (main process only) and hands each to the trackers
+    (:mod:`torch_mhc.train.trackers`): TensorBoard when ``tensorboard`` and installed, W&B or
+    trackio when ``tracker`` names one."""
 
-    def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False):
+    def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False,
+                 tracker: str = "none"):
         self.path, self.enabled = Path(path), enabled
-        self._tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
-            except Exception:  # tensorboard not installed: JSONL only
-                self._tb = None
+        self.loggers: List[Logger] = (make_loggers(self.path.parent, tensorboard, tracker)
+                                      if enabled else [])
 
     @property
     def tensorboard_enabled(self) -> bool:
-        """True when scalars also go to TensorBoard."""
-        return self._tb is not None
+        """True when records also go to TensorBoard."""
+        return any(isinstance(lg, TensorBoardLogger) for lg in self.loggers)
 
     def write(self, record: Dict[str, Any]) -> None:
         """Append one record (and flush, so a crash loses nothing already written)."""
         if not self.enabled:
             return
+        record = clean_json(record)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(clean_json(record)) + "\n")
-        if self._tb is not None:
-            self._tensorboard(record)
-
-    def _tensorboard(self, r: Dict[str, Any]) -> None:
-        step = r.get("step")
-        if step is None:
-            return
-        scalars = {}
-        if r["type"] == "train":
-            scalars = {f"train/{k}": r.get(k) for k in ("loss", "lr", "grad_norm",
-                                                         "tokens_per_s")}
-        elif r["type"] == "eval":
-            scalars = {"val/loss": r.get("val_loss")}
-        elif r["type"] == "diag":
-            g = r["gain"]
-            scalars = {"diag/composite_forward_gain": max(g["comp_fwd_max"]),
-                       "diag/composite_backward_gain": max(g["comp_bwd_max"])}
-        for k, v in scalars.items():
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                self._tb.add_scalar(k, v, step)
+            f.write(json.dumps(record) + "\n")
+        for lg in self.loggers:
+            lg.log(record)
 
     def close(self) -> None:
-        """Flush TensorBoard."""
-        if self._tb is not None:
-            self._tb.close()
+        """Flush and close the trackers (idempotent)."""
+        loggers, self.loggers = self.loggers, []
+        for lg in loggers:
+            lg.close()
 
 
 def read_log(path, skipped: Optional[List[int]] = None) -> List[Dict[str, Any]]:
@@ -116,6 +99,23 @@ def _finite(v) -> bool:
 
 def _last(records, kind) -> Optional[Dict[str, Any]]:
     return next((r for r in reversed(records) if r.get("type") == kind), None)
+
+
+def _paper_and_step_metrics(diags, train) -> Dict[str, Any]:
+    """Paper-convention gains (layers l..L, token mean per sequence) over the diagnostics,
+    and the per-step last/first gradient ratio and mean ||H_res||_F (absent in older logs)."""
+    s: Dict[str, Any] = {}
+    for name, key in (("forward", "comp_fwd_peak"), ("backward", "comp_bwd_peak")):
+        vals = [d["paper_gain"][key] for d in diags if d.get("paper_gain")]
+        s[f"paper_composite_{name}_gain_max"] = max(vals) if vals else None
+        s[f"paper_composite_{name}_gain_final"] = vals[-1] if vals else None
+    for key, name in (("grad_ratio_last_first", "step_grad_ratio_last_first"),
+                      ("hres_fro_mean", "step_hres_fro_mean")):
+        vals = [r[key] for r in train if _finite(r.get(key))]
+        s[f"{name}_final"] = statistics.fmean(vals[-TRAIN_LOSS_WINDOW:]) if vals else None
+        s[f"{name}_min"] = min(vals) if vals else None
+        s[f"{name}_max"] = max(vals) if vals else None
+    return s
 
 
 def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -160,6 +160,7 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     s["hres_col_err_max"] = max(hres["col_err_max"]) if hres else None
     s["hres_dist_identity_mean"] = (statistics.fmean(hres["dist_identity"])
                                     if hres else None)
+    s.update(_paper_and_step_metrics(diags, train))
     stops = [e for e in events if e.get("event") == "stop"]
     s["diverged"] = bool(stops)
     s["diverged_at_step"] = stops[-1].get("step") if stops else None

@@ -18,7 +18,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ..diagnostics import find_spikes  # noqa: E402
 
 __all__ = ["PLOTS", "COLORS", "color", "plot_loss", "plot_grad_norm_steps", "plot_gain_vs_layer",
-           "plot_gain_steps", "plot_grad_vs_layer", "plot_hres_heatmaps", "make_plots"]
+           "plot_gain_steps", "plot_grad_vs_layer", "plot_hres_heatmaps", "plot_step_stats",
+           "make_plots"]
 
 Runs = Dict[str, List[dict]]
 COLORS = {"residual": "#4d4d4d", "hc": "#d62728", "mhc": "#1f77b4"}
@@ -181,6 +182,11 @@ def plot_gain_steps(runs: Runs, path: Path) -> Optional[Path]:
             ax.plot(steps, single, color=color(mode, i), ls=":", lw=1,
                     label=f"{mode} single layer")
             allv += comp + single
+            paper = [d["paper_gain"][f"comp_{key}_peak"] for d in ds if d.get("paper_gain")]
+            if len(paper) == len(steps):  # absent in logs of older versions
+                ax.plot(steps, paper, color=color(mode, i), ls="--", lw=1,
+                        label=f"{mode} paper (l..L, token mean)")
+                allv += paper
     for ax, name in zip(axes, ("forward", "backward")):
         ax.set_yscale("log")
         _gain_ylim(ax, allv)
@@ -264,9 +270,33 @@ def plot_hres_heatmaps(runs: Runs, path: Path, max_layers: int = 4) -> Optional[
     return path
 
 
+def plot_step_stats(runs: Runs, path: Path) -> Optional[Path]:
+    """Per training step: last/first layer gradient-norm ratio and mean ``||H_res||_F``."""
+    keys = ("grad_ratio_last_first", "hres_fro_mean")
+    if not any(r.get(k) is not None for recs in runs.values() for r in _of(recs, "train")
+               for k in keys):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (mode, recs) in enumerate(runs.items()):
+        for ax, key in zip(axes, keys):
+            pts = [(r["step"], r[key]) for r in _of(recs, "train") if _finite(r.get(key))]
+            if pts:
+                ax.plot(*zip(*pts), color=color(mode, i), label=mode, lw=1)
+    axes[0].set_yscale("log")
+    axes[0].set(title="gradient norm, last / first layer", xlabel="step", ylabel="ratio")
+    axes[1].set(title="mean ||H_res||_F over layers and tokens", xlabel="step",
+                ylabel="Frobenius norm")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 PLOTS = (("loss", plot_loss), ("gain_vs_layer", plot_gain_vs_layer),
          ("gain_over_steps", plot_gain_steps), ("grad_norm_vs_layer", plot_grad_vs_layer),
-         ("grad_norm_over_steps", plot_grad_norm_steps), ("hres_heatmaps", plot_hres_heatmaps))
+         ("grad_norm_over_steps", plot_grad_norm_steps), ("hres_heatmaps", plot_hres_heatmaps),
+         ("step_stats", plot_step_stats))
 
 
 def make_plots(runs: Runs, folder: Path) -> Dict[str, Path]:

@@ -112,6 +112,18 @@ SUMMARY_ROWS = [
     ("final composite backward gain", "final_composite_backward_gain", ".6g"),
     ("max single-layer forward gain", "max_single_layer_forward_gain", ".6g"),
     ("max single-layer backward gain", "max_single_layer_backward_gain", ".6g"),
+    ("paper convention: max composite forward gain (layers l..L, token mean per sequence)",
+     "paper_composite_forward_gain_max", ".6g"),
+    ("paper convention: max composite backward gain", "paper_composite_backward_gain_max",
+     ".6g"),
+    ("per step: last / first layer gradient norm (mean of last 10 steps)",
+     "step_grad_ratio_last_first_final", ".4g"),
+    ("per step: last / first layer gradient norm, smallest", "step_grad_ratio_last_first_min",
+     ".4g"),
+    ("per step: last / first layer gradient norm, largest", "step_grad_ratio_last_first_max",
+     ".4g"),
+    ("per step: mean ||H_res||_F (mean of last 10 steps)", "step_hres_fro_mean_final", ".4g"),
+    ("per step: mean ||H_res||_F, smallest", "step_hres_fro_mean_min", ".4g"),
     ("parameter gradient, deepest / shallowest layer", "grad_ratio_deepest_to_shallowest",
      ".4g"),
     ("stream gradient, deepest / shallowest layer", "stream_grad_ratio_deepest_to_shallowest",
@@ -147,6 +159,11 @@ CAPTIONS = {
                           "exploding gradients through depth.",
     "grad_norm_over_steps": "Global gradient norm per step before clipping; crosses mark "
                             "spikes (the paper's HC loss surge at 27B comes with one).",
+    "step_stats": "Per training step: gradient norm of the last connection's parameters over "
+                  "the first's (log scale), and the Frobenius norm of H_res averaged over "
+                  "layers and tokens of the training batch (2 = identity at n = 4, 1 = "
+                  "uniform mixing). A collapse of the norm or a jump of the ratio marks the "
+                  "mixing drifting off.",
     "hres_heatmaps": "H_res averaged over the probe tokens for a few layers (first to "
                      "last). mHC: non-negative, rows and columns summing to 1. HC: "
                      "unconstrained, can be negative or grow.",
@@ -210,6 +227,15 @@ def _config_table(runs: Dict[str, List[dict]]) -> str:
     return "<table class='grid'>" + "".join(rows) + "</table>"
 
 
+def _param_match(root: Path) -> str:
+    """The parameter-matching statement of ``mhc compare --match-params`` (if any)."""
+    try:
+        text = json.loads((root / "param_match.json").read_text())["text"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f"<p><b>Parameter matching:</b> {html.escape(text)}.</p>"
+
+
 def _events(runs) -> str:
     items = [f"<li><b>{html.escape(m)}</b>, step {e.get('step')}: {html.escape(e['event'])}"
              f"{' &mdash; ' + html.escape(str(e.get('reason') or e.get('detail') or '')) if e.get('reason') or e.get('detail') else ''}</li>"
@@ -237,6 +263,9 @@ def write_report(folder, skipped: Optional[Dict[str, List[int]]] = None) -> Path
     When a log has unreadable lines (recorded in ``skipped``, a dict, per mode),
     ``summary.json`` is not rewritten and the damaged runs' own summaries are shown."""
     root = Path(folder)
+    from .seeds import is_seed_study, write_seed_report
+    if is_seed_study(root):  # each seed folder is a comparison with its own report
+        return write_seed_report(root)
     skipped = {} if skipped is None else skipped
     runs, is_cmp = load_runs(root, skipped)
     summaries = {m: summarize(recs) for m, recs in runs.items()}
@@ -285,6 +314,7 @@ H_res to be doubly stochastic so that the composite mapping through depth can ne
 amplify nor kill the signal. This report trains the same model with each connection and
 shows what the constraint buys: the loss, the gain of the composite mapping through depth,
 and how gradients reach the first layers.</p>
+{_param_match(root)}
 <h2>Summary</h2><table class='grid'><tr><th>metric</th>{head}</tr>{body}</table>
 <h2>Plots</h2>{figs}
 <h2>Per layer, last diagnostics step</h2>{layers}

@@ -1,4 +1,5 @@
-"""The training loop behind ``mhc train``: AdamW, warm-up + cosine, clipping, diagnostics.
+"""The training loop behind ``mhc train``: AdamW, warm-up + cosine or step decay
+(:mod:`.schedules`), clipping, diagnostics.
 
 One loop, read top to bottom in :meth:`Trainer.fit`. At step ``s`` (optimizer steps done):
 validation loss every ``eval_interval`` steps, diagnostics every ``diag_interval`` steps
@@ -36,13 +37,15 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import PROBE_STREAM, TRAIN_STREAM, VAL_STREAM, BatchSampler, load_corpus
-from ..diagnostics import probe_diagnostics
+from ..diagnostics import probe_diagnostics, step_stats
 from ..models import GPT, DeepStack, DeepStackConfig, GPTConfig
 from .checkpoint import CheckpointError, CheckpointManager, find_checkpoint, set_rng_state
 from .config import (RESUME_KEYS, ConfigError, TrainConfig, config_changes, config_to_dict,
                      format_changes)
 from .distributed import all_reduce_mean, reshard, wrap_model
 from .logs import RunLog, read_log, summarize
+from .schedules import lr_at
+from .trackers import check_tracker
 from .runtime import Runtime
 
 __all__ = ["Trainer", "train", "build_model", "build_optimizer", "lr_at", "prepare_out",
@@ -82,15 +85,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
     kwargs = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              eps=cfg.adam_eps, **kwargs)
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, cosine decay."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    min_lr = cfg.lr * cfg.min_lr_ratio
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
 
 def prepare_out(out: Path, resuming: bool, overwrite: bool, create: bool = True) -> None:
@@ -179,10 +173,11 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg, rt.device)
         if rt.is_main:  # inputs are good: only now touch the disk
+            check_tracker(cfg.tracker)
             prepare_out(self.out, own, overwrite)
         self.ckpt = CheckpointManager(self.out, cfg.keep_last, enabled=rt.is_main)
         self.log = RunLog(self.out / "log.jsonl", enabled=rt.is_main,
-                          tensorboard=cfg.tensorboard)
+                          tensorboard=cfg.tensorboard, tracker=cfg.tracker)
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum  # all ranks
         self.elapsed = 0.0  # training wall time, carried across resumes
         self.skips_in_row = 0
@@ -320,18 +315,27 @@ class Trainer:
             group["lr"] = lr
         t0 = time.perf_counter()
         total = torch.zeros((), device=self.rt.device)
+        # the mappings of the training batch, for the per-step mean ||H_res||_F (recording
+        # mutates the modules, which a compiled graph must not do)
+        record = cfg.step_stats and not cfg.compile
+        for c in self.connections:
+            c.record_mappings = record
         for micro in range(cfg.grad_accum):
             x, y = self._batch(self.train_data, step, micro)
             with self.rt.autocast():
                 _, loss = self.step_model(x, y)
             (loss / cfg.grad_accum).backward()
             total += loss.detach().float()
+        extra = step_stats(self.connections) if cfg.step_stats else {}  # before clipping
+        for c in self.connections:
+            c.record_mappings, c.last_mappings = False, None
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
             gnorm = gnorm.full_tensor()
-        loss_v, gnorm_v = torch.stack([total / cfg.grad_accum,
-                                       gnorm.float().to(total.device)]).tolist()
+        loss_v, gnorm_v, *extra_v = torch.stack(
+            [total / cfg.grad_accum, gnorm.float().to(total.device)]
+            + [v.float().to(total.device) for v in extra.values()]).tolist()
         loss_v = all_reduce_mean(loss_v, self.rt.dist)  # each rank saw its slice
         finite = math.isfinite(loss_v) and math.isfinite(gnorm_v)
         if finite:
@@ -344,7 +348,7 @@ class Trainer:
                                                       and gnorm_v > cfg.grad_clip),
                 "nonfinite": not finite, "tokens": (step + 1) * self.tokens_per_step,
                 "tokens_per_s": self.tokens_per_step / dt, "step_time_s": dt,
-                "elapsed_s": self.elapsed}
+                "elapsed_s": self.elapsed, **dict(zip(extra, extra_v))}
 
     def save(self, step: int) -> Optional[Path]:
         """Checkpoint the current state as step ``step``."""

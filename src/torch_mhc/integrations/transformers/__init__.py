@@ -3,16 +3,21 @@
 Two uses:
 
 * **DeepSeek-V4** (``DeepseekV4ForCausalLM`` / ``DeepseekV4Model``, transformers >= 5.8.1):
-  :func:`patch_deepseek_v4` runs every ``attn_hc`` / ``ffn_hc`` site and the ``hc_head`` on
-  torch-mhc, forward and backward, with the same parameters and state-dict keys;
-  :func:`unpatch_deepseek_v4` restores transformers' modules. See ``docs/deepseek-v4.md``.
+  :func:`patch_deepseek_v4` runs every ``attn_hc`` / ``ffn_hc`` site and the ``hc_head`` of a
+  loaded model on torch-mhc, forward and backward, with the same parameters and state-dict
+  keys; :func:`unpatch_deepseek_v4` restores transformers' modules.
+  :func:`apply_mhc_kernels_to_deepseek_v4` patches the classes instead, before loading, and
+  :class:`AutoMhcModelForCausalLM` loads with it in effect. See ``docs/deepseek-v4.md``.
 * **Upcycling** a pretrained decoder-only model (Llama, Mistral, Qwen2, Qwen3 and the other
   families in :data:`SUPPORTED_MODEL_TYPES`): :func:`upcycle` adds ``n`` residual streams and a
-  hyper-connection around every attention and MLP, equal to the original at step 0;
-  :func:`save_upcycled` / :func:`load_upcycled` save and reload it. See ``docs/upcycling.md``.
+  hyper-connection around every attention and MLP, equal to the original at step 0. Saved
+  with ``save_pretrained`` (or :func:`save_upcycled`), it loads with
+  ``AutoModelForCausalLM.from_pretrained`` (``model_type = "mhc_upcycled"``, registered when
+  this package is imported) or :func:`load_upcycled`. See ``docs/upcycling.md``.
 
-This package imports transformers only when one of these functions is called (and never
-shadows it: all imports inside are absolute), so ``import torch_mhc`` works without it.
+Importing this package imports transformers only to register the upcycled model type (when
+transformers >= 5.0 is installed); it never shadows transformers (all imports inside are
+absolute), and ``import torch_mhc`` works without it.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from ._compat import (
     MIN_TRANSFORMERS,
     MIN_TRANSFORMERS_DEEPSEEK_V4,
     SUPPORTED_MODEL_TYPES,
+    UPCYCLED_MODEL_TYPE,
     TransformersUnavailableError,
     require_transformers,
     transformers_version,
@@ -27,20 +33,46 @@ from ._compat import (
 
 __all__ = [
     "patch_deepseek_v4", "unpatch_deepseek_v4", "is_deepseek_v4_patched",
+    "apply_mhc_kernels_to_deepseek_v4", "revert_mhc_kernels_to_deepseek_v4",
+    "AutoMhcModelForCausalLM", "UPCYCLED_MODEL_TYPE",
     "upcycle", "is_upcycled", "hyper_connections", "save_upcycled", "load_upcycled", "hc_state_dict",
     "SUPPORTED_MODEL_TYPES", "MIN_TRANSFORMERS", "MIN_TRANSFORMERS_DEEPSEEK_V4",
     "TransformersUnavailableError", "require_transformers", "transformers_version",
 ]
 
 
+def _register_auto_classes() -> bool:
+    """Let ``AutoConfig`` / ``AutoModelForCausalLM`` read upcycled checkpoints; False (and
+    nothing registered) without transformers >= 5.0."""
+    try:
+        require_transformers("the upcycled model type", MIN_TRANSFORMERS)
+    except TransformersUnavailableError:
+        return False
+    from .auto import register
+    register()
+    return True
+
+
+_register_auto_classes()
+
+
+def __getattr__(name):
+    if name == "AutoMhcModelForCausalLM":  # a transformers Auto class: needs transformers
+        require_transformers(name, MIN_TRANSFORMERS)
+        from .auto import AutoMhcModelForCausalLM
+        return AutoMhcModelForCausalLM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def hyper_connections(model):
     """The :class:`torch_mhc.HyperConnection` modules of ``model`` in depth order (layer 0's
     attention, layer 0's MLP, layer 1's attention, ...): for the diagnostics, e.g. set
     ``record_mappings = True`` on each, run a batch, then
-    ``torch_mhc.diagnostics.probe.collect_mappings(hyper_connections(model))``."""
+    ``torch_mhc.diagnostics.probe.collect_mappings(hyper_connections(model))``. Under PEFT's
+    ``modules_to_save`` the trained copies are listed, not the frozen originals."""
     from ...nn.hyper_connection import HyperConnection
-    return [m for m in model.modules() if isinstance(m, HyperConnection)]
+    return [m for name, m in model.named_modules() if isinstance(m, HyperConnection)
+            and ".original_module" not in f".{name}"]
 
 
 def _v4():
@@ -69,6 +101,19 @@ def patch_deepseek_v4(model, n=None, backend: str = "auto"):
     else PyTorch), ``"torch"`` or ``"triton"``. Returns ``model``. Needs transformers >= 5.8.1.
     """
     return _v4().patch_deepseek_v4(model, n=n, backend=backend)
+
+
+def apply_mhc_kernels_to_deepseek_v4(backend: str = "auto") -> None:
+    """Patch transformers' DeepSeek-V4 classes so that every V4 model built afterwards
+    (``from_pretrained``, ``from_config``) runs its mHC on torch-mhc, exactly as
+    :func:`patch_deepseek_v4` would; call it before loading (Liger-Kernel style). Undo with
+    :func:`revert_mhc_kernels_to_deepseek_v4`. Needs transformers >= 5.8.1."""
+    return _v4().apply_mhc_kernels_to_deepseek_v4(backend=backend)
+
+
+def revert_mhc_kernels_to_deepseek_v4() -> None:
+    """Undo :func:`apply_mhc_kernels_to_deepseek_v4` for models built afterwards."""
+    return _v4().revert_mhc_kernels_to_deepseek_v4()
 
 
 def unpatch_deepseek_v4(model):
@@ -102,13 +147,14 @@ def hc_state_dict(model):
 
 def save_upcycled(model, save_directory: str, **save_pretrained_kwargs) -> None:
     """``model.save_pretrained(save_directory)`` for an upcycled model (safetensors; the
-    settings ride in ``config.json`` as ``mhc_upcycle``). Reload with :func:`load_upcycled`."""
+    settings ride in ``config.json`` as ``mhc_upcycle``). Reload with
+    ``AutoModelForCausalLM.from_pretrained`` or :func:`load_upcycled`."""
     return _up().save_upcycled(model, save_directory, **save_pretrained_kwargs)
 
 
 def load_upcycled(path: str, model_class=None, **kwargs):
     """Reload an upcycled model saved by :func:`save_upcycled` / ``save_pretrained`` / HF
-    ``Trainer``: ``from_pretrained`` + :func:`upcycle` + the saved hyper-connection tensors.
-    ``model_class`` defaults to ``AutoModelForCausalLM``; ``backend`` and ``from_pretrained``
-    keyword arguments are accepted."""
+    ``Trainer`` (what ``AutoModelForCausalLM.from_pretrained`` does, plus checkpoints of
+    older torch-mhc versions). ``model_class`` defaults to ``AutoModelForCausalLM``;
+    ``backend`` and ``from_pretrained`` keyword arguments are accepted."""
     return _up().load_upcycled(path, model_class, **kwargs)

@@ -1,6 +1,7 @@
 """The branch ``F`` of a hyper-connection built around a transformers decoder layer's own modules."""
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -26,6 +27,19 @@ class SublayerBranch(nn.Module):
         super().__init__()
         self.__dict__["_layer"] = layer  # bypass nn.Module registration on purpose
         self.norm_name, self.module_name = norm, module
+
+    def __deepcopy__(self, memo):
+        """Copy with the owning layer: the copy's if the layer is being copied too
+        (``copy.deepcopy(model)``), else the same layer. Copying a connection alone (PEFT's
+        ``modules_to_save`` does) must not copy the layer's attention and MLP: the copy
+        would train on frozen duplicates, out of reach of the optimizer and the adapters."""
+        layer = self.__dict__["_layer"]
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        state = {k: v for k, v in self.__dict__.items() if k != "_layer"}
+        new.__dict__.update(copy.deepcopy(state, memo))
+        new.__dict__["_layer"] = memo.get(id(layer), layer)
+        return new
 
     def extra_repr(self) -> str:
         pre = f"{self.norm_name} -> " if self.norm_name else ""

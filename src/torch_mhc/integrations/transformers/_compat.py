@@ -5,13 +5,17 @@ import re
 from typing import Optional, Tuple
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "MIN_TRANSFORMERS", "MIN_TRANSFORMERS_DEEPSEEK_V4", "TransformersUnavailableError",
-           "transformers_version", "require_transformers"]
+           "UPCYCLED_MODEL_TYPE", "transformers_version", "require_transformers"]
 
 #: Oldest transformers the upcycling path supports (the 5.x decoder-layer API).
 MIN_TRANSFORMERS = "5.0.0"
 #: Oldest transformers whose DeepSeek-V4 computes the released mHC convention (spec section 6).
 #: 5.8.0 shipped a pre-release form (sigmoid comb, comb not transposed, post without the 2x).
 MIN_TRANSFORMERS_DEEPSEEK_V4 = "5.8.1"
+
+#: ``model_type`` in the ``config.json`` of a saved upcycled model (the family's own type is
+#: in ``mhc_upcycle["base_model_type"]``).
+UPCYCLED_MODEL_TYPE = "mhc_upcycled"
 
 #: ``config.model_type`` values :func:`~torch_mhc.integrations.transformers.upcycle` accepts:
 #: their decoder layer is the pre-norm Llama layout (``h = x + self_attn(input_layernorm(x))``,

@@ -19,9 +19,14 @@ What :func:`patch_deepseek_v4` does to each ``DeepseekV4DecoderLayer``:
 
 and ``model.hc_head`` (``DeepseekV4HyperHead``) becomes a :class:`torch_mhc.nn.hyper_head.HyperHead`
 holding the same ``hc_fn``, ``hc_base``, ``hc_scale``.
+
+:func:`apply_mhc_kernels_to_deepseek_v4` does the same to every model built afterwards, at
+construction (before ``from_pretrained`` loads the weights), as Liger-Kernel's
+``apply_liger_kernel_to_*`` functions do.
 """
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 from typing import List, Optional, Tuple
 
@@ -38,7 +43,8 @@ from ...nn.hyper_head import HyperHead
 from ._branch import SublayerBranch
 
 __all__ = ["MhcDeepseekV4DecoderLayer", "patch_deepseek_v4", "unpatch_deepseek_v4",
-           "is_deepseek_v4_patched"]
+           "is_deepseek_v4_patched", "apply_mhc_kernels_to_deepseek_v4",
+           "revert_mhc_kernels_to_deepseek_v4"]
 
 _SITES = (("attn_hc", "input_layernorm", "self_attn"), ("ffn_hc", "post_attention_layernorm", "mlp"))
 
@@ -133,7 +139,8 @@ def patch_deepseek_v4(model: nn.Module, n: Optional[int] = None, backend: str = 
             hc = HyperConnection(SublayerBranch(layer, norm, module), dim, site_n, "mhc",
                                  layer_index=2 * index + k, backend=backend,
                                  sinkhorn_iters=site.hc_sinkhorn_iters,
-                                 rms_eps=site.input_norm.eps, hc_eps=site.hc_eps)
+                                 rms_eps=site.input_norm.eps, hc_eps=site.hc_eps,
+                                 device="meta")  # placeholders: V4's parameters go in below
             hc.fn, hc.base, hc.scale = site.fn, site.base, site.scale  # share, don't copy
             hc.train(site.training)
             new[site_name] = hc
@@ -151,12 +158,57 @@ def patch_deepseek_v4(model: nn.Module, n: Optional[int] = None, backend: str = 
                              f"{tuple(head.hc_base.shape)} do not fit hc_mult={head_n}: the "
                              "checkpoint's hc_mult disagrees with the model's")
         new_head = HyperHead(head.hc_fn.shape[1] // head_n, head_n, rms_eps=head.input_norm.eps,
-                             eps=head.eps, backend=backend)
+                             eps=head.eps, backend=backend, device="meta")
         new_head.hc_fn, new_head.hc_base, new_head.hc_scale = head.hc_fn, head.hc_base, head.hc_scale
         new_head.train(head.training)
         new_head._deepseek_v4_patched = True
         setattr(parent, attr, new_head)
+    for m in model.modules():  # device maps must not split a patched layer either
+        no_split = getattr(m, "_no_split_modules", None)
+        if isinstance(no_split, set) and "DeepseekV4DecoderLayer" in no_split:
+            no_split.add("MhcDeepseekV4DecoderLayer")
     return model
+
+
+_APPLIED: dict = {}  # {"init": transformers' DeepseekV4Model.__init__, "backend": ...}
+
+
+def apply_mhc_kernels_to_deepseek_v4(backend: str = "auto") -> None:
+    """Patch transformers' DeepSeek-V4 classes so that every model built from now on
+    (``from_pretrained``, ``from_config``, the constructors) comes out patched as by
+    :func:`patch_deepseek_v4`: call it before loading, as with Liger-Kernel's
+    ``apply_liger_kernel_to_*``. Calling it again only changes ``backend`` for later models;
+    :func:`revert_mhc_kernels_to_deepseek_v4` undoes it (models already built stay patched)."""
+    from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4Model
+
+    from ...ops._backend import check_backend
+    _APPLIED["backend"] = check_backend(backend)
+    if "init" in _APPLIED:
+        return
+    original = DeepseekV4Model.__init__
+
+    @functools.wraps(original)
+    def __init__(self, config, *args, **kwargs):
+        original(self, config, *args, **kwargs)
+        patch_deepseek_v4(self, backend=_APPLIED.get("backend", "auto"))
+
+    _APPLIED["init"] = original
+    DeepseekV4Model.__init__ = __init__
+
+
+def revert_mhc_kernels_to_deepseek_v4() -> None:
+    """Undo :func:`apply_mhc_kernels_to_deepseek_v4`: models built afterwards are plain
+    transformers again."""
+    from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4Model
+    original = _APPLIED.pop("init", None)
+    if original is not None:
+        DeepseekV4Model.__init__ = original
+    _APPLIED.pop("backend", None)
+
+
+def _applied() -> bool:
+    """True while :func:`apply_mhc_kernels_to_deepseek_v4` is in effect."""
+    return "init" in _APPLIED
 
 
 def is_deepseek_v4_patched(model: nn.Module) -> bool:

@@ -17,9 +17,10 @@ With our initialisation (spec section 3) the upcycled model computes the origina
 logits at step 0: identical streams stay identical, the branch reads exactly that hidden
 state and its output is added to every stream.
 
-The settings are recorded in ``model.config.mhc_upcycle``, so ``save_pretrained`` (and the
-checkpoints of HF ``Trainer``) carry them; :func:`load_upcycled` rebuilds the model from such a
-directory.
+The settings are recorded in ``model.config.mhc_upcycle``, and the model's and config's
+classes become ``Mhc<Class>`` subclasses saved with ``model_type = "mhc_upcycled"`` (see
+:mod:`.auto`), so ``save_pretrained`` (and the checkpoints of HF ``Trainer``) write a
+directory that ``AutoModelForCausalLM.from_pretrained`` loads as the upcycled model.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from torch import nn
 from ...nn.hyper_connection import MODES, HyperConnection
 from ...nn.streams import expand_streams, reduce_streams
 from ._branch import SublayerBranch
-from ._compat import SUPPORTED_MODEL_TYPES
+from ._compat import SUPPORTED_MODEL_TYPES, UPCYCLED_MODEL_TYPE
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "upcycle", "is_upcycled", "save_upcycled", "load_upcycled",
            "hc_state_dict"]
@@ -60,7 +61,7 @@ class _UpcycledLayerMixin:
                                   args, kwargs)
         streams = hidden_states
         if self._mhc_expand:
-            streams = expand_streams(hidden_states, self.attn_hc.n)
+            streams = expand_streams(hidden_states, self._mhc_n)
         streams = self.attn_hc(streams, **kwargs)
         streams = self.ffn_hc(streams)
         if self._mhc_collapse:
@@ -115,8 +116,12 @@ def _decoder(model: nn.Module) -> nn.Module:
 
 
 def _model_type(model: nn.Module) -> Optional[str]:
+    """``config.model_type``; for a model built from an upcycled checkpoint, its family's."""
     cfg = getattr(model, "config", None)
-    return getattr(cfg, "model_type", None) if cfg is not None else None
+    mtype = getattr(cfg, "model_type", None) if cfg is not None else None
+    if mtype == UPCYCLED_MODEL_TYPE:
+        return (getattr(cfg, "mhc_upcycle", None) or {}).get("base_model_type")
+    return mtype
 
 
 def is_upcycled(model: nn.Module) -> bool:
@@ -182,14 +187,15 @@ def upcycle(model: nn.Module, n: int = 4, mode: str = "mhc", *, backend: str = "
             or getattr(layer, "hidden_size", None) or dec.norm.weight.shape[-1]
         for k, (site, norm, mod) in enumerate(_SITES):
             hc = HyperConnection(SublayerBranch(layer, norm, mod), int(dim), n, mode,
-                                 layer_index=2 * i + k, backend=backend, **hc_kwargs)
-            hc.to(device=device, dtype=hc_dtype)
+                                 layer_index=2 * i + k, backend=backend, device=device,
+                                 dtype=hc_dtype, **hc_kwargs)
             hc.train(layer.training)
             setattr(layer, site, hc)
+        layer._mhc_n = n
         layer._mhc_expand = i == 0
         layer._mhc_collapse = i == used - 1
         layer.__class__ = _upcycled_class(type(layer))
-    settings = {"n": n, "mode": mode, "hc_kwargs": dict(hc_kwargs)}
+    settings = {"n": n, "mode": mode, "hc_kwargs": dict(hc_kwargs), "base_model_type": mtype}
     cfg = getattr(model, "config", None)
     if cfg is not None:
         try:
@@ -197,7 +203,34 @@ def upcycle(model: nn.Module, n: int = 4, mode: str = "mhc", *, backend: str = "
             cfg.mhc_upcycle = settings
         except (TypeError, AttributeError) as exc:  # pragma: no cover - exotic configs
             raise ValueError(f"cannot record the upcycle settings in the config: {exc}") from exc
+    _adopt(model)
     return model
+
+
+def _adopt(model: nn.Module) -> None:
+    """Make an upcycled transformers model save and load as one: its class becomes
+    ``Mhc<Class>`` and its config's ``Mhc<ConfigClass>`` (``model_type = "mhc_upcycled"``,
+    registered with the Auto classes; see :mod:`.auto`), and device maps keep each upcycled
+    layer on one device and the connections in float32."""
+    from transformers import PreTrainedModel
+
+    from .auto import upcycled_config_class, upcycled_model_class
+    if not isinstance(model, PreTrainedModel) or getattr(model, "config", None) is None:
+        return
+    model.config.__class__ = upcycled_config_class(type(model.config))
+    model.__class__ = upcycled_model_class(type(model))
+    try:  # transformers (5.x) looks up output capture (output_hidden_states) by class name
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+        _CAN_RECORD_REGISTRY[model] = model._can_record_outputs
+    except (ImportError, AttributeError, TypeError):  # other versions: nothing to do
+        pass
+    for m in model.modules():
+        if not isinstance(m, PreTrainedModel):
+            continue
+        m._keep_in_fp32_modules_strict = set(m._keep_in_fp32_modules_strict or ()) | {
+            "attn_hc", "ffn_hc"}
+        no_split = set(m._no_split_modules or ())
+        m._no_split_modules = no_split | {f"Mhc{name}" for name in no_split}
 
 
 def hc_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -258,14 +291,18 @@ def _checkpoint_files(path: str, hub: Optional[Dict[str, Any]] = None) -> Dict[s
 
 def load_upcycled(path: str, model_class=None, *, backend: str = "auto",
                   **from_pretrained_kwargs) -> nn.Module:
-    """Rebuild a model saved by :func:`save_upcycled` (or by ``save_pretrained`` / HF ``Trainer``
-    on an upcycled model): ``model_class.from_pretrained(path)`` (default
-    ``AutoModelForCausalLM``) loads the pretrained modules, :func:`upcycle` re-applies the
-    settings in ``config.mhc_upcycle``, then the hyper-connection parameters are read from the
-    checkpoint's safetensors files. Extra keyword arguments go to ``from_pretrained``."""
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+    """Load an upcycled model saved by :func:`save_upcycled` (or by ``save_pretrained`` / HF
+    ``Trainer`` on an upcycled model). Such a checkpoint loads with plain
+    ``AutoModelForCausalLM.from_pretrained`` too; this adds ``backend`` and ``model_class``
+    (the original family's class, e.g. ``Qwen2ForCausalLM``, or an Auto class; default
+    ``AutoModelForCausalLM``). Extra keyword arguments go to ``from_pretrained``.
+
+    Checkpoints of older torch-mhc versions (the family's own ``model_type`` plus
+    ``mhc_upcycle``) are read too: ``from_pretrained``, :func:`upcycle` with the recorded
+    settings, then the hyper-connection tensors from the safetensors files."""
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+    from .auto import _set_backend, upcycled_model_class
 
     hub = {k: from_pretrained_kwargs[k] for k in _HUB_KWARGS if k in from_pretrained_kwargs}
     config = from_pretrained_kwargs.pop("config", None) or AutoConfig.from_pretrained(path, **hub)
@@ -273,7 +310,21 @@ def load_upcycled(path: str, model_class=None, *, backend: str = "auto",
     if not isinstance(settings, dict) or "n" not in settings:
         raise ValueError(f"{path} is not an upcycled checkpoint (its config has no "
                          "'mhc_upcycle'); load it with from_pretrained, then call upcycle()")
-    model_class = model_class or AutoModelForCausalLM
+    if getattr(config, "model_type", None) == UPCYCLED_MODEL_TYPE:
+        cls = model_class or AutoModelForCausalLM
+        if isinstance(cls, type) and issubclass(cls, PreTrainedModel):
+            cls = upcycled_model_class(cls)
+        model = cls.from_pretrained(path, config=config, **from_pretrained_kwargs)
+        return _set_backend(model, backend)
+    return _load_legacy(path, config, settings, model_class or AutoModelForCausalLM, backend,
+                        hub, from_pretrained_kwargs)
+
+
+def _load_legacy(path, config, settings, model_class, backend, hub, from_pretrained_kwargs):
+    """``from_pretrained`` + :func:`upcycle` + the hyper-connection tensors (old format)."""
+    from safetensors import safe_open
+    from transformers.utils import logging as hf_logging
+
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the hc keys are 'unexpected' for the plain model
     from_pretrained_kwargs.pop("output_loading_info", None)
@@ -291,7 +342,7 @@ def load_upcycled(path: str, model_class=None, *, backend: str = "auto",
     problems = {k: v for k, v in problems.items() if v}
     if problems:  # what transformers would have reported, minus the expected hc keys
         warnings.warn(f"load_upcycled({path!r}): from_pretrained reported {problems}",
-                      stacklevel=2)
+                      stacklevel=3)
     upcycle(model, int(settings["n"]), settings.get("mode", "mhc"), backend=backend,
             **settings.get("hc_kwargs", {}))
     wanted = hc_state_dict(model)

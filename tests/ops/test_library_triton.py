@@ -1,0 +1,105 @@
+"""The fused ops as ``torch.library`` custom ops: ``torch.library.opcheck`` on each (schema,
+fake tensors, autograd registration, AOT dispatch), in the Triton interpreter (float32) and
+through the PyTorch twins (float64), and the eager and registered paths agree."""
+import pytest
+import torch
+
+from torch_mhc.ops import _library
+from torch_mhc.ops.coefficients import coefficients_op
+from torch_mhc.ops.connection import _connection_post, _connection_pre, _link, _pre_backward
+from torch_mhc.ops.post_res import post_res_backward_op, post_res_op
+from torch_mhc.ops.pre_mix import pre_mix_backward_op, pre_mix_op
+from torch_mhc.testing import rel_error
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# test_aot_dispatch_dynamic compiles each op with dynamic shapes (slow in the interpreter);
+# the other checks run everywhere
+FAST = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_static")
+
+
+def _inputs(T, n, C, dtype, grad=True):
+    g = torch.Generator().manual_seed(T * 100 + C)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(DEV, dtype)  # noqa: E731
+    x = r(T, n, C).requires_grad_(grad)
+    fn = (r((n + 2) * n, n * C) * 0.1).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    base, scale = r((n + 2) * n).to(fn.dtype), (r(3).abs() + 0.5).to(fn.dtype)
+    return x, fn.requires_grad_(grad), base.requires_grad_(grad), scale.requires_grad_(grad)
+
+
+def _cases():
+    # (dtype, T, n, C): float32 runs the interpreted kernels, float64 the PyTorch twins
+    return [(torch.float32, 5, 4, 24), (torch.float32, 3, 2, 40), (torch.float64, 4, 4, 16)]
+
+
+@pytest.mark.parametrize("dtype,T,n,C", _cases())
+def test_opcheck_forward_ops(dtype, T, n, C):
+    x, fn, base, scale = _inputs(T, n, C, dtype)
+    cdt = fn.dtype
+    h_pre = torch.rand(T, n, dtype=cdt, device=DEV).requires_grad_()
+    h_post = torch.rand(T, n, dtype=cdt, device=DEV).requires_grad_()
+    h_res = torch.rand(T, n, n, dtype=cdt, device=DEV).requires_grad_()
+    y = torch.randn(T, C, dtype=dtype, device=DEV).requires_grad_()
+    cases = [
+        (coefficients_op, (x, fn, base, scale, 20, 1e-6, 0.0)),
+        (coefficients_op, (x, fn, base, scale, 5, 1e-6, 1e-6)),  # V4's eps form
+        (pre_mix_op, (x, h_pre)),
+        (post_res_op, (x, y, h_post, h_res)),
+        (_connection_pre, (x, fn, base, scale, 20, 1e-6, 0.0)),
+        (_connection_post, (x, _link(x.detach()).requires_grad_(), y, h_post, h_res)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op.op, args, test_utils=FAST)
+
+
+@pytest.mark.parametrize("dtype,T,n,C", _cases()[:1] + _cases()[2:])
+def test_opcheck_backward_ops(dtype, T, n, C):
+    x, fn, base, scale = (t.detach() for t in _inputs(T, n, C, dtype))
+    h_pre, h_post, h_res, mix = coefficients_op.impl(x, fn, base, scale, 20, 1e-6, 0.0)
+    dh, y = torch.randn(T, C, dtype=dtype, device=DEV), torch.randn(T, C, dtype=dtype, device=DEV)
+    g = torch.randn(T, n, C, dtype=dtype, device=DEV)
+    dp = torch.randn_like(h_pre)
+    cases = [
+        (pre_mix_backward_op, (x, h_pre, dh, True)),
+        (pre_mix_backward_op, (x, h_pre, dh, False)),
+        (post_res_backward_op, (x, y, h_post, h_res, g, True)),
+        (post_res_backward_op, (x, y, h_post, h_res, g, False)),
+        (_pre_backward, (x, fn, base, scale, mix, h_pre, h_res, dh, None, dp, None, g, 20, 0.0)),
+        (_pre_backward, (x, fn, base, scale, mix, h_pre, h_res, None, dp, None, None, None,
+                         20, 0.0)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op.op, args, test_utils=FAST)
+
+
+def test_opcheck_dynamic_shapes():
+    """AOT dispatch with dynamic shapes, once for the connection pair (the slowest check)."""
+    x, fn, base, scale = _inputs(4, 4, 16, torch.float32)
+    torch.library.opcheck(_connection_pre.op, (x, fn, base, scale, 20, 1e-6, 0.0),
+                          test_utils="test_aot_dispatch_dynamic")
+
+
+def test_eager_and_registered_paths_agree():
+    """The eager autograd.Function and the dispatcher path (forced by a dispatch mode) run
+    the same code: equal outputs and gradients for a whole connection."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    from torch_mhc.ops.connection import connection_post, connection_pre
+    x, fn, base, scale = _inputs(6, 4, 24, torch.float32)
+    lin = torch.nn.Linear(24, 24).to(DEV)
+
+    def run():
+        h, _, hq, hr, link = connection_pre(x, fn, base, scale, 20, 1e-6, 0.0)
+        out = connection_post(x, lin(h), hq, hr, link)
+        return (out,) + torch.autograd.grad((out * out).sum(), [x, fn, base, scale])
+
+    assert not _library.tracing(x)
+    eager = run()
+    with Passthrough():
+        assert _library.tracing(x)
+        traced = run()
+    for a, b in zip(eager, traced):
+        assert rel_error(a, b) < 1e-6
