@@ -95,3 +95,45 @@ def test_interrupted_bench_keeps_what_it_measured(tmp_path, monkeypatch):
     assert main(args) == 0
     done = json.loads(out.read_text())
     assert "partial" not in done and set(done["variants"]) == {"residual", "mhc-torch"}
+
+
+def test_bench_without_a_gpu_needs_device_cpu(capsys, monkeypatch):
+    """No CUDA and no --device: refused at once (GPU-sized suites would run for minutes
+    on the CPU without a word), one line, exit 2."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["bench", "--suite", "layer"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("mhc bench: error: no CUDA device")
+    assert "--device cpu" in captured.err and captured.err.count("\n") == 1
+    assert captured.out == ""
+
+
+def test_bench_says_what_it_is_doing_first(capsys, monkeypatch):
+    from torch_mhc import bench
+    seen = {}
+
+    def fake(args, save=None):  # what was on stderr when the timing started
+        seen["err"] = capsys.readouterr().err
+        return {"suite": args.suite}
+    monkeypatch.setattr(bench, "run_bench", fake)
+    assert main(FAST) == 0
+    line = seen["err"]
+    assert line.startswith("mhc bench: layer suite on cpu: preset tiny") and "seq 8" in line
+    assert "Triton variants are skipped" in line and line.count("\n") == 1
+
+
+def test_bench_help_is_formatted_like_the_other_commands(capsys):
+    import re
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and "examples:" in text and "--device cpu" in text
+    options = text[text.index("options:"):text.index("suites (--suite):")]
+    # every option has help, and every option with a default says it
+    entries = re.split(r"\n  (?=-)", options)[1:]
+    assert len(entries) >= 16
+    for entry in entries:
+        flag = entry.split()[0]
+        assert len(entry.split()) > 2, flag
+        if not any(k in entry for k in ("--interleave", "--cuda-graph", "--help")):
+            assert "(default:" in " ".join(entry.split()), flag

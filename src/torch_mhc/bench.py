@@ -656,6 +656,10 @@ def _check_args(args) -> Optional[str]:
             return f"unknown --device {args.device!r}; use cuda, cuda:N or cpu"
         if device.type == "cuda" and not torch.cuda.is_available():
             return f"--device {args.device}: CUDA is not available here"
+    elif not torch.cuda.is_available():
+        return ("no CUDA device here, and the suites are sized for one (the layer suite takes "
+                "minutes per step on a CPU); to run on the CPU anyway pass --device cpu, "
+                "e.g. with --preset tiny --seq 128 for a quick check")
     if getattr(args, "compile", None) and getattr(args, "cuda_graph", False):
         return "--compile and --cuda-graph are exclusive (use --compile reduce-overhead)"
     if getattr(args, "compile", None) and args.suite == "kernels":
@@ -683,11 +687,31 @@ def _write_json(path: str, obj: Dict) -> None:
     os.replace(tmp, path)
 
 
+def _plan(args) -> str:
+    """One line: what this run is about to time, and where."""
+    device = torch.device(args.device or "cuda")
+    if args.suite == "kernels":
+        what = f"each op at T = {args.tokens}, C = {args.C}, n = {args.n}"
+    else:
+        from .models import GPT_PRESETS
+        preset = args.preset or args.suite
+        shape = GPT_PRESETS[preset]
+        what = (f"preset {preset} (d {shape['d_model']}, {shape['n_layer']} blocks, seq "
+                f"{args.seq or shape['seq_len']}), {args.warmup} warm-up + {args.steps} timed "
+                f"steps of variants {args.variants or ','.join(VARIANTS)}")
+    line = f"mhc bench: {args.suite} suite on {device}: {what}; a line per result as it comes"
+    if device.type == "cpu":
+        line += ("; on the CPU the Triton variants are skipped and GPU-sized shapes take "
+                 "minutes per step")
+    return line
+
+
 def _cmd(args) -> int:
     problem = _check_args(args)
     if problem:
         print(f"mhc bench: error: {problem}", file=sys.stderr)
         return 2
+    _log(_plan(args))
     save = None
     if args.out:
         commit = _commit()
@@ -711,25 +735,68 @@ def _cmd(args) -> int:
     return 0
 
 
+DESCRIPTION = ("Time what mHC costs over the plain residual model, all variants in one run: "
+               "a training step (forward + backward + AdamW) of a GPT per variant, or each "
+               "mHC op alone. Prints a one-line summary; the full JSON goes to --out. Meant "
+               "for a GPU; on a CPU it runs only with --device cpu.")
+
+EPILOG = """suites (--suite):
+  layer      GPT d 4096, 4 blocks, 32 heads, seq 4096, batch 1, SwiGLU 11008
+  gpt-small  GPT d 1024, 12 blocks, 16 heads, seq 1024, batch 8
+  kernels    each op forward and backward at T = C = 4096 (--tokens, --C), Triton vs
+             the PyTorch reference, with the share of this GPU's copy bandwidth
+
+variants (--variants): residual (the baseline), mhc-triton (fused kernels),
+  mhc-triton-recompute (stream recomputed in blocks, paper Eq. 20), mhc-torch (the
+  PyTorch reference), liger (Liger-Kernel's LigerMHC, when liger_kernel imports)
+
+examples:
+  mhc bench --suite layer --out layer.json             # one GPU
+  mhc bench --suite layer --interleave --steps 30      # drift-robust paired overhead
+  mhc bench --suite kernels --out kernels.json
+  mhc bench --device cpu --preset tiny --seq 128 --variants residual,mhc-torch
+                                                       # a quick check on a CPU
+
+the JSON (--out) holds overhead_pct, peak_mem_overhead_pct, device, versions, commit,
+config and per variant median_ms, every step time and peak_mem_gib; it is rewritten
+after each variant, marked "partial", so an interrupted run keeps what it measured.
+"""
+
+
 def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", choices=SUITES, default="layer")
-    p.add_argument("--out", default=None, help="write the JSON here")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (median)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles kernels)")
-    p.add_argument("--n", type=int, default=4, help="streams")
-    p.add_argument("--dtype", choices=("bf16", "autocast", "fp32"), default="bf16")
+    p.add_argument("--suite", choices=SUITES, default="layer",
+                   help="what to time: layer, gpt-small or kernels (default: %(default)s)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the full JSON here (default: only the summary line is printed)")
+    p.add_argument("--steps", type=int, default=10, metavar="N",
+                   help="timed steps per variant; the median is reported (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, metavar="N",
+                   help="untimed steps first, to compile kernels (default: %(default)s)")
+    p.add_argument("--n", type=int, default=4, metavar="N",
+                   help="residual streams of mHC (default: %(default)s)")
+    p.add_argument("--dtype", choices=("bf16", "autocast", "fp32"), default="bf16",
+                   help="bf16: model in bf16 (mHC parameters fp32); autocast: fp32 parameters "
+                        "under bf16 autocast; fp32 (default: %(default)s)")
     p.add_argument("--optimizer", choices=("fused", "foreach"), default="fused",
-                   help="AdamW implementation on CUDA: fused (as mhc train uses; default) or "
-                        "foreach")
-    p.add_argument("--variants", default=None,
-                   help="comma list of residual,mhc-triton,mhc-triton-recompute,mhc-torch,liger "
-                        "(default all)")
-    p.add_argument("--preset", default=None, help="override the suite's GPT preset")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--seq", type=int, default=None, help="override the sequence length")
-    p.add_argument("--tokens", type=int, default=4096, help="kernels suite: tokens")
-    p.add_argument("--C", type=int, default=4096, help="kernels suite: stream width")
-    p.add_argument("--device", default=None)
+                   help="AdamW implementation on CUDA, as mhc train uses: fused, or foreach "
+                        "(default: %(default)s)")
+    p.add_argument("--variants", default=None, metavar="LIST",
+                   help=f"comma-separated subset of {','.join(VARIANTS)} (default: all)")
+    from .models import GPT_PRESETS
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help=f"GPT preset instead of the suite's own: {', '.join(GPT_PRESETS)} "
+                        "(default: the suite's)")
+    p.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="sequences per step (default: 1 for layer, 8 for gpt-small)")
+    p.add_argument("--seq", type=int, default=None, metavar="N",
+                   help="sequence length (default: the preset's)")
+    p.add_argument("--tokens", type=int, default=4096, metavar="N",
+                   help="kernels suite: tokens T (default: %(default)s)")
+    p.add_argument("--C", type=int, default=4096, metavar="N",
+                   help="kernels suite: stream width C (default: %(default)s)")
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="cuda, cuda:N or cpu (default: cuda; without a GPU, --device cpu "
+                        "must be given)")
     p.add_argument("--interleave", action="store_true",
                    help="layer/gpt-small: keep every variant's model in memory and time them in "
                         "rounds (one step each, order rotated), so machine drift hits all alike; "
@@ -745,18 +812,25 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                         "its replays (removes the host launch overhead that small models pay)")
 
 
+def _parser_kwargs() -> Dict:
+    """Description, epilog and formatter shared by ``mhc bench`` and ``python -m``: the
+    same layout as ``mhc train`` (wrapped description, examples kept as written)."""
+    import textwrap
+    return dict(description=textwrap.fill(DESCRIPTION, width=80), epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def register(subparsers) -> None:
     """Add ``mhc bench`` to the ``mhc`` command."""
     p = subparsers.add_parser("bench", help="time mHC against the plain residual (GPU)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              **_parser_kwargs())
     _add_args(p)
     p.set_defaults(func=_cmd)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m torch_mhc.bench``."""
-    p = argparse.ArgumentParser(prog="mhc bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="mhc bench", **_parser_kwargs())
     _add_args(p)
     return _cmd(p.parse_args(argv))
 

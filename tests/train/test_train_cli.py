@@ -87,8 +87,10 @@ def test_train_then_report_single_run(flags, tmp_path, capsys):
     (["--out", "{file}"], "is an existing file"),
     (["--resume", "{nothing}"], "does not exist"),
     (["--n-head", "3"], "not divisible"),
+    (["--backend", "triton"], "--backend triton needs"),  # --device cpu: no CUDA
 ])
-def test_train_bad_input(flags, tmp_path, capsys, args, phrase):
+def test_train_bad_input(flags, tmp_path, capsys, monkeypatch, args, phrase):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "short.txt").write_text("just a few words")
     (tmp_path / "bad.toml").write_text('preset = "enormous"\n')
@@ -104,6 +106,7 @@ def test_train_bad_input(flags, tmp_path, capsys, args, phrase):
     assert rc == 2
     err = _err(capsys)
     assert phrase in err and err.startswith("mhc train: error:")
+    assert err.count("\n") == 1  # one line
 
 
 def test_unknown_preset_flag(capsys):
@@ -122,6 +125,7 @@ def test_resume_with_different_config_message(flags, tmp_path, capsys):
     assert rc == 2
     err = _err(capsys)
     assert "different configuration" in err and "--connection mhc" in err
+    assert err.count("\n") == 1  # one line
 
 
 def test_compare_bad_modes_and_existing_file(tmp_path, capsys):

@@ -33,6 +33,7 @@ def _run(out, *extra, nproc=0):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    return res
 
 
 def _records(out):
@@ -75,7 +76,8 @@ def test_two_ranks_match_one_process(single, tmp_path, parallel):
 def test_checkpoint_of_two_fsdp_ranks_resumes_on_one(single, tmp_path):
     two = tmp_path / "two"
     _run(two, "--parallel", "fsdp", nproc=2)
-    one = tmp_path / "one"
-    _run(one, "--resume", str(two / "checkpoints" / "step_00000002"))
+    one = tmp_path / "one"  # the checkpoint's settings, but in one plain process
+    res = _run(one, "--resume", str(two / "checkpoints" / "step_00000002"), "--parallel", "none")
+    assert "changed since the checkpoint: parallel 'fsdp' -> 'none'" in res.stdout
     _close(_records(one)[0], _records(single)[0])
     _close(_records(one)[1], _records(single)[1])

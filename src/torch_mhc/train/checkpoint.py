@@ -1,30 +1,35 @@
 """Checkpoints: weights as safetensors, optimizer/step/RNG in a small state file.
 
-A checkpoint is a folder ``<run>/checkpoints/step_00000100/`` holding ``model.safetensors``
-and ``state.pt``. It is written into a temporary folder first and renamed into place, so a
-crash never leaves a half-written checkpoint under a real name; only the last ``keep_last``
-are kept. ``CheckpointManager`` is the whole interface the trainer uses (save, latest,
-load), so another storage scheme (e.g. sharded, for FSDP) can replace it.
+A checkpoint is a folder ``<run>/checkpoints/step_00000100/`` holding ``model.safetensors``,
+``state.pt`` and ``SHA256SUMS`` (the SHA-256 of both, in the format ``sha256sum -c``
+reads). It is written into a temporary folder first and renamed into place, so a crash
+never leaves a half-written checkpoint under a real name; only the last ``keep_last`` are
+kept. Before a checkpoint is used its files are checked against ``SHA256SUMS``: a damaged
+newest checkpoint (truncated, bit-flipped) is reported and the previous intact one used.
+``CheckpointManager`` is the whole interface the trainer uses (save, latest, load), so
+another storage scheme (e.g. sharded, for FSDP) can replace it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .distributed import full_state_dicts, load_full_state_dicts
 
-__all__ = ["CheckpointManager", "CheckpointError", "find_checkpoint", "rng_state",
-           "set_rng_state", "WEIGHTS", "STATE"]
+__all__ = ["CheckpointManager", "CheckpointError", "find_checkpoint", "verify_checkpoint",
+           "rng_state", "set_rng_state", "WEIGHTS", "STATE", "SUMS"]
 
-WEIGHTS, STATE = "model.safetensors", "state.pt"
+WEIGHTS, STATE, SUMS = "model.safetensors", "state.pt", "SHA256SUMS"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -62,17 +67,105 @@ def _step_dirs(root: Path) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
-def find_checkpoint(path) -> Path:
-    """A checkpoint folder from a checkpoint folder, a ``checkpoints`` folder or a run folder."""
+def _step_of(p: Path) -> int:
+    m = _STEP_DIR.match(p.name)
+    return int(m.group(1)) if m else -1
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_sums(folder: Path) -> None:
+    (folder / SUMS).write_text("".join(f"{_sha256(folder / name)}  {name}\n"
+                                       for name in (WEIGHTS, STATE)))
+
+
+# verdicts of verify_checkpoint, keyed by the files' identity (path, size, mtime), so a
+# checkpoint checked once (e.g. by the command line, then by the trainer) is hashed once
+_VERDICTS: Dict[Tuple, Optional[str]] = {}
+
+
+def verify_checkpoint(path) -> Optional[str]:
+    """What is wrong with checkpoint folder ``path``, or None if it is intact.
+
+    The weights and the state file must match the SHA-256 sums in ``SHA256SUMS``. A
+    checkpoint of an older torch-mhc without that file is checked for readability only
+    (both files must open)."""
+    p = Path(path)
+    files = [p / WEIGHTS, p / STATE, p / SUMS]
+    try:
+        key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
+                    for f in files if f.exists())
+    except OSError as e:
+        return f"cannot read it: {e.strerror or e}"
+    if key in _VERDICTS:
+        return _VERDICTS[key]
+    for f in files[:2]:
+        if not f.is_file():
+            return f"{f.name} is missing"
+    try:
+        if (p / SUMS).is_file():
+            sums = {}
+            for line in (p / SUMS).read_text().splitlines():
+                digest, _, name = line.partition("  ")
+                sums[name.strip()] = digest.strip()
+            bad = [f.name for f in files[:2] if sums.get(f.name) != _sha256(f)]
+            verdict = (f"{' and '.join(bad)} {'does' if len(bad) == 1 else 'do'} not match "
+                       f"the checksum in {SUMS}" if bad else None)
+        else:  # written before checksums: at least both files must open
+            verdict = None
+            try:
+                with safe_open(str(files[0]), "pt") as f:
+                    list(f.keys())
+                torch.load(files[1], map_location="cpu", weights_only=True)
+            except Exception as e:  # any parse error of either format
+                verdict = f"it cannot be read: {type(e).__name__}: {str(e)[:120]}"
+    except OSError as e:
+        verdict = f"cannot read it: {e.strerror or e}"
+    _VERDICTS[key] = verdict
+    return verdict
+
+
+def find_checkpoint(path, on_damaged: Optional[Callable[[str], None]] = None) -> Path:
+    """An intact checkpoint folder from a checkpoint folder, a ``checkpoints`` folder or a
+    run folder (its newest intact checkpoint).
+
+    A damaged newer checkpoint of a run is passed over: ``on_damaged`` (if given) is
+    called with one line saying which and why. A checkpoint folder named directly must be
+    intact; the error then names the previous intact checkpoint of its run.
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"cannot resume: {path} does not exist")
     if (p / STATE).is_file() and (p / WEIGHTS).is_file():
-        return p
+        why = verify_checkpoint(p)
+        if why is None:
+            return p
+        older = [d for d in _step_dirs(p.parent) if _step_of(d) < _step_of(p)]
+        good = next((d for d in reversed(older) if verify_checkpoint(d) is None), None)
+        hint = (f"; the previous intact checkpoint is {good} (--resume {good})" if good
+                else "; no earlier intact checkpoint in its run")
+        raise CheckpointError(f"cannot resume: checkpoint {p} is damaged: {why}{hint}")
     for root in (p / "checkpoints", p):
         dirs = _step_dirs(root)
-        if dirs:
-            return dirs[-1]
+        if not dirs:
+            continue
+        damaged = []
+        for d in reversed(dirs):
+            why = verify_checkpoint(d)
+            if why is None:
+                if damaged and on_damaged is not None:
+                    on_damaged(f"damaged checkpoint(s) passed over ({'; '.join(damaged)}); "
+                               f"using the previous intact one, {d}")
+                return d
+            damaged.append(f"{d}: {why}")
+        raise CheckpointError(f"cannot resume: every checkpoint in {root} is damaged "
+                              f"({'; '.join(damaged)}); start a new run")
     raise CheckpointError(f"cannot resume: no checkpoint in {path} (a run writes one every "
                           "--ckpt-interval steps and at the end)")
 
@@ -95,9 +188,13 @@ class CheckpointManager:
         return _step_dirs(self.root)
 
     def latest(self) -> Optional[Path]:
-        """The newest complete checkpoint, or None."""
+        """The newest complete checkpoint, or None (its files are not checked)."""
         dirs = self.list()
         return dirs[-1] if dirs else None
+
+    def latest_intact(self) -> Optional[Path]:
+        """The newest checkpoint whose files match their checksums, or None."""
+        return next((d for d in reversed(self.list()) if verify_checkpoint(d) is None), None)
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              extra: Dict[str, Any]) -> Optional[Path]:
@@ -120,7 +217,8 @@ class CheckpointManager:
         save_file(_untie(model_sd), str(tmp / WEIGHTS))
         state = {"format": 2, "step": step, "optimizer": optim_sd, "rng": rng_state(), **extra}
         torch.save(state, tmp / STATE)
-        for f in (WEIGHTS, STATE):
+        _write_sums(tmp)
+        for f in (WEIGHTS, STATE, SUMS):
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
         if final.exists():  # re-saving a step (e.g. after a resume): swap, then drop the old
@@ -130,7 +228,10 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        for stale in self.list()[:-self.keep_last]:
+        # prune among checkpoints up to this step: newer ones (left by a run resumed from an
+        # earlier checkpoint, e.g. past a damaged one) never push out the one just written
+        upto = [d for d in self.list() if _step_of(d) <= step]
+        for stale in upto[:-self.keep_last]:
             shutil.rmtree(stale, ignore_errors=True)
         return final
 

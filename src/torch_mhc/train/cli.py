@@ -15,13 +15,15 @@ import sys
 import textwrap
 import threading
 from dataclasses import fields
+from pathlib import Path
 from typing import List, Optional
 
 import torch
 
 from ..data import DataError
 from .checkpoint import CheckpointError
-from .config import PRESETS, ConfigError, TrainConfig, resolve_config
+from .config import (PRESETS, RESUME_KEYS, RUNTIME_KEYS, ConfigError, TrainConfig,
+                     load_config_file, resolve_config, resume_config)
 from .distributed import shutdown
 
 __all__ = ["register", "main", "EXIT_OK", "EXIT_DIVERGED", "EXIT_BAD_INPUT",
@@ -63,6 +65,12 @@ exit codes: 0 done, 1 stopped (non-finite loss, out of memory), 2 bad input,
   130 interrupted.
 """
 
+def _flag_list(names) -> str:
+    return textwrap.fill(", ".join("--" + n.replace("_", "-") for n in names), width=86,
+                         break_on_hyphens=False,
+                         initial_indent="    ", subsequent_indent="    ")
+
+
 TRAIN_EPILOG = """examples:
   mhc train                                   # tiny mHC GPT on TinyShakespeare, CPU
   mhc train --connection hc --n 4 --out runs/hc
@@ -70,7 +78,15 @@ TRAIN_EPILOG = """examples:
   mhc train --data notes/ --seq-len 256 --max-steps 2000 --lr 1e-3
   mhc train --data fineweb10B/ --vocab-size 50304 --preset medium --compile
   mhc train --config run.toml --lr 1e-3       # the flag overrides the file
-  mhc train --out runs/a --resume --max-steps 400   # continue the run in runs/a
+  mhc train --out runs/a --resume --max-steps 400   # continue the run in runs/a, longer
+""" + f"""
+resuming (--resume): every setting comes from the run's checkpoint, not from the preset;
+  a flag given with --resume changes only that setting. Changing the model, data, batch
+  or seed is refused:
+{_flag_list(RESUME_KEYS)}
+  any other change (e.g. --max-steps, --lr, --eval-interval, --device) is applied and
+  stated in one line. The newest checkpoint whose files match their SHA-256 sums is
+  used; a damaged newer one is named.
 """ + _COMMON_EPILOG
 
 COMPARE_EPILOG = """examples:
@@ -81,6 +97,12 @@ COMPARE_EPILOG = """examples:
   mhc compare --preset tiny --max-steps 50 --out runs/quick --overwrite
   mhc compare --out runs/tiny --resume               # finish an interrupted comparison
   mhc compare --preset deep-tiny --seeds 3 --optimizer paper --match-params width
+
+resuming (--resume): the comparison's settings and modes come from DIR/config.json;
+  finished modes are skipped and config.json is left as it is. Only where it runs may
+  change:
+""" + _flag_list(RUNTIME_KEYS) + """
+  any other setting that differs is refused, so all modes keep the same settings.
 
 what you get in --out: summary.json (per mode: final train/val loss, composite
 gains, gradient ratio, divergence, tokens/s, peak memory), <mode>/log.jsonl,
@@ -131,6 +153,11 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
+def _given(overrides: dict, config_file: Optional[str], extra_keys=()) -> dict:
+    """The settings given explicitly: the config file's, then the flags."""
+    return {**(load_config_file(config_file, extra_keys) if config_file else {}), **overrides}
+
+
 def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
@@ -171,14 +198,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``mhc train``: one run; exit 1 if it stopped on a non-finite loss."""
     from .trainer import Trainer
     overrides = _overrides(args)
+    config_file = getattr(args, "config", None)
     resume = getattr(args, "resume", None)
-    if resume is True:  # bare --resume: continue the run in --out
-        cfg, _ = resolve_config(overrides, getattr(args, "config", None))
-        resume = cfg.out or cfg.default_out()
-    elif resume and "out" not in overrides:  # --resume PATH: keep writing where it was
-        from .checkpoint import find_checkpoint
-        overrides["out"] = str(find_checkpoint(resume).parent.parent)
-    cfg, _ = resolve_config(overrides, getattr(args, "config", None))
+    if resume:
+        from .checkpoint import CheckpointManager, find_checkpoint
+        if resume is True:  # bare --resume: continue the run in --out
+            given = _given(overrides, config_file)
+            resume = given.get("out") or TrainConfig(
+                preset=given.get("preset", "tiny"),
+                connection=given.get("connection", "mhc")).default_out()
+        # the run's own settings, changed only by what is given now (the trainer refuses
+        # changes to model, data, batch and seed, and states the others)
+        ckpt = find_checkpoint(resume)
+        saved = CheckpointManager.read_state(ckpt).get("config") or {}
+        cfg, _ = resume_config(saved, overrides, config_file, where=f"checkpoint {ckpt}")
+        if cfg.out is None:  # keep writing where the checkpoint's run is
+            cfg.out = str(ckpt.parent.parent)
+    else:
+        cfg, _ = resolve_config(overrides, config_file)
     trainer = Trainer(cfg, resume=resume, overwrite=args.overwrite)
     try:
         summary = trainer.fit()
@@ -211,15 +248,23 @@ def _seed_options(extras: dict):
 @_guard
 def cmd_compare(args: argparse.Namespace) -> int:
     """``mhc compare``: every mode, then summary.json, plots and report.html."""
-    from .compare import DEFAULT_MODES, compare, format_table, parse_modes
+    from .compare import DEFAULT_MODES, compare, format_table, parse_modes, saved_comparison
     overrides = _overrides(args)
-    for key in ("modes", "seeds", "match_params"):
+    keys = ("modes", "seeds", "match_params")
+    for key in keys:
         if key in vars(args):
             overrides[key] = getattr(args, key)
-    cfg, extras = resolve_config(overrides, getattr(args, "config", None),
-                                 extra_keys=("modes", "seeds", "match_params"))
+    config_file = getattr(args, "config", None)
+    given = _given(overrides, config_file, extra_keys=keys)
+    out = given.get("out") or f"runs/compare-{given.get('preset', 'tiny')}"
+    saved = saved_comparison(out) if args.resume else None
+    if saved is not None:  # the comparison's own settings, modes, seeds, unless given now
+        cfg, extras = resume_config(saved[0], overrides, config_file, extra_keys=keys,
+                                    where=f"{out}/config.json")
+        extras = {"modes": saved[1], **saved[2], **extras}
+    else:
+        cfg, extras = resolve_config(overrides, config_file, extra_keys=keys)
     modes = extras.get("modes", DEFAULT_MODES)
-    out = cfg.out or f"runs/compare-{cfg.preset}"
     seeds, match = _seed_options(extras)
     if seeds > 1:
         from .seeds import compare_seeds
@@ -245,11 +290,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """``mhc report DIR``: rebuild summary.json, plots and report.html from the logs."""
     from .report import ReportError, write_report
+    skipped: dict = {}
+    had_summary = Path(args.dir, "summary.json").is_file()
     try:
-        path = write_report(args.dir)
+        path = write_report(args.dir, skipped)
     except ReportError as e:
         print(f"mhc report: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    for mode, lines in skipped.items():
+        print(f"mhc report: warning: the {mode} log has unreadable line(s) "
+              f"{', '.join(map(str, lines))}, skipped; summary.json "
+              f"{'left as it was' if had_summary else 'written from the readable lines'}",
+              file=sys.stderr)
     print(path)
     return EXIT_OK
 
@@ -268,9 +320,10 @@ def register(subparsers) -> None:
         usage="mhc train [--preset NAME] [--connection MODE] [--n N] [--max-steps N]\n"
               "                 [--out DIR] [--resume [PATH]] [--config FILE] [options below]")
     p.add_argument("--resume", metavar="PATH", nargs="?", const=True, default=None,
-                   help="continue a run from its latest checkpoint: the run in --out, or "
-                        "PATH (a run folder or a checkpoint folder); model, data, batch and "
-                        "seed settings must match the checkpoint's")
+                   help="continue a run from its latest intact checkpoint, with the "
+                        "checkpoint's settings: the run in --out, or PATH (a run folder or "
+                        "a checkpoint folder); flags given change only those settings (model, "
+                        "data, batch and seed: refused; others: applied and stated)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in --out instead of refusing")
     add_config_flags(p)
@@ -287,7 +340,9 @@ def register(subparsers) -> None:
     p.add_argument("--modes", default=argparse.SUPPRESS, metavar="LIST",
                    help="comma-separated modes to train (default: residual,hc,mhc)")
     p.add_argument("--resume", action="store_true",
-                   help="continue unfinished modes from their checkpoints, skip finished ones")
+                   help="finish the comparison in --out with its own settings "
+                        "(config.json): continue unfinished modes from their checkpoints, "
+                        "skip finished ones")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier comparison in --out instead of refusing")
     p.add_argument("--no-report", action="store_true", help="skip plots and report.html")

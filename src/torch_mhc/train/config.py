@@ -17,8 +17,10 @@ from ..nn import MODES
 from .distributed import PARALLEL_MODES
 from .schedules import OPTIMIZER_PRESETS, SCHEDULES, apply_optimizer_preset
 
-__all__ = ["TrainConfig", "ConfigError", "PRESETS", "RESUME_KEYS", "resolve_config",
-           "load_config_file", "config_to_dict", "config_from_dict"]
+__all__ = ["TrainConfig", "ConfigError", "PRESETS", "RESUME_KEYS", "RUNTIME_KEYS",
+           "resolve_config", "resume_config", "config_changes", "format_changes",
+           "load_config_file",
+           "config_to_dict", "config_from_dict"]
 
 
 class ConfigError(ValueError):
@@ -219,10 +221,16 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                  data="shakespeare"),
 }
 
-# Settings a resumed run must share with its checkpoint (the rest may change, e.g. max_steps).
-RESUME_KEYS = ("model", "connection", "n", "n_layer", "d_model", "n_head", "mlp_hidden",
-               "seq_len", "vocab_size", "sinkhorn_iters", "data", "val_fraction",
+# Settings a resumed run must share with its checkpoint: the model's shape, the data and the
+# batches. Any other setting (max_steps, lr, intervals, ...) may change on resume, and the
+# resumed run says which did.
+RESUME_KEYS = ("preset", "model", "connection", "n", "n_layer", "d_model", "n_head",
+               "mlp_hidden", "seq_len", "vocab_size", "sinkhorn_iters", "data", "val_fraction",
                "token_dtype", "batch_size", "grad_accum", "seed")
+# Where and how a run executes, not what it computes: the only settings a resumed
+# comparison may change (its modes must stay comparable).
+RUNTIME_KEYS = ("device", "dtype", "compile", "parallel", "backend", "progress",
+                "tensorboard")
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -342,3 +350,43 @@ def resolve_config(cli: Optional[Dict[str, Any]] = None, config_file: Optional[s
     values = apply_optimizer_preset(values, explicit=set(from_file) | set(cli))
     values = {k: _coerce(k, v, "settings") for k, v in values.items()}
     return TrainConfig(**values).validate(), extras
+
+
+def resume_config(saved: Dict[str, Any], given: Optional[Dict[str, Any]] = None,
+                  config_file: Optional[str] = None, extra_keys=(),
+                  where: str = "the checkpoint") -> Tuple[TrainConfig, Dict[str, Any]]:
+    """The settings of a resumed run: the run's saved settings (a checkpoint's or a
+    comparison's ``config``), overridden only by what is given explicitly (``given``
+    flags, then ``config_file``'s values; a model preset is *not* re-applied, an optimizer
+    preset only when ``optimizer`` is given; ``out`` is None unless given). Returns
+    ``(config, extras)`` like :func:`resolve_config`; whether the changes are allowed is
+    for the caller to decide (:func:`config_changes`)."""
+    given = dict(given or {})
+    from_file = load_config_file(config_file, extra_keys) if config_file else {}
+    extras = {k: v for src in (from_file, given) for k, v in src.items() if k in extra_keys}
+    # the saved output folder is where the run was, not necessarily where it is now: the
+    # caller sets ``out`` (settings of older versions that no longer exist are dropped)
+    values = {k: _coerce(k, v, where) for k, v in (saved or {}).items()
+              if k in _FIELDS and k != "out"}
+    explicit = {k: v for k, v in {**from_file, **given}.items() if k not in extra_keys}
+    values.update(explicit)
+    if "optimizer" in explicit:  # a preset named now sets what it covers, but what is given
+        values = apply_optimizer_preset(values, explicit=set(explicit))
+    values = {k: _coerce(k, v, "settings") for k, v in values.items()}
+    return TrainConfig(**values).validate(), extras
+
+
+def config_changes(saved: Dict[str, Any], cfg: TrainConfig, ignore=("out",)
+                   ) -> Dict[str, Tuple[Any, Any]]:
+    """``{name: (saved value, new value)}`` for every setting of ``cfg`` that differs from
+    ``saved`` (a config dict; settings it lacks, from older versions, are not compared)."""
+    now = config_to_dict(cfg)
+    norm = {"bf16": "bfloat16", "fp32": "float32"}
+    return {k: (saved[k], now[k]) for k in now
+            if k in saved and k not in ignore and norm.get(saved[k], saved[k]) != now[k]}
+
+
+def format_changes(changes: Dict[str, Tuple[Any, Any]]) -> str:
+    """``"max_steps 120 -> 400, lr 0.0005 -> 0.001"``."""
+    return ", ".join(f"{k} {a!r} -> {b!r}" if isinstance(a, str) or isinstance(b, str)
+                     else f"{k} {a} -> {b}" for k, (a, b) in changes.items())

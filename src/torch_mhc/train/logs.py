@@ -67,20 +67,29 @@ class RunLog:
             lg.close()
 
 
-def read_log(path) -> List[Dict[str, Any]]:
-    """All records of a ``log.jsonl``; a torn last line (crash mid-write) is ignored."""
+def read_log(path, skipped: Optional[List[int]] = None) -> List[Dict[str, Any]]:
+    """All records of a ``log.jsonl``.
+
+    A torn last line (a crash mid-write) is ignored. Any other line that is not a JSON
+    object raises ``ValueError``, unless ``skipped`` is a list: then every unreadable line
+    (the torn last one included) is left out and its number (1-based) appended to it.
+    """
     out = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError
+            out.append(record)
+        except ValueError:  # json.JSONDecodeError is a ValueError
+            if skipped is not None:
+                skipped.append(i + 1)
+            elif i < len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
     return out
 
 

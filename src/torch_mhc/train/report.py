@@ -4,6 +4,10 @@
 writes it) or a single run (``DIR/log.jsonl``, as ``mhc train`` writes it). Everything is
 rebuilt from the logs, so a run done elsewhere (a GPU box) can be reported here. The HTML
 embeds the PNGs, so the one file can be mailed or opened anywhere.
+
+A damaged log (a line cut short or garbled) is read without its unreadable lines, which
+are reported; ``summary.json`` is then left as the run wrote it and the report's summary
+table takes that run's numbers from it, so a damaged log never overwrites good numbers.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .. import __version__
 from .logs import read_log, summarize
@@ -26,30 +30,63 @@ class ReportError(ValueError):
     """The folder holds no readable run logs."""
 
 
-def load_runs(folder) -> Tuple[Dict[str, List[dict]], bool]:
-    """``(mode -> records, is_comparison)`` from a comparison or single-run folder."""
+def load_runs(folder, skipped: Optional[Dict[str, List[int]]] = None
+              ) -> Tuple[Dict[str, List[dict]], bool]:
+    """``(mode -> records, is_comparison)`` from a comparison or single-run folder.
+
+    Unreadable log lines are left out; with ``skipped`` (a dict) their line numbers are
+    recorded per mode (modes whose logs are intact do not appear)."""
     root = Path(folder)
     if not root.exists():
         raise ReportError(f"{folder} does not exist")
     if not root.is_dir():
         raise ReportError(f"{folder} is a file; give the folder of a run or comparison")
+    skipped = {} if skipped is None else skipped
+
+    def read(mode: str, path: Path) -> Tuple[str, List[dict]]:
+        bad: List[int] = []
+        recs = read_log(path, skipped=bad)
+        if path.parent == root:  # a single run: named by its connection
+            header = next((r for r in recs if r.get("type") == "config"), {})
+            mode = header.get("config", {}).get("connection", mode)
+        if bad:
+            skipped[mode] = bad
+        return mode, recs
+
     try:
         if (root / "log.jsonl").is_file():
-            recs = read_log(root / "log.jsonl")
-            header = next((r for r in recs if r.get("type") == "config"), {})
-            return {header.get("config", {}).get("connection", root.name): recs}, False
+            return dict([read(root.name, root / "log.jsonl")]), False
         order = []
         if (root / "config.json").is_file():
-            order = json.loads((root / "config.json").read_text()).get("modes", [])
+            try:
+                order = json.loads((root / "config.json").read_text()).get("modes", [])
+            except (ValueError, AttributeError):
+                order = []  # a damaged config.json: the modes in folder order
         found = sorted(p.parent.name for p in root.glob("*/log.jsonl"))
         modes = [m for m in order if m in found] + [m for m in found if m not in order]
-        runs = {m: read_log(root / m / "log.jsonl") for m in modes}
-    except (ValueError, OSError) as e:
+        runs = dict(read(m, root / m / "log.jsonl") for m in modes)
+    except OSError as e:
         raise ReportError(f"cannot read the logs in {folder}: {e}") from None
     if not runs:
         raise ReportError(f"no run logs in {folder}: expected {folder}/log.jsonl (mhc train) "
                           f"or {folder}/<mode>/log.jsonl (mhc compare)")
     return runs, True
+
+
+def _saved_summary(root: Path, mode: str, is_cmp: bool) -> Optional[dict]:
+    """The summary a run wrote itself (``<mode>/summary.json``, else the comparison's
+    entry; ``summary.json`` of a single run), or None."""
+    paths = [(root / mode / "summary.json", None), (root / "summary.json", mode)] if is_cmp \
+        else [(root / "summary.json", None)]
+    for path, key in paths:
+        try:
+            d = json.loads(path.read_text())
+            d = d.get(key) if key else d
+            if isinstance(d, dict) and d:
+                return d
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 def _num(v, spec=".4g") -> str:
@@ -216,19 +253,36 @@ table.grid td,table.grid th{border:1px solid #ddd;padding:3px 8px;text-align:rig
 table.grid td:first-child,table.grid th:first-child{text-align:left}
 table.grid th{background:#f4f4f4} img{max-width:100%;border:1px solid #eee}
 .cap{color:#555;font-size:0.9em;margin:2px 0 18px} .muted{color:#777;font-size:0.9em}
+.warn{background:#fff4e5;border-left:4px solid #e69500;padding:6px 10px}
 """
 
 
-def write_report(folder) -> Path:
-    """Rebuild ``summary.json``, ``plots/*.png`` and ``report.html`` in ``folder``."""
+def write_report(folder, skipped: Optional[Dict[str, List[int]]] = None) -> Path:
+    """Rebuild ``summary.json``, ``plots/*.png`` and ``report.html`` in ``folder``.
+
+    When a log has unreadable lines (recorded in ``skipped``, a dict, per mode),
+    ``summary.json`` is not rewritten and the damaged runs' own summaries are shown."""
     root = Path(folder)
     from .seeds import is_seed_study, write_seed_report
-    if is_seed_study(root):
+    if is_seed_study(root):  # each seed folder is a comparison with its own report
         return write_seed_report(root)
-    runs, is_cmp = load_runs(root)
+    skipped = {} if skipped is None else skipped
+    runs, is_cmp = load_runs(root, skipped)
     summaries = {m: summarize(recs) for m, recs in runs.items()}
+    kept = {}
+    for m in skipped:
+        saved = _saved_summary(root, m, is_cmp)
+        if saved is not None:
+            summaries[m] = kept[m] = saved
     summary_out = summaries if is_cmp else next(iter(summaries.values()))
-    (root / "summary.json").write_text(json.dumps(summary_out, indent=2) + "\n")
+    if not skipped or not (root / "summary.json").exists():
+        (root / "summary.json").write_text(json.dumps(summary_out, indent=2) + "\n")
+    damage = "".join(
+        f"<p class='warn'>The log of <b>{html.escape(m)}</b> has unreadable line(s) "
+        f"{html.escape(', '.join(map(str, lines)))}, skipped in the plots; "
+        + ("its summary is the one the run wrote (summary.json left as it was)."
+           if m in kept else "its summary is from the readable lines.") + "</p>"
+        for m, lines in skipped.items())
     plots = make_plots(runs, root / "plots")
     modes = list(runs)
     head = "".join(f"<th style='color:{color(m, i)}'>{html.escape(m)}</th>"
@@ -254,7 +308,7 @@ data {html.escape(str(first.get('data')))}, {html.escape(str(cfg.get('max_steps'
 {html.escape(str(first.get('tokens_per_step')))} tokens on {html.escape(str(first.get('device')))}.
 Report generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by torch-mhc {__version__}
 from <code>{html.escape(str(root))}</code>.</p>
-<p>Manifold-Constrained Hyper-Connections (mHC, DeepSeek, arXiv 2512.24880) widen the
+{damage}<p>Manifold-Constrained Hyper-Connections (mHC, DeepSeek, arXiv 2512.24880) widen the
 residual stream into n streams mixed by a matrix H_res at every layer, and constrain
 H_res to be doubly stochastic so that the composite mapping through depth can neither
 amplify nor kill the signal. This report trains the same model with each connection and

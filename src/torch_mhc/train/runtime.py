@@ -59,6 +59,15 @@ class Runtime:
                 and device.index >= torch.cuda.device_count():
             raise ConfigError(f"device {cfg.device!r}: only {torch.cuda.device_count()} "
                               "GPU(s) visible")
+        if cfg.backend == "triton":
+            from ..ops._backend import interpret_mode, triton_available
+            if not triton_available():
+                raise ConfigError("--backend triton needs Triton: pip install "
+                                  "'torch-mhc[triton]', or use --backend auto")
+            if device.type != "cuda" and not interpret_mode():
+                raise ConfigError(f"--backend triton needs a CUDA device, and this run is on "
+                                  f"{device}; use --backend auto (Triton on CUDA, PyTorch "
+                                  "elsewhere) or --backend torch")
         env = DistEnv(rank, world_size, device=str(device))
         if cfg.parallel != "none":
             env = init_distributed(cfg.parallel, device.type)

@@ -133,8 +133,11 @@ def compare_seeds(cfg: TrainConfig, modes: Sequence[str], out, seeds: int,
                   match: str = "none") -> Dict[str, Any]:
     """Run :func:`~torch_mhc.train.compare.compare` for ``seeds`` seeds into ``out/seed-<s>``
     and write ``out/summary.json`` (aggregate and per seed), ``out/config.json`` and, with
-    ``report``, ``out/report.html``. Returns the summary dict."""
-    from .compare import compare, parse_modes
+    ``report``, ``out/report.html``. Returns the summary dict. ``resume`` resumes each
+    seed's comparison by the rules of :func:`~torch_mhc.train.compare.compare` (settings
+    as saved, but where it runs) and keeps ``out/config.json``; the seeds must be the
+    same."""
+    from .compare import _check_out, compare, parse_modes
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     modes = parse_modes(modes)
@@ -144,6 +147,26 @@ def compare_seeds(cfg: TrainConfig, modes: Sequence[str], out, seeds: int,
         raise ConfigError(f"output directory {root} is an existing file; choose another --out")
     overrides, statement = match_params(cfg, modes, match)
     seed_list = [cfg.seed + i for i in range(seeds)]
+    for seed in seed_list:  # refuse before writing anything
+        _check_out(root / f"seed-{seed}", overwrite, resume)
+    meta = root / "config.json"
+    keep_config = resume and meta.is_file()
+    if keep_config:  # each seed folder checks its settings; here the seeds themselves
+        try:
+            saved = json.loads(meta.read_text())
+        except ValueError:
+            raise ConfigError(f"cannot resume the comparison in {root}: {meta} is damaged "
+                              "(not the JSON mhc compare writes); start over with --overwrite"
+                              ) from None
+        if not isinstance(saved, dict) or saved.get("seeds") != seed_list:
+            raise ConfigError(f"cannot resume the comparison in {root} with other seeds "
+                              f"({saved.get('seeds') if isinstance(saved, dict) else None} there, {seed_list} now); resume without "
+                              "--seeds and --seed, or start over with --overwrite")
+    else:  # written first, so that an interrupted study resumes with its own settings
+        root.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps(
+            {"seeds": seed_list, "modes": modes, "param_match": statement,
+             "config": {**config_to_dict(cfg), "out": str(root)}}, indent=2) + "\n")
     per_seed: Dict[str, Dict[str, Dict[str, Any]]] = {}
     for i, seed in enumerate(seed_list):
         print(f"== seed {seed} ({i + 1}/{seeds})", flush=True)
@@ -153,9 +176,6 @@ def compare_seeds(cfg: TrainConfig, modes: Sequence[str], out, seeds: int,
                                       param_match=statement)
     summary = {"seeds": seed_list, "modes": modes, "aggregate": aggregate(per_seed),
                "per_seed": per_seed}
-    (root / "config.json").write_text(json.dumps(
-        {"seeds": seed_list, "modes": modes, "param_match": statement,
-         "config": {**config_to_dict(cfg), "out": str(root)}}, indent=2) + "\n")
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if report:
         write_seed_report(root)

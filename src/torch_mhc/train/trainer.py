@@ -40,7 +40,8 @@ from ..data import PROBE_STREAM, TRAIN_STREAM, VAL_STREAM, BatchSampler, load_co
 from ..diagnostics import probe_diagnostics, step_stats
 from ..models import GPT, DeepStack, DeepStackConfig, GPTConfig
 from .checkpoint import CheckpointError, CheckpointManager, find_checkpoint, set_rng_state
-from .config import RESUME_KEYS, ConfigError, TrainConfig, config_to_dict
+from .config import (RESUME_KEYS, ConfigError, TrainConfig, config_changes, config_to_dict,
+                     format_changes)
 from .distributed import all_reduce_mean, reshard, wrap_model
 from .logs import RunLog, read_log, summarize
 from .schedules import lr_at
@@ -141,7 +142,10 @@ class Trainer:
         self.rt = rt = runtime or Runtime.from_config(cfg)
         self.out = Path(cfg.out or cfg.default_out())
         self.desc = desc or cfg.connection
-        self.resume_from = find_checkpoint(resume) if resume else None
+        self.damaged: list = []  # damaged newer checkpoints passed over on resume
+        self.resume_from = find_checkpoint(resume, self.damaged.append) if resume else None
+        for line in self.damaged:
+            self.say(f"warning: {line}")
         # continuing the run in --out; resuming another run's checkpoint into a folder that
         # holds a run of its own needs --overwrite, like starting a new run there
         own = self.resume_from is not None and \
@@ -201,22 +205,23 @@ class Trainer:
 
     # -- resume ----------------------------------------------------------------------------
     def _check_resume(self, path: Path) -> Dict[str, Any]:
-        """Read the checkpoint's state and refuse it if its settings differ from ours."""
+        """Read the checkpoint's state and refuse it if a setting of :data:`RESUME_KEYS`
+        (model shape, data, batches, seed) differs from ours."""
         state = CheckpointManager.read_state(path)
         saved = state.get("config", {})
-        now = config_to_dict(self.cfg)
-        diffs = [(k, saved.get(k), now.get(k)) for k in RESUME_KEYS if saved.get(k) != now.get(k)]
-        if state.get("vocab_size") != self.vocab_size and not any(k == "vocab_size"
-                                                                  for k, _, _ in diffs):
-            diffs.append(("vocab_size", state.get("vocab_size"), self.vocab_size))
+        diffs = {k: v for k, v in config_changes(saved, self.cfg).items() if k in RESUME_KEYS}
+        if state.get("vocab_size") not in (None, self.vocab_size) and "vocab_size" not in diffs:
+            diffs["vocab_size"] = (state.get("vocab_size"), self.vocab_size)
         if diffs:
-            lines = "\n".join(f"  {k}: checkpoint {a!r}, this run {b!r}" for k, a, b in diffs)
-            flags = " ".join(f"--{k.replace('_', '-')} {a}" for k, a, _ in diffs
+            listed = "; ".join(f"{k}: checkpoint {a!r}, this run {b!r}"
+                               for k, (a, b) in diffs.items())
+            flags = " ".join(f"--{k.replace('_', '-')} {a}" for k, (a, _) in diffs.items()
                              if a is not None and k != "vocab_size")
             raise CheckpointError(
                 f"cannot resume from {path}: it was written by a run with a different "
-                f"configuration:\n{lines}\nresume with the checkpoint's settings"
-                f"{' (' + flags + ')' if flags else ''}, or start a new run without --resume")
+                f"configuration ({listed}); model shape, data, batch and seed are fixed for "
+                f"a run: resume without those settings{' (or with ' + flags + ')' if flags else ''}"
+                ", or start a new run without --resume")
         step = int(state["step"])
         if step > self.cfg.max_steps:
             raise ConfigError(f"checkpoint {path} is at step {step}, beyond --max-steps "
@@ -225,30 +230,55 @@ class Trainer:
 
     def _restore(self, path: Path, state: Dict[str, Any]) -> int:
         """Load the checkpoint and cut the log back to it; returns its step."""
-        saved, now = state.get("config", {}), config_to_dict(self.cfg)
-        step = int(state["step"])
-        for k in ("max_steps", "lr", "warmup_steps", "min_lr_ratio", "lr_schedule"):
-            if saved.get(k) != now.get(k):
-                self.say(f"note: {k} differs from the checkpoint ({saved.get(k)} -> "
-                         f"{now.get(k)}); the schedule follows the new value")
+        cfg, step = self.cfg, int(state["step"])
+        changed = config_changes(state.get("config", {}), cfg)
         CheckpointManager.load(path, self.model, self.optimizer, state, self.rt.device)
+        # the optimizer's hyper-parameters come from the settings, not from the checkpoint
+        for group, decay in zip(self.optimizer.param_groups, (cfg.weight_decay, 0.0)):
+            group.update(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, weight_decay=decay)
         set_rng_state(state["rng"])
         self.elapsed = float(state.get("elapsed_s", 0.0))
         self.skips_in_row = int(state.get("skips_in_row", 0))
         self.last_val = state.get("last_val")
+        unreadable: list = []
         if self.rt.is_main:  # the log continues from the checkpoint: drop what came after it
             src = path.parent.parent / "log.jsonl"
-            records = read_log(src) if src.is_file() else []
-            keep = [r for r in records if r.get("step") is None or r["step"] <= step]
+            keep = self._log_upto(src, step, unreadable) if src.is_file() else []
             tmp = self.out / f".log.jsonl.tmp-{os.getpid()}"
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep),
-                           encoding="utf-8")
+            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
             os.replace(tmp, self.out / "log.jsonl")
         self.log.write(self._header())
         self.log.write({"type": "event", "event": "resume", "step": step,
-                        "checkpoint": str(path)})
-        self.say(f"resumed from {path} at step {step}")
+                        "checkpoint": str(path), "changed": changed or None,
+                        "damaged": self.damaged or None})
+        self.say(f"resumed from {path} at step {step}; "
+                 + (f"changed since the checkpoint: {format_changes(changed)}" if changed
+                    else "same settings as the checkpoint"))
+        if unreadable:
+            self.say(f"warning: {src}: line(s) {', '.join(map(str, unreadable))} are not "
+                     "valid JSON; kept as they are (mhc report skips them)")
         return step
+
+    @staticmethod
+    def _log_upto(src: Path, step: int, unreadable: list) -> list:
+        """The lines of log ``src`` up to ``step``: records after it are dropped, a torn last
+        line (a crash mid-write) too; other unreadable lines are kept as they are and their
+        numbers appended to ``unreadable``."""
+        lines = src.read_text(encoding="utf-8").splitlines()
+        keep = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    keep.append(line)
+                    unreadable.append(i + 1)
+                continue
+            if not isinstance(r, dict) or r.get("step") is None or r["step"] <= step:
+                keep.append(line)
+        return keep
 
     # -- the pieces of one step ------------------------------------------------------------
     def _batch(self, sampler: BatchSampler, step: int, micro: int = 0):
@@ -337,7 +367,7 @@ class Trainer:
             self.say(f"step {step}: non-finite ({what}); step skipped "
                      f"({self.skips_in_row}/{cfg.max_skips} in a row)")
             return False
-        latest = self.ckpt.latest()
+        latest = self.ckpt.latest_intact()
         where = (f"the last good checkpoint is {latest} (resume with --resume {self.out}, "
                  "e.g. with a lower --lr or --on-nonfinite skip)" if latest
                  else "no checkpoint was written before it")
@@ -461,7 +491,7 @@ class Trainer:
         self.log.close()
         if not rt.is_main:
             return {}
-        summary = summarize(read_log(self.out / "log.jsonl"))
+        summary = summarize(read_log(self.out / "log.jsonl", skipped=[]))
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
