@@ -52,3 +52,11 @@ def test_report_writes_a_missing_summary_from_the_readable_lines(flags, tmp_path
     assert (f"line(s) {line}, skipped; summary.json written from the readable lines"
             in capsys.readouterr().err)
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
+
+
+def test_report_of_a_log_with_nothing_readable_is_an_error(tmp_path, capsys):
+    (tmp_path / "log.jsonl").write_text('{"type": "config", "conf\n\x00\x01garbage\n')
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no readable record (line(s) 1, 2 are not valid JSON)" in err
+    assert err.count("\n") == 1 and not (tmp_path / "summary.json").exists()

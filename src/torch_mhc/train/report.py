@@ -46,6 +46,10 @@ def load_runs(folder, skipped: Optional[Dict[str, List[int]]] = None
     def read(mode: str, path: Path) -> Tuple[str, List[dict]]:
         bad: List[int] = []
         recs = read_log(path, skipped=bad)
+        if not recs:
+            raise ReportError(f"{path} holds no readable record"
+                              + (f" (line(s) {', '.join(map(str, bad))} are not valid JSON)"
+                                 if bad else ""))
         if path.parent == root:  # a single run: named by its connection
             header = next((r for r in recs if r.get("type") == "config"), {})
             mode = header.get("config", {}).get("connection", mode)
