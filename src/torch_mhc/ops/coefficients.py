@@ -883,8 +883,9 @@ def _backward_impl(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps)
     return _COEF_IMPL[impl][1](x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps)
 
 
-def coef_backward_fake(x, fn, mix):
-    """Shapes of :func:`coef_backward_triton`'s ``(dx, dfn, d_gates)``."""
+def coef_backward_fake(x, fn, base, scale, mix, *_):
+    """Shapes of :func:`coef_backward_triton`'s ``(dx, dfn, d_gates)`` (the fake impl of
+    every op whose arguments start like it)."""
     return x.new_empty(x.shape), mix.new_empty(fn.shape), mix.new_empty(3 + fn.shape[0])
 
 
@@ -895,8 +896,7 @@ def grads_of_parameters(dfn, d_gates, fn, base, scale):
 
 
 _coefficients_backward = FusedOp(
-    "coefficients_backward", _backward_impl,
-    lambda x, fn, base, scale, mix, *_: coef_backward_fake(x, fn, mix),
+    "coefficients_backward", _backward_impl, coef_backward_fake,
     schema="(Tensor x, Tensor fn, Tensor base, Tensor scale, Tensor mix, Tensor? d_pre, "
            "Tensor? d_post, Tensor? d_res, int iters, float hc_eps) "
            "-> (Tensor, Tensor, Tensor)")

@@ -85,8 +85,7 @@ def _pre_backward_impl(x, fn, base, scale, mix, h_pre, h_res, dh, d_pre, d_post,
 
 
 _pre_backward = FusedOp(
-    "connection_pre_backward", _pre_backward_impl,
-    lambda x, fn, base, scale, mix, *_: coef_backward_fake(x, fn, mix),
+    "connection_pre_backward", _pre_backward_impl, coef_backward_fake,
     schema="(Tensor x, Tensor fn, Tensor base, Tensor scale, Tensor mix, Tensor h_pre, "
            "Tensor h_res, Tensor? dh, Tensor? d_pre, Tensor? d_post, Tensor? d_res, "
            "Tensor? g, int iters, float hc_eps) -> (Tensor, Tensor, Tensor)")
