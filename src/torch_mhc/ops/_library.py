@@ -105,7 +105,8 @@ def _inline_under_compile(op, impl: Callable) -> None:
     time that made compiled small models launch-bound) and CUDA graphs capture them."""
     if not hasattr(op, "register_torch_dispatch"):  # PyTorch < 2.5: the op stays opaque
         return
-    from torch._subclasses.functional_tensor import FunctionalTensorMode
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
 
     def decompose(mode, func, types, args, kwargs):
         if not inline_kernels(*args) or any(
@@ -119,8 +120,6 @@ def _inline_under_compile(op, impl: Callable) -> None:
         finally:
             _INLINING.on = False
 
-    from torch._subclasses.fake_tensor import FakeTensor
-    from torch._subclasses.functional_tensor import FunctionalTensor
     op.register_torch_dispatch(FunctionalTensorMode, decompose)
 
 

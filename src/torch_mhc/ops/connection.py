@@ -25,8 +25,8 @@ flow: ``connection_pre`` returns a ``link`` tensor of the streams' shape that co
 backward returns ``g`` itself as the gradient of ``link`` (and none for ``x``), so the pre
 half's backward receives ``g`` as the gradient of its ``link`` output and adds ``H_res^T g``
 into its single ``dx`` pass. ``dH_post`` and ``dH_res`` flow back the same way, as views of
-one ``(T, n + n^2)`` sum of the post-res kernel's channel-slice partials. The halves must be used as a pair on the same ``x``,
-which ``HyperConnection`` guarantees.
+one ``(T, n + n^2)`` sum of the post-res kernel's channel-slice partials. The halves must
+be used as a pair on the same ``x``, which ``HyperConnection`` guarantees.
 
 Saved for backward per connection: ``x`` (the stream tensor that exists anyway, not copied),
 ``y`` (C values per token, needed for ``dH_post``), and per token ``(n+2)n + 1`` floats of
