@@ -2,7 +2,7 @@
 with Triton's bundled ptxas (``benchmarks/compile_sm90.py``; no GPU needed). Catches a kernel
 signature that the launchers or that tool no longer match, which the interpreter tests do
 not see (the interpreter never compiles). A kernel first runs in the interpreter, as in a
-test session, and the compile starts from an empty cache: a cached kernel is not rebuilt,
+test run, and the compile starts from an empty cache: a cached kernel is not rebuilt,
 and would hide a frontend that this process left broken (Triton's interpreter once did)."""
 import importlib.util
 import os

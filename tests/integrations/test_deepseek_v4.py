@@ -1,4 +1,4 @@
-"""torch-mhc vs transformers' DeepSeek-V4 mHC (spec section 6), on tiny random configs (no downloads)."""
+"""torch-mhc vs transformers' DeepSeek-V4 mHC (the released convention), on tiny random configs (no downloads)."""
 import copy
 
 import pytest

@@ -1,4 +1,4 @@
-"""A deep plain stack for gradient-flow studies (the seed study's 100 layers of width 512).
+"""A deep plain stack for gradient-flow studies (by default 100 layers of width 512).
 
 Token ids -> embedding -> ``depth`` x ``HyperConnection(RMSNorm -> Linear -> GELU)`` ->
 stream reduction -> RMSNorm -> logits. Each position is predicted from its own token only
@@ -23,7 +23,7 @@ __all__ = ["DeepStack", "DeepStackConfig"]
 
 @dataclass
 class DeepStackConfig:
-    """Shape and switches of :class:`DeepStack` (default: the seed study's 100 x 512)."""
+    """Shape and switches of :class:`DeepStack` (default: 100 layers of width 512)."""
 
     vocab_size: int = 256
     seq_len: int = 64

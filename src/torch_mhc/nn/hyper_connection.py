@@ -138,7 +138,7 @@ class HyperConnection(nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n={self.n}, mode={self.mode!r}, layer_index={self.layer_index}"
 
-    # -- DeepSeek-V4 convention (spec section 6) ------------------------------------------
+    # -- DeepSeek-V4 convention (released checkpoints) ------------------------------------
     @classmethod
     def from_deepseek_v4(cls, branch: nn.Module, fn: torch.Tensor, base: torch.Tensor,
                          scale: torch.Tensor, eps: float = 1e-6, iters: int = 20,

@@ -1,6 +1,6 @@
 """``HyperHead``: the learned collapse of ``n`` residual streams before the final norm.
 
-DeepSeek-V4 ends its mHC stack with such a head (spec section 6; transformers'
+DeepSeek-V4 ends its mHC stack with such a head (released checkpoints; transformers'
 ``DeepseekV4HyperHead``): ``out = sum_i w_i x_i`` with
 ``w = sigmoid(hc_scale * (RMSNorm(vec x) @ hc_fn^T) + hc_base) + eps``. The parameters keep
 V4's names and shapes (``hc_fn [n, nC]``, ``hc_base [n]``, ``hc_scale [1]``) so a V4
@@ -10,7 +10,7 @@ Default initialisation (ours; V4 does not publish one beyond transformers' rando
 ``hc_fn = 0``, ``hc_base = -log(n - 1)`` so every weight is ``sigmoid = 1/n``, ``hc_scale``
 = ``gate_init``. With ``eps = 0`` that is exactly the mean of the streams
 (:func:`torch_mhc.reduce_streams`), which keeps a fresh mHC network equal to its residual
-twin (spec section 3).
+twin (README, "Design decisions").
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "MIN_TRANSFORMERS", "MIN_TRANSFORMERS_DEEPSE
 
 #: Oldest transformers the upcycling path supports (the 5.x decoder-layer API).
 MIN_TRANSFORMERS = "5.0.0"
-#: Oldest transformers whose DeepSeek-V4 computes the released mHC convention (spec section 6).
+#: Oldest transformers whose DeepSeek-V4 computes the released checkpoints' mHC convention.
 #: 5.8.0 shipped a pre-release form (sigmoid comb, comb not transposed, post without the 2x).
 MIN_TRANSFORMERS_DEEPSEEK_V4 = "5.8.1"
 

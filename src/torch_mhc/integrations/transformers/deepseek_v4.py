@@ -1,4 +1,4 @@
-"""Run a transformers DeepSeek-V4 model's mHC on torch-mhc (spec section 6).
+"""Run a transformers DeepSeek-V4 model's mHC on torch-mhc (the released checkpoints' convention).
 
 Importing this module imports ``transformers.models.deepseek_v4``; use the functions through
 :mod:`torch_mhc.integrations.transformers`, which checks the transformers version first.

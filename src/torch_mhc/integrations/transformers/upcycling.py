@@ -13,9 +13,9 @@ What :func:`upcycle` does, in place, to every decoder layer ``i`` of the model:
   to ``n`` copies (:func:`torch_mhc.expand_streams`), the last collapses the streams by their
   mean (:func:`torch_mhc.reduce_streams`) before the model's final norm.
 
-With our initialisation (spec section 3) the upcycled model computes the original model's
-logits at step 0: identical streams stay identical, the branch reads exactly that hidden
-state and its output is added to every stream.
+With our initialisation (README, "Design decisions") the upcycled model computes the
+original model's logits at step 0: identical streams stay identical, the branch reads
+exactly that hidden state and its output is added to every stream.
 
 The settings are recorded in ``model.config.mhc_upcycle``, and the model's and config's
 classes become ``Mhc<Class>`` subclasses saved with ``model_type = "mhc_upcycled"`` (see
