@@ -2,13 +2,15 @@
 # The depth study (100 layers x 512, plain stack, TinyShakespeare bytes) for residual, HC and
 # mHC, K seeds each, at one length, with the paper's optimizer (Table 5): every run is its
 # own process, all at once on one GPU (the runs are host-bound, so they overlap). Writes
-# OUT/seed-<s>/<mode>/ (logs, config, summary; checkpoints stay in a scratch folder), then
-# `mhc report OUT` on any machine builds the seed-study report.
+# seed-<s>/<mode>/ (logs, summary; checkpoints stay in a scratch folder) packed into one
+# OUT/deep_seeds.tar.gz (one file: easy to carry off a remote machine); unpack it and run
+# `mhc report` on the folder to build the seed-study report.
 #   bash benchmarks/deep_seeds.sh OUT [STEPS] [SEEDS] [WALL_S]
 set -u
 out=${1:-${OUT:-out}}; steps=${2:-1000}; seeds=${3:-3}; wall=${4:-470}
 scratch=${TMPDIR:-/tmp}/deep_seeds_$$
 mkdir -p "$out" "$scratch"
+res=$scratch/res
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 t0=$(date +%s)
 for s in $(seq 1337 $((1337 + seeds - 1))); do
@@ -23,13 +25,14 @@ done
 wait
 echo "all runs ended after $(( $(date +%s) - t0 )) s"
 for d in "$scratch"/seed-*; do
-  s=$(basename "$d"); mkdir -p "$out/$s"
+  s=$(basename "$d"); [ -d "$d/residual" ] || continue; mkdir -p "$res/$s"
   for m in residual hc mhc; do
-    mkdir -p "$out/$s/$m"
+    mkdir -p "$res/$s/$m"
     (cd "$d/$m" && find . -path ./checkpoints -prune -o -type f -print | while read -r f; do
-       mkdir -p "$out/$s/$m/$(dirname "$f")"; cp "$f" "$out/$s/$m/$f"; done)
-    cp "$d/$m.stdout" "$out/$s/$m/stdout.txt"
+       mkdir -p "$res/$s/$m/$(dirname "$f")"; cp "$f" "$res/$s/$m/$f"; done)
+    cp "$d/$m.stdout" "$res/$s/$m/stdout.txt"
     echo "$s $m: $(grep -c . "$d/$m/log.jsonl" 2>/dev/null) log lines; $(tail -c 300 "$d/$m.stdout" | tr '\r\n' '  ' | tail -c 200)"
   done
 done
+tar -czf "$out/deep_seeds.tar.gz" -C "$res" .
 rm -rf "$scratch"
