@@ -18,6 +18,7 @@ from torch import nn
 from ..nn import HyperConnection, RMSNorm, expand_streams, reduce_streams
 from ..nn._init import copy_into
 from ..nn.recompute import resolve_block_size, stream_recompute
+from .presets import GPT_PRESETS
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config"]
 
@@ -60,19 +61,9 @@ class GPTConfig:
         return 1 if self.connection == "residual" else self.n
 
 
-GPT_PRESETS = {
-    "tiny": dict(d_model=128, n_layer=4, n_head=4, seq_len=128),  # ~0.8M parameters, CPU
-    "small": dict(d_model=384, n_layer=6, n_head=6, seq_len=256),  # ~11M
-    "medium": dict(d_model=768, n_layer=12, n_head=12, seq_len=512),  # ~85M
-    "gpt-small": dict(d_model=1024, n_layer=12, n_head=16, seq_len=1024, vocab_size=32768),
-    "layer": dict(d_model=4096, n_layer=4, n_head=32, seq_len=4096, mlp_hidden=11008,
-                  vocab_size=32768),
-    "1b": dict(d_model=2048, n_layer=18, n_head=16, seq_len=2048, vocab_size=32768),
-}
-
-
 def gpt_config(preset: str, **overrides) -> GPTConfig:
-    """A :class:`GPTConfig` from a preset name, with field overrides."""
+    """A :class:`GPTConfig` from a preset name (:data:`GPT_PRESETS`, read from the table in
+    ``torch_mhc.models.presets``), with field overrides."""
     if preset not in GPT_PRESETS:
         raise ValueError(f"unknown GPT preset {preset!r}; choose one of {sorted(GPT_PRESETS)}")
     return GPTConfig(**{**GPT_PRESETS[preset], **overrides})
