@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from ..models.presets import TRAIN_PRESETS
-from ..nn import MODES
+from ..nn import MODES, connection_mode
 from .distributed import PARALLEL_MODES
 from .schedules import OPTIMIZER_PRESETS, SCHEDULES, apply_optimizer_preset
 
@@ -185,8 +185,8 @@ class TrainConfig:
 
     @property
     def streams(self) -> int:
-        """Residual streams the model uses (1 for the plain residual)."""
-        return 1 if self.connection == "residual" else self.n
+        """Residual streams the model uses (the mode's; 1 for the plain residual)."""
+        return connection_mode(self.connection).streams(self.n)
 
     def default_out(self) -> str:
         """``runs/<preset>-<connection>``."""
