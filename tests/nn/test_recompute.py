@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
-import torch_mhc.nn.hyper_connection as hc_module
+import torch_mhc.nn.modes as modes_module
 from torch_mhc.models import GPT, DeepStack, DeepStackConfig, GPTConfig
 from torch_mhc.nn import HyperConnection, RMSNorm, expand_streams
 from torch_mhc.nn.recompute import (StreamRecompute, current_recompute, optimal_block_size,
@@ -129,8 +129,8 @@ def test_double_use_and_one_recompute_per_stream(monkeypatch):
     ref = [p.grad.clone() for hc in hcs for p in hc.parameters()]
 
     calls = []
-    real = hc_module.post_res
-    monkeypatch.setattr(hc_module, "post_res", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = modes_module.post_res
+    monkeypatch.setattr(modes_module, "post_res", lambda *a, **k: calls.append(1) or real(*a, **k))
     for hc in hcs:
         hc.zero_grad(set_to_none=True)
     with stream_recompute(2) as rc:

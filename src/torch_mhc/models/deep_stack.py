@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import HyperConnection, RMSNorm, expand_streams, reduce_streams
+from ..nn import HyperConnection, RMSNorm, connection_mode, expand_streams, reduce_streams
+from ..nn.hyper_connection import connection_parameters
 from ..nn.recompute import resolve_block_size, stream_recompute
 
 __all__ = ["DeepStack", "DeepStackConfig"]
@@ -41,8 +42,8 @@ class DeepStackConfig:
 
     @property
     def streams(self) -> int:
-        """Number of residual streams actually used (1 for the plain residual)."""
-        return 1 if self.connection == "residual" else self.n
+        """Number of residual streams actually used (the mode's; 1 for the plain residual)."""
+        return connection_mode(self.connection).streams(self.n)
 
 
 class DeepStack(nn.Module):
@@ -60,8 +61,9 @@ class DeepStack(nn.Module):
             for i in range(cfg.depth))
         self.norm = RMSNorm(cfg.width)
         self.head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
-        for name, p in self.named_parameters():
-            if p.dim() == 2 and not name.endswith((".fn", ".theta")):
+        own = {id(p) for p in connection_parameters(self)}  # the connections init their own
+        for p in self.parameters():
+            if p.dim() == 2 and id(p) not in own:
                 nn.init.normal_(p, 0.0, cfg.init_std)
 
     def connections(self):

@@ -2,7 +2,8 @@
 
 RMSNorm (pre-norm inside each branch), rotary position embeddings, SwiGLU MLP, causal
 attention through ``scaled_dot_product_attention``, optional weight tying. One switch,
-``GPTConfig.connection``, picks ``"mhc"``, ``"hc"`` or ``"residual"``; a transformer block
+``GPTConfig.connection``, picks ``"mhc"``, ``"hc"``, ``"residual"`` (or a mode added with
+``torch_mhc.nn.register_mode``); a transformer block
 holds two connections (attention, then MLP), so ``layer_index`` runs over ``2 * n_layer``.
 """
 from __future__ import annotations
@@ -15,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import HyperConnection, RMSNorm, expand_streams, reduce_streams
+from ..nn import HyperConnection, RMSNorm, connection_mode, expand_streams, reduce_streams
+from ..nn.hyper_connection import connection_parameters
 from ..nn._init import copy_into
 from ..nn.recompute import resolve_block_size, stream_recompute
+from .presets import GPT_PRESETS
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config"]
 
@@ -32,8 +35,8 @@ class GPTConfig:
     n_head: int = 4
     d_model: int = 128
     mlp_hidden: Optional[int] = None  # SwiGLU hidden width; default ~8/3 d rounded up to 64
-    connection: str = "mhc"  # "mhc" | "hc" | "residual"
-    n: int = 4  # streams; "residual" always uses 1
+    connection: str = "mhc"  # "mhc" | "hc" | "residual" | any in torch_mhc.nn.MODES
+    n: int = 4  # expansion rate; "residual" always uses 1 stream
     tie_weights: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
@@ -56,23 +59,13 @@ class GPTConfig:
 
     @property
     def streams(self) -> int:
-        """Number of residual streams actually used (1 for the plain residual)."""
-        return 1 if self.connection == "residual" else self.n
-
-
-GPT_PRESETS = {
-    "tiny": dict(d_model=128, n_layer=4, n_head=4, seq_len=128),  # ~0.8M parameters, CPU
-    "small": dict(d_model=384, n_layer=6, n_head=6, seq_len=256),  # ~11M
-    "medium": dict(d_model=768, n_layer=12, n_head=12, seq_len=512),  # ~85M
-    "gpt-small": dict(d_model=1024, n_layer=12, n_head=16, seq_len=1024, vocab_size=32768),
-    "layer": dict(d_model=4096, n_layer=4, n_head=32, seq_len=4096, mlp_hidden=11008,
-                  vocab_size=32768),
-    "1b": dict(d_model=2048, n_layer=18, n_head=16, seq_len=2048, vocab_size=32768),
-}
+        """Number of residual streams actually used (the mode's; 1 for the plain residual)."""
+        return connection_mode(self.connection).streams(self.n)
 
 
 def gpt_config(preset: str, **overrides) -> GPTConfig:
-    """A :class:`GPTConfig` from a preset name, with field overrides."""
+    """A :class:`GPTConfig` from a preset name (:data:`GPT_PRESETS`, read from the table in
+    ``torch_mhc.models.presets``), with field overrides."""
     if preset not in GPT_PRESETS:
         raise ValueError(f"unknown GPT preset {preset!r}; choose one of {sorted(GPT_PRESETS)}")
     return GPTConfig(**{**GPT_PRESETS[preset], **overrides})
@@ -167,8 +160,9 @@ class GPT(nn.Module):
         copy_into(self.rope_cos, cos)
         copy_into(self.rope_sin, sin)
         std = self.cfg.init_std
+        own = {id(p) for p in connection_parameters(self)}  # the connections init their own
         for name, p in self.named_parameters():
-            if p.dim() == 2 and not name.endswith((".fn", ".theta")):
+            if p.dim() == 2 and id(p) not in own:
                 scale = 1 / math.sqrt(2 * self.cfg.n_layer) if name.endswith("proj.weight") else 1
                 nn.init.normal_(p, 0.0, std * scale)
 

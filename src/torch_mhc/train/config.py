@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..nn import MODES
+from ..models.presets import TRAIN_PRESETS
+from ..nn import MODES, connection_mode
 from .distributed import PARALLEL_MODES
 from .schedules import OPTIMIZER_PRESETS, SCHEDULES, apply_optimizer_preset
 
@@ -21,6 +22,11 @@ __all__ = ["TrainConfig", "ConfigError", "PRESETS", "RESUME_KEYS", "RUNTIME_KEYS
            "resolve_config", "resume_config", "config_changes", "format_changes",
            "load_config_file",
            "config_to_dict", "config_from_dict"]
+
+
+# The presets (every field marked preset=True) come from the one table of
+# torch_mhc.models.presets, which the model configs read too.
+PRESETS: Dict[str, Dict[str, Any]] = TRAIN_PRESETS
 
 
 class ConfigError(ValueError):
@@ -179,47 +185,13 @@ class TrainConfig:
 
     @property
     def streams(self) -> int:
-        """Residual streams the model uses (1 for the plain residual)."""
-        return 1 if self.connection == "residual" else self.n
+        """Residual streams the model uses (the mode's; 1 for the plain residual)."""
+        return connection_mode(self.connection).streams(self.n)
 
     def default_out(self) -> str:
         """``runs/<preset>-<connection>``."""
         return str(Path("runs") / f"{self.preset}-{self.connection}")
 
-
-# Each preset sets every field marked preset=True (so switching presets never mixes shapes).
-PRESETS: Dict[str, Dict[str, Any]] = {
-    # ~1M parameters; all three modes of `mhc compare` take a few minutes on a 2-core CPU.
-    "tiny": dict(model="gpt", n_layer=4, d_model=128, n_head=4, mlp_hidden=None, seq_len=128,
-                 batch_size=16, max_steps=200, lr=3e-3, warmup_steps=20, eval_interval=50,
-                 eval_batches=8, diag_interval=20, ckpt_interval=100, data="shakespeare"),
-    # ~11M parameters; minutes on one GPU.
-    "small": dict(model="gpt", n_layer=6, d_model=384, n_head=6, mlp_hidden=None, seq_len=256,
-                  batch_size=32, max_steps=3000, lr=1.5e-3, warmup_steps=200,
-                  eval_interval=250, eval_batches=20, diag_interval=100, ckpt_interval=500,
-                  data="shakespeare"),
-    # ~85M parameters; one GPU (bf16), an hour or so.
-    "medium": dict(model="gpt", n_layer=12, d_model=768, n_head=12, mlp_hidden=None,
-                   seq_len=512, batch_size=32, max_steps=10000, lr=6e-4, warmup_steps=500,
-                   eval_interval=500, eval_batches=40, diag_interval=250, ckpt_interval=1000,
-                   data="shakespeare"),
-    # LM stability study (docs/results.md): 12 blocks x 512 on WikiText-2 with a high
-    # learning rate; residual, hc and mhc in about 20 minutes on one H100.
-    "lm-study": dict(model="gpt", n_layer=12, d_model=512, n_head=8, mlp_hidden=None,
-                     seq_len=256, batch_size=32, max_steps=2000, lr=4e-3, warmup_steps=100,
-                     eval_interval=100, eval_batches=20, diag_interval=50, ckpt_interval=500,
-                     data="wikitext2"),
-    # plain deep stack (depth study): a CPU-sized one and the 100 x 512 one for a GPU.
-    "deep-tiny": dict(model="deep", n_layer=16, d_model=64, n_head=1, mlp_hidden=None,
-                      seq_len=64, batch_size=32, max_steps=200, lr=2e-3, warmup_steps=20,
-                      eval_interval=50, eval_batches=8, diag_interval=20, ckpt_interval=100,
-                      data="shakespeare"),
-    # 1500 steps: residual ~3, HC ~10, mHC ~7 minutes on one H100 (measured throughput).
-    "deep": dict(model="deep", n_layer=100, d_model=512, n_head=1, mlp_hidden=None,
-                 seq_len=64, batch_size=64, max_steps=1500, lr=1e-3, warmup_steps=200,
-                 eval_interval=100, eval_batches=20, diag_interval=50, ckpt_interval=250,
-                 data="shakespeare"),
-}
 
 # Settings a resumed run must share with its checkpoint: the model's shape, the data and the
 # batches. Any other setting (max_steps, lr, intervals, ...) may change on resume, and the

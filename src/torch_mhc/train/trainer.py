@@ -39,6 +39,7 @@ from .. import __version__
 from ..data import PROBE_STREAM, TRAIN_STREAM, VAL_STREAM, BatchSampler, load_corpus
 from ..diagnostics import probe_diagnostics, step_stats
 from ..models import GPT, DeepStack, DeepStackConfig, GPTConfig
+from ..nn.hyper_connection import no_weight_decay_parameters
 from .checkpoint import CheckpointError, CheckpointManager, find_checkpoint, set_rng_state
 from .config import (RESUME_KEYS, ConfigError, TrainConfig, config_changes, config_to_dict,
                      format_changes)
@@ -75,11 +76,13 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
-    """AdamW; weight decay on matrices only (not on norms, gates or the mHC biases)."""
+    """AdamW; weight decay on matrices only (not on norms, gates or the mHC biases), and not
+    on the connection parameters that their mode excludes (``ConnectionMode.no_weight_decay``)."""
+    skip = {id(p) for p in no_weight_decay_parameters(model)}
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            (decay if p.dim() >= 2 and id(p) not in skip else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     kwargs = {"fused": True} if device.type == "cuda" else {}

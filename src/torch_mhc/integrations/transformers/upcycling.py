@@ -33,7 +33,8 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from ...nn.hyper_connection import MODES, HyperConnection
+from ...nn.hyper_connection import HyperConnection
+from ...nn.modes import connection_mode
 from ...nn.streams import expand_streams, reduce_streams
 from ._branch import SublayerBranch
 from ._compat import SUPPORTED_MODEL_TYPES, UPCYCLED_MODEL_TYPE
@@ -148,8 +149,7 @@ def upcycle(model: nn.Module, n: int = 4, mode: str = "mhc", *, backend: str = "
         **hc_kwargs: ``sinkhorn_iters``, ``rms_eps``, ``hc_eps``, ``gate_init`` of
             :class:`torch_mhc.HyperConnection`.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    connection_mode(mode)  # a ValueError listing the registered modes if unknown
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     bad = sorted(set(hc_kwargs) - set(_HC_KWARGS))
