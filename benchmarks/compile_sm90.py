@@ -42,7 +42,7 @@ def main(argv=None):
     shape = dict(T=4096, n=n, C=C, dtype_bytes=2 if args.dtype == "bf16" else 4)
 
     def cfg(key):  # the launch configuration the launcher uses at this shape
-        c = launch_config(key, **shape)
+        c = dict(launch_config(key, **shape))
         if "BC" in c:
             c["BC"] = fit_channel_tile(c["BC"], C)
         return c
@@ -120,7 +120,8 @@ def main(argv=None):
             full = {k: sig.get(k, "constexpr") for k in fn.arg_names}  # Triton 3.3 wants all
             c = triton.compile(ASTSource(fn=fn, signature=full, constexprs=const, attrs=attrs),
                                target=GPUTarget("cuda", 90, 32),
-                               options=dict(num_warps=warps, **({} if stages is None else {"num_stages": stages})))
+                               options=dict(num_warps=warps, **({} if stages is None
+                                                                 else {"num_stages": stages})))
         except Exception as e:  # noqa: BLE001
             ok = False
             print(f"{name:20s} FAILED: {str(e)[:2000]}")

@@ -118,10 +118,10 @@ def test_auto_backend_resolution():
     assert resolve_backend("auto", x) == ("triton" if CUDA else "torch")
 
 
-@pytest.mark.parametrize("dtype,n,path", [(torch.bfloat16, 4, "dx4"), (torch.bfloat16, 2, "dx4"),
-                                          (torch.bfloat16, 1, "dx4"), (torch.bfloat16, 8, "general"),
-                                          (torch.float16, 4, "general"),
-                                          (torch.float32, 4, "general"), (torch.float32, 3, "general")])
+@pytest.mark.parametrize("dtype,n,path", [
+    (torch.bfloat16, 4, "dx4"), (torch.bfloat16, 2, "dx4"), (torch.bfloat16, 1, "dx4"),
+    (torch.bfloat16, 8, "general"), (torch.float16, 4, "general"), (torch.float32, 4, "general"),
+    (torch.float32, 3, "general")])
 @pytest.mark.parametrize("tiles_per_program", [None, 1, 2])
 def test_backward_paths(dtype, n, path, tiles_per_program, monkeypatch):
     """Both passes over x give the reference gradients: the default one (``_coef_dx4_kernel``,
@@ -141,9 +141,10 @@ def test_backward_paths(dtype, n, path, tiles_per_program, monkeypatch):
                             lambda *a, _real=real, _name=name: launched.append(_name) or _real(*a))
     torch.manual_seed(n)
     C, T = 40, 37
-    x = (torch.randn(T, n, C, device=DEV) * 2).to(dtype).requires_grad_()
+    x = torch.randn(T, n, C, device=DEV).to(dtype).requires_grad_()
     fn, base, scale = _params(n, C)
-    tol = (1e-5, 2e-5) if dtype == torch.float32 else (1e-4, 1e-2)
+    # 16-bit streams: dx is rounded to them; the dx4 pass forms G fn from bf16 parts
+    tol = (1e-5, 2e-5) if dtype == torch.float32 else (1e-4, 2e-2)
     _compare(x, fn, base, scale, 0.0, 1e-6, *tol)
     _compare(x, fn, base, scale, 1e-6, 1e-6, *tol)
     assert set(launched) == {"_dx4_pass" if path == "dx4" else "_dx_pass"}

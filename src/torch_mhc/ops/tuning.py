@@ -42,7 +42,8 @@ __all__ = ["LAUNCH_DEFAULTS", "TUNING", "launch_config", "stream_shape"]
 
 LAUNCH_DEFAULTS: dict = {
     # forward: split-K projection GEMM + sum x^2, then the per-token mappings and Sinkhorn
-    "coef_gemm": [({"dtype_bytes": 2, "n_max": 4}, dict(BT=128, BK=128, num_warps=8, num_stages=3, waves=4)),
+    "coef_gemm": [({"dtype_bytes": 2, "n_max": 4},
+                   dict(BT=128, BK=128, num_warps=8, num_stages=3, waves=4)),
                   ({"n_max": 4}, dict(BT=64, BK=32, num_warps=4, num_stages=3, waves=2)),
                   ({}, dict(BT=32, BK=32, num_warps=4, num_stages=3, waves=2))],
     "coef_token": [({"n_max": 4}, dict(BT=8, num_warps=1)),
@@ -75,7 +76,8 @@ LAUNCH_DEFAULTS: dict = {
 }
 
 #: Overrides ``{key: {option: value}}`` applied on top of :data:`LAUNCH_DEFAULTS`, read from
-#: ``TORCH_MHC_TUNING`` at import (``benchmarks/sweep.py`` sets entries to time alternatives).
+#: ``TORCH_MHC_TUNING`` at import (``benchmarks/sweep.py`` sets entries to time alternatives;
+#: set whole entries, as it does: a dict changed in place is not seen again).
 TUNING: dict = {}
 
 
@@ -114,13 +116,30 @@ def _holds(condition: dict, shape: dict) -> bool:
 def launch_config(key: str, **shape) -> dict:
     """The configuration of kernel ``key`` at this launch shape: the first rule of
     :data:`LAUNCH_DEFAULTS` whose condition holds, updated with ``TUNING[key]``, and ``BC``
-    derived from ``BC_x_NB`` where the configuration gives that instead."""
+    derived from ``BC_x_NB`` where the configuration gives that instead.
+
+    Resolved once per table entry, override and shape, since launchers call this on every
+    launch: the result is shared, read it without changing it; replace entries of the two
+    tables rather than changing them in place."""
+    entry, over = LAUNCH_DEFAULTS[key], TUNING.get(key)
+    cache_key = (key, id(entry), id(over), *shape.keys(), *shape.values())
+    hit = _RESOLVED.get(cache_key)
+    if hit is None:
+        if len(_RESOLVED) > 4096:
+            _RESOLVED.clear()
+        # the cached value holds ``entry`` and ``over``: their ids stay theirs while cached
+        hit = _RESOLVED[cache_key] = (_resolve(entry, over or {}, shape), entry, over)
+    return hit[0]
+
+
+_RESOLVED: dict = {}
+
+
+def _resolve(entry, over: dict, shape: dict) -> dict:
     if "n" in shape and "C" in shape:
         shape.setdefault("row", next_pow2(shape["n"]) * next_pow2(shape["C"]))
-    entry = LAUNCH_DEFAULTS[key]
     rules = entry if isinstance(entry, list) else [({}, entry)]
     cfg = dict(next(c for cond, c in rules if _holds(cond, shape)))
-    over = TUNING.get(key) or {}
     for given, other in (("BC", "BC_x_NB"), ("BC_x_NB", "BC")):
         if given in over:
             cfg.pop(other, None)
