@@ -18,8 +18,8 @@ _TRITON_OK: Optional[bool] = None
 _TRITON_WHY = "needs Triton: pip install 'torch-mhc[triton]'"  # why the kernels are off
 
 #: Triton releases the fused kernels are tested with: first tested, first untested. They
-#: compile for sm_90 and pass the tests with 3.4 .. 3.9; 3.3 and older reject the dx pass
-#: (variables that start as ``None``). Outside the range ``"auto"`` runs the PyTorch path.
+#: compile for sm_90 and pass the tests with 3.4 .. 3.9; 3.3 and older were found to reject
+#: the dx pass. Outside the range ``"auto"`` runs the PyTorch path.
 TRITON_TESTED = ((3, 4), (3, 10))
 TRITON_RANGE = ">={}.{},<{}.{}".format(*TRITON_TESTED[0], *TRITON_TESTED[1])
 

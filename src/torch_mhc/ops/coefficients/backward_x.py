@@ -108,7 +108,8 @@ def _coef_dx4_kernel(x_ptr, fn_ptr, g_ptr, dss_ptr, dx_ptr, dfn_ptr,
                                         mask=(oo < N)[:, None] & rmask[None, :], other=0.0),
                                 PREC)
         dss2 = 2.0 * tl.load(dss_ptr + rows, mask=rmask, other=0.0)
-        dhv, g0, g1, g2, g3 = None, None, None, None, None  # stay None for a term that is off
+        # a term that is off keeps a placeholder, never read (``tile`` holds tensors only)
+        dhv, g0, g1, g2, g3 = dss2, dss2, dss2, dss2, dss2
         if HAS_PRE:
             dhv = tl.load(dh_ptr + t0.to(tl.int64) * C + rl[:, None] * C + cc[None, :],
                           mask=m2, other=0.0)
