@@ -41,7 +41,7 @@ import torch
 
 from ._backend import as_streams, compute_dtype, kernel_impl
 from ._library import FusedOp
-from .coefficients import _COEF_IMPL, coef_backward_fake, input_grads, save_for_backward
+from .coefficients import _COEF_IMPL, coef_backward_fake, input_grads, save_for_input_grads
 from .post_res import post_res_backward_op, post_res_forward_impl, split_map_grad
 from .pre_mix import _PRE_IMPL
 
@@ -93,7 +93,7 @@ _pre_backward = FusedOp(
 
 def _pre_setup(ctx, inputs, output):
     _, h_pre, _, h_res, mix, _ = output
-    save_for_backward(ctx, inputs, mix, h_pre, h_res)
+    save_for_input_grads(ctx, inputs, mix, h_pre, h_res)
 
 
 def _pre_backward_formula(ctx, dh, d_pre, d_post, d_res, _d_mix, g):

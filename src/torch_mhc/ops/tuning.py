@@ -55,8 +55,9 @@ LAUNCH_DEFAULTS: dict = {
     "coef_dx4": dict(BT=32, BC=64, num_warps=4, num_stages=2, tiles_per_program=32,
                      pipeline_stages=2),
     # the general pass (float32 / float16 streams, n > 4): dx, then dfn as its own GEMM
-    "coef_dx": [({"dtype_bytes": 2, "n_max": 4}, dict(BT=64, BC_x_NB=128, num_warps=4, num_stages=2,
-                                                      tiles_per_program=16, pipeline_stages=3)),
+    "coef_dx": [({"dtype_bytes": 2, "n_max": 4},
+                 dict(BT=64, BC_x_NB=128, num_warps=4, num_stages=2, tiles_per_program=16,
+                      pipeline_stages=3)),
                 ({"n_max": 4}, dict(BT=32, BC_x_NB=128, num_warps=4, num_stages=2,
                                     tiles_per_program=16, pipeline_stages=2)),
                 ({}, dict(BT=32, BC_x_NB=128, num_warps=4, num_stages=2, tiles_per_program=16,
@@ -123,7 +124,10 @@ def launch_config(key: str, **shape) -> dict:
     tables rather than changing them in place."""
     entry, over = LAUNCH_DEFAULTS[key], TUNING.get(key)
     cache_key = (key, id(entry), id(over), *shape.keys(), *shape.values())
-    hit = _RESOLVED.get(cache_key)
+    try:
+        hit = _RESOLVED.get(cache_key)
+    except TypeError:  # a symbolic size (torch.compile with dynamic shapes): not cached
+        return _resolve(entry, over or {}, shape)
     if hit is None:
         if len(_RESOLVED) > 4096:
             _RESOLVED.clear()

@@ -26,6 +26,7 @@ import torch
 
 from .._backend import as_streams, compute_dtype, kernel_impl, resolve_backend
 from .._library import FusedOp
+# the kernels and launchers, imported from here by the fused connection, tests, benchmarks
 from .backward import _coef_token_bwd, coef_backward_triton, token_backward_triton
 from .backward_x import _coef_bwd_x, _coef_dfn, _coef_dx4, dx_and_dfn_triton
 from .forward import _coef_gemm, _coef_token, coef_forward_triton
@@ -59,8 +60,8 @@ def _backward_impl(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps)
 
 
 def coef_backward_fake(x, fn, base, scale, mix, *_):
-    """Shapes of :func:`~.backward.coef_backward_triton`'s ``(dx, dfn, d_gates)`` (the fake impl of
-    every op whose arguments start like it)."""
+    """Shapes of :func:`~.backward.coef_backward_triton`'s ``(dx, dfn, d_gates)`` (the fake
+    impl of every op whose arguments start like it)."""
     return x.new_empty(x.shape), mix.new_empty(fn.shape), mix.new_empty(3 + fn.shape[0])
 
 
@@ -77,7 +78,7 @@ _coefficients_backward = FusedOp(
            "-> (Tensor, Tensor, Tensor)")
 
 
-def save_for_backward(ctx, inputs, *saved) -> None:
+def save_for_input_grads(ctx, inputs, *saved) -> None:
     """``setup_context`` of an op whose inputs are ``(x, fn, base, scale, iters, rms_eps,
     hc_eps)``: saves ``x, fn, base, scale`` and ``saved`` (from its outputs) for
     :func:`input_grads`."""
@@ -90,14 +91,14 @@ def save_for_backward(ctx, inputs, *saved) -> None:
 def input_grads(ctx, backward_op, *grads):
     """The gradients of ``(x, fn, base, scale, iters, rms_eps, hc_eps)`` from
     ``backward_op(x, fn, base, scale, *saved, *grads, iters, hc_eps) -> (dx, dfn, d_gates)``
-    (context of :func:`save_for_backward`)."""
+    (context of :func:`save_for_input_grads`)."""
     x, fn, base, scale, *saved = ctx.saved_tensors
     dx, dfn, d_gates = backward_op(x, fn, base, scale, *saved, *grads, *ctx.cfg)
     return (dx, *grads_of_parameters(dfn, d_gates, fn, base, scale), None, None, None)
 
 
 def _setup(ctx, inputs, output):
-    save_for_backward(ctx, inputs, output[3])
+    save_for_input_grads(ctx, inputs, output[3])
 
 
 def _backward(ctx, d_pre, d_post, d_res, _d_mix):
