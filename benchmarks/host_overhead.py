@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import torch
 
 from torch_mhc.bench import _commit, _device_info, _gpu_kernel_time, _Trainee, _versions
-from torch_mhc.ops import _backend
+from torch_mhc.ops import _launch
 from torch_mhc.ops.connection import connection_post, connection_pre
 
 
@@ -72,14 +72,14 @@ def main():
         conn, leaves = _connection(T, C)
         grads = []
         for fast in (False, True):  # the fast launch must give the same bits
-            _backend.FAST_LAUNCH = fast
+            _launch.FAST_LAUNCH = fast
             conn()
             conn()
             grads.append([t.grad.clone() for t in leaves])
         same = all(torch.equal(a, b) for a, b in zip(*grads))
         gpu_us, kernels = _gpu_kernel_time(conn, dev)
         for fast in (False, True):
-            _backend.FAST_LAUNCH = fast
+            _launch.FAST_LAUNCH = fast
             host, wall = _host_and_wall_us(conn, args.reps)
             key = f"T{T}_C{C}_" + ("fast_launch" if fast else "triton_launch")
             res["connection"][key] = {
@@ -90,7 +90,7 @@ def main():
                   f"(wall/GPU {wall / gpu_us:.2f})", flush=True)
         del conn, leaves, grads
         torch.cuda.empty_cache()
-    _backend.FAST_LAUNCH = True
+    _launch.FAST_LAUNCH = True
     ns = SimpleNamespace(seq=None, n=4, dtype="bf16", optimizer="fused", warmup=3)
     for variant in ("residual", "mhc-triton"):
         run = _Trainee("gpt-small", variant, 8, ns, dev)

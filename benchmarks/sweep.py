@@ -1,6 +1,8 @@
 """Time a few launch configurations of every fused kernel at the `layer` shape (T = 4096,
 C = 4096, n = 4, bf16) and write the fastest of each as a TUNING JSON
-(``TORCH_MHC_TUNING=<file>`` makes the launchers use it).
+(``TORCH_MHC_TUNING=<file>`` makes the launchers use it; the built-in configurations are
+``torch_mhc.ops.tuning.LAUNCH_DEFAULTS``). The general dx pass and dfn GEMM (``coef_dx``,
+``coef_dfn``), which bf16 streams at n = 4 do not use, are timed on float16 streams.
 
     PYTHONPATH=src python benchmarks/sweep.py --out tuning.json [--tokens 4096 --C 4096]
 """
@@ -13,12 +15,6 @@ import statistics
 import sys
 
 import torch
-
-
-#: the backward's pass over x that each sweep key times (``TUNING["coef_bwd"]``)
-MODES = {"coef_dfn": {"kernel": "mma4"},
-         "coef_dx4": {"kernel": "mma4"}, "coef_dx": {"kernel": "mma3d", "split": True},
-         "coef_bwd_x": {"kernel": "mma3d", "split": False}}
 
 
 def main() -> int:
@@ -38,7 +34,7 @@ def main() -> int:
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
     from triton.testing import do_bench
 
-    from torch_mhc.ops._backend import TUNING
+    from torch_mhc.ops.tuning import TUNING
     co = importlib.import_module("torch_mhc.ops.coefficients")
     pm = importlib.import_module("torch_mhc.ops.pre_mix")
     po = importlib.import_module("torch_mhc.ops.post_res")
@@ -64,6 +60,9 @@ def main() -> int:
     fwd = lambda: co.coef_forward_triton(x, fn, base, scale, 20, 1e-20, 0.0)  # noqa: E731
     bwd = lambda: co.coef_backward_triton(x, fn, base, scale, mix, dpre, dpost, dres, 20,  # noqa: E731
                                           0.0, h_pre=hp, dh=y, h_res=hr, gout=g)
+    x16, y16, g16 = x.half(), y.half(), g.half()
+    bwd_general = lambda: co.coef_backward_triton(  # noqa: E731
+        x16, fn, base, scale, mix, dpre, dpost, dres, 20, 0.0, h_pre=hp, dh=y16, h_res=hr, gout=g16)
     b_fwd = n * unit + N * K * 4
     b_bwd = (3 * n + 1) * unit + 2 * N * K * 4
     # (tuning key, callable, minimum bytes, configurations); each key keeps its fastest
@@ -86,29 +85,23 @@ def main() -> int:
         ("coef_token_bwd", bwd, b_bwd,
          [dict(BT=16, num_warps=4), dict(BT=8, num_warps=2), dict(BT=8, num_warps=1),
           dict(BT=4, num_warps=1), dict(BT=16, num_warps=2), dict(BT=32, num_warps=4)]),
-        ("coef_dfn", bwd, b_bwd,
+        ("coef_dfn", bwd_general, b_bwd,
          [dict(BT=32, BK=128, num_warps=4, num_stages=4, waves=2),
           dict(BT=64, BK=128, num_warps=4, num_stages=3, waves=2),
           dict(BT=64, BK=64, num_warps=4, num_stages=3, waves=1),
           dict(BT=32, BK=64, num_warps=4, num_stages=4, waves=1),
           dict(BT=64, BK=128, num_warps=4, num_stages=3, waves=1),
           dict(BT=64, BK=32, num_warps=2, num_stages=4, waves=1)]),
-        ("coef_dx4", bwd, b_bwd,  # bf16, n <= 4: per-stream tiles (the default)
-         [dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=32, dfn=True, ls=2),
-          dict(BT=16, BC=64, num_warps=4, num_stages=2, loop=64, dfn=True, ls=2),
-          dict(BT=16, BC=128, num_warps=4, num_stages=2, loop=64, dfn=True, ls=2),
-          dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=16, dfn=True, ls=2),
-          dict(BT=16, BC=64, num_warps=2, num_stages=2, loop=64, dfn=True, ls=2),
-          dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=32, dfn=True, ls=2, dxp=3),
-          dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=32, dfn=True, ls=2, dfp=1),
-          dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=64, dfn=True, ls=2, dfp=1),
-          dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, dfn=True, ls=2, dfp=1),
-          dict(BT=32, BC=64, num_warps=4, num_stages=2, loop=32, dfn=True, ls=3, dfp=1)]),
-        ("coef_dx", bwd, b_bwd,  # the 3D-tile kernel (fp32 streams, n > 4)
-         [dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, ls=3),
-          dict(BT=64, BC=32, num_warps=4, num_stages=2, loop=16, ls=2)]),
-        ("coef_bwd_x", bwd, b_bwd,  # the same with dfn in the same pass
-         [dict(BT=16, BC=64, num_warps=4, num_stages=2, waves=2, ls=1)]),
+        ("coef_dx4", bwd, b_bwd,  # bf16, n <= 4: per-stream tiles, dfn in the same pass
+         [dict(BT=32, BC=64, num_warps=4, num_stages=2, tiles_per_program=32, pipeline_stages=2),
+          dict(BT=16, BC=64, num_warps=4, num_stages=2, tiles_per_program=64, pipeline_stages=2),
+          dict(BT=16, BC=128, num_warps=4, num_stages=2, tiles_per_program=64, pipeline_stages=2),
+          dict(BT=32, BC=64, num_warps=4, num_stages=2, tiles_per_program=16, pipeline_stages=2),
+          dict(BT=16, BC=64, num_warps=2, num_stages=2, tiles_per_program=64, pipeline_stages=2),
+          dict(BT=32, BC=64, num_warps=4, num_stages=2, tiles_per_program=32, pipeline_stages=3)]),
+        ("coef_dx", bwd_general, b_bwd,  # the 3D-tile kernel (fp32 / fp16 streams, n > 4)
+         [dict(BT=64, BC=32, num_warps=4, num_stages=2, tiles_per_program=16, pipeline_stages=3),
+          dict(BT=64, BC=32, num_warps=4, num_stages=2, tiles_per_program=16, pipeline_stages=2)]),
         ("pre_mix_fwd", lambda: pm.pre_mix_forward_triton(x, hp), (n + 1) * unit,
          [dict(BT=1, BC=2048, num_warps=8), dict(BT=1, BC=1024, num_warps=4),
           dict(BT=2, BC=1024, num_warps=8), dict(BT=1, BC=4096, num_warps=8)]),
@@ -137,8 +130,6 @@ def main() -> int:
     if args.only:
         jobs = [j for j in jobs if j[0] in args.only.split(",")]
     for name, fn_call, nbytes, cfgs in jobs:
-        if name in MODES:
-            TUNING["coef_bwd"] = MODES[name]
         times = {i: [] for i in range(len(cfgs))}
         for r in range(args.rounds):
             order = list(range(len(cfgs)))
@@ -167,12 +158,6 @@ def main() -> int:
             best[name] = TUNING[name] = cfg
             report[name] = {"best_us": ms * 1e3, "pct_copy_bw": 100 * nbytes / (ms * 1e-3) / bw,
                             "all": [(r[0] * 1e3, r[1]) for r in results]}
-    # the backward's pass over x: the fastest of the kernels' best configurations
-    timed = {k: report[k]["best_us"] for k in MODES if k in report and k != "coef_dfn"}
-    if timed:
-        pick = min(timed, key=timed.get)
-        best["coef_bwd"] = TUNING["coef_bwd"] = MODES[pick]
-        print(f"coef backward: {pick} {timed}", flush=True)
     with open(args.out, "w") as f:
         json.dump(best, f, indent=1)
     with open(args.out.replace(".json", "_report.json"), "w") as f:

@@ -620,7 +620,7 @@ def run_bench(args, save=None) -> Dict:
     else:
         res = _model_suite(args.suite, args, device, save)
     v = _versions()
-    from .ops._backend import TUNING
+    from .ops.tuning import TUNING
     res.update(suite=args.suite, device=_device_info(device), torch=v["torch"],
                triton=v["triton"], liger_kernel=v["liger_kernel"], commit=_commit(),
                wall_s=round(time.time() - t0, 1),

@@ -118,41 +118,33 @@ def test_auto_backend_resolution():
     assert resolve_backend("auto", x) == ("triton" if CUDA else "torch")
 
 
-@pytest.mark.parametrize("kernel,dfn,loop", [("mma4", True, 1), ("mma4", True, 2), ("mma4x3", True, 2),
-                                             ("mma4", False, 2), ("mma4trans", True, 2),
-                                             ("mma4sp2", True, 2), ("mma4sp1", True, 1),
-                                             ("mma4sp1", False, 2),
-                                             ("mma3d", False, 1),
-                                             ("mma3d", False, 2), ("mma3d", True, 0)])
-def test_backward_variants(kernel, dfn, loop):
-    """Every launch variant of the backward's pass over x (the per-stream ``dx4`` kernel, also
-    with G^T transposed in registers and with 1 or 2 streams per program, or the 3D-tile one; dfn in
-    the same pass or in its own; ``loop`` token tiles per program)
-    gives the reference gradients, also for a token count that leaves the last loop step
-    ragged and for n < 4 (the per-stream kernel's unused streams)."""
-    from torch_mhc.ops._backend import TUNING
-    keys = ("coef_bwd", "coef_dx", "coef_dx4", "coef_bwd_x")
-    old = {k: TUNING.get(k) for k in keys}
-    TUNING["coef_bwd"] = {"kernel": "mma4" if kernel.startswith("mma4") else "mma3d", "split": not dfn}
-    name = "coef_dx4" if kernel.startswith("mma4") else ("coef_bwd_x" if dfn else "coef_dx")
-    TUNING[name] = dict({"loop": loop, "ls": 2} if loop else {}, dfn=dfn)
-    if kernel == "mma4x3":  # dx from the hi/lo split of G and fn (three products)
-        TUNING[name]["dxp"] = 3
-    if kernel == "mma4trans":  # G^T transposed in registers (the default loads it as such)
-        TUNING[name]["gtl"] = False
-    if kernel.startswith("mma4sp"):  # each program writes the dx / dfn of 1 or 2 streams
-        TUNING[name]["sp"] = int(kernel[-1])
-    try:
-        for n in (4, 2) if kernel.startswith("mma4") else (4,):
-            C = 100
-            x = torch.randn(37, n, C, device=DEV).requires_grad_()
-            fn, base, scale = _params(n, C)
-            _compare(x, fn, base, scale, 0.0, 1e-6, 1e-5, 2e-5)
-            xb = torch.randn(37, n, C, device=DEV).bfloat16().requires_grad_()
-            _compare(xb, fn, base, scale, 1e-6, 1e-6, 1e-4, 1e-2)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                TUNING.pop(k, None)
-            else:
-                TUNING[k] = v
+@pytest.mark.parametrize("dtype,n,path", [
+    (torch.bfloat16, 4, "dx4"), (torch.bfloat16, 2, "dx4"), (torch.bfloat16, 1, "dx4"),
+    (torch.bfloat16, 8, "general"), (torch.float16, 4, "general"), (torch.float32, 4, "general"),
+    (torch.float32, 3, "general")])
+@pytest.mark.parametrize("tiles_per_program", [None, 1, 2])
+def test_backward_paths(dtype, n, path, tiles_per_program, monkeypatch):
+    """Both passes over x give the reference gradients: the default one (``_coef_dx4_kernel``,
+    bf16 streams with n <= 4, unused streams masked for n < 4) and the general one
+    (``_coef_bwd_x_kernel`` + ``_coef_dfn_kernel``: float32 / float16 streams, n > 4); also
+    with one or two token tiles per program, which leaves the last loop step ragged or
+    empty."""
+    from torch_mhc.ops.coefficients import backward_x
+    from torch_mhc.ops.tuning import TUNING
+    key = "coef_dx4" if path == "dx4" else "coef_dx"
+    if tiles_per_program:
+        monkeypatch.setitem(TUNING, key, {"tiles_per_program": tiles_per_program})
+    launched = []
+    for name in ("_dx4_pass", "_dx_pass"):
+        real = getattr(backward_x, name)
+        monkeypatch.setattr(backward_x, name,
+                            lambda *a, _real=real, _name=name: launched.append(_name) or _real(*a))
+    torch.manual_seed(n)
+    C, T = 40, 37
+    x = torch.randn(T, n, C, device=DEV).to(dtype).requires_grad_()
+    fn, base, scale = _params(n, C)
+    # 16-bit streams: dx is rounded to them; the dx4 pass forms G fn from bf16 parts
+    tol = (1e-5, 2e-5) if dtype == torch.float32 else (1e-4, 2e-2)
+    _compare(x, fn, base, scale, 0.0, 1e-6, *tol)
+    _compare(x, fn, base, scale, 1e-6, 1e-6, *tol)
+    assert set(launched) == {"_dx4_pass" if path == "dx4" else "_dx_pass"}

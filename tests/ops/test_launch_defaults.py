@@ -1,69 +1,156 @@
-"""The launchers' built-in configurations are the sweep winners we committed.
+"""The launchers take every launch configuration from ``torch_mhc.ops.tuning``'s table, and
+the table holds the sweep winners we measured.
 
-``benchmarks/sweep.py`` writes the fastest launch configuration of each kernel at the
-``layer`` shape (T = C = 4096, n = 4, bf16) as a tuning JSON; our numbers are only what
-users get if the launchers use those configurations *without* ``TORCH_MHC_TUNING``. A
-default that drifted from its sweep once cost a kernel 3x (the pre-mix forward: 160 us with
-its default, 53 us with the winner). This test records what each launcher asks ``tuned``
-for (kernel launches replaced by no-ops) and compares with the committed tuning file.
+``benchmarks/sweep.py`` finds the fastest launch configuration of each kernel at the
+``layer`` shape (T = C = 4096, n = 4, bf16); our numbers are only what users get if the
+launchers use those configurations *without* ``TORCH_MHC_TUNING``. A default that drifted
+from its sweep once cost a kernel 3x (the pre-mix forward: 160 us with its default, 53 us
+with the winner). So: (1) each launch is recorded (kernels replaced by no-ops) with the
+table patched, and must carry the patched values; (2) the table, resolved at the sweep's
+shape, must equal the winners written below.
 """
 import importlib
-import json
-import pathlib
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-_backend, coefficients, post_res, pre_mix = (  # the modules (ops/__init__ exports functions
-    importlib.import_module(f"torch_mhc.ops.{m}")  # of some of the same names)
-    for m in ("_backend", "coefficients", "post_res", "pre_mix"))
+_launch, coefficients, post_res, pre_mix, streams, tuning = (  # the modules (ops/__init__
+    importlib.import_module(f"torch_mhc.ops.{m}")  # exports functions of some of the same names)
+    for m in ("_launch", "coefficients", "post_res", "pre_mix", "streams", "tuning"))
 
-RESULTS = pathlib.Path(__file__).parents[2] / "benchmarks" / "results"
-TUNING_FILE = RESULTS / "tuning_h100_s3.json"
-# later sweeps of some keys (an H200, session 7: the dx pass's G^T load)
-LATER = {"coef_dx4": RESULTS / "tuning_h200_s7.json"}
-# keys of the bf16, n = 4 path (the others were swept at a shape they do not serve)
-KEYS = ("coef_gemm", "coef_token", "coef_token_bwd", "coef_dx4", "pre_mix_fwd", "pre_mix_bwd",
-        "post_res_fwd", "post_res_bwd")
+#: The winners of ``benchmarks/sweep.py`` at T = C = 4096, n = 4, bf16, as the sweeps wrote
+#: them: an H100 at commit 1b2e553 (``tuning_h100_s3.json``, committed in 9856c47) and, for
+#: ``coef_dx4``, an H200 at commit b0af22d (``tuning_h200_s7.json``: ``gtl``). Not compared:
+#: ``coef_dfn`` (that sweep timed it while the dx4 pass, which computes dfn itself, ran, so
+#: its "winner" measured nothing) and the removed ``coef_bwd_x`` / ``coef_bwd`` choices.
+WINNERS = {
+    "coef_gemm": {"BT": 128, "BK": 128, "num_warps": 8, "num_stages": 3, "waves": 4},
+    "coef_token": {"BT": 8, "num_warps": 1},
+    "coef_token_bwd": {"BT": 4, "num_warps": 1},
+    "coef_dx4": {"BT": 32, "BC": 64, "num_warps": 4, "num_stages": 2, "loop": 32, "dfn": True,
+                 "ls": 2, "gtl": True},
+    "coef_dx": {"BT": 64, "BC": 32, "num_warps": 4, "num_stages": 2, "loop": 16, "ls": 3},
+    "pre_mix_fwd": {"BT": 1, "BC": 2048, "num_warps": 8},
+    "pre_mix_bwd": {"BT": 1, "BC": 2048, "num_warps": 8},
+    "post_res_fwd": {"BT": 1, "BC": 4096, "num_warps": 8},
+    "post_res_bwd": {"BT": 1, "BC": 1024, "num_warps": 4},
+}
+#: option names the sweeps used then, as the table names them now
+RENAMED = {"loop": "tiles_per_program", "ls": "pipeline_stages"}
+#: switches the dx4 kernel no longer has: it always computes dfn in the same pass and loads
+#: G^T as such (the winners' choice)
+BUILT_IN = {"dfn": True, "gtl": True}
+
+#: which table key each kernel's launch reads
+KERNEL_KEYS = {
+    "_coef_gemm_kernel": "coef_gemm", "_coef_token_kernel": "coef_token",
+    "_coef_token_bwd_kernel": "coef_token_bwd", "_coef_dx4_kernel": "coef_dx4",
+    "_coef_bwd_x_kernel": "coef_dx", "_coef_dfn_kernel": "coef_dfn",
+    "_pre_mix_fwd_kernel": "pre_mix_fwd", "_pre_mix_bwd_kernel": "pre_mix_bwd",
+    "_post_res_fwd_kernel": "post_res_fwd", "_post_res_bwd_kernel": "post_res_bwd",
+    "_broadcast_kernel": "broadcast_streams", "_sum_kernel": "sum_streams",
+}
+#: a configuration no built-in one resembles (kernels are no-ops here: any value launches)
+SENTINEL = dict(BT=8, BC=32, BK=16, num_warps=2, num_stages=5, waves=3, tiles_per_program=2,
+                pipeline_stages=4)
+#: launch arguments that carry a configuration value as it is
+AS_PASSED = {"BT": "BT", "BC": "BC", "BK": "BK", "num_warps": "num_warps",
+             "num_stages": "num_stages", "PIPELINE_STAGES": "pipeline_stages"}
 
 
 @pytest.fixture
-def recorded(monkeypatch):
-    seen = {}
+def launches(monkeypatch):
+    """Kernel launches replaced by records ``(kernel name, grid, keyword arguments)``; the
+    launchers run as on a GPU (no interpreter tile shrinking) and without overrides."""
+    seen = []
 
-    def record(name, **defaults):
-        seen[name] = dict(defaults)
-        return defaults
+    def record(self, grid):
+        return lambda *args, **kwargs: seen.append((self.fn.__name__, tuple(grid), kwargs))
 
-    for mod in (coefficients, post_res, pre_mix):
-        monkeypatch.setattr(mod, "tuned", record)
-    monkeypatch.setattr(_backend.LazyJit, "__getitem__", lambda self, grid: lambda *a, **k: None)
-    monkeypatch.setattr(_backend, "TUNING", {})
+    monkeypatch.setattr(_launch.LazyJit, "__getitem__", record)
+    monkeypatch.setattr(streams, "_fast", lambda x: True)  # CPU tensors: launch anyway
+    monkeypatch.setattr(tuning, "TUNING", {})
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     return seen
 
 
-def test_defaults_are_the_committed_sweep_winners(recorded):
-    T, n, C = 64, 4, 4096
-    x = torch.randn(T, n, C).bfloat16()
-    y = torch.randn(T, C).bfloat16()
-    fn, base, scale = torch.randn((n + 2) * n, n * C), torch.randn((n + 2) * n), torch.rand(3)
-    hp, hq, hr = torch.rand(T, n), torch.rand(T, n), torch.rand(T, n, n)
-    mix = torch.rand(T, (n + 2) * n + 1)
-    coefficients.coef_forward_triton(x, fn, base, scale, 20, 1e-20, 0.0)
-    coefficients.coef_backward_triton(x, fn, base, scale, mix, hp, hq, hr, 20, 0.0,
-                                      h_pre=hp, dh=y, h_res=hr, gout=x)
+def _run_every_launcher(T=64, C=64):
+    """Every launcher once: the default dx pass (bf16, n = 4) and the general one (float32)."""
+    for dtype, n in ((torch.bfloat16, 4), (torch.float32, 4)):
+        x = torch.randn(T, n, C).to(dtype)
+        y = torch.randn(T, C).to(dtype)
+        fn, base, scale = torch.randn((n + 2) * n, n * C), torch.randn((n + 2) * n), torch.rand(3)
+        hp, hq, hr = torch.rand(T, n), torch.rand(T, n), torch.rand(T, n, n)
+        mix = torch.rand(T, (n + 2) * n + 1)
+        coefficients.coef_forward_triton(x, fn, base, scale, 20, 1e-20, 0.0)
+        coefficients.coef_backward_triton(x, fn, base, scale, mix, hp, hq, hr, 20, 0.0,
+                                          h_pre=hp, dh=y, h_res=hr, gout=x)
     pre_mix.pre_mix_forward_triton(x, hp)
     pre_mix.pre_mix_backward_triton(x, hp, y, False)
     post_res.post_res_forward_triton(x, y, hq, hr)
     post_res.post_res_backward_triton(x, y, hq, hr, x, False)
-    winners = json.loads(TUNING_FILE.read_text())
-    assert winners["coef_bwd"]["kernel"] == recorded["coef_bwd"]["kernel"]
-    for key, path in LATER.items():
-        winners[key] = {**winners[key], **json.loads(path.read_text())[key]}
-    for key in KEYS:
-        want = winners[key]
-        got = {k: recorded[key].get(k) for k in want}
-        assert got == want, f"{key}: launcher default {recorded[key]} is not the sweep winner {want}"
+    streams._broadcast_impl(y, n, 1.0)
+    streams._sum_impl(x, 1.0)
+
+
+def test_every_launch_reads_the_table(launches, monkeypatch):
+    for key in tuning.LAUNCH_DEFAULTS:
+        monkeypatch.setitem(tuning.LAUNCH_DEFAULTS, key, dict(SENTINEL))
+    _run_every_launcher()
+    keys = set()
+    for kernel, _, kwargs in launches:
+        keys.add(KERNEL_KEYS[kernel])
+        for arg, option in AS_PASSED.items():
+            if arg in kwargs:
+                assert kwargs[arg] == SENTINEL[option], (kernel, arg, kwargs[arg])
+        assert "num_warps" in kwargs, kernel
+    assert keys == set(tuning.LAUNCH_DEFAULTS), set(tuning.LAUNCH_DEFAULTS) ^ keys
+
+
+@pytest.mark.parametrize("option", ["waves", "tiles_per_program"])
+def test_grid_options_read_the_table(launches, monkeypatch, option):
+    """The options that only shape the grid (how many programs split K or the tokens)."""
+    grids = []
+    for value in (1, 64):
+        for key in tuning.LAUNCH_DEFAULTS:
+            monkeypatch.setitem(tuning.LAUNCH_DEFAULTS, key, dict(SENTINEL, **{option: value}))
+        launches.clear()
+        _run_every_launcher(T=256, C=512)
+        grids.append({kernel: grid for kernel, grid, _ in launches})
+    users = {"waves": {"_coef_gemm_kernel", "_coef_dfn_kernel"},
+             "tiles_per_program": {"_coef_dx4_kernel", "_coef_bwd_x_kernel"}}[option]
+    for kernel in users:
+        assert grids[0][kernel] != grids[1][kernel], (kernel, grids[0][kernel])
+
+
+def test_table_holds_the_sweep_winners(monkeypatch):
+    monkeypatch.setattr(tuning, "TUNING", {})
+    shape = dict(T=4096, n=4, C=4096, dtype_bytes=2)  # the sweep's (coef_dx: float16 streams)
+    for key, winner in WINNERS.items():
+        want = {RENAMED.get(k, k): v for k, v in winner.items() if k not in BUILT_IN}
+        assert all(winner[k] == v for k, v in BUILT_IN.items() if k in winner), key
+        got = tuning.launch_config(key, **shape)
+        assert got == want, f"{key}: the table gives {got}, the sweep's winner is {want}"
+
+
+def test_rules_and_overrides(monkeypatch):
+    """Shape rules are tried in order; ``TORCH_MHC_TUNING`` entries update the result, and
+    an explicit ``BC`` replaces a ``BC_x_NB``."""
+    monkeypatch.setattr(tuning, "TUNING", {})
+    monkeypatch.setitem(tuning.LAUNCH_DEFAULTS, "probe", [
+        ({"C_max": 1024, "dtype_bytes": 2}, dict(BT=2, BC=256, num_warps=4)),
+        ({"row_max": 8192}, dict(BT=4, BC_x_NB=1024, num_warps=4)),
+        ({}, dict(BT=8, BC_x_NB=4096, num_warps=8))])
+    cfg = tuning.launch_config
+    assert cfg("probe", n=4, C=1024, dtype_bytes=2) == dict(BT=2, BC=256, num_warps=4)
+    assert cfg("probe", n=4, C=1024, dtype_bytes=4) == dict(BT=4, BC=256, num_warps=4)
+    assert cfg("probe", n=4, C=2048, dtype_bytes=2) == dict(BT=4, BC=256, num_warps=4)
+    assert cfg("probe", n=3, C=4096, dtype_bytes=2) == dict(BT=8, BC=1024, num_warps=8)
+    assert cfg("probe", n=64, C=4096, dtype_bytes=2)["BC"] == 64
+    assert cfg("probe", n=256, C=4096, dtype_bytes=2)["BC"] == 16  # at least 16
+    monkeypatch.setitem(tuning.TUNING, "probe", {"BC": 512, "num_warps": 2})
+    assert cfg("probe", n=4, C=4096, dtype_bytes=2) == dict(BT=8, BC=512, num_warps=2)
+    monkeypatch.setitem(tuning.TUNING, "probe", {"BC_x_NB": 512})
+    assert cfg("probe", n=4, C=1024, dtype_bytes=2) == dict(BT=2, BC=128, num_warps=4)

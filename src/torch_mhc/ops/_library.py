@@ -88,7 +88,7 @@ _INLINING = threading.local()
 
 def inlining() -> bool:
     """True while an op's implementation is being traced into a compiled graph: its Triton
-    launches must then be ``wrap_triton`` calls (``_backend.LazyJit``)."""
+    launches must then be ``wrap_triton`` calls (``_launch.LazyJit``)."""
     return getattr(_INLINING, "on", False)
 
 
@@ -100,7 +100,7 @@ INLINE_KERNELS = os.environ.get("TORCH_MHC_INLINE_KERNELS", "1") not in ("", "0"
 def _inline_under_compile(op, impl: Callable) -> None:
     """Under AOTAutograd (``FunctionalTensorMode``) on CUDA, trace ``impl`` itself instead of
     keeping the op opaque, as ``torch.library.triton_op`` does: its allocations become graph
-    buffers and its Triton launches ``wrap_triton`` calls (``_backend.LazyJit``), so the
+    buffers and its Triton launches ``wrap_triton`` calls (``_launch.LazyJit``), so the
     compiled code launches the kernels directly, with no Python launcher per call (the host
     time that made compiled small models launch-bound) and CUDA graphs capture them."""
     if not hasattr(op, "register_torch_dispatch"):  # PyTorch < 2.5: the op stays opaque

@@ -41,7 +41,7 @@ import torch
 
 from ._backend import as_streams, compute_dtype, kernel_impl
 from ._library import FusedOp
-from .coefficients import _COEF_IMPL, coef_backward_fake, grads_of_parameters
+from .coefficients import _COEF_IMPL, coef_backward_fake, input_grads, save_for_input_grads
 from .post_res import post_res_backward_op, post_res_forward_impl, split_map_grad
 from .pre_mix import _PRE_IMPL
 
@@ -92,18 +92,12 @@ _pre_backward = FusedOp(
 
 
 def _pre_setup(ctx, inputs, output):
-    x, fn, base, scale, iters, _, hc_eps = inputs
     _, h_pre, _, h_res, mix, _ = output
-    ctx.save_for_backward(x, fn, base, scale, mix, h_pre, h_res)
-    ctx.cfg = (iters, hc_eps)
-    ctx.set_materialize_grads(False)  # unused outputs get None, not zero tensors
+    save_for_input_grads(ctx, inputs, mix, h_pre, h_res)
 
 
 def _pre_backward_formula(ctx, dh, d_pre, d_post, d_res, _d_mix, g):
-    x, fn, base, scale, mix, h_pre, h_res = ctx.saved_tensors
-    dx, dfn, d_gates = _pre_backward(x, fn, base, scale, mix, h_pre, h_res, dh, d_pre, d_post,
-                                     d_res, g, *ctx.cfg)
-    return (dx, *grads_of_parameters(dfn, d_gates, fn, base, scale), None, None, None)
+    return input_grads(ctx, _pre_backward, dh, d_pre, d_post, d_res, g)
 
 
 _connection_pre = FusedOp(

@@ -1,6 +1,6 @@
 """Head collapse: the ``n`` residual streams -> one hidden state before the final norm.
 
-DeepSeek-V4 convention (released checkpoints; transformers' ``DeepseekV4HyperHead``): with the
+DeepSeek-V4 convention (transformers' ``DeepseekV4HyperHead``): with the
 streams ``x (..., n, C)`` flattened to ``vec x`` (length ``nC``) and RMS-normalised without a
 weight (epsilon ``rms_eps``),
 

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import (LazyJit, as_streams, compute_dtype, interpret_mode, is_broadcast,
-                       kernel_impl, next_pow2, resolve_backend, triton_cdiv, tuned)
+from ._backend import (as_streams, compute_dtype, interpret_mode, is_broadcast, kernel_impl,
+                       resolve_backend)
+from ._launch import LazyJit, fit_channel_tile, next_pow2, triton_cdiv
 from ._library import FusedOp
+from ._tiles import _row_tile
+from .tuning import launch_config, stream_shape
 
 __all__ = ["post_res", "post_res_reference"]
 
@@ -35,22 +38,15 @@ def post_res_reference(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
 
 def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
                          n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                         XB: tl.constexpr):
+                         X_BROADCAST: tl.constexpr):
     # tokens ascending (one channel tile at C <= 4096): the next connection's GEMM reads out
-    # descending (``_backend``)
-    pid_t = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    rows = pid_t * BT + tl.arange(0, BT)
-    rmask = rows < T
-    r64 = rows.to(tl.int64)
-    ii = tl.arange(0, NB)
-    cc = pid_c * BC + tl.arange(0, BC)
-    m2 = rmask[:, None] & (ii < n)[None, :]
-    mc = rmask[:, None] & (cc < C)[None, :]
+    # descending (``_launch``)
+    rows, rmask, r64, ii, cc, m2, mc = _row_tile(tl.program_id(0), tl.program_id(1), T, C,
+                                                 n, NB, BT, BC)
     y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
     hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
     out = hp[:, :, None] * y[:, None, :]
-    if XB:  # x a broadcast view: sum_j H_res[i, j] x_j = (row sum i of H_res) x
+    if X_BROADCAST:  # x a broadcast view: sum_j H_res[i, j] x_j = (row sum i of H_res) x
         x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
         hr = tl.load(hres_ptr + r64[:, None, None] * (n * n) + ii[None, :, None] * n
                      + ii[None, None, :], mask=m2[:, :, None] & (ii < n)[None, None, :], other=0.0)
@@ -67,26 +63,20 @@ def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
 
 def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_ptr, part_ptr,
                          T, C, n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
-                         BC: tl.constexpr, WRITE_DX: tl.constexpr, XB: tl.constexpr,
-                         GB: tl.constexpr):
+                         BC: tl.constexpr, WRITE_DX: tl.constexpr,
+                         X_BROADCAST: tl.constexpr, G_BROADCAST: tl.constexpr):
     # One (token tile, channel tile) per program, no loop over C (like the forward): dy for
     # the tile, and this channel slice's partial dot products
     #   part[pid_c, t, i] = <g_i, y>,  part[pid_c, t, n + i n + j] = <g_i, x_j>
     # which the launcher sums over the C / BC slices (a few MB at most). Tokens descending:
     # the previous dx pass wrote g ascending, its last rows are still in L2.
-    pid_t = tl.cdiv(T, BT) - 1 - tl.program_id(0)
     pid_c = tl.program_id(1)
-    rows = pid_t * BT + tl.arange(0, BT)
-    rmask = rows < T
-    r64 = rows.to(tl.int64)
-    ii = tl.arange(0, NB)
-    cc = pid_c * BC + tl.arange(0, BC)
-    m2 = rmask[:, None] & (ii < n)[None, :]
-    mc = rmask[:, None] & (cc < C)[None, :]
+    rows, rmask, r64, ii, cc, m2, mc = _row_tile(tl.cdiv(T, BT) - 1 - tl.program_id(0), pid_c,
+                                                 T, C, n, NB, BT, BC)
     m3 = m2[:, :, None] & (cc < C)[None, None, :]
     off3 = r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :]
-    # XB / GB: x / g a broadcast view (stream stride 0): one (T, C) row per token
-    if GB:
+    # X_BROADCAST / G_BROADCAST: x / g a broadcast view (stream stride 0): one (T, C) row
+    if G_BROADCAST:
         g2 = tl.load(g_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
         g3 = tl.broadcast_to(g2[:, None, :], [BT, NB, BC])
     else:
@@ -97,7 +87,7 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
              tl.sum(g3 * hp[:, :, None], axis=1).to(dy_ptr.dtype.element_ty), mask=mc)
     prow = part_ptr + (pid_c * T + r64) * (n + n * n)
     tl.store(prow[:, None] + ii[None, :], tl.sum(g3 * y[:, None, :], axis=2), mask=m2)
-    if XB:  # <g_i, x_j> = <g_i, x> for every j
+    if X_BROADCAST:  # <g_i, x_j> = <g_i, x> for every j
         x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
         gx = tl.sum(g3 * x2[:, None, :], axis=2)
         for j in tl.static_range(n):
@@ -111,7 +101,7 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
     if WRITE_DX:  # dx_j = sum_i H_res[i, j] g_i
         dx = tl.zeros([BT, NB, BC], dtype=tl.float32)
         for i in tl.static_range(n):
-            if GB:
+            if G_BROADCAST:
                 gi = g2
             else:
                 gi = tl.load(g_ptr + r64[:, None] * (n * C) + i * C + cc[None, :], mask=mc,
@@ -122,23 +112,19 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
         tl.store(dx_ptr + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
 
 
-_post_res_fwd = LazyJit(_post_res_fwd_kernel)
-_post_res_bwd = LazyJit(_post_res_bwd_kernel)
+_post_res_fwd = LazyJit(_post_res_fwd_kernel, helpers=(_row_tile,))
+_post_res_bwd = LazyJit(_post_res_bwd_kernel, helpers=(_row_tile,))
 
 
 def post_res_forward_triton(x, y, h_post, h_res):
     """``x (T, n, C)``, ``y (T, C)``, ``h_post (T, n)``, ``h_res (T, n, n)`` -> ``out`` like ``x``."""
     T, n, C = x.shape
-    NB = next_pow2(n)
-    BC = max(16, min(next_pow2(C), 16384 // NB))
-    cfg = tuned("post_res_fwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
-    BT, BC = cfg["BT"], min(cfg["BC"], next_pow2(C))
-    if interpret_mode():
-        BC = min(BC, 32)
+    cfg = launch_config("post_res_fwd", **stream_shape(x))
+    BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     _post_res_fwd[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
-        x, y, h_post, h_res, out, T, C, n=n, NB=NB, BT=BT, BC=BC, XB=is_broadcast(x),
-        num_warps=cfg["num_warps"])
+        x, y, h_post, h_res, out, T, C, n=n, NB=next_pow2(n), BT=BT, BC=BC,
+        X_BROADCAST=is_broadcast(x), num_warps=cfg["num_warps"])
     return out
 
 
@@ -149,20 +135,16 @@ def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
     sum of the per-channel-slice partials the kernel writes (:func:`split_map_grad`).
     """
     T, n, C = x.shape
-    NB = next_pow2(n)
-    BC = max(16, min(next_pow2(C), 4096 // NB))
-    cfg = tuned("post_res_bwd", BT=1, BC=BC, num_warps=4)
-    BT, BC = cfg["BT"], min(cfg["BC"], next_pow2(C))
-    if interpret_mode():
-        BT, BC = 2, min(BC, 32)
+    cfg = launch_config("post_res_bwd", **stream_shape(x))
+    BT, BC = (2 if interpret_mode() else cfg["BT"]), fit_channel_tile(cfg["BC"], C)
     S = triton_cdiv(C, BC)
     dy = torch.empty(T, C, device=x.device, dtype=y.dtype)
     part = torch.empty(S, T, n + n * n, device=x.device, dtype=torch.float32)
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype) if write_dx else None
     _post_res_bwd[(triton_cdiv(T, BT), S)](
         x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, C,
-        n=n, NB=NB, BT=BT, BC=BC, WRITE_DX=write_dx, XB=is_broadcast(x), GB=is_broadcast(g),
-        num_warps=cfg["num_warps"])
+        n=n, NB=next_pow2(n), BT=BT, BC=BC, WRITE_DX=write_dx, X_BROADCAST=is_broadcast(x),
+        G_BROADCAST=is_broadcast(g), num_warps=cfg["num_warps"])
     return dx, dy, part[0] if S == 1 else part.sum(0)
 
 

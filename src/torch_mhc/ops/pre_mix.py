@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import (LazyJit, as_streams, compute_dtype, interpret_mode, is_broadcast,
-                       kernel_impl, next_pow2, resolve_backend, triton_cdiv, tuned)
+from ._backend import as_streams, compute_dtype, is_broadcast, kernel_impl, resolve_backend
+from ._launch import LazyJit, fit_channel_tile, next_pow2, triton_cdiv
 from ._library import FusedOp
+from ._tiles import _row_tile
+from .tuning import launch_config, stream_shape
 
 __all__ = ["pre_mix", "pre_mix_reference"]
 
@@ -30,36 +32,27 @@ def pre_mix_reference(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
 
 def _pre_mix_fwd_kernel(x_ptr, hpre_ptr, h_ptr, T, C,
                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                        XB: tl.constexpr):
-    # token-major, ascending: the coefficient GEMM just read x descending (``_backend``)
+                        X_BROADCAST: tl.constexpr):
+    # token-major, ascending: the coefficient GEMM just read x descending (``_launch``)
     pid = tl.program_id(0)
     c_tiles = tl.cdiv(C, BC)
-    pid_t = pid // c_tiles
-    pid_c = pid % c_tiles
-    rows = pid_t * BT + tl.arange(0, BT)
-    r64 = rows.to(tl.int64)
-    ii = tl.arange(0, NB)
-    cc = pid_c * BC + tl.arange(0, BC)
-    m2 = (rows < T)[:, None] & (ii < n)[None, :]
-    m3 = m2[:, :, None] & (cc < C)[None, None, :]
+    rows, rmask, r64, ii, cc, m2, mc = _row_tile(pid // c_tiles, pid % c_tiles, T, C, n, NB, BT, BC)
     hp = tl.load(hpre_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
-    if XB:  # x a broadcast view: h = (sum_i H_pre_i) x
-        x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :],
-                     mask=(rows < T)[:, None] & (cc < C)[None, :], other=0.0)
+    if X_BROADCAST:  # x a broadcast view: h = (sum_i H_pre_i) x
+        x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
         h = tl.sum(hp, axis=1)[:, None] * x2.to(tl.float32)
     else:
         x3 = tl.load(x_ptr + r64[:, None, None] * (n * C) + ii[None, :, None] * C
-                     + cc[None, None, :], mask=m3, other=0.0)
+                     + cc[None, None, :], mask=m2[:, :, None] & (cc < C)[None, None, :], other=0.0)
         h = tl.sum(x3.to(tl.float32) * hp[:, :, None], axis=1)
-    tl.store(h_ptr + r64[:, None] * C + cc[None, :], h.to(h_ptr.dtype.element_ty),
-             mask=(rows < T)[:, None] & (cc < C)[None, :])
+    tl.store(h_ptr + r64[:, None] * C + cc[None, :], h.to(h_ptr.dtype.element_ty), mask=mc)
 
 
 def _pre_mix_bwd_kernel(x_ptr, hpre_ptr, dh_ptr, dx_ptr, dhpre_ptr, T, C,
                         n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                        WRITE_DX: tl.constexpr, XB: tl.constexpr):
+                        WRITE_DX: tl.constexpr, X_BROADCAST: tl.constexpr):
     # descending: the coefficient backward's dx pass then starts from the low tokens' x and dh,
-    # still in L2 (``_backend``)
+    # still in L2 (``_launch``)
     pid = tl.cdiv(T, BT) - 1 - tl.program_id(0)
     rows = pid * BT + tl.arange(0, BT)
     r64 = rows.to(tl.int64)
@@ -74,7 +67,7 @@ def _pre_mix_bwd_kernel(x_ptr, hpre_ptr, dh_ptr, dx_ptr, dhpre_ptr, T, C,
         m3 = m2[:, :, None] & cm[None, None, :]
         off3 = r64[:, None, None] * (n * C) + ii[None, :, None] * C + cc[None, None, :]
         mc = (rows < T)[:, None] & cm[None, :]
-        if XB:  # x a broadcast view: one (T, C) row, the same for every stream
+        if X_BROADCAST:  # x a broadcast view: one (T, C) row, the same for every stream
             x3 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)[:, None, :]
         else:
             x3 = tl.load(x_ptr + off3, mask=m3, other=0.0)
@@ -86,30 +79,19 @@ def _pre_mix_bwd_kernel(x_ptr, hpre_ptr, dh_ptr, dx_ptr, dhpre_ptr, T, C,
     tl.store(dhpre_ptr + r64[:, None] * n + ii[None, :], tl.sum(acc, axis=2), mask=m2)
 
 
-_pre_mix_fwd = LazyJit(_pre_mix_fwd_kernel)
+_pre_mix_fwd = LazyJit(_pre_mix_fwd_kernel, helpers=(_row_tile,))
 _pre_mix_bwd = LazyJit(_pre_mix_bwd_kernel)
-
-
-def _blocks(n: int, C: int, budget: int):
-    """``(NB, BC)``: streams padded to a power of two and a channel tile of about
-    ``budget / NB`` values (32 at most in the interpreter)."""
-    NB = next_pow2(n)
-    BC = max(16, min(next_pow2(C), budget // NB))
-    if interpret_mode():
-        BC = min(BC, 32)
-    return NB, BC
 
 
 def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
     """``x (T, n, C)`` (contiguous or broadcast), ``h_pre (T, n)`` fp32 -> ``h (T, C)`` in
     ``x``'s dtype."""
     T, n, C = x.shape
-    NB, BC = _blocks(n, C, 8192)
-    cfg = tuned("pre_mix_fwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 2048 else 8)
-    BT, BC = cfg["BT"], (BC if interpret_mode() else min(cfg["BC"], next_pow2(C)))
+    cfg = launch_config("pre_mix_fwd", **stream_shape(x))
+    BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
     h = torch.empty(T, C, device=x.device, dtype=x.dtype)
     _pre_mix_fwd[(triton_cdiv(T, BT) * triton_cdiv(C, BC),)](
-        x, h_pre, h, T, C, n=n, NB=NB, BT=BT, BC=BC, XB=is_broadcast(x),
+        x, h_pre, h, T, C, n=n, NB=next_pow2(n), BT=BT, BC=BC, X_BROADCAST=is_broadcast(x),
         num_warps=cfg["num_warps"])
     return h
 
@@ -118,14 +100,13 @@ def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tens
                             write_dx: bool = True):
     """``(dx or None, dH_pre (T, n) fp32)`` from ``dh (T, C)``, one pass over ``x`` and ``dh``."""
     T, n, C = x.shape
-    NB, BC = _blocks(n, C, 8192)
-    cfg = tuned("pre_mix_bwd", BT=1, BC=BC, num_warps=4 if NB * BC <= 1024 else 8)
-    BT, BC = cfg["BT"], (BC if interpret_mode() else min(cfg["BC"], next_pow2(C)))
+    cfg = launch_config("pre_mix_bwd", **stream_shape(x))
+    BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
     dhpre = torch.empty(T, n, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x) if write_dx else None
     _pre_mix_bwd[(triton_cdiv(T, BT),)](
-        x, h_pre, dh, dx if write_dx else dhpre, dhpre, T, C, n=n, NB=NB, BT=BT, BC=BC,
-        WRITE_DX=write_dx, XB=is_broadcast(x), num_warps=cfg["num_warps"])
+        x, h_pre, dh, dx if write_dx else dhpre, dhpre, T, C, n=n, NB=next_pow2(n), BT=BT,
+        BC=BC, WRITE_DX=write_dx, X_BROADCAST=is_broadcast(x), num_warps=cfg["num_warps"])
     return dx, dhpre
 
 

@@ -10,7 +10,7 @@ Two numerics, one result:
 * ``eps == 0`` (the paper): log domain, ``L <- L - logsumexp(L)`` along columns then rows.
   Stable for any finite logits (1e3 and beyond), since nothing is ever exponentiated
   before the final step.
-* ``eps > 0`` (the DeepSeek-V4 convention of the released checkpoints): linear domain exactly as the
+* ``eps > 0`` (the DeepSeek-V4 convention): linear domain exactly as the
   released checkpoints compute it: ``softmax`` along columns ``+ eps``, then row
   normalisation, then ``iters - 1`` (column, row) normalisations, each ``x / (sum + eps)``.
   (V4 writes this on ``comb = H_res^T``; here it is written on ``H_res``.)

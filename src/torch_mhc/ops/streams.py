@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import LazyJit, interpret_mode, next_pow2, triton_available, triton_cdiv
+from ._backend import interpret_mode, triton_available
+from ._launch import LazyJit, next_pow2, triton_cdiv
+from .tuning import launch_config
 
 __all__ = ["broadcast_streams", "sum_streams"]
 
@@ -69,6 +71,14 @@ def _fast(x: torch.Tensor) -> bool:
             and triton_available())
 
 
+def _launch(kernel, key, x, out, T, n, C, s):
+    """One program per (token, channel slice), the slice from ``LAUNCH_DEFAULTS[key]``."""
+    cfg = launch_config(key, T=T, n=n, C=C, dtype_bytes=x.element_size())
+    BC = min(cfg["BC"], next_pow2(C))
+    kernel[(T, triton_cdiv(C, BC))](x, out, C, float(s), n=n, NB=next_pow2(n), BC=BC,
+                                    num_warps=cfg["num_warps"])
+
+
 def _broadcast_impl(x: torch.Tensor, n: int, s: float) -> torch.Tensor:
     if not _fast(x):
         return broadcast_streams_reference(x, n, s)
@@ -77,9 +87,7 @@ def _broadcast_impl(x: torch.Tensor, n: int, s: float) -> torch.Tensor:
     T = x.numel() // max(C, 1)
     out = torch.empty(*x.shape[:-1], n, C, device=x.device, dtype=x.dtype)
     if out.numel():
-        BC = min(1024, next_pow2(C))
-        _broadcast[(T, triton_cdiv(C, BC))](x, out, C, float(s), n=n, NB=next_pow2(n), BC=BC,
-                                             num_warps=4)
+        _launch(_broadcast, "broadcast_streams", x, out, T, n, C, s)
     return out
 
 
@@ -91,9 +99,7 @@ def _sum_impl(x: torch.Tensor, s: float) -> torch.Tensor:
     T = x.numel() // max(n * C, 1)
     out = torch.empty(*x.shape[:-2], C, device=x.device, dtype=x.dtype)
     if out.numel():
-        BC = min(1024, next_pow2(C))
-        _sum[(T, triton_cdiv(C, BC))](x, out, C, float(s), n=n, NB=next_pow2(n), BC=BC,
-                                       num_warps=4)
+        _launch(_sum, "sum_streams", x, out, T, n, C, s)
     return out
 
 

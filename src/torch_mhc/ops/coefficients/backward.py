@@ -1,0 +1,197 @@
+"""Backward of the fused coefficients, per token (the paper's kernel 3), then the pass over x.
+
+``_coef_token_bwd_kernel`` recomputes the logits and the Sinkhorn iterations from the saved
+projection (the per-step matrices go to a transient per-token scratch that is written and
+read back by the same program, then freed) and runs them backwards: dL for the (n+2)n
+logits -> G = dmix (T, NP), d(sum x^2), partial dscale / dbase. ``backward_x`` then writes
+dx and dfn from G in one pass over x.
+
+Gradient formulas (mix = x fn^T, inv_r = (sum x^2 / K + eps)^-1/2, logit = a mix inv_r + b):
+
+    G      = dlogit * a * inv_r                       (d mix)
+    dinv_r = sum_o dlogit_o a_o mix_o,  d(sum x^2) = -dinv_r inv_r^3 / (2K)
+    dx     = G fn + 2 x d(sum x^2),  dfn = G^T x,  da = sum dlogit mix inv_r,  db = sum dlogit
+"""
+from __future__ import annotations
+
+import torch
+
+from .._backend import interpret_mode
+from .._launch import LazyJit, next_pow2, triton_cdiv
+from .._tiles import _gates, _token_tile
+from ..tuning import launch_config, stream_shape
+from .backward_x import dx_and_dfn_triton
+
+def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dres_ptr,
+                           g_ptr, dss_ptr, red_ptr, scr_ptr,
+                           T, K, iters, hc_eps, st_pre, st_post, st_res,
+                           n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NN: tl.constexpr,
+                           NP: tl.constexpr, BT: tl.constexpr, LOG: tl.constexpr,
+                           HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
+                           HAS_DRES: tl.constexpr):
+    pid = tl.program_id(0)
+    rows, rmask, r64, ii, m2, aa, bb, valid, m3 = _token_tile(pid, T, n, NB, BT)
+    mrow = mix_ptr + r64 * (N + 1)
+    pre = tl.load(mrow[:, None] + ii[None, :], mask=m2, other=0.0)
+    post = tl.load(mrow[:, None] + n + ii[None, :], mask=m2, other=0.0)
+    comb = tl.load(mrow[:, None, None] + 2 * n + aa * n + bb, mask=m3, other=0.0)
+    inv_r = tl.load(mrow + N, mask=rmask, other=0.0)
+    a_pre, a_post, a_res, b_pre, b_post, b_res = _gates(scale_ptr, base_ptr, ii, aa, bb, valid, n)
+    # pre / post: d sigmoid = s (1 - s)
+    s_pre = tl.sigmoid(a_pre * pre * inv_r[:, None] + b_pre[None, :])
+    s_post = tl.sigmoid(a_post * post * inv_r[:, None] + b_post[None, :])
+    if HAS_DPRE:
+        d_pre = tl.load(dpre_ptr + r64[:, None] * st_pre + ii[None, :], mask=m2, other=0.0).to(tl.float32)
+        d_pre = d_pre * s_pre * (1.0 - s_pre)
+    else:
+        d_pre = tl.zeros([BT, NB], dtype=tl.float32)
+    if HAS_DPOST:
+        d_post = tl.load(dpost_ptr + r64[:, None] * st_post + ii[None, :], mask=m2,
+                         other=0.0).to(tl.float32)
+        d_post = 2.0 * d_post * s_post * (1.0 - s_post)
+    else:
+        d_post = tl.zeros([BT, NB], dtype=tl.float32)
+    # Sinkhorn: re-run the iterations from the logits, keeping each step's input in the
+    # per-token scratch (2 * iters matrices), then differentiate the steps in reverse order.
+    L = a_res * comb * inv_r[:, None, None] + b_res
+    L = tl.where(valid, L, -1.0e30)
+    scr = scr_ptr + r64[:, None, None] * (2 * iters * NN) + aa * NB + bb
+    if HAS_DRES:
+        # d H_res, transposed to comb's layout
+        g_res = tl.load(dres_ptr + r64[:, None, None] * st_res + bb * n + aa, mask=m3,
+                        other=0.0).to(tl.float32)
+        if LOG:
+            for k in range(iters):
+                tl.store(scr + (2 * k) * NN, L, mask=m3)
+                mx = tl.max(L, axis=2)
+                L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, :, None]), axis=2)))[:, :, None]
+                L = tl.where(valid, L, -1.0e30)
+                tl.store(scr + (2 * k + 1) * NN, L, mask=m3)
+                mx = tl.max(L, axis=1)
+                L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, None, :]), axis=1)))[:, None, :]
+                L = tl.where(valid, L, -1.0e30)
+            P = tl.exp(L)
+            # d H_res -> d comb (transpose), then through P = exp(L)
+            gy = g_res * P
+            tl.debug_barrier()
+            for kk in range(iters):
+                k = iters - 1 - kk
+                # y = Lin - lse(Lin) along axis 1  =>  dLin = dy - softmax(Lin) * sum(dy)
+                Lin = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=-1.0e30)
+                mx = tl.max(Lin, axis=1)
+                Q = tl.exp(Lin - mx[:, None, :])
+                Q = tl.where(valid, Q / tl.sum(Q, axis=1)[:, None, :], 0.0)
+                gy = tl.where(valid, gy - Q * tl.sum(gy, axis=1)[:, None, :], 0.0)
+                Lin = tl.load(scr + (2 * k) * NN, mask=m3, other=-1.0e30)
+                mx = tl.max(Lin, axis=2)
+                Q = tl.exp(Lin - mx[:, :, None])
+                Q = tl.where(valid, Q / tl.sum(Q, axis=2)[:, :, None], 0.0)
+                gy = tl.where(valid, gy - Q * tl.sum(gy, axis=2)[:, :, None], 0.0)
+            d_res = gy
+        else:
+            mx = tl.max(L, axis=2)
+            E = tl.exp(L - mx[:, :, None])
+            S0 = tl.where(valid, E / tl.sum(E, axis=2)[:, :, None], 0.0)  # softmax
+            P = tl.where(valid, S0 + hc_eps, 0.0)
+            tl.store(scr + NN, P, mask=m3)
+            P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
+            for k in range(1, iters):
+                tl.store(scr + (2 * k) * NN, P, mask=m3)
+                P = P / (tl.sum(P, axis=2)[:, :, None] + hc_eps)
+                tl.store(scr + (2 * k + 1) * NN, P, mask=m3)
+                P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
+            gy = g_res
+            tl.debug_barrier()
+            # y = m / (sum(m) + eps)  =>  dm = (dy - sum(dy * y)) / (sum(m) + eps)
+            for kk in range(iters):
+                k = iters - 1 - kk
+                Mc = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=0.0)
+                den_c = tl.sum(Mc, axis=1)[:, None, :] + hc_eps
+                gy = tl.where(valid, (gy - tl.sum(gy * Mc, axis=1)[:, None, :] / den_c) / den_c, 0.0)
+                if k > 0:
+                    Mr = tl.load(scr + (2 * k) * NN, mask=m3, other=0.0)
+                    den_r = tl.sum(Mr, axis=2)[:, :, None] + hc_eps
+                    gy = tl.where(valid, (gy - tl.sum(gy * Mr, axis=2)[:, :, None] / den_r) / den_r, 0.0)
+            # softmax: dL = s * (dy - sum(dy * s))
+            d_res = tl.where(valid, S0 * (gy - tl.sum(gy * S0, axis=2)[:, :, None]), 0.0)
+    else:
+        d_res = tl.zeros([BT, NB, NB], dtype=tl.float32)
+    # d logit -> G = d mix = dlogit * a / r; d inv_r; partial d scale, d base
+    grow = g_ptr + r64 * NP
+    tl.store(grow[:, None] + ii[None, :], d_pre * a_pre * inv_r[:, None], mask=m2)
+    tl.store(grow[:, None] + n + ii[None, :], d_post * a_post * inv_r[:, None], mask=m2)
+    tl.store(grow[:, None, None] + 2 * n + aa * n + bb, d_res * a_res * inv_r[:, None, None], mask=m3)
+    m_pre = tl.sum(d_pre * pre, axis=1)
+    m_post = tl.sum(d_post * post, axis=1)
+    m_res = tl.sum(tl.sum(d_res * comb, axis=2), axis=1)
+    dinv = a_pre * m_pre + a_post * m_post + a_res * m_res
+    tl.store(dss_ptr + rows, -0.5 * dinv * inv_r * inv_r * inv_r / K, mask=rmask)
+    # this program's partial d scale (3) and d base (N), one row of red[nprog, 3 + N]
+    ds_row = red_ptr + pid * (3 + N)
+    tl.store(ds_row, tl.sum(tl.where(rmask, m_pre * inv_r, 0.0), axis=0))
+    tl.store(ds_row + 1, tl.sum(tl.where(rmask, m_post * inv_r, 0.0), axis=0))
+    tl.store(ds_row + 2, tl.sum(tl.where(rmask, m_res * inv_r, 0.0), axis=0))
+    db_row = ds_row + 3
+    tl.store(db_row + ii, tl.sum(tl.where(m2, d_pre, 0.0), axis=0), mask=ii < n)
+    tl.store(db_row + n + ii, tl.sum(tl.where(m2, d_post, 0.0), axis=0), mask=ii < n)
+    db_res = tl.sum(tl.where(m3, d_res, 0.0), axis=0)  # [NB, NB]
+    a2 = tl.arange(0, NB)[:, None]
+    b2 = tl.arange(0, NB)[None, :]
+    tl.store(db_row + 2 * n + a2 * n + b2, db_res, mask=(a2 < n) & (b2 < n))
+
+_coef_token_bwd = LazyJit(_coef_token_bwd_kernel, helpers=(_token_tile, _gates))
+
+
+def _rows(t):
+    """``t`` (T, ...) with contiguous rows at any row stride, as the token backward kernel
+    reads it (``None`` passes through)."""
+    if t is None:
+        return None
+    inner_ok = t.stride(-1) == 1 and (t.dim() == 2 or t.stride(-2) == t.shape[-1])
+    return t if inner_ok else t.contiguous()
+
+
+def _stride0(t):
+    return 0 if t is None else t.stride(0)
+
+
+def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_eps):
+    """Kernel 3: ``(G (T, NP), dss (T,), d_gates)`` from the gradients of the mappings,
+    ``d_gates = [dscale (3), dbase (N)]``; ``x`` only gives the launch shape."""
+    T, n, C = x.shape
+    K, N = n * C, (n + 2) * n
+    NP = max(16, next_pow2(N))
+    NB = next_pow2(n)
+    dev = x.device
+    cfg = launch_config("coef_token_bwd", **stream_shape(x))
+    BT = 8 if interpret_mode() else cfg["BT"]
+    nprog = triton_cdiv(T, BT)
+    G = torch.empty(T, NP, device=dev, dtype=torch.float32)
+    dss = torch.empty(T, device=dev, dtype=torch.float32)
+    red = torch.empty(nprog, 3 + N, device=dev, dtype=torch.float32)
+    d_pre, d_post, d_res = _rows(d_pre), _rows(d_post), _rows(d_res)
+    has_res = d_res is not None
+    scr = torch.empty(T * 2 * int(iters) * NB * NB if has_res else 1, device=dev, dtype=torch.float32)
+    dummy = mix
+    _coef_token_bwd[(nprog,)](
+        mix, scale.contiguous(), base.contiguous(),
+        d_pre if d_pre is not None else dummy, d_post if d_post is not None else dummy,
+        d_res if has_res else dummy, G, dss, red, scr, T, K, int(iters), float(hc_eps),
+        _stride0(d_pre), _stride0(d_post), _stride0(d_res),
+        n=n, N=N, NB=NB, NN=NB * NB, NP=NP, BT=BT, LOG=(hc_eps == 0.0), HAS_DPRE=d_pre is not None,
+        HAS_DPOST=d_post is not None, HAS_DRES=has_res, num_warps=cfg["num_warps"])
+    return G, dss, red.sum(0)
+
+
+def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
+                         h_pre=None, dh=None, h_res=None, gout=None):
+    """Kernels 3-4: gradients to ``x, fn, base, scale`` from those of ``H_pre, H_post, H_res``:
+    ``(dx, dfn, d_gates)``.
+
+    With ``h_pre, dh`` (pre-mix) and ``h_res, gout`` (post-res) given, ``dx`` also holds
+    ``H_pre_i dh`` and ``sum_j H_res[j, i] gout_j``: the whole connection's ``dx`` in one pass.
+    """
+    G, dss, d_gates = token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters,
+                                            hc_eps)
+    dx, dfn = dx_and_dfn_triton(x, fn, G, dss, h_pre, dh, h_res, gout)
+    return dx, dfn, d_gates

@@ -1,0 +1,153 @@
+"""Launch configurations of the fused kernels: one table, read by every launcher.
+
+``LAUNCH_DEFAULTS[key]`` is one configuration (a dict), or a list of rules
+``(condition, configuration)`` tried in order: the first whose condition holds is used, and
+the last rule's condition is ``{}`` (always true). A condition is a dict over the launch
+shape a launcher passes to :func:`launch_config`:
+
+* ``"<name>_max": v`` holds when ``shape[name] <= v``;
+* ``"<name>": v`` holds when ``shape[name] == v``.
+
+Shape names: ``T`` tokens, ``n`` streams, ``C`` channels per stream, ``dtype_bytes`` of the
+streams' dtype, and ``row = next_pow2(n) * next_pow2(C)`` (a token's streams as the
+elementwise kernels tile them).
+
+Configuration keys:
+
+* ``BT``, ``BC``, ``BK``: tiles over tokens, channels (per stream) and the GEMM reduction;
+* ``BC_x_NB``: instead of ``BC``, the channel tile over all streams padded to a power of two:
+  ``BC = max(16, BC_x_NB // next_pow2(n))``;
+* ``num_warps``, ``num_stages``: Triton's launch options;
+* ``waves``: programs per multiprocessor the split-K / split-T grids aim for;
+* ``tiles_per_program``: token tiles one program of a dx pass loops over;
+* ``pipeline_stages``: software-pipeline stages of that token loop (``tl.range``): 2 or more
+  prefetch the next tiles with cp.async while the current one is computed.
+
+The defaults are the fastest configurations ``benchmarks/sweep.py`` found at T = C = 4096,
+n = 4, bf16 (H100, H200); other shapes use the same kernels with the rules below.
+``TORCH_MHC_TUNING`` (a JSON object ``{key: {option: value}}``, or a path to one) overrides
+any of them, as the sweep does to time alternatives.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import torch
+
+from ._launch import next_pow2
+
+__all__ = ["LAUNCH_DEFAULTS", "TUNING", "launch_config", "stream_shape"]
+
+LAUNCH_DEFAULTS: dict = {
+    # forward: split-K projection GEMM + sum x^2, then the per-token mappings and Sinkhorn
+    "coef_gemm": [({"dtype_bytes": 2, "n_max": 4},
+                   dict(BT=128, BK=128, num_warps=8, num_stages=3, waves=4)),
+                  ({"n_max": 4}, dict(BT=64, BK=32, num_warps=4, num_stages=3, waves=2)),
+                  ({}, dict(BT=32, BK=32, num_warps=4, num_stages=3, waves=2))],
+    "coef_token": [({"n_max": 4}, dict(BT=8, num_warps=1)),
+                   ({}, dict(BT=8, num_warps=2))],
+    # backward: per-token gradients of the mappings, then the pass over x
+    "coef_token_bwd": [({"n_max": 4}, dict(BT=4, num_warps=1)),
+                       ({}, dict(BT=4, num_warps=2))],
+    # bf16 streams, n <= 4: dx and dfn in one pass, one 2D tile per stream
+    "coef_dx4": dict(BT=32, BC=64, num_warps=4, num_stages=2, tiles_per_program=32,
+                     pipeline_stages=2),
+    # the general pass (float32 / float16 streams, n > 4): dx, then dfn as its own GEMM
+    "coef_dx": [({"dtype_bytes": 2, "n_max": 4},
+                 dict(BT=64, BC_x_NB=128, num_warps=4, num_stages=2, tiles_per_program=16,
+                      pipeline_stages=3)),
+                ({"n_max": 4}, dict(BT=32, BC_x_NB=128, num_warps=4, num_stages=2,
+                                    tiles_per_program=16, pipeline_stages=2)),
+                ({}, dict(BT=32, BC_x_NB=128, num_warps=4, num_stages=2, tiles_per_program=16,
+                          pipeline_stages=1))],
+    "coef_dfn": dict(BT=64, BK=32, num_warps=2, num_stages=4, waves=1),
+    # elementwise passes: one token per program, the whole (or a wide slice of the) row
+    "pre_mix_fwd": [({"row_max": 2048}, dict(BT=1, BC_x_NB=8192, num_warps=4)),
+                    ({}, dict(BT=1, BC_x_NB=8192, num_warps=8))],
+    "pre_mix_bwd": [({"row_max": 1024}, dict(BT=1, BC_x_NB=8192, num_warps=4)),
+                    ({}, dict(BT=1, BC_x_NB=8192, num_warps=8))],
+    "post_res_fwd": [({"row_max": 2048}, dict(BT=1, BC_x_NB=16384, num_warps=4)),
+                     ({}, dict(BT=1, BC_x_NB=16384, num_warps=8))],
+    "post_res_bwd": dict(BT=1, BC_x_NB=4096, num_warps=4),
+    # the model's boundaries: one token per program row, a channel slice of every stream
+    "broadcast_streams": dict(BC=1024, num_warps=4),
+    "sum_streams": dict(BC=1024, num_warps=4),
+}
+
+#: Overrides ``{key: {option: value}}`` applied on top of :data:`LAUNCH_DEFAULTS`, read from
+#: ``TORCH_MHC_TUNING`` at import (``benchmarks/sweep.py`` sets entries to time alternatives;
+#: set whole entries, as it does: a dict changed in place is not seen again).
+TUNING: dict = {}
+
+
+def _load_tuning_env() -> None:
+    raw = os.environ.get("TORCH_MHC_TUNING")
+    if not raw:
+        return
+    try:
+        if os.path.exists(raw):
+            with open(raw) as f:
+                raw = f.read()
+        TUNING.update(json.loads(raw))
+    except (OSError, ValueError) as e:  # pragma: no cover - a user's typo
+        warnings.warn(f"ignoring TORCH_MHC_TUNING: {e}")
+
+
+_load_tuning_env()
+
+
+def stream_shape(x: torch.Tensor) -> dict:
+    """The launch shape of streams ``x (T, n, C)``: ``T``, ``n``, ``C``, ``dtype_bytes``."""
+    T, n, C = x.shape
+    return dict(T=T, n=n, C=C, dtype_bytes=x.element_size())
+
+
+def _holds(condition: dict, shape: dict) -> bool:
+    for name, value in condition.items():
+        if name.endswith("_max"):
+            if not shape[name[:-4]] <= value:
+                return False
+        elif shape[name] != value:
+            return False
+    return True
+
+
+def launch_config(key: str, **shape) -> dict:
+    """The configuration of kernel ``key`` at this launch shape: the first rule of
+    :data:`LAUNCH_DEFAULTS` whose condition holds, updated with ``TUNING[key]``, and ``BC``
+    derived from ``BC_x_NB`` where the configuration gives that instead.
+
+    Resolved once per table entry, override and shape, since launchers call this on every
+    launch: the result is shared, read it without changing it; replace entries of the two
+    tables rather than changing them in place."""
+    entry, over = LAUNCH_DEFAULTS[key], TUNING.get(key)
+    cache_key = (key, id(entry), id(over), *shape.keys(), *shape.values())
+    try:
+        hit = _RESOLVED.get(cache_key)
+    except TypeError:  # a symbolic size (torch.compile with dynamic shapes): not cached
+        return _resolve(entry, over or {}, shape)
+    if hit is None:
+        if len(_RESOLVED) > 4096:
+            _RESOLVED.clear()
+        # the cached value holds ``entry`` and ``over``: their ids stay theirs while cached
+        hit = _RESOLVED[cache_key] = (_resolve(entry, over or {}, shape), entry, over)
+    return hit[0]
+
+
+_RESOLVED: dict = {}
+
+
+def _resolve(entry, over: dict, shape: dict) -> dict:
+    if "n" in shape and "C" in shape:
+        shape.setdefault("row", next_pow2(shape["n"]) * next_pow2(shape["C"]))
+    rules = entry if isinstance(entry, list) else [({}, entry)]
+    cfg = dict(next(c for cond, c in rules if _holds(cond, shape)))
+    for given, other in (("BC", "BC_x_NB"), ("BC_x_NB", "BC")):
+        if given in over:
+            cfg.pop(other, None)
+    cfg.update(over)
+    if "BC_x_NB" in cfg:
+        cfg["BC"] = max(16, cfg.pop("BC_x_NB") // next_pow2(shape["n"]))
+    return cfg
