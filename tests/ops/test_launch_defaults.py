@@ -37,6 +37,16 @@ WINNERS = {
     "post_res_fwd": {"BT": 1, "BC": 4096, "num_warps": 8},
     "post_res_bwd": {"BT": 1, "BC": 1024, "num_warps": 4},
 }
+#: The winners at gpt-small's shape (T = 8192, C = 1024, n = 4, bf16): an H200 at commit
+#: 059fdc3 (``sweep_h200_2026-12-02_059fdc3_c1024.json``); ``post_res_bwd`` kept its default.
+WINNERS_C1024 = {
+    "coef_gemm": {"BT": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 2},
+    "coef_dx4": {"BT": 32, "BC": 64, "num_warps": 4, "num_stages": 2, "loop": 8, "ls": 2},
+    "pre_mix_fwd": {"BT": 8, "BC": 256, "num_warps": 4},
+    "pre_mix_bwd": {"BT": 2, "BC": 256, "num_warps": 4},
+    "post_res_fwd": {"BT": 2, "BC": 1024, "num_warps": 8},
+    "post_res_bwd": {"BT": 1, "BC": 1024, "num_warps": 4},
+}
 #: option names the sweeps used then, as the table names them now
 RENAMED = {"loop": "tiles_per_program", "ls": "pipeline_stages"}
 #: switches the dx4 kernel no longer has: it always computes dfn in the same pass and loads
@@ -133,6 +143,17 @@ def test_table_holds_the_sweep_winners(monkeypatch):
         assert all(winner[k] == v for k, v in BUILT_IN.items() if k in winner), key
         got = tuning.launch_config(key, **shape)
         assert got == want, f"{key}: the table gives {got}, the sweep's winner is {want}"
+
+
+def test_table_holds_the_small_width_winners(monkeypatch):
+    monkeypatch.setattr(tuning, "TUNING", {})
+    shape = dict(T=8192, n=4, C=1024, dtype_bytes=2)
+    for key, winner in WINNERS_C1024.items():
+        want = {RENAMED.get(k, k): v for k, v in winner.items()}
+        got = tuning.launch_config(key, **shape)
+        assert got == want, f"{key}: the table gives {got}, the sweep's winner is {want}"
+    # the C = 4096 winners stay where they were measured
+    assert tuning.launch_config("pre_mix_fwd", T=8192, n=4, C=2048, dtype_bytes=2)["BT"] == 1
 
 
 def test_rules_and_overrides(monkeypatch):

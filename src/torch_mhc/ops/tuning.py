@@ -24,7 +24,10 @@ Configuration keys:
   prefetch the next tiles with cp.async while the current one is computed.
 
 The defaults are the fastest configurations ``benchmarks/sweep.py`` found at T = C = 4096,
-n = 4, bf16 (H100, H200); other shapes use the same kernels with the rules below.
+n = 4, bf16 (H100, H200); the ``C_max: 1024`` rows are the fastest at gpt-small's shape,
+T = 8192, C = 1024 (H200, commit 059fdc3, ``sweep_h200_2026-12-02_059fdc3_c1024.json``:
+pre-mix forward 84 -> 29 us, post-res forward 59 -> 42 us, GEMM 69 -> 44 us, dx pass
+256 -> 190 us); other shapes use the same kernels with the rules below.
 ``TORCH_MHC_TUNING`` (a JSON object ``{key: {option: value}}``, or a path to one) overrides
 any of them, as the sweep does to time alternatives.
 """
@@ -42,7 +45,9 @@ __all__ = ["LAUNCH_DEFAULTS", "TUNING", "launch_config", "stream_shape"]
 
 LAUNCH_DEFAULTS: dict = {
     # forward: split-K projection GEMM + sum x^2, then the per-token mappings and Sinkhorn
-    "coef_gemm": [({"dtype_bytes": 2, "n_max": 4},
+    "coef_gemm": [({"dtype_bytes": 2, "n_max": 4, "C_max": 1024},
+                   dict(BT=64, BK=128, num_warps=4, num_stages=3, waves=2)),
+                  ({"dtype_bytes": 2, "n_max": 4},
                    dict(BT=128, BK=128, num_warps=8, num_stages=3, waves=4)),
                   ({"n_max": 4}, dict(BT=64, BK=32, num_warps=4, num_stages=3, waves=2)),
                   ({}, dict(BT=32, BK=32, num_warps=4, num_stages=3, waves=2))],
@@ -52,8 +57,11 @@ LAUNCH_DEFAULTS: dict = {
     "coef_token_bwd": [({"n_max": 4}, dict(BT=4, num_warps=1)),
                        ({}, dict(BT=4, num_warps=2))],
     # bf16 streams, n <= 4: dx and dfn in one pass, one 2D tile per stream
-    "coef_dx4": dict(BT=32, BC=64, num_warps=4, num_stages=2, tiles_per_program=32,
-                     pipeline_stages=2),
+    "coef_dx4": [({"C_max": 1024},  # few channel tiles: more, shorter token ranges
+                  dict(BT=32, BC=64, num_warps=4, num_stages=2, tiles_per_program=8,
+                       pipeline_stages=2)),
+                 ({}, dict(BT=32, BC=64, num_warps=4, num_stages=2, tiles_per_program=32,
+                           pipeline_stages=2))],
     # the general pass (float32 / float16 streams, n > 4): dx, then dfn as its own GEMM
     "coef_dx": [({"dtype_bytes": 2, "n_max": 4},
                  dict(BT=64, BC_x_NB=128, num_warps=4, num_stages=2, tiles_per_program=16,
@@ -64,11 +72,14 @@ LAUNCH_DEFAULTS: dict = {
                           pipeline_stages=1))],
     "coef_dfn": dict(BT=64, BK=32, num_warps=2, num_stages=4, waves=1),
     # elementwise passes: one token per program, the whole (or a wide slice of the) row
-    "pre_mix_fwd": [({"row_max": 2048}, dict(BT=1, BC_x_NB=8192, num_warps=4)),
+    "pre_mix_fwd": [({"C_max": 1024, "n_max": 4}, dict(BT=8, BC=256, num_warps=4)),
+                    ({"row_max": 2048}, dict(BT=1, BC_x_NB=8192, num_warps=4)),
                     ({}, dict(BT=1, BC_x_NB=8192, num_warps=8))],
-    "pre_mix_bwd": [({"row_max": 1024}, dict(BT=1, BC_x_NB=8192, num_warps=4)),
+    "pre_mix_bwd": [({"C_max": 1024, "n_max": 4}, dict(BT=2, BC=256, num_warps=4)),
+                    ({"row_max": 1024}, dict(BT=1, BC_x_NB=8192, num_warps=4)),
                     ({}, dict(BT=1, BC_x_NB=8192, num_warps=8))],
-    "post_res_fwd": [({"row_max": 2048}, dict(BT=1, BC_x_NB=16384, num_warps=4)),
+    "post_res_fwd": [({"C_max": 1024, "n_max": 4}, dict(BT=2, BC=1024, num_warps=8)),
+                     ({"row_max": 2048}, dict(BT=1, BC_x_NB=16384, num_warps=4)),
                      ({}, dict(BT=1, BC_x_NB=16384, num_warps=8))],
     "post_res_bwd": dict(BT=1, BC_x_NB=4096, num_warps=4),
     # the model's boundaries: one token per program row, a channel slice of every stream
