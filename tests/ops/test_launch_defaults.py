@@ -175,3 +175,7 @@ def test_rules_and_overrides(monkeypatch):
     assert cfg("probe", n=4, C=4096, dtype_bytes=2) == dict(BT=8, BC=512, num_warps=2)
     monkeypatch.setitem(tuning.TUNING, "probe", {"BC_x_NB": 512})
     assert cfg("probe", n=4, C=1024, dtype_bytes=2) == dict(BT=2, BC=128, num_warps=4)
+    # an option the launchers do not read (an old tuning file's ``loop``) is refused
+    monkeypatch.setitem(tuning.TUNING, "probe", {"loop": 8})
+    with pytest.raises(ValueError, match="unknown launch option.*loop.*tiles_per_program"):
+        cfg("probe", n=4, C=1024, dtype_bytes=2)

@@ -150,7 +150,16 @@ def launch_config(key: str, **shape) -> dict:
 _RESOLVED: dict = {}
 
 
+#: the options a configuration may hold (see the module docstring)
+OPTIONS = frozenset({"BT", "BC", "BK", "BC_x_NB", "num_warps", "num_stages", "waves",
+                     "tiles_per_program", "pipeline_stages"})
+
+
 def _resolve(entry, over: dict, shape: dict) -> dict:
+    unknown = sorted(set(over) - OPTIONS)
+    if unknown:  # e.g. an old tuning file's ``loop`` / ``ls`` (now ``tiles_per_program``, ...)
+        raise ValueError(f"TORCH_MHC_TUNING: unknown launch option(s) {unknown}; the options "
+                         f"are {sorted(OPTIONS)}")
     if "n" in shape and "C" in shape:
         shape.setdefault("row", next_pow2(shape["n"]) * next_pow2(shape["C"]))
     rules = entry if isinstance(entry, list) else [({}, entry)]
