@@ -2,15 +2,14 @@
 # The depth study (100 layers x 512, plain stack, TinyShakespeare bytes) for residual, HC and
 # mHC, K seeds each, at one length, with the paper's optimizer (Table 5): every run is its
 # own process, all at once on one GPU (the runs are host-bound, so they overlap). Writes
-# seed-<s>/<mode>/ (logs, summary; checkpoints stay in a scratch folder) packed into one
-# OUT/deep_seeds.tar.gz (one file: easy to carry off a remote machine); unpack it and run
-# `mhc report` on the folder to build the seed-study report.
+# seed-<s>/<mode>/ (logs, summary) and seed-<s>/<mode>.stdout, without checkpoints, packed
+# into one OUT/deep_seeds.tar.gz (one file: easy to carry off a remote machine); unpack it and
+# run `mhc report seed-<s>/<mode>` for each run's plots and report.
 #   bash benchmarks/deep_seeds.sh OUT [STEPS] [SEEDS] [WALL_S]
 set -u
 out=${1:-${OUT:-out}}; steps=${2:-1000}; seeds=${3:-3}; wall=${4:-470}
 scratch=${TMPDIR:-/tmp}/deep_seeds_$$
 mkdir -p "$out" "$scratch"
-res=$scratch/res
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 t0=$(date +%s)
 for s in $(seq 1337 $((1337 + seeds - 1))); do
@@ -25,14 +24,9 @@ done
 wait
 echo "all runs ended after $(( $(date +%s) - t0 )) s"
 for d in "$scratch"/seed-*; do
-  s=$(basename "$d"); [ -d "$d/residual" ] || continue; mkdir -p "$res/$s"
   for m in residual hc mhc; do
-    mkdir -p "$res/$s/$m"
-    (cd "$d/$m" && find . -path ./checkpoints -prune -o -type f -print | while read -r f; do
-       mkdir -p "$res/$s/$m/$(dirname "$f")"; cp "$f" "$res/$s/$m/$f"; done)
-    cp "$d/$m.stdout" "$res/$s/$m/stdout.txt"
-    echo "$s $m: $(grep -c . "$d/$m/log.jsonl" 2>/dev/null) log lines; $(tail -c 300 "$d/$m.stdout" | tr '\r\n' '  ' | tail -c 200)"
+    echo "$(basename "$d") $m: $(grep -c . "$d/$m/log.jsonl" 2>/dev/null) log lines; $(tail -c 300 "$d/$m.stdout" | tr '\r\n' '  ' | tail -c 200)"
   done
 done
-tar -czf "$out/deep_seeds.tar.gz" -C "$res" .
+tar -czf "$out/deep_seeds.tar.gz" --exclude=checkpoints -C "$scratch" .
 rm -rf "$scratch"
