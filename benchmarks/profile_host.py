@@ -9,14 +9,76 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import os
 import pstats
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from host_overhead import _connection  # noqa: E402
+
+
+def _per_call_us(fn, reps=50):
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / reps * 1e6
+
+
+def _breakdown(T, C):
+    """Issue time of one connection forward + backward, with the Triton launches and with
+    every launch replaced by a no-op (what the rest of the Python costs), and the launch
+    count."""
+    from torch_mhc.ops import _launch
+    conn, _ = _connection(T, C)
+    out = {"issue_us": _per_call_us(conn)}
+    real, count = _launch.LazyJit.__getitem__, [0]
+
+    def no_launch(self, grid):
+        def run(*a, **k):
+            count[0] += 1
+        return run
+    _launch.LazyJit.__getitem__ = no_launch
+    try:
+        out["issue_without_launches_us"] = _per_call_us(conn)
+        count[0] = 0
+        conn()
+        out["launches"] = count[0]
+    finally:
+        _launch.LazyJit.__getitem__ = real
+    out["per_launch_us"] = (out["issue_us"] - out["issue_without_launches_us"]) / out["launches"]
+    return out
+
+
+def _calibration():
+    """Host cost of a few primitives on this machine (us per call): to compare hosts."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def k20(a, b, c, d, e, f, g, h, i, j, n0, n1, n2, n3, n4, n5, n6, n7, n8, n9,
+            BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        tl.store(a + pid, tl.load(b + pid) + n0)
+
+    dev = "cuda"
+    ts = [torch.zeros(256, device=dev) for _ in range(10)]
+    ns = [3, 5, 7, 9, 11, 13, 15, 17, 19, 21]
+    out = {"torch.empty": _per_call_us(lambda: torch.empty(1 << 20, device=dev), 200),
+           "tensor.add_": _per_call_us(lambda: ts[0].add_(1), 200),
+           "torch.cuda.current_device": _per_call_us(torch.cuda.current_device, 200),
+           "triton_jit_launch_20_args": _per_call_us(lambda: k20[(1,)](*ts, *ns, BLOCK=64), 200)}
+    compiled = k20[(1,)](*ts, *ns, BLOCK=64)
+    out["compiled_kernel_launch_20_args"] = _per_call_us(
+        lambda: compiled[(1, 1, 1)](*ts, *ns), 200)
+    return out
 
 
 def main():
@@ -25,6 +87,11 @@ def main():
     ap.add_argument("--compiled", action="store_true", help="also profile a compiled step")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    breakdown = {f"T{T}_C{C}": _breakdown(T, C) for T, C in ((4096, 4096), (8192, 1024))}
+    breakdown["calibration_us"] = _calibration()
+    print(json.dumps(breakdown, indent=1))
+    with open(os.path.join(args.out, "host_breakdown.json"), "w") as f:
+        json.dump(breakdown, f, indent=1)
     conn, _ = _connection(4096, 4096)
     for _ in range(5):
         conn()

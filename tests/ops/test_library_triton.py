@@ -71,6 +71,29 @@ def test_opcheck_backward_ops(dtype, T, n, C):
         torch.library.opcheck(op.op, args, test_utils=FAST)
 
 
+def test_opcheck_connection_leading_dims():
+    """The connection halves take streams with leading dimensions (..., n, C) themselves
+    (no view nodes around them): opcheck on (2, 3, n, C), forward and backward ops."""
+    T, n, C = 6, 4, 16
+    x, fn, base, scale = _inputs(T, n, C, torch.float32)
+    x4 = x.detach().view(2, 3, n, C).requires_grad_()
+    h, h_pre, h_post, h_res, mix, link = _connection_pre.impl(x4.detach(), fn.detach(),
+                                                              base.detach(), scale.detach(),
+                                                              20, 1e-6, 0.0)
+    assert h.shape == (2, 3, C) and h_res.shape == (2, 3, n, n) and link.shape == x4.shape
+    y = torch.randn(2, 3, C, device=DEV).requires_grad_()
+    torch.library.opcheck(_connection_pre.op, (x4, fn, base, scale, 20, 1e-6, 0.0),
+                          test_utils=FAST)
+    torch.library.opcheck(_connection_post.op, (x4, _link(x4.detach()).requires_grad_(), y,
+                                                h_post.requires_grad_(), h_res.requires_grad_()),
+                          test_utils=FAST)
+    dh, g = torch.randn(2, 3, C, device=DEV), torch.randn(2, 3, n, C, device=DEV)
+    torch.library.opcheck(_pre_backward.op, (x4.detach(), fn.detach(), base.detach(),
+                                             scale.detach(), mix, h_pre.detach(),
+                                             h_res.detach(), dh, None, torch.randn_like(h_pre),
+                                             None, g, 20, 0.0), test_utils=FAST)
+
+
 def test_opcheck_dynamic_shapes():
     """AOT dispatch with dynamic shapes, once for the connection pair (the slowest check)."""
     x, fn, base, scale = _inputs(4, 4, 16, torch.float32)

@@ -36,6 +36,7 @@ The branch itself keeps its input ``h`` (C). Nothing stream-sized is kept in flo
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 
@@ -49,13 +50,25 @@ __all__ = ["connection_pre", "connection_post"]
 
 
 # -- pre half: coefficients + pre-mix ------------------------------------------------------------
+#
+# Both halves take streams with any leading dimensions (..., n, C) and return outputs with
+# the same leading dimensions, flattening to the kernels' (T, n, C) inside: reshapes done
+# outside the op would each put a view node into the autograd graph (ten per connection),
+# host time in eager mode for nothing.
+
+def _flat(t: Optional[torch.Tensor], *inner: int) -> Optional[torch.Tensor]:
+    return None if t is None else t.reshape(-1, *inner)
+
 
 def _pre_impl(x, fn, base, scale, iters, rms_eps, hc_eps):
-    x = as_streams(x)
-    impl = kernel_impl(x)
-    h_pre, h_post, h_res, mix = _COEF_IMPL[impl][0](x, fn, base, scale, iters, rms_eps, hc_eps)
-    h = _PRE_IMPL[impl][0](x, h_pre)
-    return h, h_pre, h_post, h_res, mix, _link(x)
+    lead, (n, C) = x.shape[:-2], x.shape[-2:]
+    xs = as_streams(x.reshape(-1, n, C))
+    impl = kernel_impl(xs)
+    h_pre, h_post, h_res, mix = _COEF_IMPL[impl][0](xs, fn, base, scale, iters, rms_eps,
+                                                    hc_eps)
+    h = _PRE_IMPL[impl][0](xs, h_pre)
+    return (h.view(*lead, C), h_pre.view(*lead, n), h_post.view(*lead, n),
+            h_res.view(*lead, n, n), mix.view(*lead, -1), _link(x))
 
 
 def _link(x: torch.Tensor) -> torch.Tensor:
@@ -64,24 +77,29 @@ def _link(x: torch.Tensor) -> torch.Tensor:
 
 
 def _pre_fake(x, fn, base, scale, iters, rms_eps, hc_eps):
-    T, n, C = x.shape
+    lead, (n, C) = x.shape[:-2], x.shape[-2:]
     new = functools.partial(x.new_empty, dtype=compute_dtype(x))
-    return (x.new_empty(T, C), new(T, n), new(T, n), new(T, n, n), new(T, (n + 2) * n + 1),
-            _link(x))
+    return (x.new_empty(*lead, C), new(*lead, n), new(*lead, n), new(*lead, n, n),
+            new(*lead, (n + 2) * n + 1), _link(x))
 
 
 def _pre_backward_impl(x, fn, base, scale, mix, h_pre, h_res, dh, d_pre, d_post, d_res, g,
                        iters, hc_eps):
-    x = as_streams(x)
-    impl = kernel_impl(x)
+    n, C = x.shape[-2:]
+    xs = as_streams(x.reshape(-1, n, C))
+    mix, h_pre, h_res = _flat(mix, mix.shape[-1]), _flat(h_pre, n), _flat(h_res, n, n)
+    d_pre, d_post, d_res = _flat(d_pre, n), _flat(d_post, n), _flat(d_res, n, n)
+    impl = kernel_impl(xs)
     if dh is not None:
-        dh = dh.contiguous()
-        _, d_pre_h = _PRE_IMPL[impl][1](x, h_pre, dh, False)  # dH_pre = <dh, x_i>
+        dh = dh.reshape(-1, C).contiguous()
+        _, d_pre_h = _PRE_IMPL[impl][1](xs, h_pre, dh, False)  # dH_pre = <dh, x_i>
         d_pre = d_pre_h if d_pre is None else d_pre + d_pre_h
-    return _COEF_IMPL[impl][1](
-        x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
+    dx, dfn, d_gates = _COEF_IMPL[impl][1](
+        xs, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
         h_pre=h_pre if dh is not None else None, dh=dh,
-        h_res=h_res if g is not None else None, gout=None if g is None else as_streams(g))
+        h_res=h_res if g is not None else None,
+        gout=None if g is None else as_streams(g.reshape(-1, n, C)))
+    return dx.view(x.shape), dfn, d_gates
 
 
 _pre_backward = FusedOp(
@@ -109,7 +127,9 @@ _connection_pre = FusedOp(
 # -- post half: post-res -------------------------------------------------------------------------
 
 def _post_impl(x, link, y, h_post, h_res):
-    return post_res_forward_impl(x, y, h_post, h_res)
+    n, C = x.shape[-2:]
+    return post_res_forward_impl(x.reshape(-1, n, C), y.reshape(-1, C), h_post.reshape(-1, n),
+                                 h_res.reshape(-1, n, n)).view(x.shape)
 
 
 def _post_setup(ctx, inputs, output):
@@ -119,10 +139,14 @@ def _post_setup(ctx, inputs, output):
 
 def _post_backward_formula(ctx, g):
     x, y, h_post, h_res = ctx.saved_tensors
+    n, C = x.shape[-2:]
     # no dx here: H_res^T g is added by the pre half's dx pass, which receives g as the
     # gradient of ``link``
-    _, dy, d_map = post_res_backward_op(x, y, h_post, h_res, g, False)
-    return (None, g, dy, *split_map_grad(d_map, x.shape[1]))
+    _, dy, d_map = post_res_backward_op(x.reshape(-1, n, C), y.reshape(-1, C),
+                                        h_post.reshape(-1, n), h_res.reshape(-1, n, n),
+                                        g.reshape(-1, n, C), False)
+    d_post, d_res = split_map_grad(d_map, n)
+    return None, g, dy.view(y.shape), d_post.view(h_post.shape), d_res.view(h_res.shape)
 
 
 _connection_post = FusedOp(
@@ -140,21 +164,16 @@ def connection_pre(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale:
     Returns ``(h (..., C), H_pre, H_post, H_res, link)``; pass ``link`` to
     :func:`connection_post` with the same ``x``.
     """
-    lead, (n, C) = x.shape[:-2], x.shape[-2:]
     h, h_pre, h_post, h_res, _, link = _connection_pre(
-        x.reshape(-1, n, C), fn, base, scale, int(iters), float(rms_eps), float(hc_eps))
-    return (h.view(*lead, C), h_pre.view(*lead, n), h_post.view(*lead, n),
-            h_res.view(*lead, n, n), link)
+        x, fn, base, scale, int(iters), float(rms_eps), float(hc_eps))
+    return h, h_pre, h_post, h_res, link
 
 
 def connection_post(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
                     h_res: torch.Tensor, link: torch.Tensor) -> torch.Tensor:
     """Post + residual of one mHC connection, ``H_res x + H_post^T y``; pairs with
     :func:`connection_pre` (which computes this op's ``dx`` term in its backward)."""
-    lead, (n, C) = x.shape[:-2], x.shape[-2:]
-    out = _connection_post(x.reshape(-1, n, C), link, y.reshape(-1, C),
-                           h_post.reshape(-1, n), h_res.reshape(-1, n, n))
-    return out.view(*lead, n, C)
+    return _connection_post(x, link, y, h_post, h_res)
 
 
 def post_forward(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
