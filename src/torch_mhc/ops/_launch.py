@@ -89,7 +89,8 @@ class LazyJit:
         the constexpr and launch options, and the device. The first launch of a key goes
         through Triton's own path (which compiles) and records the kernel it returns.
         """
-        key = (torch.cuda.current_device(), *map(_spec, args), *kwargs.items())
+        device = torch.cuda.current_device()
+        key = (device, *map(_spec, args), *kwargs.items())
         hit = self._fast.get(key)
         if hit is None:
             kernel = self.jit()[grid](*args, **kwargs)
@@ -98,20 +99,41 @@ class LazyJit:
             return kernel
         kernel, tail = hit
         grid3 = (*grid, 1, 1)[:3]
+        if tail:
+            args = (*args, *(kwargs[k] for k in tail))
         try:
-            kernel[grid3](*args, *(kwargs[k] for k in tail))
+            _run_compiled(kernel, grid3, device, args)
         except Exception as e:  # noqa: BLE001  (an unknown Triton version: use its own path)
             global FAST_LAUNCH
             FAST_LAUNCH = False
             warnings.warn(f"torch_mhc: cached Triton launch failed ({type(e).__name__}: {e}); "
                           "using Triton's own launch from now on")
-            return self.jit()[grid](*args, **kwargs)
+            return self.jit()[grid](*args[:len(args) - len(tail)], **kwargs)
         return kernel
 
     def _param_names(self):
         import inspect
         return list(inspect.signature(self.fn).parameters)
 
+
+def _run_compiled(kernel, grid3, device: int, args) -> None:
+    """What ``kernel[grid3](*args)`` does in Triton 3.4 .. 3.9 (``CompiledKernel.__getitem__``
+    and its ``runner``), without building the runner closure per launch and with the stream
+    taken from PyTorch directly: the launcher's arguments are the grid, the stream, the
+    kernel handle, its packed metadata, the launch metadata and hooks (for profilers such as
+    Proton), then the kernel's arguments."""
+    global _KNOBS
+    if _KNOBS is None:
+        from triton import knobs as _KNOBS
+    hooks = _KNOBS.runtime
+    stream = torch._C._cuda_getCurrentRawStream(device)
+    enter = hooks.launch_enter_hook
+    meta = None if enter is None else kernel.launch_metadata(grid3, stream, *args)
+    kernel.run(grid3[0], grid3[1], grid3[2], stream, kernel.function, kernel.packed_metadata,
+               meta, enter, hooks.launch_exit_hook, *args)
+
+
+_KNOBS = None  # ``triton.knobs``, imported on the first launch
 
 _DECORATED: dict = {}
 

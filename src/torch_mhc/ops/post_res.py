@@ -21,7 +21,7 @@ from ._backend import (as_streams, compute_dtype, interpret_mode, is_broadcast, 
 from ._launch import LazyJit, fit_channel_tile, next_pow2, triton_cdiv
 from ._library import FusedOp
 from ._tiles import _row_tile
-from .tuning import launch_config, stream_shape
+from .tuning import launch_plan, stream_shape
 
 __all__ = ["post_res", "post_res_reference"]
 
@@ -116,15 +116,25 @@ _post_res_fwd = LazyJit(_post_res_fwd_kernel, helpers=(_row_tile,))
 _post_res_bwd = LazyJit(_post_res_bwd_kernel, helpers=(_row_tile,))
 
 
+def _fwd_plan(cfg, T, n, C, broadcast, interpret, **_):
+    BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
+    return (triton_cdiv(T, BT), triton_cdiv(C, BC)), dict(
+        n=n, NB=next_pow2(n), BT=BT, BC=BC, X_BROADCAST=broadcast, num_warps=cfg["num_warps"])
+
+
+def _bwd_plan(cfg, T, n, C, broadcast, interpret, **_):
+    BT, BC = (2 if interpret else cfg["BT"]), fit_channel_tile(cfg["BC"], C)
+    S = triton_cdiv(C, BC)
+    return S, (triton_cdiv(T, BT), S), dict(n=n, NB=next_pow2(n), BT=BT, BC=BC,
+                                            X_BROADCAST=broadcast, num_warps=cfg["num_warps"])
+
+
 def post_res_forward_triton(x, y, h_post, h_res):
     """``x (T, n, C)``, ``y (T, C)``, ``h_post (T, n)``, ``h_res (T, n, n)`` -> ``out`` like ``x``."""
     T, n, C = x.shape
-    cfg = launch_config("post_res_fwd", **stream_shape(x))
-    BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
+    grid, kw = launch_plan("post_res_fwd", _fwd_plan, **stream_shape(x))
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    _post_res_fwd[(triton_cdiv(T, BT), triton_cdiv(C, BC))](
-        x, y, h_post, h_res, out, T, C, n=n, NB=next_pow2(n), BT=BT, BC=BC,
-        X_BROADCAST=is_broadcast(x), num_warps=cfg["num_warps"])
+    _post_res_fwd[grid](x, y, h_post, h_res, out, T, C, **kw)
     return out
 
 
@@ -135,16 +145,12 @@ def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
     sum of the per-channel-slice partials the kernel writes (:func:`split_map_grad`).
     """
     T, n, C = x.shape
-    cfg = launch_config("post_res_bwd", **stream_shape(x))
-    BT, BC = (2 if interpret_mode() else cfg["BT"]), fit_channel_tile(cfg["BC"], C)
-    S = triton_cdiv(C, BC)
+    S, grid, kw = launch_plan("post_res_bwd", _bwd_plan, **stream_shape(x))
     dy = torch.empty(T, C, device=x.device, dtype=y.dtype)
     part = torch.empty(S, T, n + n * n, device=x.device, dtype=torch.float32)
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype) if write_dx else None
-    _post_res_bwd[(triton_cdiv(T, BT), S)](
-        x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, C,
-        n=n, NB=next_pow2(n), BT=BT, BC=BC, WRITE_DX=write_dx, X_BROADCAST=is_broadcast(x),
-        G_BROADCAST=is_broadcast(g), num_warps=cfg["num_warps"])
+    _post_res_bwd[grid](x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, C,
+                        WRITE_DX=write_dx, G_BROADCAST=is_broadcast(g), **kw)
     return dx, dy, part[0] if S == 1 else part.sum(0)
 
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import as_streams, compute_dtype, is_broadcast, kernel_impl, resolve_backend
+from ._backend import as_streams, compute_dtype, kernel_impl, resolve_backend
 from ._launch import LazyJit, fit_channel_tile, next_pow2, triton_cdiv
 from ._library import FusedOp
 from ._tiles import _row_tile
-from .tuning import launch_config, stream_shape
+from .tuning import launch_plan, stream_shape
 
 __all__ = ["pre_mix", "pre_mix_reference"]
 
@@ -83,16 +83,25 @@ _pre_mix_fwd = LazyJit(_pre_mix_fwd_kernel, helpers=(_row_tile,))
 _pre_mix_bwd = LazyJit(_pre_mix_bwd_kernel)
 
 
+def _fwd_plan(cfg, T, n, C, broadcast, interpret, **_):
+    BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
+    return (triton_cdiv(T, BT) * triton_cdiv(C, BC),), dict(
+        n=n, NB=next_pow2(n), BT=BT, BC=BC, X_BROADCAST=broadcast, num_warps=cfg["num_warps"])
+
+
+def _bwd_plan(cfg, T, n, C, broadcast, interpret, **_):
+    BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
+    return (triton_cdiv(T, BT),), dict(n=n, NB=next_pow2(n), BT=BT, BC=BC,
+                                       X_BROADCAST=broadcast, num_warps=cfg["num_warps"])
+
+
 def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
     """``x (T, n, C)`` (contiguous or broadcast), ``h_pre (T, n)`` fp32 -> ``h (T, C)`` in
     ``x``'s dtype."""
     T, n, C = x.shape
-    cfg = launch_config("pre_mix_fwd", **stream_shape(x))
-    BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
+    grid, kw = launch_plan("pre_mix_fwd", _fwd_plan, **stream_shape(x))
     h = torch.empty(T, C, device=x.device, dtype=x.dtype)
-    _pre_mix_fwd[(triton_cdiv(T, BT) * triton_cdiv(C, BC),)](
-        x, h_pre, h, T, C, n=n, NB=next_pow2(n), BT=BT, BC=BC, X_BROADCAST=is_broadcast(x),
-        num_warps=cfg["num_warps"])
+    _pre_mix_fwd[grid](x, h_pre, h, T, C, **kw)
     return h
 
 
@@ -100,13 +109,11 @@ def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tens
                             write_dx: bool = True):
     """``(dx or None, dH_pre (T, n) fp32)`` from ``dh (T, C)``, one pass over ``x`` and ``dh``."""
     T, n, C = x.shape
-    cfg = launch_config("pre_mix_bwd", **stream_shape(x))
-    BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
+    grid, kw = launch_plan("pre_mix_bwd", _bwd_plan, **stream_shape(x))
     dhpre = torch.empty(T, n, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x) if write_dx else None
-    _pre_mix_bwd[(triton_cdiv(T, BT),)](
-        x, h_pre, dh, dx if write_dx else dhpre, dhpre, T, C, n=n, NB=next_pow2(n), BT=BT,
-        BC=BC, WRITE_DX=write_dx, X_BROADCAST=is_broadcast(x), num_warps=cfg["num_warps"])
+    _pre_mix_bwd[grid](x, h_pre, dh, dx if write_dx else dhpre, dhpre, T, C,
+                       WRITE_DX=write_dx, **kw)
     return dx, dhpre
 
 

@@ -39,6 +39,7 @@ import warnings
 
 import torch
 
+from ._backend import interpret_mode, is_broadcast
 from ._launch import next_pow2
 
 __all__ = ["LAUNCH_DEFAULTS", "TUNING", "launch_config", "stream_shape"]
@@ -110,9 +111,12 @@ _load_tuning_env()
 
 
 def stream_shape(x: torch.Tensor) -> dict:
-    """The launch shape of streams ``x (T, n, C)``: ``T``, ``n``, ``C``, ``dtype_bytes``."""
+    """The launch shape of streams ``x (T, n, C)``: ``T``, ``n``, ``C``, ``dtype_bytes``, and
+    for :func:`launch_plan` the ``dtype``, whether ``x`` is a broadcast view (``broadcast``)
+    and whether the Triton interpreter is on (``interpret``)."""
     T, n, C = x.shape
-    return dict(T=T, n=n, C=C, dtype_bytes=x.element_size())
+    return dict(T=T, n=n, C=C, dtype_bytes=x.element_size(), dtype=x.dtype,
+                broadcast=is_broadcast(x), interpret=interpret_mode())
 
 
 def _holds(condition: dict, shape: dict) -> bool:
@@ -148,6 +152,29 @@ def launch_config(key: str, **shape) -> dict:
 
 
 _RESOLVED: dict = {}
+
+
+def launch_plan(key: str, derive, **shape):
+    """``derive(launch_config(key, **shape), **shape)``, cached like :func:`launch_config`:
+    a launcher's grid and constexpr arguments, computed once per configuration and shape
+    rather than on every launch (host time that eager small models pay per kernel).
+
+    ``shape`` must hold everything ``derive`` reads besides the configuration (the stream
+    shape, layout flags, interpreter mode, device)."""
+    entry, over = LAUNCH_DEFAULTS[key], TUNING.get(key)
+    cache_key = (derive, id(entry), id(over), *shape.values())
+    try:
+        hit = _PLANS.get(cache_key)
+    except TypeError:  # a symbolic size: not cached
+        return derive(launch_config(key, **shape), **shape)
+    if hit is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        hit = _PLANS[cache_key] = (derive(launch_config(key, **shape), **shape), entry, over)
+    return hit[0]
+
+
+_PLANS: dict = {}
 
 
 #: the options a configuration may hold (see the module docstring)

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import interpret_mode
 from .._launch import LazyJit, next_pow2, triton_cdiv
 from .._tiles import _gates, _token_tile
-from ..tuning import launch_config, stream_shape
+from ..tuning import launch_plan, stream_shape
 from .backward_x import dx_and_dfn_triton
 
 def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dres_ptr,
@@ -155,17 +154,21 @@ def _stride0(t):
     return 0 if t is None else t.stride(0)
 
 
+def _token_plan(cfg, T, n, C, interpret, **_):
+    BT = 8 if interpret else cfg["BT"]
+    NB = next_pow2(n)
+    return triton_cdiv(T, BT), dict(n=n, N=(n + 2) * n, NB=NB, NN=NB * NB,
+                                    NP=max(16, next_pow2((n + 2) * n)), BT=BT,
+                                    num_warps=cfg["num_warps"])
+
+
 def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_eps):
     """Kernel 3: ``(G (T, NP), dss (T,), d_gates)`` from the gradients of the mappings,
     ``d_gates = [dscale (3), dbase (N)]``; ``x`` only gives the launch shape."""
     T, n, C = x.shape
-    K, N = n * C, (n + 2) * n
-    NP = max(16, next_pow2(N))
-    NB = next_pow2(n)
+    nprog, kw = launch_plan("coef_token_bwd", _token_plan, **stream_shape(x))
+    K, N, NP, NB = n * C, kw["N"], kw["NP"], kw["NB"]
     dev = x.device
-    cfg = launch_config("coef_token_bwd", **stream_shape(x))
-    BT = 8 if interpret_mode() else cfg["BT"]
-    nprog = triton_cdiv(T, BT)
     G = torch.empty(T, NP, device=dev, dtype=torch.float32)
     dss = torch.empty(T, device=dev, dtype=torch.float32)
     red = torch.empty(nprog, 3 + N, device=dev, dtype=torch.float32)
@@ -177,9 +180,8 @@ def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_e
         mix, scale.contiguous(), base.contiguous(),
         d_pre if d_pre is not None else dummy, d_post if d_post is not None else dummy,
         d_res if has_res else dummy, G, dss, red, scr, T, K, int(iters), float(hc_eps),
-        _stride0(d_pre), _stride0(d_post), _stride0(d_res),
-        n=n, N=N, NB=NB, NN=NB * NB, NP=NP, BT=BT, LOG=(hc_eps == 0.0), HAS_DPRE=d_pre is not None,
-        HAS_DPOST=d_post is not None, HAS_DRES=has_res, num_warps=cfg["num_warps"])
+        _stride0(d_pre), _stride0(d_post), _stride0(d_res), LOG=(hc_eps == 0.0),
+        HAS_DPRE=d_pre is not None, HAS_DPOST=d_post is not None, HAS_DRES=has_res, **kw)
     return G, dss, red.sum(0)
 
 

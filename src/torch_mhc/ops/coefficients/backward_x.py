@@ -17,7 +17,7 @@ import torch
 from .._backend import interpret_mode, is_broadcast
 from .._launch import LazyJit, device_sms, dot_mode, next_pow2, triton_cdiv
 from .._tiles import _bf16_hi, _slice, _split_hi_lo
-from ..tuning import launch_config, stream_shape
+from ..tuning import launch_config, launch_plan, stream_shape
 
 
 def _dx4_stream(tile, Wh, acc, i: tl.constexpr, n: tl.constexpr, PREC: tl.constexpr,
@@ -294,21 +294,26 @@ def _sum_partials(dfn_p, tsplit, N, K):
     return dfn_p.view(tsplit, -1)[:, :N * K].sum(0).view(N, K) if tsplit > 1 else dfn_p[0, :N]
 
 
+def _dx4_plan(cfg, T, n, C, dtype, broadcast, **_):
+    BT, BC = _dx_tiles(cfg, C)
+    tsplit, _ = _token_split(T, BT, cfg["tiles_per_program"])
+    return tsplit, (triton_cdiv(C, BC), tsplit), triton_cdiv(triton_cdiv(T, BT), tsplit), dict(
+        n=n, N=(n + 2) * n, BT=BT, BC=BC, PREC=dot_mode(dtype),
+        PIPELINE_STAGES=cfg["pipeline_stages"], X_BROADCAST=broadcast,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
 def _dx4_pass(x, fn, G, dss, h_pre, dh, h_res, gout):
     T, n, C = x.shape
     K, N, NP = n * C, (n + 2) * n, G.shape[1]
-    cfg = launch_config("coef_dx4", **stream_shape(x))
-    BT, BC = _dx_tiles(cfg, C)
-    tsplit, _ = _token_split(T, BT, cfg["tiles_per_program"])
+    tsplit, grid, tiles, kw = launch_plan("coef_dx4", _dx4_plan, **stream_shape(x))
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     dfn_p = torch.empty(tsplit, NP, K, device=x.device, dtype=torch.float32)
     # interleaved token tiles: ``tsplit`` programs per channel slice, each every tsplit-th
-    _coef_dx4[(triton_cdiv(C, BC), tsplit)](
+    _coef_dx4[grid](
         x, fn.contiguous(), G, dss, dx, dfn_p, *_extras(G, h_pre, dh, h_res, gout), T, C, K,
-        triton_cdiv(triton_cdiv(T, BT), tsplit), tsplit, n=n, N=N, NP=NP, BT=BT, BC=BC,
-        PREC=dot_mode(x.dtype), HAS_PRE=dh is not None, HAS_RES=gout is not None,
-        PIPELINE_STAGES=cfg["pipeline_stages"], X_BROADCAST=is_broadcast(x),
-        G_BROADCAST=is_broadcast(gout), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        tiles, tsplit, NP=NP, HAS_PRE=dh is not None, HAS_RES=gout is not None,
+        G_BROADCAST=is_broadcast(gout), **kw)
     return dx, _sum_partials(dfn_p, tsplit, N, K)
 
 

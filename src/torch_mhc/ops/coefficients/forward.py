@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import interpret_mode, is_broadcast
 from .._launch import LazyJit, device_sms, dot_mode, next_pow2, triton_cdiv
 from .._tiles import _gates, _split_hi_lo, _token_tile
-from ..tuning import launch_config, stream_shape
+from ..tuning import launch_plan, stream_shape
 
 
 def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, C, k_per_split, split,
@@ -127,6 +126,23 @@ _coef_gemm = LazyJit(_coef_gemm_kernel, helpers=(_split_hi_lo,))
 _coef_token = LazyJit(_coef_token_kernel, helpers=(_token_tile, _gates))
 
 
+def _gemm_plan(cfg, T, n, C, dtype, broadcast, interpret, sms, **_):
+    K, N = n * C, (n + 2) * n
+    BT, BK = (16, 32) if interpret else (cfg["BT"], cfg["BK"])
+    tiles_t, k_tiles = triton_cdiv(T, BT), triton_cdiv(K, BK)
+    split = max(1, min(k_tiles, (cfg["waves"] * sms) // max(tiles_t, 1)))
+    k_per_split = triton_cdiv(k_tiles, split) * BK
+    split = triton_cdiv(K, k_per_split)
+    return split, k_per_split, (tiles_t * split,), dict(
+        N=N, NP=max(16, next_pow2(N)), BT=BT, BK=BK, PREC=dot_mode(dtype), X_BROADCAST=broadcast,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+def _token_plan(cfg, T, n, C, interpret, **_):
+    return (triton_cdiv(T, cfg["BT"]),), dict(n=n, N=(n + 2) * n, NB=next_pow2(n), BT=cfg["BT"],
+                                              num_warps=cfg["num_warps"])
+
+
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
                         iters: int, rms_eps: float, hc_eps: float):
     """Kernels 1-2: ``x (T, n, C)`` contiguous or broadcast (``_backend.is_broadcast``) ->
@@ -136,31 +152,18 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     """
     T, n, C = x.shape
     K, N = n * C, (n + 2) * n
-    NP = max(16, next_pow2(N))
     dev = x.device
     shape = stream_shape(x)
-    cfg = launch_config("coef_gemm", **shape)
-    BT, BK = cfg["BT"], cfg["BK"]
-    if interpret_mode():
-        BT, BK = 16, 32
-    tiles_t = triton_cdiv(T, BT)
-    k_tiles = triton_cdiv(K, BK)
-    split = max(1, min(k_tiles, (cfg["waves"] * device_sms(dev)) // max(tiles_t, 1)))
-    k_per_split = triton_cdiv(k_tiles, split) * BK
-    split = triton_cdiv(K, k_per_split)
+    split, k_per_split, grid, kw = launch_plan("coef_gemm", _gemm_plan, sms=device_sms(dev),
+                                               **shape)
     part = torch.empty(split, T, N + 1, device=dev, dtype=torch.float32)
-    fn_c = fn.contiguous()
-    _coef_gemm[(tiles_t * split,)](x, fn_c, part, T, K, C, k_per_split, split, N=N, NP=NP,
-                                   BT=BT, BK=BK, PREC=dot_mode(x.dtype),
-                                   X_BROADCAST=is_broadcast(x), num_warps=cfg["num_warps"],
-                                   num_stages=cfg["num_stages"])
+    _coef_gemm[grid](x, fn.contiguous(), part, T, K, C, k_per_split, split, **kw)
     mix = torch.empty(T, N + 1, device=dev, dtype=torch.float32)
     h_pre = torch.empty(T, n, device=dev, dtype=torch.float32)
     h_post = torch.empty(T, n, device=dev, dtype=torch.float32)
     h_res = torch.empty(T, n, n, device=dev, dtype=torch.float32)
-    cfg = launch_config("coef_token", **shape)
-    _coef_token[(triton_cdiv(T, cfg["BT"]),)](
-        part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res,
-        T, split, K, int(iters), float(rms_eps), float(hc_eps),
-        n=n, N=N, NB=next_pow2(n), BT=cfg["BT"], LOG=(hc_eps == 0.0), num_warps=cfg["num_warps"])
+    grid, kw = launch_plan("coef_token", _token_plan, **shape)
+    _coef_token[grid](part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res,
+                      T, split, K, int(iters), float(rms_eps), float(hc_eps),
+                      LOG=(hc_eps == 0.0), **kw)
     return h_pre, h_post, h_res, mix
