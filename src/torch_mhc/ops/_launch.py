@@ -90,7 +90,8 @@ class LazyJit:
         through Triton's own path (which compiles) and records the kernel it returns.
         """
         device = torch.cuda.current_device()
-        key = (device, *map(_spec, args), *kwargs.items())
+        spec, raw = _specialise(args)
+        key = (device, *spec, *kwargs.items())
         hit = self._fast.get(key)
         if hit is None:
             kernel = self.jit()[grid](*args, **kwargs)
@@ -100,15 +101,16 @@ class LazyJit:
         kernel, tail = hit
         grid3 = (*grid, 1, 1)[:3]
         if tail:
-            args = (*args, *(kwargs[k] for k in tail))
+            raw.extend(kwargs[k] for k in tail)
         try:
-            _run_compiled(kernel, grid3, device, args)
+            if not _run_compiled(kernel, grid3, device, raw):
+                kernel[grid3](*args, *(kwargs[k] for k in tail))
         except Exception as e:  # noqa: BLE001  (an unknown Triton version: use its own path)
             global FAST_LAUNCH
             FAST_LAUNCH = False
             warnings.warn(f"torch_mhc: cached Triton launch failed ({type(e).__name__}: {e}); "
                           "using Triton's own launch from now on")
-            return self.jit()[grid](*args[:len(args) - len(tail)], **kwargs)
+            return self.jit()[grid](*args, **kwargs)
         return kernel
 
     def _param_names(self):
@@ -116,21 +118,30 @@ class LazyJit:
         return list(inspect.signature(self.fn).parameters)
 
 
-def _run_compiled(kernel, grid3, device: int, args) -> None:
-    """What ``kernel[grid3](*args)`` does in Triton 3.4 .. 3.9 (``CompiledKernel.__getitem__``
-    and its ``runner``), without building the runner closure per launch and with the stream
-    taken from PyTorch directly: the launcher's arguments are the grid, the stream, the
-    kernel handle, its packed metadata, the launch metadata and hooks (for profilers such as
-    Proton), then the kernel's arguments."""
+def _run_compiled(kernel, grid3, device: int, raw) -> bool:
+    """Launch ``kernel`` as ``kernel[grid3](*args)`` does in Triton 3.4 .. 3.9
+    (``CompiledKernel.__getitem__`` and its ``runner``) when no launch hook is set: the
+    launcher takes the grid, the stream, the kernel handle, its packed metadata, the launch
+    metadata and the enter / exit hooks (``None``), then the kernel's arguments ``raw`` (see
+    :func:`_specialise`). Skips building the runner closure, Triton's device and stream
+    lookups, and (Triton >= 3.7, whose hooks are always-present chains) the launch metadata
+    of every launch. Returns False, launching nothing, when a hook is set (a profiler such
+    as Proton): the caller then launches through Triton's own path."""
     global _KNOBS
     if _KNOBS is None:
         from triton import knobs as _KNOBS
     hooks = _KNOBS.runtime
-    stream = torch._C._cuda_getCurrentRawStream(device)
-    enter = hooks.launch_enter_hook
-    meta = None if enter is None else kernel.launch_metadata(grid3, stream, *args)
-    kernel.run(grid3[0], grid3[1], grid3[2], stream, kernel.function, kernel.packed_metadata,
-               meta, enter, hooks.launch_exit_hook, *args)
+    if _hook_set(hooks.launch_enter_hook) or _hook_set(hooks.launch_exit_hook):
+        return False
+    kernel.run(grid3[0], grid3[1], grid3[2], torch._C._cuda_getCurrentRawStream(device),
+               kernel.function, kernel.packed_metadata, None, None, None, *raw)
+    return True
+
+
+def _hook_set(hook) -> bool:
+    """True for a launch hook that does something: a callable, or a non-empty hook chain
+    (Triton >= 3.7 keeps an empty ``HookChain`` where older releases keep ``None``)."""
+    return hook is not None and bool(getattr(hook, "calls", True))
 
 
 _KNOBS = None  # ``triton.knobs``, imported on the first launch
@@ -161,16 +172,28 @@ def _decorate(fn, interpret: bool):
     return out
 
 
-def _spec(a):
-    """What Triton specialises a compiled kernel on, for one positional argument."""
-    t = type(a)
-    if t is torch.Tensor:
-        return (a.dtype, a.data_ptr() & 15 == 0)
-    if t is int:
-        return (a == 1, a & 15 == 0, -2**31 <= a < 2**31)
-    if hasattr(a, "data_ptr"):  # a tensor subclass
-        return (a.dtype, a.data_ptr() & 15 == 0)
-    return t
+def _specialise(args):
+    """``(spec, raw)`` of a launch's positional arguments: what Triton specialises a compiled
+    kernel on, per argument (a tensor's dtype, 16-byte alignment and device; an integer's
+    ``== 1`` / ``% 16 == 0`` / 32-bit status), and the arguments as the launcher takes them,
+    each tensor replaced by its address. Triton's launchers accept an integer for a pointer
+    argument and then skip their own per-tensor ``data_ptr()`` call and the driver's pointer
+    check (``cuPointerGetAttribute``); the device in the key sends a tensor on another device
+    (or the CPU) through Triton's own launch, which checks it."""
+    spec, raw = [], []
+    for a in args:
+        t = type(a)
+        if t is int:
+            spec.append((a == 1, a & 15 == 0, -2**31 <= a < 2**31))
+            raw.append(a)
+        elif t is torch.Tensor or hasattr(a, "data_ptr"):  # a tensor (or a subclass)
+            p = a.data_ptr()
+            spec.append((a.dtype, p & 15 == 0, a.get_device()))
+            raw.append(p)
+        else:
+            spec.append(t)
+            raw.append(a)
+    return spec, raw
 
 
 #: Launch cached compiled kernels directly (``TORCH_MHC_FAST_LAUNCH=0`` turns it off).
