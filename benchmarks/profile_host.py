@@ -13,23 +13,16 @@ import json
 import os
 import pstats
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from host_overhead import _connection  # noqa: E402
+from host_overhead import _connection, _host_and_wall_us  # noqa: E402
 
 
 def _per_call_us(fn, reps=50):
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / reps * 1e6
+    """Host time to issue one call of ``fn``, microseconds."""
+    return _host_and_wall_us(fn, reps)[0]
 
 
 def _breakdown(T, C):
