@@ -2,9 +2,11 @@
 # The depth study (100 layers x 512, plain stack, TinyShakespeare bytes) for residual, HC and
 # mHC, K seeds each, at one length, with the paper's optimizer (Table 5): every run is its
 # own process, all at once on one GPU (the runs are host-bound, so they overlap). Writes
-# seed-<s>/<mode>/ (logs, summary) and seed-<s>/<mode>.stdout, without checkpoints, packed
-# into one OUT/deep_seeds.tar.gz (one file: easy to carry off a remote machine); unpack it and
-# run `mhc report seed-<s>/<mode>` for each run's plots and report.
+# seed-<s>/<mode>/ (logs, summary), seed-<s>/<mode>.stdout and config.json (which makes the
+# folder a seed study, as `mhc compare --seeds` writes it), without checkpoints, packed into
+# one OUT/deep_seeds.tar.gz (one file: easy to carry off a remote machine); unpack it and run
+# `mhc report DIR` for the table over seeds, `mhc report DIR/seed-<s>` for a seed's plots.
+# WALL_S 0: no time limit per run.
 #   bash benchmarks/deep_seeds.sh OUT [STEPS] [SEEDS] [WALL_S]
 set -u
 out=${1:-${OUT:-out}}; steps=${2:-1000}; seeds=${3:-3}; wall=${4:-470}
@@ -28,5 +30,18 @@ for d in "$scratch"/seed-*; do
     echo "$(basename "$d") $m: $(grep -c . "$d/$m/log.jsonl" 2>/dev/null) log lines; $(tail -c 300 "$d/$m.stdout" | tr '\r\n' '  ' | tail -c 200)"
   done
 done
+python - "$scratch" "$seeds" <<'PY'
+import json, sys
+root, k = sys.argv[1], int(sys.argv[2])
+seeds = list(range(1337, 1337 + k))
+try:
+    with open(f"{root}/seed-1337/mhc/log.jsonl") as f:
+        cfg = json.loads(f.readline())["config"]
+except (OSError, ValueError, KeyError):
+    cfg = {}
+cfg.update(connection="(per mode)", out=root)
+json.dump({"seeds": seeds, "modes": ["residual", "hc", "mhc"], "param_match": None,
+           "config": cfg}, open(f"{root}/config.json", "w"), indent=2)
+PY
 tar -czf "$out/deep_seeds.tar.gz" --exclude=checkpoints -C "$scratch" .
 rm -rf "$scratch"

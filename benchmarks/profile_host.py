@@ -70,7 +70,7 @@ def _calibration():
            "triton_jit_launch_20_args": _per_call_us(lambda: k20[(1,)](*ts, *ns, BLOCK=64), 200)}
     compiled = k20[(1,)](*ts, *ns, BLOCK=64)
     out["compiled_kernel_launch_20_args"] = _per_call_us(
-        lambda: compiled[(1, 1, 1)](*ts, *ns), 200)
+        lambda: compiled[(1, 1, 1)](*ts, *ns, 64), 200)
     return out
 
 
