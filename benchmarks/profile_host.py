@@ -1,6 +1,8 @@
 """Where the host time of the fused mHC ops goes: a Python profile (cProfile) of one eager
-connection forward + backward, and a ``torch.profiler`` table of a compiled gpt-small step
-(host and GPU time per op), printed and written under ``--out``.
+connection forward + backward (with its launches and with them stubbed out, and the host
+cost of a few primitives for comparing machines), and with ``--step eager|compiled`` a
+``torch.profiler`` table of gpt-small training steps (host and GPU time per op), printed and
+written under ``--out``.
 
     python benchmarks/profile_host.py --out prof/
 """
@@ -77,7 +79,9 @@ def _calibration():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="prof")
-    ap.add_argument("--compiled", action="store_true", help="also profile a compiled step")
+    ap.add_argument("--step", choices=("none", "eager", "compiled"), default="none",
+                    help="also profile three gpt-small training steps (mHC and residual), "
+                         "eager or compiled: host and GPU time per op")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     breakdown = {f"T{T}_C{C}": _breakdown(T, C) for T, C in ((4096, 4096), (8192, 1024))}
@@ -102,14 +106,14 @@ def main():
     text = s.getvalue() + s2.getvalue()
     open(os.path.join(args.out, "connection_cprofile.txt"), "w").write(text)
     print(text[:6000])
-    if not args.compiled:
+    if args.step == "none":
         return
     from torch.profiler import ProfilerActivity, profile
 
     from torch_mhc.bench import _Trainee
     from types import SimpleNamespace
     ns = SimpleNamespace(seq=None, n=4, dtype="bf16", optimizer="fused", cuda_graph=False,
-                         compile="default", warmup=3)
+                         compile="default" if args.step == "compiled" else None, warmup=3)
     dev = torch.device("cuda")
     for variant in ("mhc-triton", "residual"):
         run = _Trainee("gpt-small", variant, 8, ns, dev)
@@ -120,7 +124,7 @@ def main():
             torch.cuda.synchronize()
         t = p.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
         t2 = p.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
-        open(os.path.join(args.out, f"compiled_{variant}.txt"), "w").write(t + "\n" + t2)
+        open(os.path.join(args.out, f"{args.step}_{variant}.txt"), "w").write(t + "\n" + t2)
         print(variant, t[:5000], t2[:5000], sep="\n")
         run.free()
 
