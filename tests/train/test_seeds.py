@@ -55,8 +55,36 @@ def test_compare_two_seeds_matched(flags, tmp_path, capsys):
     assert cfg0["d_model"] > 32 and cfg0["seed"] == 1337 and cfg0["adam_eps"] == 1e-20
     html = (out / "report.html").read_text()
     assert "Parameter matching" in html and "&plusmn;" in html and "seed-1338/report.html" in html
+    assert "Curves of every seed" in html and (out / "plots" / "seeds.png").stat().st_size > 0
     assert "mean over 2 seeds" in capsys.readouterr().out
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
     assert main(["compare", *flags(), "--seeds", "0", "--out", str(tmp_path / "x")]) == 2
     assert "seeds must be" in capsys.readouterr().err
+
+
+def test_plot_seeds_draws_every_seed_and_skips_empty_logs(tmp_path, monkeypatch):
+    """One line per seed and mode on the loss panel; None when no log has a training step."""
+    from torch_mhc.train.plots import plot_seeds
+
+    def run(seed, mode):
+        recs = [{"type": "train", "step": i, "loss": 3.0 - 0.1 * i + 0.01 * seed,
+                 "grad_ratio_last_first": 0.5} for i in range(1, 6)]
+        recs += [{"type": "eval", "step": 5, "val_loss": 2.6}]
+        recs += [{"type": "diag", "step": 5, "paper_gain": {"comp_fwd_peak": 2.0 + seed}}]
+        return recs
+
+    per_seed = {str(s): {m: run(s, m) for m in ("residual", "mhc")} for s in (0, 1, 2)}
+    import matplotlib.pyplot as plt
+    captured = {}
+    real_save = plt.Figure.savefig
+
+    def savefig(fig, path, **kw):
+        captured["lines"] = len([ln for ln in fig.axes[0].lines if len(ln.get_xdata())])
+        return real_save(fig, path, **kw)
+
+    monkeypatch.setattr(plt.Figure, "savefig", savefig)
+    assert plot_seeds(per_seed, tmp_path / "s.png") == tmp_path / "s.png"
+    assert captured["lines"] == 6  # 3 seeds x 2 modes
+    assert plot_seeds({"0": {"mhc": [{"type": "eval", "step": 0, "val_loss": 1.0}]}},
+                      tmp_path / "e.png") is None

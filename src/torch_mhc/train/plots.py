@@ -19,7 +19,7 @@ from ..diagnostics import find_spikes  # noqa: E402
 
 __all__ = ["PLOTS", "COLORS", "color", "plot_loss", "plot_grad_norm_steps", "plot_gain_vs_layer",
            "plot_gain_steps", "plot_grad_vs_layer", "plot_hres_heatmaps", "plot_step_stats",
-           "make_plots"]
+           "make_plots", "plot_seeds"]
 
 Runs = Dict[str, List[dict]]
 COLORS = {"residual": "#4d4d4d", "hc": "#d62728", "mhc": "#1f77b4"}
@@ -307,3 +307,61 @@ def make_plots(runs: Runs, folder: Path) -> Dict[str, Path]:
         if p is not None:
             out[name] = p
     return out
+
+
+def plot_seeds(per_seed: Dict[str, Runs], path: Path) -> Optional[Path]:
+    """Several seeds of a comparison on one figure (one colour per mode, one line per seed):
+    training loss (EMA 0.1), validation loss, the paper-convention composite forward gain
+    (layers l..L, token mean) at each diagnostics probe, and the per-step last / first layer
+    gradient-norm ratio."""
+    if not any(_of(recs, "train") for runs in per_seed.values() for recs in runs.values()):
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    (a_tr, a_val), (a_gain, a_ratio) = axes
+    modes = list(dict.fromkeys(m for runs in per_seed.values() for m in runs))
+    losses, gains, late_val = [], [], []
+    for seed, runs in per_seed.items():
+        for mode, recs in runs.items():
+            c = color(mode, modes.index(mode))
+            tr = [r for r in _of(recs, "train") if _finite(r.get("loss"))]
+            if tr:
+                loss = [r["loss"] for r in tr]
+                a_tr.plot([r["step"] for r in tr], _ema(loss), color=c, lw=1, alpha=0.8)
+                losses += loss
+            ev = [r for r in _of(recs, "eval") if _finite(r.get("val_loss"))]
+            if ev:
+                late_val += [r["val_loss"] for r in ev[1:]]
+                a_val.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], color=c,
+                           marker=_STYLES.get(mode, {}).get("marker", "o"), ms=3, lw=1,
+                           alpha=0.8)
+            pg = [(d["step"], d["paper_gain"]["comp_fwd_peak"]) for d in _of(recs, "diag")
+                  if d.get("paper_gain")]
+            if pg:
+                a_gain.plot(*zip(*pg), color=c, lw=1, alpha=0.8,
+                            marker=_STYLES.get(mode, {}).get("marker", "o"), ms=3)
+                gains += [g for _, g in pg]
+            rt = [(r["step"], r["grad_ratio_last_first"]) for r in _of(recs, "train")
+                  if _finite(r.get("grad_ratio_last_first"))]
+            if rt:
+                a_ratio.plot(*zip(*rt), color=c, lw=0.6, alpha=0.6)
+    for mode in modes:  # one legend entry per mode
+        a_tr.plot([], [], color=color(mode, modes.index(mode)), label=mode)
+    a_tr.set(title=f"training loss (EMA 0.1), {len(per_seed)} seeds", xlabel="step",
+             ylabel="loss (nats/token)")
+    _zoom(a_tr, losses)
+    a_val.set(title="validation loss", xlabel="step", ylabel="loss (nats/token)")
+    if late_val:  # the first evaluation (often the untrained model) off the top
+        lo, hi = min(late_val), max(late_val)
+        pad = 0.1 * (hi - lo) + 0.005
+        a_val.set_ylim(lo - pad, hi + 3 * pad)
+    a_gain.set(title="composite forward gain, paper convention (l..L, token mean)",
+               xlabel="step", ylabel="max over layers")
+    a_gain.set_yscale("log")
+    _gain_ylim(a_gain, gains)
+    a_ratio.set(title="gradient norm, last / first layer, per step", xlabel="step",
+                ylabel="ratio")
+    a_ratio.set_yscale("log")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3, which="both")
+    a_tr.legend()
+    return _save(fig, path)

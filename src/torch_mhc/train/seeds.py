@@ -204,6 +204,26 @@ def _cell(a: Optional[Dict[str, Any]], spec: str) -> str:
             f"&ndash; {f(a['max'])} (n={a['n']})</span>")
 
 
+def _seed_curves(root: Path, seeds, modes) -> str:
+    """The report's figure of every seed's curves (``plots/seeds.png``), as HTML; empty when
+    the logs hold nothing to draw."""
+    from .plots import plot_seeds
+    from .report import ReportError, _img, load_runs
+    per_seed = {}
+    for s in seeds:
+        try:
+            runs, _ = load_runs(root / f"seed-{s}")
+        except ReportError:  # a seed not run yet
+            continue
+        per_seed[str(s)] = {m: runs[m] for m in modes if m in runs}
+    path = plot_seeds(per_seed, root / "plots" / "seeds.png") if per_seed else None
+    if path is None:
+        return ""
+    return ("<h2>Curves of every seed</h2>" + _img(path) + "<p class='cap'>One colour per "
+            "mode, one line per seed. The gain is the paper's convention (layers l..L, "
+            "averaged over the tokens of a sequence), at each diagnostics probe.</p>")
+
+
 def write_seed_report(folder) -> Path:
     """``report.html`` of a multi-seed comparison from its per-seed summaries (rebuilt)."""
     from .compare import summarize_folder
@@ -226,6 +246,7 @@ def write_seed_report(folder) -> Path:
                   else "<p>Parameter counts are not matched (each mode at the same shape; "
                        "see the parameters row).</p>")
     links = "".join(f"<li><a href='seed-{s}/report.html'>seed {s}</a></li>" for s in seeds)
+    curves = _seed_curves(root, seeds, modes)
     cfg = meta.get("config", {})
     page = f"""<!doctype html><html><head><meta charset='utf-8'>
 <title>torch-mhc: {html.escape(' vs '.join(modes))}, {len(seeds)} seeds</title>
@@ -240,7 +261,7 @@ initialisation and the data order of every mode alike).</p>
 <h2>Summary over seeds</h2><p class='muted'>mean &plusmn; sample standard deviation, then
 smallest &ndash; largest over the seeds; "of" rows count the seeds.</p>
 <table class='grid'><tr><th>metric</th>{head}</tr>{rows}</table>
-<h2>Per seed</h2><ul>{links}<li><a href='summary.json'>summary.json</a></li></ul>
+{curves}<h2>Per seed</h2><ul>{links}<li><a href='summary.json'>summary.json</a></li></ul>
 </body></html>
 """
     out = root / "report.html"
