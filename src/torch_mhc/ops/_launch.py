@@ -86,8 +86,10 @@ class LazyJit:
 
         The cache key holds everything Triton specialises a compiled kernel on: each tensor's
         dtype and 16-byte alignment, each integer's ``== 1`` / ``% 16 == 0`` / 64-bit status,
-        the constexpr and launch options, and the device. The first launch of a key goes
-        through Triton's own path (which compiles) and records the kernel it returns.
+        the constexpr and launch options, and the current device, plus each tensor's device
+        (:func:`_specialise`). The first launch of a key goes through Triton's own path (which
+        compiles and checks every pointer) and records the kernel it returns; later ones hand
+        the launcher the tensors' addresses (:func:`_run_compiled`).
         """
         device = torch.cuda.current_device()
         spec, raw = _specialise(args)
