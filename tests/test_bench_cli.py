@@ -137,3 +137,25 @@ def test_bench_help_is_formatted_like_the_other_commands(capsys):
         assert len(entry.split()) > 2, flag
         if not any(k in entry for k in ("--interleave", "--cuda-graph", "--help")):
             assert "(default:" in " ".join(entry.split()), flag
+
+
+def test_commit_marks_a_tree_that_differs_from_head(monkeypatch):
+    """Results name the commit measured: HEAD, flagged ``+modified`` when tracked files
+    differ from it; ``MHC_COMMIT`` wins."""
+    import subprocess
+    import types
+
+    from torch_mhc import bench
+    status = {"out": ""}
+
+    def fake_run(cmd, **kw):
+        out = "abc1234def" if cmd[1] == "rev-parse" else status["out"]
+        return types.SimpleNamespace(stdout=out + "\n")
+
+    monkeypatch.delenv("MHC_COMMIT", raising=False)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert bench._commit() == "abc1234def"
+    status["out"] = " M src/torch_mhc/bench.py"
+    assert bench._commit() == "abc1234def+modified"
+    monkeypatch.setenv("MHC_COMMIT", "5a9b091")
+    assert bench._commit() == "5a9b091"

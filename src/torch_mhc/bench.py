@@ -54,13 +54,23 @@ SUITES = ("layer", "gpt-small", "kernels")
 # -- environment ---------------------------------------------------------------------------------
 
 def _commit() -> str:
+    """The commit measured: ``MHC_COMMIT`` if set, else git's ``HEAD`` with ``+modified``
+    appended when tracked files differ from it (a copied working tree whose git metadata is
+    older than its files, say), else ``"unknown"``."""
     env = os.environ.get("MHC_COMMIT")
     if env:
         return env
+    root = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
     try:
-        root = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
+        head = git("rev-parse", "HEAD")
+        if not head:
+            return "unknown"
+        return head + ("+modified" if git("status", "--porcelain", "--untracked-files=no")
+                       else "")
     except Exception:  # noqa: BLE001
         return "unknown"
 
