@@ -30,6 +30,9 @@ pre-mix forward 84 -> 29 us, post-res forward 59 -> 42 us, GEMM 69 -> 44 us, dx 
 256 -> 190 us); other shapes use the same kernels with the rules below.
 ``TORCH_MHC_TUNING`` (a JSON object ``{key: {option: value}}``, or a path to one) overrides
 any of them, as the sweep does to time alternatives.
+
+Launchers read a configuration through :func:`launch_plan`, which also caches what they derive
+from it (grid, constexpr arguments) per shape, so a launch repeats none of this work.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ import torch
 from ._backend import interpret_mode, is_broadcast
 from ._launch import next_pow2
 
-__all__ = ["LAUNCH_DEFAULTS", "TUNING", "launch_config", "stream_shape"]
+__all__ = ["LAUNCH_DEFAULTS", "TUNING", "launch_config", "launch_plan", "stream_shape"]
 
 LAUNCH_DEFAULTS: dict = {
     # forward: split-K projection GEMM + sum x^2, then the per-token mappings and Sinkhorn
