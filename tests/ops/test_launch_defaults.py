@@ -179,3 +179,25 @@ def test_rules_and_overrides(monkeypatch):
     monkeypatch.setitem(tuning.TUNING, "probe", {"loop": 8})
     with pytest.raises(ValueError, match="unknown launch option.*loop.*tiles_per_program"):
         cfg("probe", n=4, C=1024, dtype_bytes=2)
+
+
+def test_launch_plan_is_derived_once_per_shape_and_follows_overrides(monkeypatch):
+    """``launch_plan`` calls ``derive`` once per configuration and shape, and again when a
+    tuning entry replaces the configuration."""
+    monkeypatch.setattr(tuning, "TUNING", {})
+    monkeypatch.setitem(tuning.LAUNCH_DEFAULTS, "probe", dict(BT=2, BC=256, num_warps=4))
+    calls = []
+
+    def derive(cfg, T, n, C, **_):
+        calls.append(dict(cfg))
+        return (T // cfg["BT"],), cfg["num_warps"]
+
+    plan = tuning.launch_plan
+    assert plan("probe", derive, T=64, n=4, C=256, dtype_bytes=2) == ((32,), 4)
+    assert plan("probe", derive, T=64, n=4, C=256, dtype_bytes=2) == ((32,), 4)
+    assert len(calls) == 1
+    assert plan("probe", derive, T=128, n=4, C=256, dtype_bytes=2) == ((64,), 4)
+    assert len(calls) == 2
+    monkeypatch.setitem(tuning.TUNING, "probe", {"BT": 8, "num_warps": 8})
+    assert plan("probe", derive, T=64, n=4, C=256, dtype_bytes=2) == ((8,), 8)
+    assert calls[-1] == dict(BT=8, BC=256, num_warps=8)
