@@ -82,12 +82,22 @@ def main():
     ap.add_argument("--step", choices=("none", "eager", "compiled"), default="none",
                     help="also profile three gpt-small training steps (mHC and residual), "
                          "eager or compiled: host and GPU time per op")
+    ap.add_argument("--only-step", action="store_true",
+                    help="skip the connection breakdown and profile (with --step)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if not args.only_step:
+        _connection_profiles(args.out)
+    if args.step != "none":
+        _step_profiles(args)
+
+
+def _connection_profiles(out_dir):
+    """The issue-time breakdown and a Python profile of one eager connection."""
     breakdown = {f"T{T}_C{C}": _breakdown(T, C) for T, C in ((4096, 4096), (8192, 1024))}
     breakdown["calibration_us"] = _calibration()
     print(json.dumps(breakdown, indent=1))
-    with open(os.path.join(args.out, "host_breakdown.json"), "w") as f:
+    with open(os.path.join(out_dir, "host_breakdown.json"), "w") as f:
         json.dump(breakdown, f, indent=1)
     conn, _ = _connection(4096, 4096)
     for _ in range(5):
@@ -104,10 +114,13 @@ def main():
     s2 = io.StringIO()
     pstats.Stats(prof, stream=s2).sort_stats("cumtime").print_stats(35)
     text = s.getvalue() + s2.getvalue()
-    open(os.path.join(args.out, "connection_cprofile.txt"), "w").write(text)
+    open(os.path.join(out_dir, "connection_cprofile.txt"), "w").write(text)
     print(text[:6000])
-    if args.step == "none":
-        return
+
+
+def _step_profiles(args):
+    """``torch.profiler`` tables (host and GPU time per op) of three gpt-small steps, mHC and
+    residual, eager or compiled."""
     from torch.profiler import ProfilerActivity, profile
 
     from torch_mhc.bench import _Trainee
@@ -122,9 +135,16 @@ def main():
             for i in range(3):
                 run.step(i)
             torch.cuda.synchronize()
-        t = p.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-        t2 = p.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
-        open(os.path.join(args.out, f"{args.step}_{variant}.txt"), "w").write(t + "\n" + t2)
+        avg = p.key_averages()
+        t = avg.table(sort_by="self_cpu_time_total", row_limit=40)
+        t2 = avg.table(sort_by="self_cuda_time_total", row_limit=25)
+        # anything that makes the host wait for the GPU inside a step
+        waits = "\n".join(f"{e.key}: {e.count} calls, {e.cpu_time_total:.0f} us"
+                          for e in avg if "ynchronize" in e.key or "Memcpy" in e.key
+                          or "EventSynchronize" in e.key) or "no synchronising calls"
+        open(os.path.join(args.out, f"{args.step}_{variant}.txt"), "w").write(
+            t + "\n" + t2 + "\nhost waits for the GPU:\n" + waits + "\n")
+        print(variant, "host waits:", waits)
         print(variant, t[:5000], t2[:5000], sep="\n")
         run.free()
 
