@@ -13,15 +13,19 @@ from torch_mhc.ops._launch import _hook_set, _specialise
 def test_tensors_become_addresses_and_key_on_dtype_alignment_device():
     a = torch.randn(64)
     b = torch.randn(64, dtype=torch.float64)
-    spec, raw = _specialise([a, b, a[1:], 7, 16, 1, 2**40, 1e-6, True])
-    assert raw[:3] == [a.data_ptr(), b.data_ptr(), a.data_ptr() + 4]
-    assert raw[3:] == [7, 16, 1, 2**40, 1e-6, True]
-    assert spec[0] == (torch.float32, True, -1)      # a CPU tensor keys with device -1
+    p = torch.nn.Parameter(torch.randn(8))
+    spec, raw = _specialise([a, b, a[1:], p, 7, 16, 1, 2**40, 1e-6, True])
+    assert raw[:4] == [a.data_ptr(), b.data_ptr(), a.data_ptr() + 4, p.data_ptr()]
+    assert raw[4:] == [7, 16, 1, 2**40, 1e-6, True]
+    assert spec[0] == (torch.float32, True, -1)   # a CPU tensor keys with device -1
     assert spec[1] == (torch.float64, True, -1)
-    assert spec[2] == (torch.float32, False, -1)     # 4 bytes past an aligned start
-    assert spec[3:7] == [(False, False, True), (False, True, True), (True, False, True),
+    assert spec[2] == (torch.float32, False, -1)  # 4 bytes past an aligned start
+    assert spec[3] == (torch.float32, True, -1)   # a subclass (a parameter) is a tensor
+    # integers by what Triton specialises on, so another length reuses the kernel
+    assert spec[4:8] == [(False, False, True), (False, True, True), (True, False, True),
                          (False, True, False)]
-    assert spec[7:] == [float, bool]
+    assert spec[8:] == [float, bool]
+    assert _specialise([a, 4096])[0] == _specialise([a, 8192])[0]
 
 
 def test_a_different_alignment_or_device_is_a_different_key():

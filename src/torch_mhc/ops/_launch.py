@@ -85,7 +85,7 @@ class LazyJit:
         per-call binding and cache lookup (host overhead that dominates small models).
 
         The cache key holds everything Triton specialises a compiled kernel on: each tensor's
-        dtype and 16-byte alignment, each integer's ``== 1`` / ``% 16 == 0`` / 64-bit status,
+        dtype and 16-byte alignment, each integer's ``== 1`` / ``% 16 == 0`` / 32-bit status,
         the constexpr and launch options, and the current device, plus each tensor's device
         (:func:`_specialise`). The first launch of a key goes through Triton's own path (which
         compiles and checks every pointer) and records the kernel it returns; later ones hand
@@ -96,6 +96,8 @@ class LazyJit:
         key = (device, *spec, *kwargs.items())
         hit = self._fast.get(key)
         if hit is None:
+            if len(self._fast) >= _FAST_CACHE_SIZE:  # bounded, whatever the launches
+                self._fast.clear()
             kernel = self.jit()[grid](*args, **kwargs)
             names = self._param_names()
             self._fast[key] = (kernel, tuple(names[len(args):]))
@@ -148,6 +150,9 @@ def _hook_set(hook) -> bool:
 
 _KNOBS = None  # ``triton.knobs``, imported on the first launch
 
+#: Keys a kernel's fast-launch cache holds before it starts over.
+_FAST_CACHE_SIZE = 1024
+
 _DECORATED: dict = {}
 
 
@@ -176,25 +181,26 @@ def _decorate(fn, interpret: bool):
 
 def _specialise(args):
     """``(spec, raw)`` of a launch's positional arguments: what Triton specialises a compiled
-    kernel on, per argument (a tensor's dtype, 16-byte alignment and device; an integer's
-    ``== 1`` / ``% 16 == 0`` / 32-bit status), and the arguments as the launcher takes them,
-    each tensor replaced by its address. Triton's launchers accept an integer for a pointer
-    argument and then skip their own per-tensor ``data_ptr()`` call and the driver's pointer
-    check (``cuPointerGetAttribute``); the device in the key sends a tensor on another device
-    (or the CPU) through Triton's own launch, which checks it."""
+    kernel on, per argument (an integer's ``== 1`` / ``% 16 == 0`` / 32-bit status, not its
+    value, so that a new sequence length still takes the fast path; a tensor's dtype, 16-byte
+    alignment and device), and the arguments as the launcher takes them, each tensor replaced
+    by its address. Triton's launchers accept an integer for a pointer argument and then skip their
+    own per-tensor ``data_ptr()`` call and the driver's pointer check
+    (``cuPointerGetAttribute``); the device in the key sends a tensor on another device (or
+    the CPU) through Triton's own launch, which checks it."""
     spec, raw = [], []
+    put_spec, put_raw, tensor = spec.append, raw.append, torch.Tensor
     for a in args:
-        t = type(a)
-        if t is int:
-            spec.append((a == 1, a & 15 == 0, -2**31 <= a < 2**31))
-            raw.append(a)
-        elif t is torch.Tensor or hasattr(a, "data_ptr"):  # a tensor (or a subclass)
+        if type(a) is int:
+            put_spec((a == 1, a & 15 == 0, -2**31 <= a < 2**31))
+            put_raw(a)
+        elif isinstance(a, tensor):
             p = a.data_ptr()
-            spec.append((a.dtype, p & 15 == 0, a.get_device()))
-            raw.append(p)
+            put_spec((a.dtype, p & 15 == 0, a.get_device()))
+            put_raw(p)
         else:
-            spec.append(t)
-            raw.append(a)
+            put_spec(type(a))
+            put_raw(a)
     return spec, raw
 
 
