@@ -137,47 +137,39 @@ def launch_config(key: str, **shape) -> dict:
     :data:`LAUNCH_DEFAULTS` whose condition holds, updated with ``TUNING[key]``, and ``BC``
     derived from ``BC_x_NB`` where the configuration gives that instead.
 
-    Resolved once per table entry, override and shape, since launchers call this on every
-    launch: the result is shared, read it without changing it; replace entries of the two
-    tables rather than changing them in place."""
-    entry, over = LAUNCH_DEFAULTS[key], TUNING.get(key)
-    cache_key = (key, id(entry), id(over), *shape.keys(), *shape.values())
-    try:
-        hit = _RESOLVED.get(cache_key)
-    except TypeError:  # a symbolic size (torch.compile with dynamic shapes): not cached
-        return _resolve(entry, over or {}, shape)
-    if hit is None:
-        if len(_RESOLVED) > 4096:
-            _RESOLVED.clear()
-        # the cached value holds ``entry`` and ``over``: their ids stay theirs while cached
-        hit = _RESOLVED[cache_key] = (_resolve(entry, over or {}, shape), entry, over)
-    return hit[0]
+    Resolved once per table entry, override and shape (:func:`launch_plan`): the result is
+    shared, read it without changing it; replace entries of the two tables rather than
+    changing them in place."""
+    return launch_plan(key, _as_is, **shape)
 
 
-_RESOLVED: dict = {}
+def _as_is(cfg: dict, **_) -> dict:
+    return cfg
 
 
 def launch_plan(key: str, derive, **shape):
-    """``derive(launch_config(key, **shape), **shape)``, cached like :func:`launch_config`:
-    a launcher's grid and constexpr arguments, computed once per configuration and shape
-    rather than on every launch (host time that eager small models pay per kernel).
+    """``derive(launch_config(key, **shape), **shape)``, computed once per table entry,
+    override and shape and then cached: a launcher's grid and constexpr arguments, rather
+    than on every launch (host time that eager small models pay per kernel).
 
     ``shape`` must hold everything ``derive`` reads besides the configuration (the stream
     shape, layout flags, interpreter mode, device)."""
     entry, over = LAUNCH_DEFAULTS[key], TUNING.get(key)
-    cache_key = (derive, id(entry), id(over), *shape.values())
+    cache_key = (key, derive, id(entry), id(over), *shape.keys(), *shape.values())
     try:
-        hit = _PLANS.get(cache_key)
-    except TypeError:  # a symbolic size: not cached
-        return derive(launch_config(key, **shape), **shape)
+        hit = _RESOLVED.get(cache_key)
+    except TypeError:  # a symbolic size (torch.compile with dynamic shapes): not cached
+        return derive(_resolve(entry, over or {}, dict(shape)), **shape)
     if hit is None:
-        if len(_PLANS) > 4096:
-            _PLANS.clear()
-        hit = _PLANS[cache_key] = (derive(launch_config(key, **shape), **shape), entry, over)
+        if len(_RESOLVED) > 4096:
+            _RESOLVED.clear()
+        # the cached value holds ``entry`` and ``over``: their ids stay theirs while cached
+        hit = _RESOLVED[cache_key] = (derive(_resolve(entry, over or {}, dict(shape)), **shape),
+                                      entry, over)
     return hit[0]
 
 
-_PLANS: dict = {}
+_RESOLVED: dict = {}
 
 
 #: the options a configuration may hold (see the module docstring)
