@@ -127,9 +127,7 @@ _connection_pre = FusedOp(
 # -- post half: post-res -------------------------------------------------------------------------
 
 def _post_impl(x, link, y, h_post, h_res):
-    n, C = x.shape[-2:]
-    return post_res_forward_impl(x.reshape(-1, n, C), y.reshape(-1, C), h_post.reshape(-1, n),
-                                 h_res.reshape(-1, n, n)).view(x.shape)
+    return post_forward(x, y, h_post, h_res)
 
 
 def _post_setup(ctx, inputs, output):
@@ -142,9 +140,8 @@ def _post_backward_formula(ctx, g):
     n, C = x.shape[-2:]
     # no dx here: H_res^T g is added by the pre half's dx pass, which receives g as the
     # gradient of ``link``
-    _, dy, d_map = post_res_backward_op(x.reshape(-1, n, C), y.reshape(-1, C),
-                                        h_post.reshape(-1, n), h_res.reshape(-1, n, n),
-                                        g.reshape(-1, n, C), False)
+    _, dy, d_map = post_res_backward_op(_flat(x, n, C), _flat(y, C), _flat(h_post, n),
+                                        _flat(h_res, n, n), _flat(g, n, C), False)
     d_post, d_res = split_map_grad(d_map, n)
     return None, g, dy.view(y.shape), d_post.view(h_post.shape), d_res.view(h_res.shape)
 
@@ -178,8 +175,9 @@ def connection_post(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
 
 def post_forward(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
                  h_res: torch.Tensor) -> torch.Tensor:
-    """The post half's forward alone (no autograd), bit for bit what :func:`connection_post`
-    computes: stream recomputation (``torch_mhc.nn.recompute``) rebuilds streams with it."""
+    """The post half's forward alone (no autograd): the implementation of
+    :func:`connection_post`, so stream recomputation (``torch_mhc.nn.recompute``) rebuilds
+    streams with it bit for bit."""
     lead, (n, C) = x.shape[:-2], x.shape[-2:]
     return post_res_forward_impl(x.reshape(-1, n, C), y.reshape(-1, C), h_post.reshape(-1, n),
                                  h_res.reshape(-1, n, n)).view(*lead, n, C)
