@@ -32,16 +32,15 @@ for d in "$scratch"/seed-*; do
 done
 python - "$scratch" "$seeds" <<'PY'
 import json, sys
+from torch_mhc.train.seeds import write_study_config
 root, k = sys.argv[1], int(sys.argv[2])
-seeds = list(range(1337, 1337 + k))
 try:
     with open(f"{root}/seed-1337/mhc/log.jsonl") as f:
         cfg = json.loads(f.readline())["config"]
 except (OSError, ValueError, KeyError):
     cfg = {}
-cfg.update(connection="(per mode)", out=root)
-json.dump({"seeds": seeds, "modes": ["residual", "hc", "mhc"], "param_match": None,
-           "config": cfg}, open(f"{root}/config.json", "w"), indent=2)
+write_study_config(root, range(1337, 1337 + k), ["residual", "hc", "mhc"],
+                   {**cfg, "connection": "(per mode)"})
 PY
 tar -czf "$out/deep_seeds.tar.gz" --exclude=checkpoints -C "$scratch" .
 rm -rf "$scratch"

@@ -32,7 +32,7 @@ import torch
 from .config import ConfigError, TrainConfig, config_to_dict
 
 __all__ = ["MATCH_CHOICES", "count_params", "match_params", "compare_seeds", "aggregate",
-           "is_seed_study", "write_seed_report"]
+           "is_seed_study", "write_seed_report", "write_study_config"]
 
 MATCH_CHOICES = ("none", "width", "depth")
 _MAX_SCAN = 4096  # candidate widths/depths tried at most
@@ -163,10 +163,7 @@ def compare_seeds(cfg: TrainConfig, modes: Sequence[str], out, seeds: int,
                               f"({saved.get('seeds') if isinstance(saved, dict) else None} there, {seed_list} now); resume without "
                               "--seeds and --seed, or start over with --overwrite")
     else:  # written first, so that an interrupted study resumes with its own settings
-        root.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps(
-            {"seeds": seed_list, "modes": modes, "param_match": statement,
-             "config": {**config_to_dict(cfg), "out": str(root)}}, indent=2) + "\n")
+        write_study_config(root, seed_list, modes, config_to_dict(cfg), statement)
     per_seed: Dict[str, Dict[str, Dict[str, Any]]] = {}
     for i, seed in enumerate(seed_list):
         print(f"== seed {seed} ({i + 1}/{seeds})", flush=True)
@@ -180,6 +177,21 @@ def compare_seeds(cfg: TrainConfig, modes: Sequence[str], out, seeds: int,
     if report:
         write_seed_report(root)
     return summary
+
+
+def write_study_config(root, seeds: Sequence[int], modes: Sequence[str],
+                       config: Dict[str, Any], param_match: Optional[Dict[str, Any]] = None
+                       ) -> Path:
+    """Write ``root/config.json``, which makes ``root`` a seed study (:func:`is_seed_study`):
+    the seeds, the modes, the parameter-matching statement and the training settings (a
+    :func:`config_to_dict` of the runs' config; ``out`` set to ``root``)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "config.json"
+    path.write_text(json.dumps({"seeds": list(seeds), "modes": list(modes),
+                                "param_match": param_match,
+                                "config": {**config, "out": str(root)}}, indent=2) + "\n")
+    return path
 
 
 def is_seed_study(folder) -> bool:
