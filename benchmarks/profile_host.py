@@ -73,7 +73,49 @@ def _calibration():
     compiled = k20[(1,)](*ts, *ns, BLOCK=64)
     out["compiled_kernel_launch_20_args"] = _per_call_us(
         lambda: compiled[(1, 1, 1)](*ts, *ns, 64), 200)
+    # the launcher itself with addresses, as the cached fast launch calls it
+    ptrs = [t.data_ptr() for t in ts]
+    stream = torch._C._cuda_getCurrentRawStream(0)
+    out["compiled_kernel_run_20_addresses"] = _per_call_us(
+        lambda: compiled.run(1, 1, 1, stream, compiled.function, compiled.packed_metadata,
+                             None, None, None, *ptrs, *ns, 64), 200)
+    x = torch.empty(64, 4, 64, device=dev)
+    for name, fn in (("tensor.data_ptr", x.data_ptr), ("tensor.get_device", x.get_device),
+                     ("cuda_getCurrentRawStream", lambda: torch._C._cuda_getCurrentRawStream(0)),
+                     ("tensor.view", lambda: x.view(64, 256)),
+                     ("tensor.reshape", lambda: x.reshape(-1, 4, 64)),
+                     ("tensor.as_strided", lambda: x.as_strided((64, 4), (4, 1), 8)),
+                     ("tensor.expand", lambda: x[:1].expand(8, 4, 64)),
+                     ("tensor.new_zeros_scalar", lambda: x.new_zeros(())),
+                     ("tensor.sum0_small", lambda: x.sum(0)),
+                     ("torch.empty_small", lambda: torch.empty(64, 4, device=dev))):
+        out[name] = _per_call_us(fn, 200)
     return out
+
+
+def _launch_paths(conn):
+    """How one connection's launches went: the cached fast launch, Triton's own launch of a
+    cached kernel (a profiler hook was set), or Triton's full path (first launch of a key)."""
+    from torch_mhc.ops import _launch
+    counts = {"fast": 0, "hooked": 0, "triton_full": 0}
+    real_run, real_jit = _launch._run_compiled, _launch.LazyJit.jit
+
+    def run(*a):
+        ok = real_run(*a)
+        counts["fast" if ok else "hooked"] += 1
+        return ok
+
+    def jit(self, interpret=None):
+        counts["triton_full"] += 1
+        return real_jit(self, interpret)
+    _launch._run_compiled, _launch.LazyJit.jit = run, jit
+    try:
+        conn()
+        torch.cuda.synchronize()
+    finally:
+        _launch._run_compiled, _launch.LazyJit.jit = real_run, real_jit
+    counts["fast_launch_on"] = _launch.FAST_LAUNCH
+    return counts
 
 
 def main():
@@ -96,6 +138,9 @@ def _connection_profiles(out_dir):
     """The issue-time breakdown and a Python profile of one eager connection."""
     breakdown = {f"T{T}_C{C}": _breakdown(T, C) for T, C in ((4096, 4096), (8192, 1024))}
     breakdown["calibration_us"] = _calibration()
+    conn, _ = _connection(8192, 1024)
+    conn()
+    breakdown["launch_paths"] = _launch_paths(conn)
     print(json.dumps(breakdown, indent=1))
     with open(os.path.join(out_dir, "host_breakdown.json"), "w") as f:
         json.dump(breakdown, f, indent=1)
