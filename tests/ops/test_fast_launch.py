@@ -87,15 +87,15 @@ def _fake_kernel(monkeypatch):
 def test_fast_launch_first_compiles_then_hands_addresses(monkeypatch):
     k, compiled, first = _fake_kernel(monkeypatch)
     a, b = torch.randn(64), torch.randn(64)
-    assert k._launch_fast((3,), a, b, 64, BT=16) is compiled
+    assert k._launch_bound((3,), a, b, 64, BT=16) is compiled
     assert len(first) == 1 and not compiled.runs  # the first launch goes through Triton
-    k._launch_fast((3,), a, b, 64, BT=16)
+    k._launch_bound((3,), a, b, 64, BT=16)
     (args,) = compiled.runs
     # grid, stream, handle, metadata, no launch metadata or hooks, then the arguments with
     # tensors as addresses and the constexpr appended in signature order
     assert args == (3, 1, 1, 777, 1234, ("meta",), None, None, None, a.data_ptr(),
                     b.data_ptr(), 64, 16)
-    k._launch_fast((3,), a[1:], b, 64, BT=16)  # another alignment: another compile
+    k._launch_bound((3,), a[1:], b, 64, BT=16)  # another alignment: another compile
     assert len(first) == 2 and len(compiled.runs) == 1
 
 
@@ -106,10 +106,10 @@ def test_fast_launch_leaves_a_profiled_launch_to_triton(monkeypatch):
 
     k, compiled, _ = _fake_kernel(monkeypatch)
     a, b = torch.randn(64), torch.randn(64)
-    k._launch_fast((2, 2), a, b, 8, BT=16)
+    k._launch_bound((2, 2), a, b, 8, BT=16)
     hook = lambda *args: None  # noqa: E731
     monkeypatch.setattr(knobs.runtime, "launch_enter_hook", hook)
-    k._launch_fast((2, 2), a, b, 8, BT=16)
+    k._launch_bound((2, 2), a, b, 8, BT=16)
     assert not compiled.runs
     ((grid, args),) = compiled.indexed
     assert grid == (2, 2, 1) and args[0] is a and args[2:] == (8, 16)
@@ -120,12 +120,12 @@ def test_fast_launch_falls_back_for_good_when_the_launcher_refuses(monkeypatch):
 
     k, compiled, first = _fake_kernel(monkeypatch)
     a, b = torch.randn(64), torch.randn(64)
-    k._launch_fast((1,), a, b, 8, BT=16)
+    k._launch_bound((1,), a, b, 8, BT=16)
 
     def refuse(*args):
         raise TypeError("function takes exactly 34 arguments (33 given)")
     monkeypatch.setattr(compiled, "run", refuse)
     monkeypatch.setattr(_launch, "FAST_LAUNCH", True)
     with pytest.warns(UserWarning, match="cached Triton launch failed"):
-        k._launch_fast((1,), a, b, 8, BT=16)
+        k._launch_bound((1,), a, b, 8, BT=16)
     assert _launch.FAST_LAUNCH is False and len(first) == 2  # relaunched through Triton

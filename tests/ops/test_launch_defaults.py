@@ -80,6 +80,8 @@ def launches(monkeypatch):
         return lambda *args, **kwargs: seen.append((self.fn.__name__, tuple(grid), kwargs))
 
     monkeypatch.setattr(_launch.LazyJit, "__getitem__", record)
+    monkeypatch.setattr(_launch.Launch, "__call__", lambda self, *args: seen.append(
+        (self.kernel.fn.__name__, self.grid, self.kw)))  # the launches a plan holds
     monkeypatch.setattr(streams, "_fast", lambda x: True)  # CPU tensors: launch anyway
     monkeypatch.setattr(tuning, "TUNING", {})
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -95,9 +95,14 @@ def is_broadcast(t: Optional[torch.Tensor]) -> bool:
 
 
 def as_streams(t: torch.Tensor) -> torch.Tensor:
-    """``(T, n, C)`` streams in a layout the kernels take: contiguous, or a broadcast view
-    kept as it is (:func:`is_broadcast`); anything else is copied."""
-    return t if t.is_contiguous() or is_broadcast(t) else t.contiguous()
+    """Streams ``(..., n, C)`` in a layout the kernels take: contiguous (kept as it is, with
+    any leading dimensions), or a ``(T, n, C)`` broadcast view (:func:`is_broadcast`);
+    anything else is copied."""
+    if t.is_contiguous():
+        return t
+    if t.dim() != 3:
+        t = t.reshape(-1, *t.shape[-2:])
+    return t if is_broadcast(t) else t.contiguous()
 
 
 def kernel_device_ok(*tensors: torch.Tensor) -> bool:

@@ -53,7 +53,7 @@ class LazyJit:
         self.fn = fn
         self.helpers = tuple(helpers)
         self._compiled = {}
-        self._fast = {}
+        self._launches = {}  # (grid, constexprs) -> Launch
         functools.update_wrapper(self, fn)
 
     def jit(self, interpret: Optional[bool] = None):
@@ -72,7 +72,7 @@ class LazyJit:
                 return torch.library.wrap_triton(self.jit())[grid]
             if not FAST_LAUNCH:
                 return self.jit()[grid]
-            return functools.partial(self._launch_fast, grid)
+            return functools.partial(self._launch_bound, grid)
         launch = self.jit()[grid]
 
         def run(*args, **kwargs):
@@ -80,46 +80,71 @@ class LazyJit:
                 return launch(*args, **kwargs)
         return run
 
-    def _launch_fast(self, grid, *args, **kwargs):
-        """Launch through a cached ``CompiledKernel``, skipping ``JITFunction.run``'s
-        per-call binding and cache lookup (host overhead that dominates small models).
-
-        The cache key holds everything Triton specialises a compiled kernel on: each tensor's
-        dtype and 16-byte alignment, each integer's ``== 1`` / ``% 16 == 0`` / 32-bit status,
-        the constexpr and launch options, and the current device, plus each tensor's device
-        (:func:`_specialise`). The first launch of a key goes through Triton's own path (which
-        compiles and checks every pointer) and records the kernel it returns; later ones hand
-        the launcher the tensors' addresses (:func:`_run_compiled`).
-        """
-        device = torch.cuda.current_device()
-        spec, raw = _specialise(args)
-        key = (device, *spec, *kwargs.items())
-        hit = self._fast.get(key)
-        if hit is None:
-            if len(self._fast) >= _FAST_CACHE_SIZE:  # bounded, whatever the launches
-                self._fast.clear()
-            kernel = self.jit()[grid](*args, **kwargs)
-            names = self._param_names()
-            self._fast[key] = (kernel, tuple(names[len(args):]))
-            return kernel
-        kernel, tail = hit
-        grid3 = (*grid, 1, 1)[:3]
-        if tail:
-            raw.extend(kwargs[k] for k in tail)
-        try:
-            if not _run_compiled(kernel, grid3, device, raw):
-                kernel[grid3](*args, *(kwargs[k] for k in tail))
-        except Exception as e:  # noqa: BLE001  (an unknown Triton version: use its own path)
-            global FAST_LAUNCH
-            FAST_LAUNCH = False
-            warnings.warn(f"torch_mhc: cached Triton launch failed ({type(e).__name__}: {e}); "
-                          "using Triton's own launch from now on")
-            return self.jit()[grid](*args, **kwargs)
-        return kernel
+    def _launch_bound(self, grid, *args, **kwargs):
+        """``self[grid](*args, **kwargs)`` through the :class:`Launch` of this grid and
+        these compile-time arguments (made once, then cached)."""
+        key = (grid, *kwargs.items())
+        launch = self._launches.get(key)
+        if launch is None:
+            if len(self._launches) >= _FAST_CACHE_SIZE:
+                self._launches.clear()
+            launch = self._launches[key] = Launch(self, grid, False, **kwargs)
+        return launch(*args)
 
     def _param_names(self):
         import inspect
         return list(inspect.signature(self.fn).parameters)
+
+
+class Launch:
+    """``kernel[grid](*args, **constexprs)`` with the grid and the compile-time arguments
+    fixed: what a launcher's cached plan (``tuning.launch_plan``) holds for one launch
+    shape, so that a launch passes only its run-time arguments.
+
+    On a GPU the launch goes through a cached ``CompiledKernel``, skipping
+    ``JITFunction.run``'s per-call binding and cache lookup (host overhead that dominates
+    small models). The cache key holds everything Triton specialises a compiled kernel on
+    besides what this object fixes: each tensor's dtype and 16-byte alignment, each
+    integer's ``== 1`` / ``% 16 == 0`` / 32-bit status, each tensor's device and the current
+    device (:func:`_specialise`). The first launch of a key goes through Triton's own path
+    (which compiles and checks every pointer) and records the kernel it returns; later ones
+    hand the launcher the tensors' addresses (:func:`_run_compiled`). Inside a compiled
+    graph, in the interpreter or with ``TORCH_MHC_FAST_LAUNCH=0`` it is ``kernel[grid]``.
+    """
+
+    __slots__ = ("kernel", "grid", "kw", "interpret", "_grid3", "_tail", "_compiled")
+
+    def __init__(self, kernel: LazyJit, grid, interpret: bool, **kw):
+        self.kernel, self.grid, self.kw, self.interpret = kernel, tuple(grid), kw, interpret
+        self._grid3 = (*self.grid, 1, 1)[:3]
+        self._tail = None  # the constexpr values in signature order, after the arguments
+        self._compiled = {}
+
+    def __call__(self, *args):
+        global FAST_LAUNCH
+        if self.interpret or not FAST_LAUNCH or inlining():
+            return self.kernel[self.grid](*args, **self.kw)
+        device = torch.cuda.current_device()
+        spec, raw = _specialise(args)
+        spec.append(device)
+        key = tuple(spec)
+        kernel = self._compiled.get(key)
+        if kernel is None:
+            if len(self._compiled) >= _FAST_CACHE_SIZE:  # bounded, whatever the launches
+                self._compiled.clear()
+            kernel = self._compiled[key] = self.kernel.jit()[self.grid](*args, **self.kw)
+            if self._tail is None:
+                self._tail = [self.kw[k] for k in self.kernel._param_names()[len(args):]]
+            return kernel
+        try:
+            if not _run_compiled(kernel, self._grid3, device, raw + self._tail):
+                kernel[self._grid3](*args, *self._tail)
+        except Exception as e:  # noqa: BLE001  (an unknown Triton version: use its own path)
+            FAST_LAUNCH = False
+            warnings.warn(f"torch_mhc: cached Triton launch failed ({type(e).__name__}: {e}); "
+                          "using Triton's own launch from now on")
+            return self.kernel.jit()[self.grid](*args, **self.kw)
+        return kernel
 
 
 def _run_compiled(kernel, grid3, device: int, raw) -> bool:

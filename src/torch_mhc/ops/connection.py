@@ -42,9 +42,12 @@ import torch
 
 from ._backend import as_streams, compute_dtype, kernel_impl
 from ._library import FusedOp
-from .coefficients import _COEF_IMPL, coef_backward_fake, input_grads, save_for_input_grads
-from .post_res import post_res_backward_op, post_res_forward_impl, split_map_grad
-from .pre_mix import _PRE_IMPL
+from .coefficients import (_COEF_IMPL, coef_backward_fake, coef_backward_triton,
+                           coef_forward_triton, input_grads, save_for_input_grads)
+from .post_res import (map_grads, post_res_backward_op, post_res_forward_impl,
+                       post_res_forward_triton)
+from .pre_mix import _PRE_IMPL, pre_mix_backward_triton, pre_mix_forward_triton
+from .tuning import stream_shape
 
 __all__ = ["connection_pre", "connection_post"]
 
@@ -52,28 +55,58 @@ __all__ = ["connection_pre", "connection_post"]
 # -- pre half: coefficients + pre-mix ------------------------------------------------------------
 #
 # Both halves take streams with any leading dimensions (..., n, C) and return outputs with
-# the same leading dimensions, flattening to the kernels' (T, n, C) inside: reshapes done
-# outside the op would each put a view node into the autograd graph (ten per connection),
-# host time in eager mode for nothing.
+# the same leading dimensions. The kernels take contiguous streams with their leading
+# dimensions as they are (a broadcast view or the PyTorch twins take (T, n, C)): reshapes
+# and views outside the op would each put a node into the autograd graph, and every one of
+# them is host time in eager mode (a few microseconds each).
 
 def _flat(t: Optional[torch.Tensor], *inner: int) -> Optional[torch.Tensor]:
     return None if t is None else t.reshape(-1, *inner)
 
 
-def _pre_impl(x, fn, base, scale, iters, rms_eps, hc_eps):
-    lead, (n, C) = x.shape[:-2], x.shape[-2:]
-    xs = as_streams(x.reshape(-1, n, C))
+def _streams(x: torch.Tensor):
+    """``(xs, impl, shape)``: ``x`` as the kernels (``impl == "triton"``) or their PyTorch
+    twins (``"torch"``, always ``(T, n, C)``) take it, and its launch shape."""
+    xs = as_streams(x)
     impl = kernel_impl(xs)
-    h_pre, h_post, h_res, mix = _COEF_IMPL[impl][0](xs, fn, base, scale, iters, rms_eps,
-                                                    hc_eps)
-    h = _PRE_IMPL[impl][0](xs, h_pre)
-    return (h.view(*lead, C), h_pre.view(*lead, n), h_post.view(*lead, n),
-            h_res.view(*lead, n, n), mix.view(*lead, -1), _link(x))
+    if impl == "torch":
+        return xs.reshape(-1, *x.shape[-2:]), impl, None
+    return xs, impl, stream_shape(xs)
+
+
+def _lead(t: torch.Tensor, x: torch.Tensor, inner: int) -> torch.Tensor:
+    """``t`` with ``x``'s leading dimensions (a no-op when it has them already)."""
+    lead = x.dim() - 2
+    return t if t.dim() == lead + inner else t.view(*x.shape[:lead], *t.shape[t.dim() - inner:])
+
+
+def _pre_impl(x, fn, base, scale, iters, rms_eps, hc_eps):
+    xs, impl, shape = _streams(x)
+    if impl == "triton":
+        h_pre, h_post, h_res, mix = coef_forward_triton(xs, fn, base, scale, iters, rms_eps,
+                                                        hc_eps, shape)
+        h = pre_mix_forward_triton(xs, h_pre, shape)
+    else:
+        h_pre, h_post, h_res, mix = _COEF_IMPL[impl][0](xs, fn, base, scale, iters, rms_eps,
+                                                        hc_eps)
+        h = _PRE_IMPL[impl][0](xs, h_pre)
+    return (_lead(h, x, 1), _lead(h_pre, x, 1), _lead(h_post, x, 1), _lead(h_res, x, 2),
+            _lead(mix, x, 1), _link(x))
+
+
+_ZEROS: dict = {}
 
 
 def _link(x: torch.Tensor) -> torch.Tensor:
-    """The stand-in through which ``g`` flows back: ``x``'s shape, one zero element."""
-    return x.new_zeros(()).expand(x.shape)
+    """The stand-in through which ``g`` flows back: ``x``'s shape, one zero element (in eager
+    mode one cached zero per device and dtype, seen through stride 0: nothing writes it)."""
+    if type(x) is not torch.Tensor:  # traced (fake, functional): a zero of its own
+        return x.new_zeros(()).expand(x.shape)
+    key = (x.device, x.dtype)
+    zero = _ZEROS.get(key)
+    if zero is None:
+        zero = _ZEROS[key] = x.new_zeros(())
+    return zero.expand(x.shape)
 
 
 def _pre_fake(x, fn, base, scale, iters, rms_eps, hc_eps):
@@ -85,20 +118,29 @@ def _pre_fake(x, fn, base, scale, iters, rms_eps, hc_eps):
 
 def _pre_backward_impl(x, fn, base, scale, mix, h_pre, h_res, dh, d_pre, d_post, d_res, g,
                        iters, hc_eps):
+    xs, impl, shape = _streams(x)
+    gout = None if g is None else as_streams(g)
+    if impl == "triton":
+        if dh is not None:
+            dh = dh.contiguous()
+            _, d_pre_h = pre_mix_backward_triton(xs, h_pre, dh, False, shape)  # <dh, x_i>
+            d_pre = d_pre_h if d_pre is None else d_pre + d_pre_h.view(d_pre.shape)
+        dx, dfn, d_gates = coef_backward_triton(
+            xs, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
+            h_pre=h_pre if dh is not None else None, dh=dh,
+            h_res=h_res if g is not None else None, gout=gout, shape=shape)
+        return _lead(dx, x, 2), dfn, d_gates
     n, C = x.shape[-2:]
-    xs = as_streams(x.reshape(-1, n, C))
     mix, h_pre, h_res = _flat(mix, mix.shape[-1]), _flat(h_pre, n), _flat(h_res, n, n)
     d_pre, d_post, d_res = _flat(d_pre, n), _flat(d_post, n), _flat(d_res, n, n)
-    impl = kernel_impl(xs)
     if dh is not None:
-        dh = dh.reshape(-1, C).contiguous()
-        _, d_pre_h = _PRE_IMPL[impl][1](xs, h_pre, dh, False)  # dH_pre = <dh, x_i>
+        dh = dh.reshape(-1, C)
+        _, d_pre_h = _PRE_IMPL[impl][1](xs, h_pre, dh, False)
         d_pre = d_pre_h if d_pre is None else d_pre + d_pre_h
     dx, dfn, d_gates = _COEF_IMPL[impl][1](
         xs, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
         h_pre=h_pre if dh is not None else None, dh=dh,
-        h_res=h_res if g is not None else None,
-        gout=None if g is None else as_streams(g.reshape(-1, n, C)))
+        h_res=h_res if g is not None else None, gout=_flat(gout, n, C))
     return dx.view(x.shape), dfn, d_gates
 
 
@@ -137,13 +179,11 @@ def _post_setup(ctx, inputs, output):
 
 def _post_backward_formula(ctx, g):
     x, y, h_post, h_res = ctx.saved_tensors
-    n, C = x.shape[-2:]
     # no dx here: H_res^T g is added by the pre half's dx pass, which receives g as the
     # gradient of ``link``
-    _, dy, d_map = post_res_backward_op(_flat(x, n, C), _flat(y, C), _flat(h_post, n),
-                                        _flat(h_res, n, n), _flat(g, n, C), False)
-    d_post, d_res = split_map_grad(d_map, n)
-    return None, g, dy.view(y.shape), d_post.view(h_post.shape), d_res.view(h_res.shape)
+    _, dy, d_map = post_res_backward_op(x, y, h_post, h_res, g, False)
+    d_post, d_res = map_grads(d_map, h_post.shape)
+    return None, g, dy.view(y.shape), d_post, d_res
 
 
 _connection_post = FusedOp(
@@ -178,6 +218,12 @@ def post_forward(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
     """The post half's forward alone (no autograd): the implementation of
     :func:`connection_post`, so stream recomputation (``torch_mhc.nn.recompute``) rebuilds
     streams with it bit for bit."""
-    lead, (n, C) = x.shape[:-2], x.shape[-2:]
-    return post_res_forward_impl(x.reshape(-1, n, C), y.reshape(-1, C), h_post.reshape(-1, n),
-                                 h_res.reshape(-1, n, n)).view(*lead, n, C)
+    xs, impl, shape = _streams(x)
+    if impl == "triton":
+        out = post_res_forward_triton(xs, y.contiguous(), h_post.contiguous(),
+                                      h_res.contiguous(), shape)
+    else:
+        n, C = x.shape[-2:]
+        out = post_res_forward_impl(xs, y.reshape(-1, C), h_post.reshape(-1, n),
+                                    h_res.reshape(-1, n, n))
+    return _lead(out, x, 2)

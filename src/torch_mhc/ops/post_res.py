@@ -18,8 +18,8 @@ import torch
 
 from ._backend import (as_streams, compute_dtype, interpret_mode, is_broadcast, kernel_impl,
                        resolve_backend)
-from ._launch import LazyJit, fit_channel_tile, next_pow2, triton_cdiv
-from ._library import FusedOp
+from ._launch import LazyJit, Launch, fit_channel_tile, next_pow2, triton_cdiv
+from ._library import FusedOp, tracing
 from ._tiles import _row_tile
 from .tuning import launch_plan, stream_shape
 
@@ -118,39 +118,45 @@ _post_res_bwd = LazyJit(_post_res_bwd_kernel, helpers=(_row_tile,))
 
 def _fwd_plan(cfg, T, n, C, broadcast, interpret, **_):
     BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
-    return (triton_cdiv(T, BT), triton_cdiv(C, BC)), dict(
-        n=n, NB=next_pow2(n), BT=BT, BC=BC, X_BROADCAST=broadcast, num_warps=cfg["num_warps"])
+    return Launch(_post_res_fwd, (triton_cdiv(T, BT), triton_cdiv(C, BC)), interpret, n=n,
+                  NB=next_pow2(n), BT=BT, BC=BC, X_BROADCAST=broadcast,
+                  num_warps=cfg["num_warps"])
 
 
-def _bwd_plan(cfg, T, n, C, broadcast, interpret, **_):
+def _bwd_plan(cfg, T, n, C, broadcast, interpret, write_dx, g_broadcast, **_):
     BT, BC = (2 if interpret else cfg["BT"]), fit_channel_tile(cfg["BC"], C)
     S = triton_cdiv(C, BC)
-    return S, (triton_cdiv(T, BT), S), dict(n=n, NB=next_pow2(n), BT=BT, BC=BC,
-                                            X_BROADCAST=broadcast, num_warps=cfg["num_warps"])
+    return S, Launch(_post_res_bwd, (triton_cdiv(T, BT), S), interpret, n=n, NB=next_pow2(n),
+                     BT=BT, BC=BC, WRITE_DX=write_dx, G_BROADCAST=g_broadcast,
+                     X_BROADCAST=broadcast, num_warps=cfg["num_warps"])
 
 
-def post_res_forward_triton(x, y, h_post, h_res):
-    """``x (T, n, C)``, ``y (T, C)``, ``h_post (T, n)``, ``h_res (T, n, n)`` -> ``out`` like ``x``."""
-    T, n, C = x.shape
-    grid, kw = launch_plan("post_res_fwd", _fwd_plan, **stream_shape(x))
+def post_res_forward_triton(x, y, h_post, h_res, shape=None):
+    """``x (..., n, C)``, ``y`` (``T C`` values), ``h_post`` (``T n``), ``h_res`` (``T n n``)
+    -> ``out`` like ``x`` (contiguous); ``shape`` is ``tuning.stream_shape(x)`` where the
+    caller has it."""
+    shape = shape or stream_shape(x)
+    launch = launch_plan("post_res_fwd", _fwd_plan, **shape)
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    _post_res_fwd[grid](x, y, h_post, h_res, out, T, C, **kw)
+    launch(x, y, h_post, h_res, out, shape["T"], shape["C"])
     return out
 
 
-def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True):
+def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True, shape=None):
     """``(dx or None, dy, d_map)`` in one pass over ``g``, ``x`` and ``y``.
 
     ``d_map (T, n + n^2)`` float32 holds ``[dH_post, dH_res (row-major)]`` per token, the
-    sum of the per-channel-slice partials the kernel writes (:func:`split_map_grad`).
+    sum of the per-channel-slice partials the kernel writes (:func:`split_map_grad`);
+    ``dy`` has ``y``'s shape.
     """
-    T, n, C = x.shape
-    S, grid, kw = launch_plan("post_res_bwd", _bwd_plan, **stream_shape(x))
-    dy = torch.empty(T, C, device=x.device, dtype=y.dtype)
+    shape = shape or stream_shape(x)
+    T, n = shape["T"], shape["n"]
+    S, launch = launch_plan("post_res_bwd", _bwd_plan, write_dx=write_dx,
+                            g_broadcast=is_broadcast(g), **shape)
+    dy = torch.empty(y.shape, device=x.device, dtype=y.dtype)
     part = torch.empty(S, T, n + n * n, device=x.device, dtype=torch.float32)
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype) if write_dx else None
-    _post_res_bwd[grid](x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, C,
-                        WRITE_DX=write_dx, G_BROADCAST=is_broadcast(g), **kw)
+    launch(x, y, h_post, h_res, g, dx if write_dx else dy, dy, part, T, shape["C"])
     return dx, dy, part[0] if S == 1 else part.sum(0)
 
 
@@ -177,6 +183,25 @@ def split_map_grad(d_map: torch.Tensor, n: int):
     return d_map[:, :n], d_map[:, n:].unflatten(-1, (n, n))
 
 
+def map_grads(d_map: torch.Tensor, post_shape):
+    """``(dH_post, dH_res)`` shaped as ``H_post (..., n)`` and ``H_res (..., n, n)``: views of
+    ``d_map (T, n + n^2)`` (:func:`split_map_grad`); in eager mode one ``as_strided`` each
+    rather than a chain of slices and views (host time per op)."""
+    n = post_shape[-1]
+    lead = post_shape[:-1]
+    if tracing(d_map):
+        d_post, d_res = split_map_grad(d_map, n)
+        return d_post.view(post_shape), d_res.view(*lead, n, n)
+    strides, step = [], d_map.stride(0)
+    for size in reversed(lead):
+        strides.append(step)
+        step *= size
+    strides.reverse()
+    off = d_map.storage_offset()
+    return (d_map.as_strided(post_shape, (*strides, 1), off),
+            d_map.as_strided((*lead, n, n), (*strides, n, 1), off + n))
+
+
 _POST_IMPL = {"triton": (post_res_forward_triton, post_res_backward_triton),
               "torch": (post_res_forward_torch, post_res_backward_torch)}
 
@@ -195,16 +220,22 @@ def _forward_fake(x, y, h_post, h_res):
 
 
 def _backward_impl(x, y, h_post, h_res, g, write_dx):
-    x = as_streams(x)
-    dx, dy, d_map = _POST_IMPL[kernel_impl(x)][1](
-        x, y.contiguous(), h_post.contiguous(), h_res.contiguous(), as_streams(g), write_dx)
-    return (dx if write_dx else x.new_empty(0)), dy, d_map
+    xs, y_shape = as_streams(x), y.shape
+    impl = kernel_impl(xs)
+    if impl == "torch" or xs.dim() != x.dim():  # the twin and broadcast views: (T, n, C)
+        n, C = x.shape[-2:]
+        xs, y, h_post, h_res = (xs.reshape(-1, n, C), y.reshape(-1, C), h_post.reshape(-1, n),
+                                h_res.reshape(-1, n, n))
+        g = g.reshape(-1, n, C)
+    dx, dy, d_map = _POST_IMPL[impl][1](
+        xs, y.contiguous(), h_post.contiguous(), h_res.contiguous(), as_streams(g), write_dx)
+    return (dx.view(x.shape) if write_dx else x.new_empty(0)), dy.view(y_shape), d_map
 
 
 def _backward_fake(x, y, h_post, h_res, g, write_dx):
-    T, n, _ = x.shape
+    n, C = x.shape[-2:]
     return (x.new_empty(x.shape if write_dx else (0,)), y.new_empty(y.shape),
-            x.new_empty(T, n + n * n, dtype=compute_dtype(x)))
+            x.new_empty(x.numel() // (n * C), n + n * n, dtype=compute_dtype(x)))
 
 
 #: ``torch.ops.torch_mhc.post_res_backward(x, y, h_post, h_res, g, write_dx)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ._backend import as_streams, compute_dtype, kernel_impl, resolve_backend
-from ._launch import LazyJit, fit_channel_tile, next_pow2, triton_cdiv
+from ._launch import LazyJit, Launch, fit_channel_tile, next_pow2, triton_cdiv
 from ._library import FusedOp
 from ._tiles import _row_tile
 from .tuning import launch_plan, stream_shape
@@ -85,35 +85,36 @@ _pre_mix_bwd = LazyJit(_pre_mix_bwd_kernel)
 
 def _fwd_plan(cfg, T, n, C, broadcast, interpret, **_):
     BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
-    return (triton_cdiv(T, BT) * triton_cdiv(C, BC),), dict(
-        n=n, NB=next_pow2(n), BT=BT, BC=BC, X_BROADCAST=broadcast, num_warps=cfg["num_warps"])
+    return Launch(_pre_mix_fwd, (triton_cdiv(T, BT) * triton_cdiv(C, BC),), interpret, n=n,
+                  NB=next_pow2(n), BT=BT, BC=BC, X_BROADCAST=broadcast,
+                  num_warps=cfg["num_warps"])
 
 
-def _bwd_plan(cfg, T, n, C, broadcast, interpret, **_):
+def _bwd_plan(cfg, T, n, C, broadcast, interpret, write_dx, **_):
     BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
-    return (triton_cdiv(T, BT),), dict(n=n, NB=next_pow2(n), BT=BT, BC=BC,
-                                       X_BROADCAST=broadcast, num_warps=cfg["num_warps"])
+    return Launch(_pre_mix_bwd, (triton_cdiv(T, BT),), interpret, n=n, NB=next_pow2(n), BT=BT,
+                  BC=BC, WRITE_DX=write_dx, X_BROADCAST=broadcast, num_warps=cfg["num_warps"])
 
 
-def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
-    """``x (T, n, C)`` (contiguous or broadcast), ``h_pre (T, n)`` fp32 -> ``h (T, C)`` in
-    ``x``'s dtype."""
-    T, n, C = x.shape
-    grid, kw = launch_plan("pre_mix_fwd", _fwd_plan, **stream_shape(x))
-    h = torch.empty(T, C, device=x.device, dtype=x.dtype)
-    _pre_mix_fwd[grid](x, h_pre, h, T, C, **kw)
+def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor, shape=None) -> torch.Tensor:
+    """``x (..., n, C)`` (contiguous or broadcast), ``h_pre`` fp32 with ``T n`` elements ->
+    ``h (..., C)`` in ``x``'s dtype; ``shape`` is ``tuning.stream_shape(x)`` where the caller
+    has it."""
+    shape = shape or stream_shape(x)
+    launch = launch_plan("pre_mix_fwd", _fwd_plan, **shape)
+    h = x.new_empty(x.shape[:-2] + x.shape[-1:])
+    launch(x, h_pre, h, shape["T"], shape["C"])
     return h
 
 
 def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tensor,
-                            write_dx: bool = True):
-    """``(dx or None, dH_pre (T, n) fp32)`` from ``dh (T, C)``, one pass over ``x`` and ``dh``."""
-    T, n, C = x.shape
-    grid, kw = launch_plan("pre_mix_bwd", _bwd_plan, **stream_shape(x))
-    dhpre = torch.empty(T, n, device=x.device, dtype=torch.float32)
+                            write_dx: bool = True, shape=None):
+    """``(dx or None, dH_pre (..., n) fp32)`` from ``dh (..., C)``, one pass over ``x`` and ``dh``."""
+    shape = shape or stream_shape(x)
+    launch = launch_plan("pre_mix_bwd", _bwd_plan, write_dx=write_dx, **shape)
+    dhpre = x.new_empty(x.shape[:-1], dtype=torch.float32)
     dx = torch.empty_like(x) if write_dx else None
-    _pre_mix_bwd[grid](x, h_pre, dh, dx if write_dx else dhpre, dhpre, T, C,
-                       WRITE_DX=write_dx, **kw)
+    launch(x, h_pre, dh, dx if write_dx else dhpre, dhpre, shape["T"], shape["C"])
     return dx, dhpre
 
 

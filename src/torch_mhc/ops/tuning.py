@@ -114,12 +114,14 @@ _load_tuning_env()
 
 
 def stream_shape(x: torch.Tensor) -> dict:
-    """The launch shape of streams ``x (T, n, C)``: ``T``, ``n``, ``C``, ``dtype_bytes``, and
-    for :func:`launch_plan` the ``dtype``, whether ``x`` is a broadcast view (``broadcast``)
-    and whether the Triton interpreter is on (``interpret``)."""
-    T, n, C = x.shape
-    return dict(T=T, n=n, C=C, dtype_bytes=x.element_size(), dtype=x.dtype,
-                broadcast=is_broadcast(x), interpret=interpret_mode())
+    """The launch shape of streams ``x (..., n, C)``: ``T`` (tokens: the leading dimensions
+    together), ``n``, ``C``, ``dtype_bytes``, and for :func:`launch_plan` the ``dtype``,
+    whether ``x`` is a broadcast view (``broadcast``), whether the Triton interpreter is on
+    (``interpret``) and the CUDA ``device`` index (-1 off CUDA)."""
+    n, C = x.shape[-2:]
+    return dict(T=x.numel() // max(n * C, 1), n=n, C=C, dtype_bytes=x.element_size(),
+                dtype=x.dtype, broadcast=is_broadcast(x), interpret=interpret_mode(),
+                device=x.get_device())
 
 
 def _holds(condition: dict, shape: dict) -> bool:

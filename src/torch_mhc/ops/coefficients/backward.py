@@ -14,9 +14,11 @@ Gradient formulas (mix = x fn^T, inv_r = (sum x^2 / K + eps)^-1/2, logit = a mix
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from .._launch import LazyJit, next_pow2, triton_cdiv
+from .._launch import LazyJit, Launch, next_pow2, triton_cdiv
 from .._tiles import _gates, _token_tile
 from ..tuning import launch_plan, stream_shape
 from .backward_x import dx_and_dfn_triton
@@ -141,59 +143,63 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
 _coef_token_bwd = LazyJit(_coef_token_bwd_kernel, helpers=(_token_tile, _gates))
 
 
-def _rows(t):
-    """``t`` (T, ...) with contiguous rows at any row stride, as the token backward kernel
-    reads it (``None`` passes through)."""
+def _rows(t, inner: int):
+    """``(t, token stride)`` for a per-token gradient ``t (..., *inner dims)`` as the token
+    backward kernel reads it: contiguous rows at one stride over all leading dimensions
+    (views of the post-res backward's ``d_map`` are), else a contiguous copy; ``(None, 0)``
+    for ``None``."""
     if t is None:
-        return None
-    inner_ok = t.stride(-1) == 1 and (t.dim() == 2 or t.stride(-2) == t.shape[-1])
-    return t if inner_ok else t.contiguous()
+        return None, 0
+    lead = t.dim() - inner
+    ok = t.stride(-1) == 1 and (inner == 1 or t.stride(-2) == t.shape[-1])
+    for i in range(lead - 1):  # the leading dimensions flatten to one token stride
+        ok = ok and (t.shape[i] == 1 or t.stride(i) == t.stride(i + 1) * t.shape[i + 1])
+    if not ok:
+        t = t.contiguous()
+    return t, (t.stride(lead - 1) if lead else 0)
 
 
-def _stride0(t):
-    return 0 if t is None else t.stride(0)
-
-
-def _token_plan(cfg, T, n, C, interpret, **_):
+def _token_plan(cfg, T, n, C, interpret, log, has, **_):
     BT = 8 if interpret else cfg["BT"]
     NB = next_pow2(n)
-    return triton_cdiv(T, BT), dict(n=n, N=(n + 2) * n, NB=NB, NN=NB * NB,
-                                    NP=max(16, next_pow2((n + 2) * n)), BT=BT,
-                                    num_warps=cfg["num_warps"])
+    return triton_cdiv(T, BT), Launch(
+        _coef_token_bwd, (triton_cdiv(T, BT),), interpret, n=n, N=(n + 2) * n, NB=NB, NN=NB * NB,
+        NP=max(16, next_pow2((n + 2) * n)), BT=BT, LOG=log, HAS_DPRE=has[0], HAS_DPOST=has[1],
+        HAS_DRES=has[2], num_warps=cfg["num_warps"])
 
 
-def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_eps):
+def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_eps, shape=None):
     """Kernel 3: ``(G (T, NP), dss (T,), d_gates)`` from the gradients of the mappings,
     ``d_gates = [dscale (3), dbase (N)]``; ``x`` only gives the launch shape."""
-    T, n, C = x.shape
-    nprog, kw = launch_plan("coef_token_bwd", _token_plan, **stream_shape(x))
-    K, N, NP, NB = n * C, kw["N"], kw["NP"], kw["NB"]
-    dev = x.device
-    G = torch.empty(T, NP, device=dev, dtype=torch.float32)
-    dss = torch.empty(T, device=dev, dtype=torch.float32)
-    red = torch.empty(nprog, 3 + N, device=dev, dtype=torch.float32)
-    d_pre, d_post, d_res = _rows(d_pre), _rows(d_post), _rows(d_res)
-    has_res = d_res is not None
-    scr = torch.empty(T * 2 * int(iters) * NB * NB if has_res else 1, device=dev, dtype=torch.float32)
-    dummy = mix
-    _coef_token_bwd[(nprog,)](
-        mix, scale.contiguous(), base.contiguous(),
-        d_pre if d_pre is not None else dummy, d_post if d_post is not None else dummy,
-        d_res if has_res else dummy, G, dss, red, scr, T, K, int(iters), float(hc_eps),
-        _stride0(d_pre), _stride0(d_post), _stride0(d_res), LOG=(hc_eps == 0.0),
-        HAS_DPRE=d_pre is not None, HAS_DPOST=d_post is not None, HAS_DRES=has_res, **kw)
+    shape = shape or stream_shape(x)
+    T, n, C = shape["T"], shape["n"], shape["C"]
+    (d_pre, s_pre), (d_post, s_post), (d_res, s_res) = (
+        _rows(d_pre, 1), _rows(d_post, 1), _rows(d_res, 2))
+    has = (d_pre is not None, d_post is not None, d_res is not None)
+    nprog, launch = launch_plan("coef_token_bwd", _token_plan, log=(hc_eps == 0.0), has=has,
+                                **shape)
+    K, N, NP, NB = n * C, (n + 2) * n, launch.kw["NP"], launch.kw["NB"]
+    new = functools.partial(torch.empty, device=x.device, dtype=torch.float32)
+    G, dss, red = new(T, NP), new(T), new(nprog, 3 + N)
+    scr = new(T * 2 * int(iters) * NB * NB if has[2] else 1)
+    launch(mix, scale.contiguous(), base.contiguous(), d_pre if has[0] else mix,
+           d_post if has[1] else mix, d_res if has[2] else mix, G, dss, red, scr, T, K,
+           int(iters), float(hc_eps), s_pre, s_post, s_res)
     return G, dss, red.sum(0)
 
 
 def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
-                         h_pre=None, dh=None, h_res=None, gout=None):
+                         h_pre=None, dh=None, h_res=None, gout=None, shape=None):
     """Kernels 3-4: gradients to ``x, fn, base, scale`` from those of ``H_pre, H_post, H_res``:
     ``(dx, dfn, d_gates)``.
 
     With ``h_pre, dh`` (pre-mix) and ``h_res, gout`` (post-res) given, ``dx`` also holds
     ``H_pre_i dh`` and ``sum_j H_res[j, i] gout_j``: the whole connection's ``dx`` in one pass.
+    ``x`` may have leading dimensions (``shape``: ``tuning.stream_shape(x)`` where the caller
+    has it).
     """
+    shape = shape or stream_shape(x)
     G, dss, d_gates = token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters,
-                                            hc_eps)
-    dx, dfn = dx_and_dfn_triton(x, fn, G, dss, h_pre, dh, h_res, gout)
+                                            hc_eps, shape)
+    dx, dfn = dx_and_dfn_triton(x, fn, G, dss, h_pre, dh, h_res, gout, shape)
     return dx, dfn, d_gates

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import interpret_mode, is_broadcast
-from .._launch import LazyJit, device_sms, dot_mode, next_pow2, triton_cdiv
+from .._launch import LazyJit, Launch, device_sms, dot_mode, next_pow2, triton_cdiv
 from .._tiles import _bf16_hi, _slice, _split_hi_lo
 from ..tuning import launch_config, launch_plan, stream_shape
 
@@ -254,16 +254,17 @@ _coef_bwd_x = LazyJit(_coef_bwd_x_kernel, helpers=(_split_hi_lo,))
 _coef_dfn = LazyJit(_coef_dfn_kernel, helpers=(_split_hi_lo, _slice))
 
 
-def dx_and_dfn_triton(x, fn, G, dss, h_pre=None, dh=None, h_res=None, gout=None):
+def dx_and_dfn_triton(x, fn, G, dss, h_pre=None, dh=None, h_res=None, gout=None, shape=None):
     """``(dx, dfn)`` from ``G = d mix (T, NP)`` and ``dss = d(sum x^2) (T,)``; with ``h_pre,
-    dh`` and ``h_res, gout`` given, ``dx`` also holds ``H_pre_i dh + sum_j H_res[j, i] gout_j``."""
-    if x.dtype == torch.bfloat16 and x.shape[1] <= 4:
-        return _dx4_pass(x, fn, G, dss, h_pre, dh, h_res, gout)
-    # the general kernels read contiguous streams only
-    x = x.contiguous()
-    gout = None if gout is None else gout.contiguous()
+    dh`` and ``h_res, gout`` given, ``dx`` also holds ``H_pre_i dh + sum_j H_res[j, i] gout_j``.
+    ``dx`` has ``x``'s shape; ``shape`` is ``tuning.stream_shape(x)`` where the caller has it."""
+    if x.dtype == torch.bfloat16 and x.shape[-2] <= 4:
+        return _dx4_pass(x, fn, G, dss, h_pre, dh, h_res, gout, shape or stream_shape(x))
+    # the general kernels read contiguous (T, n, C) streams only
+    lead, x = x.shape, x.reshape(-1, *x.shape[-2:]).contiguous()
+    gout = None if gout is None else gout.reshape(x.shape).contiguous()
     dx = _dx_pass(x, fn, G, dss, h_pre, dh, h_res, gout)
-    return dx, _dfn_pass(x, G)
+    return dx.view(lead), _dfn_pass(x, G)
 
 
 def _extras(G, h_pre, dh, h_res, gout):
@@ -294,26 +295,29 @@ def _sum_partials(dfn_p, tsplit, N, K):
     return dfn_p.view(tsplit, -1)[:, :N * K].sum(0).view(N, K) if tsplit > 1 else dfn_p[0, :N]
 
 
-def _dx4_plan(cfg, T, n, C, dtype, broadcast, **_):
+def _dx4_plan(cfg, T, n, C, dtype, broadcast, interpret, flags, **_):
     BT, BC = _dx_tiles(cfg, C)
     tsplit, _ = _token_split(T, BT, cfg["tiles_per_program"])
-    return tsplit, (triton_cdiv(C, BC), tsplit), triton_cdiv(triton_cdiv(T, BT), tsplit), dict(
-        n=n, N=(n + 2) * n, BT=BT, BC=BC, PREC=dot_mode(dtype),
-        PIPELINE_STAGES=cfg["pipeline_stages"], X_BROADCAST=broadcast,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    has_pre, has_res, g_broadcast = flags
+    return tsplit, triton_cdiv(triton_cdiv(T, BT), tsplit), Launch(
+        _coef_dx4, (triton_cdiv(C, BC), tsplit), interpret, n=n, N=(n + 2) * n,
+        NP=max(16, next_pow2((n + 2) * n)), BT=BT, BC=BC, PREC=dot_mode(dtype),
+        PIPELINE_STAGES=cfg["pipeline_stages"], HAS_PRE=has_pre, HAS_RES=has_res,
+        X_BROADCAST=broadcast, G_BROADCAST=g_broadcast, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
 
 
-def _dx4_pass(x, fn, G, dss, h_pre, dh, h_res, gout):
-    T, n, C = x.shape
+def _dx4_pass(x, fn, G, dss, h_pre, dh, h_res, gout, shape):
+    T, n, C = shape["T"], shape["n"], shape["C"]
     K, N, NP = n * C, (n + 2) * n, G.shape[1]
-    tsplit, grid, tiles, kw = launch_plan("coef_dx4", _dx4_plan, **stream_shape(x))
+    tsplit, tiles, launch = launch_plan(
+        "coef_dx4", _dx4_plan, flags=(dh is not None, gout is not None, is_broadcast(gout)),
+        **shape)
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     dfn_p = torch.empty(tsplit, NP, K, device=x.device, dtype=torch.float32)
     # interleaved token tiles: ``tsplit`` programs per channel slice, each every tsplit-th
-    _coef_dx4[grid](
-        x, fn.contiguous(), G, dss, dx, dfn_p, *_extras(G, h_pre, dh, h_res, gout), T, C, K,
-        tiles, tsplit, NP=NP, HAS_PRE=dh is not None, HAS_RES=gout is not None,
-        G_BROADCAST=is_broadcast(gout), **kw)
+    launch(x, fn.contiguous(), G, dss, dx, dfn_p, *_extras(G, h_pre, dh, h_res, gout), T, C, K,
+           tiles, tsplit)
     return dx, _sum_partials(dfn_p, tsplit, N, K)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .._launch import LazyJit, device_sms, dot_mode, next_pow2, triton_cdiv
+from .._launch import LazyJit, Launch, dot_mode, next_pow2, num_sms, triton_cdiv
 from .._tiles import _gates, _split_hi_lo, _token_tile
 from ..tuning import launch_plan, stream_shape
 
@@ -126,44 +126,43 @@ _coef_gemm = LazyJit(_coef_gemm_kernel, helpers=(_split_hi_lo,))
 _coef_token = LazyJit(_coef_token_kernel, helpers=(_token_tile, _gates))
 
 
-def _gemm_plan(cfg, T, n, C, dtype, broadcast, interpret, sms, **_):
+def _gemm_plan(cfg, T, n, C, dtype, broadcast, interpret, device, **_):
     K, N = n * C, (n + 2) * n
     BT, BK = (16, 32) if interpret else (cfg["BT"], cfg["BK"])
     tiles_t, k_tiles = triton_cdiv(T, BT), triton_cdiv(K, BK)
-    split = max(1, min(k_tiles, (cfg["waves"] * sms) // max(tiles_t, 1)))
+    split = max(1, min(k_tiles, (cfg["waves"] * num_sms(device)) // max(tiles_t, 1)))
     k_per_split = triton_cdiv(k_tiles, split) * BK
     split = triton_cdiv(K, k_per_split)
-    return split, k_per_split, (tiles_t * split,), dict(
-        N=N, NP=max(16, next_pow2(N)), BT=BT, BK=BK, PREC=dot_mode(dtype), X_BROADCAST=broadcast,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return split, k_per_split, Launch(
+        _coef_gemm, (tiles_t * split,), interpret, N=N, NP=max(16, next_pow2(N)), BT=BT, BK=BK,
+        PREC=dot_mode(dtype), X_BROADCAST=broadcast, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
 
 
-def _token_plan(cfg, T, n, C, interpret, **_):
-    return (triton_cdiv(T, cfg["BT"]),), dict(n=n, N=(n + 2) * n, NB=next_pow2(n), BT=cfg["BT"],
-                                              num_warps=cfg["num_warps"])
+def _token_plan(cfg, T, n, C, interpret, log, **_):
+    return Launch(_coef_token, (triton_cdiv(T, cfg["BT"]),), interpret, n=n, N=(n + 2) * n,
+                  NB=next_pow2(n), BT=cfg["BT"], LOG=log, num_warps=cfg["num_warps"])
 
 
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
-                        iters: int, rms_eps: float, hc_eps: float):
-    """Kernels 1-2: ``x (T, n, C)`` contiguous or broadcast (``_backend.is_broadcast``) ->
-    ``H_pre, H_post, H_res, mix`` (fp32).
+                        iters: int, rms_eps: float, hc_eps: float, shape=None):
+    """Kernels 1-2: streams ``x (..., n, C)`` contiguous or broadcast
+    (``_backend.is_broadcast``) -> ``H_pre, H_post, H_res, mix`` (fp32, leading dimensions
+    as ``x``'s); ``shape`` is ``tuning.stream_shape(x)`` where the caller has it.
 
-    ``mix (T, N + 1)`` holds the raw projection ``x fn^T`` and ``1/r`` for the backward.
+    ``mix (..., N + 1)`` holds the raw projection ``x fn^T`` and ``1/r`` for the backward.
     """
-    T, n, C = x.shape
-    K, N = n * C, (n + 2) * n
-    dev = x.device
-    shape = stream_shape(x)
-    split, k_per_split, grid, kw = launch_plan("coef_gemm", _gemm_plan, sms=device_sms(dev),
-                                               **shape)
-    part = torch.empty(split, T, N + 1, device=dev, dtype=torch.float32)
-    _coef_gemm[grid](x, fn.contiguous(), part, T, K, C, k_per_split, split, **kw)
-    mix = torch.empty(T, N + 1, device=dev, dtype=torch.float32)
-    h_pre = torch.empty(T, n, device=dev, dtype=torch.float32)
-    h_post = torch.empty(T, n, device=dev, dtype=torch.float32)
-    h_res = torch.empty(T, n, n, device=dev, dtype=torch.float32)
-    grid, kw = launch_plan("coef_token", _token_plan, **shape)
-    _coef_token[grid](part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res,
-                      T, split, K, int(iters), float(rms_eps), float(hc_eps),
-                      LOG=(hc_eps == 0.0), **kw)
+    shape = shape or stream_shape(x)
+    T, n, C = shape["T"], shape["n"], shape["C"]
+    K, N, lead = n * C, (n + 2) * n, x.shape[:-2]
+    split, k_per_split, gemm = launch_plan("coef_gemm", _gemm_plan, **shape)
+    part = x.new_empty((split, T, N + 1), dtype=torch.float32)
+    gemm(x, fn.contiguous(), part, T, K, C, k_per_split, split)
+    mix = x.new_empty((*lead, N + 1), dtype=torch.float32)
+    h_pre = x.new_empty((*lead, n), dtype=torch.float32)
+    h_post = x.new_empty((*lead, n), dtype=torch.float32)
+    h_res = x.new_empty((*lead, n, n), dtype=torch.float32)
+    token = launch_plan("coef_token", _token_plan, log=(hc_eps == 0.0), **shape)
+    token(part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res, T, split, K,
+          int(iters), float(rms_eps), float(hc_eps))
     return h_pre, h_post, h_res, mix
