@@ -34,20 +34,23 @@ def _breakdown(T, C):
     from torch_mhc.ops import _launch
     conn, _ = _connection(T, C)
     out = {"issue_us": _per_call_us(conn)}
-    real, count = _launch.LazyJit.__getitem__, [0]
+    real, real_bound, count = _launch.LazyJit.__getitem__, _launch.Launch.__call__, [0]
 
     def no_launch(self, grid):
         def run(*a, **k):
             count[0] += 1
         return run
-    _launch.LazyJit.__getitem__ = no_launch
+
+    def no_bound_launch(self, *args):
+        count[0] += 1
+    _launch.LazyJit.__getitem__, _launch.Launch.__call__ = no_launch, no_bound_launch
     try:
         out["issue_without_launches_us"] = _per_call_us(conn)
         count[0] = 0
         conn()
         out["launches"] = count[0]
     finally:
-        _launch.LazyJit.__getitem__ = real
+        _launch.LazyJit.__getitem__, _launch.Launch.__call__ = real, real_bound
     out["per_launch_us"] = (out["issue_us"] - out["issue_without_launches_us"]) / out["launches"]
     return out
 
