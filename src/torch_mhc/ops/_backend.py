@@ -105,16 +105,11 @@ def as_streams(t: torch.Tensor) -> torch.Tensor:
     return t if is_broadcast(t) else t.contiguous()
 
 
-def kernel_device_ok(*tensors: torch.Tensor) -> bool:
-    """True when the Triton kernels can run on these tensors (CUDA, or the interpreter)."""
-    return all(t.is_cuda for t in tensors) or interpret_mode()
-
-
 def kernel_impl(x: torch.Tensor) -> str:
     """What a fused op runs on streams ``x``: ``"triton"`` where the kernels can (CUDA or
     the interpreter, Triton installed, not float64), else ``"torch"``, the PyTorch twins
     of the same decomposition (exact float64 for gradcheck; any device)."""
-    ok = x.dtype != torch.float64 and kernel_device_ok(x) and triton_available()
+    ok = x.dtype != torch.float64 and (x.is_cuda or interpret_mode()) and triton_available()
     return "triton" if ok else "torch"
 
 

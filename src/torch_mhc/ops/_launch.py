@@ -104,40 +104,49 @@ class Launch:
     On a GPU the launch goes through a cached ``CompiledKernel``, skipping
     ``JITFunction.run``'s per-call binding and cache lookup (host overhead that dominates
     small models). The cache key holds everything Triton specialises a compiled kernel on
-    besides what this object fixes: each tensor's dtype and 16-byte alignment, each
-    integer's ``== 1`` / ``% 16 == 0`` / 32-bit status, each tensor's device and the current
-    device (:func:`_specialise`). The first launch of a key goes through Triton's own path
-    (which compiles and checks every pointer) and records the kernel it returns; later ones
-    hand the launcher the tensors' addresses (:func:`_run_compiled`). Inside a compiled
-    graph, in the interpreter or with ``TORCH_MHC_FAST_LAUNCH=0`` it is ``kernel[grid]``.
+    besides what this object fixes: the current device, each tensor's dtype, device and
+    16-byte alignment, and the value of every other argument (a launch site passes tensors
+    at the same positions every time; they are found on the first launch). The first launch
+    of a key goes through Triton's own path (which compiles and checks every pointer) and
+    records the kernel it returns; later ones hand Triton's launcher the tensors' addresses
+    (:func:`_run_compiled`): it accepts an integer for a pointer and then skips its own
+    ``data_ptr()`` call and the driver's pointer check (``cuPointerGetAttribute``); the
+    device in the key sends a tensor on another device (or the CPU) through Triton's own
+    launch, which checks it. Inside a compiled graph, in the interpreter or with
+    ``TORCH_MHC_FAST_LAUNCH=0`` it is ``kernel[grid]``.
     """
 
-    __slots__ = ("kernel", "grid", "kw", "interpret", "_grid3", "_tail", "_compiled")
+    __slots__ = ("kernel", "grid", "kw", "interpret", "_grid3", "_tail", "_tensors", "_others",
+                 "_compiled")
 
     def __init__(self, kernel: LazyJit, grid, interpret: bool, **kw):
         self.kernel, self.grid, self.kw, self.interpret = kernel, tuple(grid), kw, interpret
         self._grid3 = (*self.grid, 1, 1)[:3]
         self._tail = None  # the constexpr values in signature order, after the arguments
+        self._tensors = self._others = ()  # positions of the tensor and other arguments
         self._compiled = {}
 
     def __call__(self, *args):
         global FAST_LAUNCH
         if self.interpret or not FAST_LAUNCH or inlining():
             return self.kernel[self.grid](*args, **self.kw)
-        device = torch.cuda.current_device()
-        spec, raw = _specialise(args)
-        spec.append(device)
-        key = tuple(spec)
-        kernel = self._compiled.get(key)
-        if kernel is None:
-            if len(self._compiled) >= _FAST_CACHE_SIZE:  # bounded, whatever the launches
-                self._compiled.clear()
-            kernel = self._compiled[key] = self.kernel.jit()[self.grid](*args, **self.kw)
-            if self._tail is None:
-                self._tail = [self.kw[k] for k in self.kernel._param_names()[len(args):]]
-            return kernel
+        key, raw = [torch.cuda.current_device()], list(args)
         try:
-            if not _run_compiled(kernel, self._grid3, device, raw + self._tail):
+            for i in self._tensors:
+                t = args[i]
+                p = raw[i] = t.data_ptr()
+                key += (t.dtype, t.get_device(), p & 15)
+        except AttributeError:  # not a tensor where the first launch had one
+            key = None
+        if key is not None and len(self._tensors) + len(self._others) == len(args):
+            key += [args[i] for i in self._others]
+            kernel = self._compiled.get(tuple(key))
+        else:
+            kernel = key = None
+        if kernel is None:
+            return self._first(key, args)
+        try:
+            if not _run_compiled(kernel, self._grid3, key[0], raw + self._tail):
                 kernel[self._grid3](*args, *self._tail)
         except Exception as e:  # noqa: BLE001  (an unknown Triton version: use its own path)
             FAST_LAUNCH = False
@@ -146,13 +155,32 @@ class Launch:
             return self.kernel.jit()[self.grid](*args, **self.kw)
         return kernel
 
+    def _first(self, key, args):
+        """Launch through Triton's own path and keep the compiled kernel for ``key`` (computed
+        here when the argument positions were not known yet)."""
+        tensors = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
+        if key is None or tensors != self._tensors:
+            self._tensors = tensors
+            self._others = tuple(i for i in range(len(args)) if i not in tensors)
+            key = [torch.cuda.current_device()]
+            for i in tensors:
+                key += (args[i].dtype, args[i].get_device(), args[i].data_ptr() & 15)
+            key += [args[i] for i in self._others]
+        kernel = self.kernel.jit()[self.grid](*args, **self.kw)
+        if len(self._compiled) >= _FAST_CACHE_SIZE:  # bounded, whatever the launches
+            self._compiled.clear()
+        self._compiled[tuple(key)] = kernel
+        if self._tail is None:
+            self._tail = [self.kw[k] for k in self.kernel._param_names()[len(args):]]
+        return kernel
+
 
 def _run_compiled(kernel, grid3, device: int, raw) -> bool:
     """Launch ``kernel`` as ``kernel[grid3](*args)`` does in Triton 3.4 .. 3.9
     (``CompiledKernel.__getitem__`` and its ``runner``) when no launch hook is set: the
     launcher takes the grid, the stream, the kernel handle, its packed metadata, the launch
-    metadata and the enter / exit hooks (``None``), then the kernel's arguments ``raw`` (see
-    :func:`_specialise`). Skips building the runner closure, Triton's device and stream
+    metadata and the enter / exit hooks (``None``), then the kernel's arguments ``raw``
+    (tensors as addresses). Skips building the runner closure, Triton's device and stream
     lookups, and (Triton >= 3.7, whose hooks are always-present chains) the launch metadata
     of every launch. Returns False, launching nothing, when a hook is set (a profiler such
     as Proton): the caller then launches through Triton's own path."""
@@ -202,31 +230,6 @@ def _decorate(fn, interpret: bool):
             else:
                 os.environ["TRITON_INTERPRET"] = old
     return out
-
-
-def _specialise(args):
-    """``(spec, raw)`` of a launch's positional arguments: what Triton specialises a compiled
-    kernel on, per argument (an integer's ``== 1`` / ``% 16 == 0`` / 32-bit status, not its
-    value, so that a new sequence length still takes the fast path; a tensor's dtype, 16-byte
-    alignment and device), and the arguments as the launcher takes them, each tensor replaced
-    by its address. Triton's launchers accept an integer for a pointer argument and then skip their
-    own per-tensor ``data_ptr()`` call and the driver's pointer check
-    (``cuPointerGetAttribute``); the device in the key sends a tensor on another device (or
-    the CPU) through Triton's own launch, which checks it."""
-    spec, raw = [], []
-    put_spec, put_raw, tensor = spec.append, raw.append, torch.Tensor
-    for a in args:
-        if type(a) is int:
-            put_spec((a == 1, a & 15 == 0, -2**31 <= a < 2**31))
-            put_raw(a)
-        elif isinstance(a, tensor):
-            p = a.data_ptr()
-            put_spec((a.dtype, p & 15 == 0, a.get_device()))
-            put_raw(p)
-        else:
-            put_spec(type(a))
-            put_raw(a)
-    return spec, raw
 
 
 #: Launch cached compiled kernels directly (``TORCH_MHC_FAST_LAUNCH=0`` turns it off).

@@ -90,8 +90,10 @@ def _pre_impl(x, fn, base, scale, iters, rms_eps, hc_eps):
         h_pre, h_post, h_res, mix = _COEF_IMPL[impl][0](xs, fn, base, scale, iters, rms_eps,
                                                         hc_eps)
         h = _PRE_IMPL[impl][0](xs, h_pre)
-    return (_lead(h, x, 1), _lead(h_pre, x, 1), _lead(h_post, x, 1), _lead(h_res, x, 2),
-            _lead(mix, x, 1), _link(x))
+    if xs is not x:  # a broadcast view or the twins: (T, ...) results
+        h, h_pre, h_post = _lead(h, x, 1), _lead(h_pre, x, 1), _lead(h_post, x, 1)
+        h_res, mix = _lead(h_res, x, 2), _lead(mix, x, 1)
+    return h, h_pre, h_post, h_res, mix, _link(x)
 
 
 _ZEROS: dict = {}
@@ -183,7 +185,7 @@ def _post_backward_formula(ctx, g):
     # gradient of ``link``
     _, dy, d_map = post_res_backward_op(x, y, h_post, h_res, g, False)
     d_post, d_res = map_grads(d_map, h_post.shape)
-    return None, g, dy.view(y.shape), d_post, d_res
+    return None, g, dy, d_post, d_res
 
 
 _connection_post = FusedOp(

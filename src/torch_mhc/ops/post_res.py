@@ -229,7 +229,8 @@ def _backward_impl(x, y, h_post, h_res, g, write_dx):
         g = g.reshape(-1, n, C)
     dx, dy, d_map = _POST_IMPL[impl][1](
         xs, y.contiguous(), h_post.contiguous(), h_res.contiguous(), as_streams(g), write_dx)
-    return (dx.view(x.shape) if write_dx else x.new_empty(0)), dy.view(y_shape), d_map
+    dy = dy if dy.shape == y_shape else dy.view(y_shape)
+    return (dx.view(x.shape) if write_dx else x.new_empty(0)), dy, d_map
 
 
 def _backward_fake(x, y, h_post, h_res, g, write_dx):

@@ -102,7 +102,7 @@ def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor, shape=None) -> 
     has it."""
     shape = shape or stream_shape(x)
     launch = launch_plan("pre_mix_fwd", _fwd_plan, **shape)
-    h = x.new_empty(x.shape[:-2] + x.shape[-1:])
+    h = torch.empty(x.shape[:-2] + x.shape[-1:], device=x.device, dtype=x.dtype)
     launch(x, h_pre, h, shape["T"], shape["C"])
     return h
 
@@ -112,7 +112,7 @@ def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tens
     """``(dx or None, dH_pre (..., n) fp32)`` from ``dh (..., C)``, one pass over ``x`` and ``dh``."""
     shape = shape or stream_shape(x)
     launch = launch_plan("pre_mix_bwd", _bwd_plan, write_dx=write_dx, **shape)
-    dhpre = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    dhpre = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x) if write_dx else None
     launch(x, h_pre, dh, dx if write_dx else dhpre, dhpre, shape["T"], shape["C"])
     return dx, dhpre

@@ -68,7 +68,8 @@ def coef_backward_fake(x, fn, base, scale, mix, *_):
 def grads_of_parameters(dfn, d_gates, fn, base, scale):
     """``(dfn, dbase, dscale)`` in the parameters' dtypes from the backward's ``dfn`` and
     ``d_gates = [dscale (3), dbase (N)]``."""
-    return dfn.to(fn.dtype), d_gates[3:].to(base.dtype), d_gates[:3].to(scale.dtype)
+    dscale, dbase = d_gates.split((3, d_gates.shape[0] - 3))
+    return dfn.to(fn.dtype), dbase.to(base.dtype), dscale.to(scale.dtype)
 
 
 _coefficients_backward = FusedOp(

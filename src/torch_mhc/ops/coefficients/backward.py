@@ -14,8 +14,6 @@ Gradient formulas (mix = x fn^T, inv_r = (sum x^2 / K + eps)^-1/2, logit = a mix
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from .._launch import LazyJit, Launch, next_pow2, triton_cdiv
@@ -179,9 +177,10 @@ def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_e
     nprog, launch = launch_plan("coef_token_bwd", _token_plan, log=(hc_eps == 0.0), has=has,
                                 **shape)
     K, N, NP, NB = n * C, (n + 2) * n, launch.kw["NP"], launch.kw["NB"]
-    new = functools.partial(torch.empty, device=x.device, dtype=torch.float32)
-    G, dss, red = new(T, NP), new(T), new(nprog, 3 + N)
-    scr = new(T * 2 * int(iters) * NB * NB if has[2] else 1)
+    dev, f32 = x.device, torch.float32
+    G, dss = torch.empty(T, NP, device=dev, dtype=f32), torch.empty(T, device=dev, dtype=f32)
+    red = torch.empty(nprog, 3 + N, device=dev, dtype=f32)
+    scr = torch.empty(T * 2 * int(iters) * NB * NB if has[2] else 1, device=dev, dtype=f32)
     launch(mix, scale.contiguous(), base.contiguous(), d_pre if has[0] else mix,
            d_post if has[1] else mix, d_res if has[2] else mix, G, dss, red, scr, T, K,
            int(iters), float(hc_eps), s_pre, s_post, s_res)

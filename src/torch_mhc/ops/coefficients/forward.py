@@ -156,12 +156,13 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     T, n, C = shape["T"], shape["n"], shape["C"]
     K, N, lead = n * C, (n + 2) * n, x.shape[:-2]
     split, k_per_split, gemm = launch_plan("coef_gemm", _gemm_plan, **shape)
-    part = x.new_empty((split, T, N + 1), dtype=torch.float32)
+    dev, f32 = x.device, torch.float32
+    part = torch.empty(split, T, N + 1, device=dev, dtype=f32)
     gemm(x, fn.contiguous(), part, T, K, C, k_per_split, split)
-    mix = x.new_empty((*lead, N + 1), dtype=torch.float32)
-    h_pre = x.new_empty((*lead, n), dtype=torch.float32)
-    h_post = x.new_empty((*lead, n), dtype=torch.float32)
-    h_res = x.new_empty((*lead, n, n), dtype=torch.float32)
+    mix = torch.empty(*lead, N + 1, device=dev, dtype=f32)
+    h_pre = torch.empty(*lead, n, device=dev, dtype=f32)
+    h_post = torch.empty(*lead, n, device=dev, dtype=f32)
+    h_res = torch.empty(*lead, n, n, device=dev, dtype=f32)
     token = launch_plan("coef_token", _token_plan, log=(hc_eps == 0.0), **shape)
     token(part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res, T, split, K,
           int(iters), float(rms_eps), float(hc_eps))
