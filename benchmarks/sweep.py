@@ -58,6 +58,10 @@ def main() -> int:
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
 
     fwd = lambda: co.coef_forward_triton(x, fn, base, scale, 20, 1e-20, 0.0)  # noqa: E731
+    # the fused connection's forward: coefficients and the pre-mix h (in the token kernel or
+    # the pre-mix kernel, as the ``pre_mix`` option says)
+    fwd_h = lambda: co.coef_forward_triton(x, fn, base, scale, 20, 1e-20, 0.0,  # noqa: E731
+                                           pre_mix=True)
     bwd = lambda: co.coef_backward_triton(x, fn, base, scale, mix, dpre, dpost, dres, 20,  # noqa: E731
                                           0.0, h_pre=hp, dh=y, h_res=hr, gout=g)
     x16, y16, g16 = x.half(), y.half(), g.half()
@@ -79,12 +83,24 @@ def main() -> int:
           dict(BT=256, BK=64, num_warps=8, num_stages=3, waves=4),
           dict(BT=128, BK=128, num_warps=8, num_stages=2, waves=4),
           dict(BT=128, BK=64, num_warps=4, num_stages=4, waves=4)]),
-        ("coef_token", fwd, b_fwd,
-         [dict(BT=32, num_warps=4), dict(BT=16, num_warps=2), dict(BT=8, num_warps=1),
-          dict(BT=8, num_warps=2), dict(BT=16, num_warps=4), dict(BT=4, num_warps=1)]),
-        ("coef_token_bwd", bwd, b_bwd,
-         [dict(BT=16, num_warps=4), dict(BT=8, num_warps=2), dict(BT=8, num_warps=1),
-          dict(BT=4, num_warps=1), dict(BT=16, num_warps=2), dict(BT=32, num_warps=4)]),
+        ("coef_token", fwd_h, b_fwd + (n + 1) * unit,
+         [dict(BT=8, BC=64, num_warps=1, pre_mix=False),
+          dict(BT=4, BC=64, num_warps=1, pre_mix=True),
+          dict(BT=8, BC=64, num_warps=1, pre_mix=True),
+          dict(BT=8, BC=128, num_warps=2, pre_mix=True),
+          dict(BT=8, BC=256, num_warps=4, pre_mix=True),
+          dict(BT=4, BC=128, num_warps=2, pre_mix=True),
+          dict(BT=16, BC=64, num_warps=2, pre_mix=True),
+          dict(BT=2, BC=256, num_warps=2, pre_mix=True)]),
+        ("coef_token_bwd", bwd, b_bwd + (n + 1) * unit,
+         [dict(BT=4, BC=128, num_warps=1, pre_mix=False),
+          dict(BT=4, BC=128, num_warps=1, pre_mix=True),
+          dict(BT=4, BC=64, num_warps=1, pre_mix=True),
+          dict(BT=4, BC=256, num_warps=2, pre_mix=True),
+          dict(BT=8, BC=128, num_warps=2, pre_mix=True),
+          dict(BT=2, BC=256, num_warps=2, pre_mix=True),
+          dict(BT=4, BC=128, num_warps=4, pre_mix=True),
+          dict(BT=8, BC=64, num_warps=1, pre_mix=True)]),
         ("coef_dfn", bwd_general, b_bwd,
          [dict(BT=32, BK=128, num_warps=4, num_stages=4, waves=2),
           dict(BT=64, BK=128, num_warps=4, num_stages=3, waves=2),

@@ -40,7 +40,14 @@ class _TupleBranch(nn.Module):
 
 @pytest.mark.parametrize("n,C,hc_eps", [(4, 48, 0.0), (2, 100, 1e-6), (1, 40, 0.0), (8, 24, 1e-6),
                                         (3, 36, 0.0)])
-def test_fused_connection_matches_reference(n, C, hc_eps):
+@pytest.mark.parametrize("pre_mix_in_token_kernel", [False, True])
+def test_fused_connection_matches_reference(n, C, hc_eps, pre_mix_in_token_kernel, monkeypatch):
+    """Both places of the pre-mix, forward and backward (its own kernels, or the
+    coefficients' token kernels: the ``pre_mix`` launch option), give the reference's
+    outputs and gradients."""
+    from torch_mhc.ops import tuning
+    for key in ("coef_token", "coef_token_bwd"):
+        monkeypatch.setitem(tuning.TUNING, key, {"pre_mix": pre_mix_in_token_kernel})
     hc = HyperConnection(_TupleBranch(C), C, n, backend="triton", hc_eps=hc_eps,
                          rms_eps=1e-6).to(DEV)
     _randomise(hc)
@@ -101,13 +108,17 @@ def test_output_unused_and_grad_wrt_input_only():
                                           (torch.float32, 3, 36, 3e-5),
                                           (torch.bfloat16, 4, 64, 3e-2),
                                           (torch.bfloat16, 2, 40, 3e-2)])
-def test_broadcast_streams_read_in_place(dtype, n, C, tol):
+@pytest.mark.parametrize("pre_mix_in_token_kernel", [False, True])
+def test_broadcast_streams_read_in_place(dtype, n, C, tol, pre_mix_in_token_kernel, monkeypatch):
     """expand_streams(view=True) feeds the connection a stream-stride-0 view and
     reduce_streams sends back a stride-0 gradient: every kernel reads them in place (one
     (T, C) row per token) and gives the reference's values and gradients (bf16: the default
     dx pass reads both as they are; float32: the general one reads copies)."""
     from torch_mhc import expand_streams, reduce_streams
+    from torch_mhc.ops import tuning
     from torch_mhc.ops._backend import is_broadcast
+    for key in ("coef_token", "coef_token_bwd"):
+        monkeypatch.setitem(tuning.TUNING, key, {"pre_mix": pre_mix_in_token_kernel})
     torch.manual_seed(3)
     hc = HyperConnection(nn.Linear(C, C), C, n, backend="triton", rms_eps=1e-6).to(DEV)
     _randomise(hc)

@@ -12,8 +12,9 @@ the fusion buys, per token, in units of C stream elements (n = 4):
 
 * forward: coefficient GEMM reads x (n), pre-mix reads x, writes h (n + 1), post-res reads
   x, y and writes out (2n + 1): 4n + 2 = 18, the paper's kernels 1-5;
-* backward: post-res pass reads g, x, y and writes dy (2n + 2) but *not* dx; the pre-mix
-  pass reads dh, x for dH_pre (n + 1); one final pass reads x, dh, g and writes the whole
+* backward: post-res pass reads g, x, y and writes dy (2n + 2) but *not* dx; the token
+  kernel of the coefficients' backward reads dh, x for the pre-mix's share of dH_pre
+  (n + 1) before it differentiates the mappings; one final pass reads x, dh, g and writes the whole
   connection's dx = H_res^T g + H_pre dh + G fn + 2 x dss (3n + 1), with dfn = G^T x in the
   same pass (6n + 4 = 28 in all). Three separate ops would write three dx tensors and
   autograd would add them (another 4n of traffic).
@@ -46,7 +47,7 @@ from .coefficients import (_COEF_IMPL, coef_backward_fake, coef_backward_triton,
                            coef_forward_triton, input_grads, save_for_input_grads)
 from .post_res import (map_grads, post_res_backward_op, post_res_forward_impl,
                        post_res_forward_triton)
-from .pre_mix import _PRE_IMPL, pre_mix_backward_triton, pre_mix_forward_triton
+from .pre_mix import _PRE_IMPL
 from .tuning import stream_shape
 
 __all__ = ["connection_pre", "connection_post"]
@@ -83,9 +84,8 @@ def _lead(t: torch.Tensor, x: torch.Tensor, inner: int) -> torch.Tensor:
 def _pre_impl(x, fn, base, scale, iters, rms_eps, hc_eps):
     xs, impl, shape = _streams(x)
     if impl == "triton":
-        h_pre, h_post, h_res, mix = coef_forward_triton(xs, fn, base, scale, iters, rms_eps,
-                                                        hc_eps, shape)
-        h = pre_mix_forward_triton(xs, h_pre, shape)
+        h_pre, h_post, h_res, mix, h = coef_forward_triton(xs, fn, base, scale, iters, rms_eps,
+                                                           hc_eps, shape, pre_mix=True)
     else:
         h_pre, h_post, h_res, mix = _COEF_IMPL[impl][0](xs, fn, base, scale, iters, rms_eps,
                                                         hc_eps)
@@ -123,10 +123,8 @@ def _pre_backward_impl(x, fn, base, scale, mix, h_pre, h_res, dh, d_pre, d_post,
     xs, impl, shape = _streams(x)
     gout = None if g is None else as_streams(g)
     if impl == "triton":
-        if dh is not None:
-            dh = dh.contiguous()
-            _, d_pre_h = pre_mix_backward_triton(xs, h_pre, dh, False, shape)  # <dh, x_i>
-            d_pre = d_pre_h if d_pre is None else d_pre + d_pre_h.view(d_pre.shape)
+        # one token kernel: the mappings' gradients and the pre-mix's <dh, x_i>; one dx pass
+        dh = None if dh is None else dh.contiguous()
         dx, dfn, d_gates = coef_backward_triton(
             xs, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
             h_pre=h_pre if dh is not None else None, dh=dh,
@@ -135,10 +133,7 @@ def _pre_backward_impl(x, fn, base, scale, mix, h_pre, h_res, dh, d_pre, d_post,
     n, C = x.shape[-2:]
     mix, h_pre, h_res = _flat(mix, mix.shape[-1]), _flat(h_pre, n), _flat(h_res, n, n)
     d_pre, d_post, d_res = _flat(d_pre, n), _flat(d_post, n), _flat(d_res, n, n)
-    if dh is not None:
-        dh = dh.reshape(-1, C)
-        _, d_pre_h = _PRE_IMPL[impl][1](xs, h_pre, dh, False)
-        d_pre = d_pre_h if d_pre is None else d_pre + d_pre_h
+    dh = None if dh is None else dh.reshape(-1, C)
     dx, dfn, d_gates = _COEF_IMPL[impl][1](
         xs, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
         h_pre=h_pre if dh is not None else None, dh=dh,

@@ -109,7 +109,8 @@ def pre_mix_forward_triton(x: torch.Tensor, h_pre: torch.Tensor, shape=None) -> 
 
 def pre_mix_backward_triton(x: torch.Tensor, h_pre: torch.Tensor, dh: torch.Tensor,
                             write_dx: bool = True, shape=None):
-    """``(dx or None, dH_pre (..., n) fp32)`` from ``dh (..., C)``, one pass over ``x`` and ``dh``."""
+    """``(dx or None, dH_pre (..., n) fp32)`` from ``dh (..., C)``, one pass over ``x`` and
+    ``dh`` (``h_pre`` is read only for ``dx``)."""
     shape = shape or stream_shape(x)
     launch = launch_plan("pre_mix_bwd", _bwd_plan, write_dx=write_dx, **shape)
     dhpre = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)

@@ -21,7 +21,11 @@ Configuration keys:
 * ``waves``: programs per multiprocessor the split-K / split-T grids aim for;
 * ``tiles_per_program``: token tiles one program of a dx pass loops over;
 * ``pipeline_stages``: software-pipeline stages of that token loop (``tl.range``): 2 or more
-  prefetch the next tiles with cp.async while the current one is computed.
+  prefetch the next tiles with cp.async while the current one is computed;
+* ``pre_mix`` (``coef_token``, ``coef_token_bwd``): the coefficient token kernel also does
+  the fused connection's pre-mix, ``h = H_pre x`` forward and ``<dh, x_i>`` backward,
+  reading ``x`` in channel tiles of ``BC`` (one launch fewer), instead of the pre-mix
+  kernels.
 
 The defaults are the fastest configurations ``benchmarks/sweep.py`` found at T = C = 4096,
 n = 4, bf16 (H100, H200); the ``C_max: 1024`` rows are the fastest at gpt-small's shape,
@@ -55,11 +59,13 @@ LAUNCH_DEFAULTS: dict = {
                    dict(BT=128, BK=128, num_warps=8, num_stages=3, waves=4)),
                   ({"n_max": 4}, dict(BT=64, BK=32, num_warps=4, num_stages=3, waves=2)),
                   ({}, dict(BT=32, BK=32, num_warps=4, num_stages=3, waves=2))],
-    "coef_token": [({"n_max": 4}, dict(BT=8, num_warps=1)),
-                   ({}, dict(BT=8, num_warps=2))],
+    # (``pre_mix``: the token kernel also writes the connection's pre-mix h = H_pre x, reading
+    # x in channel tiles of BC, instead of the pre-mix kernel)
+    "coef_token": [({"n_max": 4}, dict(BT=8, BC=64, pre_mix=False, num_warps=1)),
+                   ({}, dict(BT=8, BC=64, pre_mix=False, num_warps=2))],
     # backward: per-token gradients of the mappings, then the pass over x
-    "coef_token_bwd": [({"n_max": 4}, dict(BT=4, num_warps=1)),
-                       ({}, dict(BT=4, num_warps=2))],
+    "coef_token_bwd": [({"n_max": 4}, dict(BT=4, BC=128, pre_mix=True, num_warps=1)),
+                       ({}, dict(BT=4, BC=128, pre_mix=True, num_warps=2))],
     # bf16 streams, n <= 4: dx and dfn in one pass, one 2D tile per stream
     "coef_dx4": [({"C_max": 1024},  # few channel tiles: more, shorter token ranges
                   dict(BT=32, BC=64, num_warps=4, num_stages=2, tiles_per_program=8,
@@ -176,7 +182,7 @@ _RESOLVED: dict = {}
 
 #: the options a configuration may hold (see the module docstring)
 OPTIONS = frozenset({"BT", "BC", "BK", "BC_x_NB", "num_warps", "num_stages", "waves",
-                     "tiles_per_program", "pipeline_stages"})
+                     "tiles_per_program", "pipeline_stages", "pre_mix"})
 
 
 def _resolve(entry, over: dict, shape: dict) -> dict:

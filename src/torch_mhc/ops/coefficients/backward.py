@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import torch
 
-from .._launch import LazyJit, Launch, next_pow2, triton_cdiv
+from .._launch import LazyJit, Launch, fit_channel_tile, next_pow2, triton_cdiv
 from .._tiles import _gates, _token_tile
+from ..pre_mix import pre_mix_backward_triton
 from ..tuning import launch_plan, stream_shape
 from .backward_x import dx_and_dfn_triton
 
 def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dres_ptr,
-                           g_ptr, dss_ptr, red_ptr, scr_ptr,
-                           T, K, iters, hc_eps, st_pre, st_post, st_res,
+                           x_ptr, dh_ptr, g_ptr, dss_ptr, red_ptr, scr_ptr,
+                           T, C, K, iters, hc_eps, st_pre, st_post, st_res,
                            n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NN: tl.constexpr,
-                           NP: tl.constexpr, BT: tl.constexpr, LOG: tl.constexpr,
-                           HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
-                           HAS_DRES: tl.constexpr):
-    pid = tl.program_id(0)
+                           NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                           LOG: tl.constexpr, HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
+                           HAS_DRES: tl.constexpr, HAS_DH: tl.constexpr,
+                           X_BROADCAST: tl.constexpr):
+    # token tiles descending: the dx pass that follows starts from the low tokens' x and dh,
+    # which this kernel read last (still in L2, see ``_launch``)
+    pid = tl.cdiv(T, BT) - 1 - tl.program_id(0)
     rows, rmask, r64, ii, m2, aa, bb, valid, m3 = _token_tile(pid, T, n, NB, BT)
     mrow = mix_ptr + r64 * (N + 1)
     pre = tl.load(mrow[:, None] + ii[None, :], mask=m2, other=0.0)
@@ -41,9 +45,24 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
     s_post = tl.sigmoid(a_post * post * inv_r[:, None] + b_post[None, :])
     if HAS_DPRE:
         d_pre = tl.load(dpre_ptr + r64[:, None] * st_pre + ii[None, :], mask=m2, other=0.0).to(tl.float32)
-        d_pre = d_pre * s_pre * (1.0 - s_pre)
     else:
         d_pre = tl.zeros([BT, NB], dtype=tl.float32)
+    if HAS_DH:  # the pre-mix backward (h = H_pre x, Eq. 3): dH_pre[t, i] += <dh[t], x[t, i]>
+        acc = tl.zeros([BT, NB, BC], dtype=tl.float32)
+        for c0 in range(0, C, BC):
+            cc = c0 + tl.arange(0, BC)
+            mc = rmask[:, None] & (cc < C)[None, :]
+            dh = tl.load(dh_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
+            if X_BROADCAST:  # x a broadcast (T, C) view: the same row for every stream
+                xv = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
+                acc += (xv.to(tl.float32) * dh.to(tl.float32))[:, None, :]
+            else:
+                xv = tl.load(x_ptr + r64[:, None, None] * K + ii[None, :, None] * C
+                             + cc[None, None, :], mask=m2[:, :, None] & (cc < C)[None, None, :],
+                             other=0.0)
+                acc += xv.to(tl.float32) * dh.to(tl.float32)[:, None, :]
+        d_pre += tl.where(m2, tl.sum(acc, axis=2), 0.0)
+    d_pre = d_pre * s_pre * (1.0 - s_pre)
     if HAS_DPOST:
         d_post = tl.load(dpost_ptr + r64[:, None] * st_post + ii[None, :], mask=m2,
                          other=0.0).to(tl.float32)
@@ -157,33 +176,44 @@ def _rows(t, inner: int):
     return t, (t.stride(lead - 1) if lead else 0)
 
 
-def _token_plan(cfg, T, n, C, interpret, log, has, **_):
+def _token_plan(cfg, T, n, C, broadcast, interpret, log, has, **_):
     BT = 8 if interpret else cfg["BT"]
     NB = next_pow2(n)
     return triton_cdiv(T, BT), Launch(
         _coef_token_bwd, (triton_cdiv(T, BT),), interpret, n=n, N=(n + 2) * n, NB=NB, NN=NB * NB,
-        NP=max(16, next_pow2((n + 2) * n)), BT=BT, LOG=log, HAS_DPRE=has[0], HAS_DPOST=has[1],
-        HAS_DRES=has[2], num_warps=cfg["num_warps"])
+        NP=max(16, next_pow2((n + 2) * n)), BT=BT, BC=fit_channel_tile(cfg["BC"], C), LOG=log,
+        HAS_DPRE=has[0], HAS_DPOST=has[1], HAS_DRES=has[2], HAS_DH=has[3] and cfg["pre_mix"],
+        X_BROADCAST=broadcast, num_warps=cfg["num_warps"])
 
 
-def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_eps, shape=None):
+def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_eps, shape=None,
+                          dh=None):
     """Kernel 3: ``(G (T, NP), dss (T,), d_gates)`` from the gradients of the mappings,
-    ``d_gates = [dscale (3), dbase (N)]``; ``x`` only gives the launch shape."""
+    ``d_gates = [dscale (3), dbase (N)]``. With ``dh`` (the gradient of the pre-mix output
+    ``h = H_pre x``, ``(..., C)`` contiguous) the gradient of ``H_pre`` also gets the
+    pre-mix's share, ``<dh, x_i>``: read by this kernel (launch option ``pre_mix``) or by
+    the pre-mix backward kernel first; without, ``x`` only gives the launch shape."""
     shape = shape or stream_shape(x)
     T, n, C = shape["T"], shape["n"], shape["C"]
     (d_pre, s_pre), (d_post, s_post), (d_res, s_res) = (
         _rows(d_pre, 1), _rows(d_post, 1), _rows(d_res, 2))
-    has = (d_pre is not None, d_post is not None, d_res is not None)
+    has = (d_pre is not None, d_post is not None, d_res is not None, dh is not None)
     nprog, launch = launch_plan("coef_token_bwd", _token_plan, log=(hc_eps == 0.0), has=has,
                                 **shape)
+    if has[3] and not launch.kw["HAS_DH"]:  # the pre-mix kernel's dH_pre (it reads no H_pre)
+        d_pre_h = pre_mix_backward_triton(x, mix, dh, False, shape)[1]
+        d_pre, s_pre = _rows(d_pre_h if d_pre is None else d_pre + d_pre_h.view(d_pre.shape), 1)
+        has = (True, has[1], has[2], False)
+        nprog, launch = launch_plan("coef_token_bwd", _token_plan, log=(hc_eps == 0.0), has=has,
+                                    **shape)
     K, N, NP, NB = n * C, (n + 2) * n, launch.kw["NP"], launch.kw["NB"]
     dev, f32 = x.device, torch.float32
     G, dss = torch.empty(T, NP, device=dev, dtype=f32), torch.empty(T, device=dev, dtype=f32)
     red = torch.empty(nprog, 3 + N, device=dev, dtype=f32)
     scr = torch.empty(T * 2 * int(iters) * NB * NB if has[2] else 1, device=dev, dtype=f32)
     launch(mix, scale.contiguous(), base.contiguous(), d_pre if has[0] else mix,
-           d_post if has[1] else mix, d_res if has[2] else mix, G, dss, red, scr, T, K,
-           int(iters), float(hc_eps), s_pre, s_post, s_res)
+           d_post if has[1] else mix, d_res if has[2] else mix, x, dh if has[3] else mix, G, dss,
+           red, scr, T, C, K, int(iters), float(hc_eps), s_pre, s_post, s_res)
     return G, dss, red.sum(0)
 
 
@@ -193,12 +223,13 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     ``(dx, dfn, d_gates)``.
 
     With ``h_pre, dh`` (pre-mix) and ``h_res, gout`` (post-res) given, ``dx`` also holds
-    ``H_pre_i dh`` and ``sum_j H_res[j, i] gout_j``: the whole connection's ``dx`` in one pass.
-    ``x`` may have leading dimensions (``shape``: ``tuning.stream_shape(x)`` where the caller
-    has it).
+    ``H_pre_i dh`` and ``sum_j H_res[j, i] gout_j``: the whole connection's ``dx`` in one pass;
+    with ``dh`` the gradient of ``H_pre`` also holds the pre-mix's ``<dh, x_i>`` (the token
+    kernel reads ``x`` and ``dh`` for it). ``x`` may have leading dimensions (``shape``:
+    ``tuning.stream_shape(x)`` where the caller has it).
     """
     shape = shape or stream_shape(x)
     G, dss, d_gates = token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters,
-                                            hc_eps, shape)
+                                            hc_eps, shape, dh)
     dx, dfn = dx_and_dfn_triton(x, fn, G, dss, h_pre, dh, h_res, gout, shape)
     return dx, dfn, d_gates

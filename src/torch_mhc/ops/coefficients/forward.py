@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from .._launch import LazyJit, Launch, dot_mode, next_pow2, num_sms, triton_cdiv
+from .._launch import LazyJit, Launch, dot_mode, fit_channel_tile, next_pow2, num_sms, triton_cdiv
 from .._tiles import _gates, _split_hi_lo, _token_tile
+from ..pre_mix import pre_mix_forward_triton
 from ..tuning import launch_plan, stream_shape
 
 
@@ -69,9 +70,10 @@ def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, C, k_per_split, split,
 
 
 def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr, hres_ptr,
-                       T, SPLIT, K, iters, rms_eps, hc_eps,
+                       x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps, hc_eps,
                        n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
-                       LOG: tl.constexpr):
+                       BC: tl.constexpr, LOG: tl.constexpr, PRE_MIX: tl.constexpr,
+                       X_BROADCAST: tl.constexpr):
     pid = tl.program_id(0)
     rows, rmask, r64, ii, m2, aa, bb, valid, m3 = _token_tile(pid, T, n, NB, BT)
     pre = tl.zeros([BT, NB], dtype=tl.float32)
@@ -97,6 +99,20 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
     h_post = 2.0 * tl.sigmoid(a_post * post * inv_r[:, None] + b_post[None, :])
     tl.store(hpre_ptr + r64[:, None] * n + ii[None, :], h_pre, mask=m2)
     tl.store(hpost_ptr + r64[:, None] * n + ii[None, :], h_post, mask=m2)
+    if PRE_MIX:  # the pre-mix h = H_pre x (Eq. 3) of these tokens, as ``pre_mix`` computes it
+        hp = tl.where(m2, h_pre, 0.0)
+        for c0 in range(0, C, BC):
+            cc = c0 + tl.arange(0, BC)
+            mc = rmask[:, None] & (cc < C)[None, :]
+            if X_BROADCAST:  # x a broadcast view: h = (sum_i H_pre_i) x
+                x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
+                h = tl.sum(hp, axis=1)[:, None] * x2.to(tl.float32)
+            else:
+                x3 = tl.load(x_ptr + r64[:, None, None] * K + ii[None, :, None] * C
+                             + cc[None, None, :], mask=m2[:, :, None] & (cc < C)[None, None, :],
+                             other=0.0)
+                h = tl.sum(x3.to(tl.float32) * hp[:, :, None], axis=1)
+            tl.store(h_ptr + r64[:, None] * C + cc[None, :], h.to(h_ptr.dtype.element_ty), mask=mc)
     # Eq. 19, 9: Sinkhorn on comb (= H_res^T): normalising comb rows (axis 2) is T_c on H_res
     L = a_res * comb * inv_r[:, None, None] + b_res
     if LOG:  # paper: log domain, columns then rows of H_res
@@ -139,16 +155,22 @@ def _gemm_plan(cfg, T, n, C, dtype, broadcast, interpret, device, **_):
         num_stages=cfg["num_stages"])
 
 
-def _token_plan(cfg, T, n, C, interpret, log, **_):
+def _token_plan(cfg, T, n, C, broadcast, interpret, log, with_h, **_):
     return Launch(_coef_token, (triton_cdiv(T, cfg["BT"]),), interpret, n=n, N=(n + 2) * n,
-                  NB=next_pow2(n), BT=cfg["BT"], LOG=log, num_warps=cfg["num_warps"])
+                  NB=next_pow2(n), BT=cfg["BT"], BC=fit_channel_tile(cfg["BC"], C), LOG=log,
+                  PRE_MIX=with_h and bool(cfg["pre_mix"]), X_BROADCAST=broadcast,
+                  num_warps=cfg["num_warps"])
 
 
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
-                        iters: int, rms_eps: float, hc_eps: float, shape=None):
+                        iters: int, rms_eps: float, hc_eps: float, shape=None,
+                        pre_mix: bool = False):
     """Kernels 1-2: streams ``x (..., n, C)`` contiguous or broadcast
     (``_backend.is_broadcast``) -> ``H_pre, H_post, H_res, mix`` (fp32, leading dimensions
-    as ``x``'s); ``shape`` is ``tuning.stream_shape(x)`` where the caller has it.
+    as ``x``'s), and with ``pre_mix`` also the pre-mix ``h = H_pre x (..., C)``: written by
+    the token kernel where its launch configuration says so (``pre_mix`` in
+    ``tuning.LAUNCH_DEFAULTS["coef_token"]``), else by ``pre_mix``'s kernel. ``shape`` is
+    ``tuning.stream_shape(x)`` where the caller has it.
 
     ``mix (..., N + 1)`` holds the raw projection ``x fn^T`` and ``1/r`` for the backward.
     """
@@ -163,7 +185,13 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     h_pre = torch.empty(*lead, n, device=dev, dtype=f32)
     h_post = torch.empty(*lead, n, device=dev, dtype=f32)
     h_res = torch.empty(*lead, n, n, device=dev, dtype=f32)
-    token = launch_plan("coef_token", _token_plan, log=(hc_eps == 0.0), **shape)
-    token(part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res, T, split, K,
-          int(iters), float(rms_eps), float(hc_eps))
-    return h_pre, h_post, h_res, mix
+    token = launch_plan("coef_token", _token_plan, log=(hc_eps == 0.0), with_h=pre_mix, **shape)
+    fused = token.kw["PRE_MIX"]
+    h = torch.empty(*lead, C, device=dev, dtype=x.dtype) if fused else h_pre
+    token(part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res, x, h, T, split,
+          K, C, int(iters), float(rms_eps), float(hc_eps))
+    if not pre_mix:
+        return h_pre, h_post, h_res, mix
+    if not fused:
+        h = pre_mix_forward_triton(x, h_pre, shape)
+    return h_pre, h_post, h_res, mix, h

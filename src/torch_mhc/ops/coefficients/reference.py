@@ -63,10 +63,14 @@ def coef_forward_torch(x, fn, base, scale, iters, rms_eps, hc_eps):
 
 def coef_backward_torch(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
                         h_pre=None, dh=None, h_res=None, gout=None):
-    """PyTorch twin of the fused backward (the formulas of ``coefficients.backward``)."""
+    """PyTorch twin of the fused backward (the formulas of ``coefficients.backward``); with
+    ``dh``, the pre-mix's share of ``dH_pre`` (``<dh, x_i>``) is added to ``d_pre``."""
     T, n, C = x.shape
     K, N = n * C, (n + 2) * n
     dt = mix.dtype
+    if dh is not None:
+        d_pre_h = torch.einsum("tc,tic->ti", dh.to(dt), x.to(dt))
+        d_pre = d_pre_h if d_pre is None else d_pre.to(dt) + d_pre_h
     proj, inv_r = mix[:, :N], mix[:, N:]
     a, b = scale.to(dt), base.to(dt)
     gate = torch.cat([a[0].expand(n), a[1].expand(n), a[2].expand(n * n)])
