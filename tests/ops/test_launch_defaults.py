@@ -27,8 +27,13 @@ _launch, coefficients, post_res, pre_mix, streams, tuning = (  # the modules (op
 #: its "winner" measured nothing) and the removed ``coef_bwd_x`` / ``coef_bwd`` choices.
 WINNERS = {
     "coef_gemm": {"BT": 128, "BK": 128, "num_warps": 8, "num_stages": 3, "waves": 4},
-    "coef_token": {"BT": 8, "num_warps": 1},
-    "coef_token_bwd": {"BT": 4, "num_warps": 1},
+    # (``pre_mix``, ``BC``: the 2026-12-02 token sweep at commit 239e078,
+    # ``sweep_h200_2026-12-02_239e078_token-premix_c4096.json``: the pre-mix in the token
+    # kernel, 109.9 us at BT 2, BC 256, 2 warps, against 115.3 us in its own kernel, inside
+    # the latter's round-to-round spread (102-141 us), so the forward keeps its own kernel;
+    # backward: its own kernel 233 us, in the token kernel 241 us at best)
+    "coef_token": {"BT": 8, "BC": 64, "num_warps": 1, "pre_mix": False},
+    "coef_token_bwd": {"BT": 4, "BC": 128, "num_warps": 1, "pre_mix": False},
     "coef_dx4": {"BT": 32, "BC": 64, "num_warps": 4, "num_stages": 2, "loop": 32, "dfn": True,
                  "ls": 2, "gtl": True},
     "coef_dx": {"BT": 64, "BC": 32, "num_warps": 4, "num_stages": 2, "loop": 16, "ls": 3},
@@ -46,6 +51,12 @@ WINNERS_C1024 = {
     "pre_mix_bwd": {"BT": 2, "BC": 256, "num_warps": 4},
     "post_res_fwd": {"BT": 2, "BC": 1024, "num_warps": 8},
     "post_res_bwd": {"BT": 1, "BC": 1024, "num_warps": 4},
+    # the token kernels doing the pre-mix (commit 239e078,
+    # ``sweep_h200_2026-12-02_239e078_token-premix_c1024.json``): backward 161 us (160-222)
+    # against 312 us (180-327) with the pre-mix kernel; forward 62.9 us against 61.9 us,
+    # taken for the launch it saves (eager mode is host-bound at this width)
+    "coef_token": {"BT": 4, "BC": 64, "num_warps": 1, "pre_mix": True},
+    "coef_token_bwd": {"BT": 8, "BC": 64, "num_warps": 1, "pre_mix": True},
 }
 #: option names the sweeps used then, as the table names them now
 RENAMED = {"loop": "tiles_per_program", "ls": "pipeline_stages"}

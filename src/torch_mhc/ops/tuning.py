@@ -61,11 +61,15 @@ LAUNCH_DEFAULTS: dict = {
                   ({}, dict(BT=32, BK=32, num_warps=4, num_stages=3, waves=2))],
     # (``pre_mix``: the token kernel also writes the connection's pre-mix h = H_pre x, reading
     # x in channel tiles of BC, instead of the pre-mix kernel)
-    "coef_token": [({"n_max": 4}, dict(BT=8, BC=64, pre_mix=False, num_warps=1)),
+    "coef_token": [({"n_max": 4, "C_max": 1024},  # one launch fewer for +1 us (62.9 vs 61.9)
+                    dict(BT=4, BC=64, pre_mix=True, num_warps=1)),
+                   ({"n_max": 4}, dict(BT=8, BC=64, pre_mix=False, num_warps=1)),
                    ({}, dict(BT=8, BC=64, pre_mix=False, num_warps=2))],
     # backward: per-token gradients of the mappings, then the pass over x
-    "coef_token_bwd": [({"n_max": 4}, dict(BT=4, BC=128, pre_mix=True, num_warps=1)),
-                       ({}, dict(BT=4, BC=128, pre_mix=True, num_warps=2))],
+    "coef_token_bwd": [({"n_max": 4, "C_max": 1024},
+                        dict(BT=8, BC=64, pre_mix=True, num_warps=1)),
+                       ({"n_max": 4}, dict(BT=4, BC=128, pre_mix=False, num_warps=1)),
+                       ({}, dict(BT=4, BC=128, pre_mix=False, num_warps=2))],
     # bf16 streams, n <= 4: dx and dfn in one pass, one 2D tile per stream
     "coef_dx4": [({"C_max": 1024},  # few channel tiles: more, shorter token ranges
                   dict(BT=32, BC=64, num_warps=4, num_stages=2, tiles_per_program=8,
