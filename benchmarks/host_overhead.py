@@ -64,6 +64,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10, help="gpt-small steps timed")
     ap.add_argument("--reps", type=int, default=50, help="connections per timing")
     ap.add_argument("--out", default="host_overhead.json")
+    ap.add_argument("--no-gpt-small", action="store_true",
+                    help="time the connection only (mhc bench times gpt-small steps)")
     args = ap.parse_args()
     dev = torch.device("cuda")
     res = {"suite": "host_overhead", "device": _device_info(dev), **_versions(),
@@ -92,7 +94,7 @@ def main():
         torch.cuda.empty_cache()
     _launch.FAST_LAUNCH = True
     ns = SimpleNamespace(seq=None, n=4, dtype="bf16", optimizer="fused", warmup=3)
-    for variant in ("residual", "mhc-triton"):
+    for variant in () if args.no_gpt_small else ("residual", "mhc-triton"):
         run = _Trainee("gpt-small", variant, 8, ns, dev)
         run.warm()
         issue, wall = zip(*(_host_and_wall_us(lambda: run.step(0), 1) for _ in range(args.steps)))

@@ -107,7 +107,9 @@ def _link(x: torch.Tensor) -> torch.Tensor:
     key = (x.device, x.dtype)
     zero = _ZEROS.get(key)
     if zero is None:
-        zero = _ZEROS[key] = x.new_zeros(())
+        zero = x.new_zeros(())
+        if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):  # (filled on replay)
+            _ZEROS[key] = zero
     return zero.expand(x.shape)
 
 
