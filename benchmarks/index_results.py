@@ -78,8 +78,8 @@ def _pct(x: Optional[float]) -> str:
 
 def _step(d: Dict[str, Any]) -> str:
     v = {k: x for k, x in d.get("variants", {}).items() if isinstance(x, dict) and "median_ms" in x}
-    if "residual" not in v:
-        return ""
+    if "residual" not in v:  # one variant alone (its reference in another file)
+        return ", ".join(f"{k} {x['median_ms']:.2f} ms" for k, x in v.items())
     parts = [f"residual {v['residual']['median_ms']:.1f} ms"]
     for k in ("mhc-triton", "mhc-triton-recompute", "mhc-triton-nochain", "liger", "mhc-torch"):
         if k in v and v[k].get("overhead_pct") is not None:
@@ -137,6 +137,14 @@ def _profile(d: Dict[str, Any]) -> str:
 
 
 def _host(d: Dict[str, Any]) -> str:
+    if "compared_with" in d:  # alternating processes of two commits on one machine
+        def issue(commit, shape):
+            return "/".join(f"{r[f'{shape}_fast_launch']['host_us'] / 1e3:.2f}"
+                            for r in d["runs"][commit])
+        new, old = d["commit"], d["compared_with"]
+        return ("host time A/B, one connection fwd+bwd issue (ms, each run): "
+                + "; ".join(f"{shape.replace('_', ', ')} {new} {issue(new, shape)} vs "
+                            f"{old} {issue(old, shape)}" for shape in ("T4096_C4096", "T8192_C1024")))
     if "connection" in d:
         c = d["connection"].get("T4096_C4096_fast_launch", {})
         g = d.get("gpt_small_eager", {})
