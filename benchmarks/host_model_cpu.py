@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import importlib
+import os
 import pstats
+import sys
 import time
 
 import torch
@@ -54,7 +56,7 @@ def _simulate_gpu_launches(compiled: _Compiled) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tokens", type=int, default=64, help="T (B = 2 sequences of T / 2)")
+    ap.add_argument("--tokens", type=int, default=64, help="T")
     ap.add_argument("--C", type=int, default=64, help="channels per stream (the launch "
                     "configuration rows follow it: C <= 1024 is gpt-small's)")
     ap.add_argument("--reps", type=int, default=300)
@@ -62,21 +64,10 @@ def main() -> None:
     args = ap.parse_args()
     compiled = _Compiled()
     _simulate_gpu_launches(compiled)
-    from torch_mhc.ops.connection import connection_post, connection_pre
+    sys.path.insert(0, os.path.dirname(__file__))
+    from host_overhead import _connection  # the GPU benchmark's connection, on the CPU
     n, C = 4, args.C
-    x = torch.randn(2, args.tokens // 2, n, C, dtype=torch.bfloat16, requires_grad=True)
-    fn = torch.nn.Parameter(torch.randn((n + 2) * n, n * C) * 0.02)
-    base = torch.nn.Parameter(torch.randn((n + 2) * n))
-    scale = torch.nn.Parameter(torch.rand(3) + 0.5)
-    w = torch.randn_like(x)
-    leaves = (x, fn, base, scale)
-
-    def connection():
-        for t in leaves:
-            t.grad = None
-        h, _, h_post, h_res, link = connection_pre(x, fn, base, scale)
-        connection_post(x, h, h_post, h_res, link).backward(w)
-
+    connection, _ = _connection(args.tokens, C, n, dev="cpu")
     connection()
     compiled.launches = 0
     connection()

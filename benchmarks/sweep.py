@@ -17,6 +17,11 @@ import sys
 import torch
 
 
+def _token_configs(*rows):
+    """Configurations of a token kernel from ``(BT, BC, num_warps, pre_mix)`` rows."""
+    return [dict(BT=bt, BC=bc, num_warps=w, pre_mix=p) for bt, bc, w, p in rows]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tuning.json")
@@ -83,24 +88,13 @@ def main() -> int:
           dict(BT=256, BK=64, num_warps=8, num_stages=3, waves=4),
           dict(BT=128, BK=128, num_warps=8, num_stages=2, waves=4),
           dict(BT=128, BK=64, num_warps=4, num_stages=4, waves=4)]),
-        ("coef_token", fwd_h, b_fwd + (n + 1) * unit,
-         [dict(BT=8, BC=64, num_warps=1, pre_mix=False),
-          dict(BT=4, BC=64, num_warps=1, pre_mix=True),
-          dict(BT=8, BC=64, num_warps=1, pre_mix=True),
-          dict(BT=8, BC=128, num_warps=2, pre_mix=True),
-          dict(BT=8, BC=256, num_warps=4, pre_mix=True),
-          dict(BT=4, BC=128, num_warps=2, pre_mix=True),
-          dict(BT=16, BC=64, num_warps=2, pre_mix=True),
-          dict(BT=2, BC=256, num_warps=2, pre_mix=True)]),
-        ("coef_token_bwd", bwd, b_bwd + (n + 1) * unit,
-         [dict(BT=4, BC=128, num_warps=1, pre_mix=False),
-          dict(BT=4, BC=128, num_warps=1, pre_mix=True),
-          dict(BT=4, BC=64, num_warps=1, pre_mix=True),
-          dict(BT=4, BC=256, num_warps=2, pre_mix=True),
-          dict(BT=8, BC=128, num_warps=2, pre_mix=True),
-          dict(BT=2, BC=256, num_warps=2, pre_mix=True),
-          dict(BT=4, BC=128, num_warps=4, pre_mix=True),
-          dict(BT=8, BC=64, num_warps=1, pre_mix=True)]),
+        # (BT, BC, num_warps, pre_mix): first the pre-mix in its own kernel
+        ("coef_token", fwd_h, b_fwd + (n + 1) * unit, _token_configs(
+            (8, 64, 1, False), (4, 64, 1, True), (8, 64, 1, True), (8, 128, 2, True),
+            (8, 256, 4, True), (4, 128, 2, True), (16, 64, 2, True), (2, 256, 2, True))),
+        ("coef_token_bwd", bwd, b_bwd + (n + 1) * unit, _token_configs(
+            (4, 128, 1, False), (4, 128, 1, True), (4, 64, 1, True), (4, 256, 2, True),
+            (8, 128, 2, True), (2, 256, 2, True), (4, 128, 4, True), (8, 64, 1, True))),
         ("coef_dfn", bwd_general, b_bwd,
          [dict(BT=32, BK=128, num_warps=4, num_stages=4, waves=2),
           dict(BT=64, BK=128, num_warps=4, num_stages=3, waves=2),
