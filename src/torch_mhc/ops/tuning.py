@@ -59,14 +59,15 @@ LAUNCH_DEFAULTS: dict = {
                    dict(BT=128, BK=128, num_warps=8, num_stages=3, waves=4)),
                   ({"n_max": 4}, dict(BT=64, BK=32, num_warps=4, num_stages=3, waves=2)),
                   ({}, dict(BT=32, BK=32, num_warps=4, num_stages=3, waves=2))],
-    # (``pre_mix``: the token kernel also writes the connection's pre-mix h = H_pre x, reading
-    # x in channel tiles of BC, instead of the pre-mix kernel)
+    # (``pre_mix``: the token kernels also do the connection's pre-mix, h = H_pre x forward
+    # and <dh, x_i> backward, reading x in channel tiles of BC, instead of the pre-mix
+    # kernels; sweep_h200_2026-12-02_239e078_token-premix_c*.json)
     "coef_token": [({"n_max": 4, "C_max": 1024},  # one launch fewer for +1 us (62.9 vs 61.9)
                     dict(BT=4, BC=64, pre_mix=True, num_warps=1)),
                    ({"n_max": 4}, dict(BT=8, BC=64, pre_mix=False, num_warps=1)),
                    ({}, dict(BT=8, BC=64, pre_mix=False, num_warps=2))],
     # backward: per-token gradients of the mappings, then the pass over x
-    "coef_token_bwd": [({"n_max": 4, "C_max": 1024},
+    "coef_token_bwd": [({"n_max": 4, "C_max": 1024},  # token + dx pass 161 vs 312 us
                         dict(BT=8, BC=64, pre_mix=True, num_warps=1)),
                        ({"n_max": 4}, dict(BT=4, BC=128, pre_mix=False, num_warps=1)),
                        ({}, dict(BT=4, BC=128, pre_mix=False, num_warps=2))],
