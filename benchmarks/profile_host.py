@@ -185,7 +185,7 @@ def _step_profiles(args):
             torch.cuda.synchronize()
         avg = p.key_averages()
         t = avg.table(sort_by="self_cpu_time_total", row_limit=40)
-        t2 = avg.table(sort_by="self_cuda_time_total", row_limit=25)
+        t2 = avg.table(sort_by="self_cuda_time_total", row_limit=45)
         # anything that makes the host wait for the GPU inside a step
         waits = ("\n".join(f"{e.key}: {e.count} calls, {e.cpu_time_total:.0f} us"
                            for e in avg if "ynchronize" in e.key or "Memcpy" in e.key)

@@ -1,0 +1,88 @@
+"""GPU time of each kernel of one fused mHC connection (forward + backward, identity branch,
+bf16, n = 4) against its memory floor, at the two suite shapes.
+
+For each shape this runs the connection ``--reps`` times back to back (warm caches, as in a
+model) under ``torch.profiler`` and reports every kernel's mean duration, the connection's
+total, and the floor: the bytes the fused design must move (``connection`` module doc:
+18 C per token forward, 28 C backward) over the copy bandwidth measured on the same GPU.
+Writes JSON.
+
+    PYTHONPATH=src python benchmarks/connection_kernels.py --out kernels.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from host_overhead import _connection  # noqa: E402
+
+from torch_mhc.bench import _commit, _device_info, _versions  # noqa: E402
+
+
+def copy_bandwidth_gbs(mib: int = 512) -> float:
+    """Device-to-device copy bandwidth (read + write bytes per second), GB/s."""
+    a = torch.empty(mib << 20, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
+    start.record()
+    for _ in range(20):
+        b.copy_(a)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * a.numel() * 20 / (start.elapsed_time(end) * 1e-3) / 1e9
+
+
+def kernel_table(T: int, C: int, reps: int) -> dict:
+    """Mean GPU microseconds per connection of each kernel, and their sum."""
+    from torch.profiler import ProfilerActivity, profile
+    conn, _ = _connection(T, C)
+    for _ in range(3):
+        conn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            conn()
+        torch.cuda.synchronize()
+    per = defaultdict(float)
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time > 0:
+            per[e.name[:80]] += e.device_time / reps
+    rows = sorted(per.items(), key=lambda kv: -kv[1])
+    return {"kernels_us": [(k, round(v, 2)) for k, v in rows],
+            "total_us": round(sum(per.values()), 1)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--shapes", default="8192x1024,4096x4096", help="TxC,TxC")
+    ap.add_argument("--out", default="connection_kernels.json")
+    args = ap.parse_args()
+    bw = copy_bandwidth_gbs()
+    out = {"suite": "connection-kernels", "device": _device_info(torch.device("cuda")),
+           **_versions(), "commit": _commit(), "copy_gbs": round(bw, 1), "shapes": {}}
+    for s in args.shapes.split(","):
+        T, C = map(int, s.split("x"))
+        r = kernel_table(T, C, args.reps)
+        floor = (18 + 28) * C * T * 2 / (bw * 1e9) * 1e6  # bf16 bytes over copy bandwidth
+        r["floor_us"] = round(floor, 1)
+        r["of_floor"] = round(floor / r["total_us"], 3)
+        out["shapes"][s] = r
+        print(f"T={T} C={C}: {r['total_us']} us, floor {r['floor_us']} us "
+              f"({100 * r['of_floor']:.0f} %)")
+        for k, v in r["kernels_us"]:
+            print(f"    {v:8.2f}  {k}")
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
