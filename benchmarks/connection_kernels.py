@@ -5,9 +5,13 @@ For each shape this runs the connection ``--reps`` times back to back (warm cach
 model) under ``torch.profiler`` and reports every kernel's mean duration, the connection's
 total, and the floor: the bytes the fused design must move (``connection`` module doc:
 18 C per token forward, 28 C backward) over the copy bandwidth measured on the same GPU.
-Writes JSON.
+``--variants`` times launch configurations side by side in the same process: a JSON object
+``{name: {tuning key: {option: value}}}`` (as ``TORCH_MHC_TUNING`` takes them), each run
+after the defaults (``"default"``). Writes JSON.
 
     PYTHONPATH=src python benchmarks/connection_kernels.py --out kernels.json
+    PYTHONPATH=src python benchmarks/connection_kernels.py --shapes 8192x1024 \
+        --variants '{"fused": {"coef_gemm": {"fused": true}}}'
 """
 from __future__ import annotations
 
@@ -65,21 +69,38 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--shapes", default="8192x1024,4096x4096", help="TxC,TxC")
     ap.add_argument("--out", default="connection_kernels.json")
+    ap.add_argument("--variants", default="{}",
+                    help="JSON {name: {tuning key: {option: value}}} timed after the defaults")
     args = ap.parse_args()
+    try:
+        variants = {"default": {}, **json.loads(args.variants)}
+    except ValueError as e:
+        ap.error(f"--variants is not JSON: {e}")
+    from torch_mhc.ops import tuning
     bw = copy_bandwidth_gbs()
     out = {"suite": "connection-kernels", "device": _device_info(torch.device("cuda")),
-           **_versions(), "commit": _commit(), "copy_gbs": round(bw, 1), "shapes": {}}
+           **_versions(), "commit": _commit(), "copy_gbs": round(bw, 1), "shapes": {},
+           "variants": variants}
     for s in args.shapes.split(","):
         T, C = map(int, s.split("x"))
-        r = kernel_table(T, C, args.reps)
         floor = (18 + 28) * C * T * 2 / (bw * 1e9) * 1e6  # bf16 bytes over copy bandwidth
-        r["floor_us"] = round(floor, 1)
-        r["of_floor"] = round(floor / r["total_us"], 3)
-        out["shapes"][s] = r
-        print(f"T={T} C={C}: {r['total_us']} us, floor {r['floor_us']} us "
-              f"({100 * r['of_floor']:.0f} %)")
-        for k, v in r["kernels_us"]:
-            print(f"    {v:8.2f}  {k}")
+        for name, over in variants.items():
+            tuning.TUNING.clear()
+            tuning.TUNING.update(over)
+            try:
+                r = kernel_table(T, C, args.reps)
+            except Exception as e:  # a configuration that does not compile or fit
+                print(f"T={T} C={C} {name}: failed: {e!r}"[:300])
+                out["shapes"][f"{s}/{name}"] = {"error": repr(e)[:300]}
+                continue
+            r["floor_us"] = round(floor, 1)
+            r["of_floor"] = round(floor / r["total_us"], 3)
+            out["shapes"][s if name == "default" else f"{s}/{name}"] = r
+            print(f"T={T} C={C} {name}: {r['total_us']} us, floor {r['floor_us']} us "
+                  f"({100 * r['of_floor']:.0f} %)")
+            for k, v in r["kernels_us"]:
+                print(f"    {v:8.2f}  {k}")
+    tuning.TUNING.clear()
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
 

@@ -49,6 +49,23 @@ def test_fp32_forward_backward(n, C, T, hc_eps, rms_eps):
     _compare(x, fn, base, scale, hc_eps, rms_eps, 1e-5, 2e-5)
 
 
+@pytest.mark.parametrize("n,C,T,dtype", [(4, 48, 37, torch.float32), (3, 36, 19, torch.float32),
+                                         (4, 100, 21, torch.bfloat16),
+                                         (2, 40, 40, torch.bfloat16)])
+@pytest.mark.parametrize("hc_eps", [0.0, 1e-6])
+def test_fused_forward_kernel(n, C, T, dtype, hc_eps, monkeypatch):
+    """The forward as one kernel (``fused`` launch option: GEMM over all of K, then the
+    per-token work on the same tokens; several token sub-tiles per program, a partial last
+    tile) gives the reference's mappings and gradients."""
+    from torch_mhc.ops import tuning
+    monkeypatch.setitem(tuning.TUNING, "coef_gemm", {"fused": True})
+    monkeypatch.setitem(tuning.TUNING, "coef_token", {"BT": 4})  # 4 sub-tiles of the 16
+    x = (torch.randn(T, n, C, device=DEV) * 2).to(dtype).requires_grad_()
+    fn, base, scale = _params(n, C)
+    tol = (1e-5, 2e-5) if dtype == torch.float32 else (1e-4, 1e-2)
+    _compare(x, fn, base, scale, hc_eps, 1e-6, *tol)
+
+
 @pytest.mark.parametrize("n,C", [(4, 100), (2, 48)])
 @pytest.mark.parametrize("hc_eps", [0.0, 1e-6])
 def test_bf16_streams(n, C, hc_eps):

@@ -22,6 +22,9 @@ Configuration keys:
 * ``tiles_per_program``: token tiles one program of a dx pass loops over;
 * ``pipeline_stages``: software-pipeline stages of that token loop (``tl.range``): 2 or more
   prefetch the next tiles with cp.async while the current one is computed;
+* ``fused`` (``coef_gemm``): the coefficient forward as one kernel, the GEMM over all of K
+  for ``BT`` tokens per program followed by the token kernel's work on them (in sub-tiles
+  of ``coef_token``'s ``BT``, with its ``BC``; the pre-mix too when the connection asks);
 * ``pre_mix`` (``coef_token``, ``coef_token_bwd``): the coefficient token kernel also does
   the fused connection's pre-mix, ``h = H_pre x`` forward and ``<dh, x_i>`` backward,
   reading ``x`` in channel tiles of ``BC`` (one launch fewer), instead of the pre-mix
@@ -187,7 +190,7 @@ _RESOLVED: dict = {}
 
 #: the options a configuration may hold (see the module docstring)
 OPTIONS = frozenset({"BT", "BC", "BK", "BC_x_NB", "num_warps", "num_stages", "waves",
-                     "tiles_per_program", "pipeline_stages", "pre_mix"})
+                     "tiles_per_program", "pipeline_stages", "pre_mix", "fused"})
 
 
 def _resolve(entry, over: dict, shape: dict) -> dict:

@@ -18,7 +18,7 @@ import torch
 from .._launch import LazyJit, Launch, dot_mode, fit_channel_tile, next_pow2, num_sms, triton_cdiv
 from .._tiles import _gates, _split_hi_lo, _token_tile
 from ..pre_mix import pre_mix_forward_triton
-from ..tuning import launch_plan, stream_shape
+from ..tuning import launch_config, launch_plan, stream_shape
 
 
 def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, C, k_per_split, split,
@@ -30,7 +30,14 @@ def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, C, k_per_split, split,
     # ``_launch`` "launch order").
     pid = tl.program_id(0)
     pid_s = pid % split
-    pid_t = tl.cdiv(T, BT) - 1 - pid // split
+    _gemm_rows(tl.cdiv(T, BT) - 1 - pid // split, pid_s, x_ptr, fn_ptr, part_ptr, T, K, C,
+               k_per_split, N, NP, BT, BK, PREC, X_BROADCAST)
+
+
+def _gemm_rows(pid_t, pid_s, x_ptr, fn_ptr, part_ptr, T, K, C, k_per_split, N: tl.constexpr,
+               NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+               X_BROADCAST: tl.constexpr):
+    """Token tile ``pid_t``, K-slice ``pid_s`` of ``_coef_gemm_kernel``."""
     rows = pid_t * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
@@ -74,7 +81,16 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
                        n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
                        BC: tl.constexpr, LOG: tl.constexpr, PRE_MIX: tl.constexpr,
                        X_BROADCAST: tl.constexpr):
-    pid = tl.program_id(0)
+    _token_rows(tl.program_id(0), part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr,
+                hres_ptr, x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps, hc_eps, n, N, NB, BT, BC,
+                LOG, PRE_MIX, X_BROADCAST)
+
+
+def _token_rows(pid, part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr, hres_ptr,
+                x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps, hc_eps, n: tl.constexpr,
+                N: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                LOG: tl.constexpr, PRE_MIX: tl.constexpr, X_BROADCAST: tl.constexpr):
+    """Token tile ``pid`` (``BT`` tokens) of ``_coef_token_kernel``."""
     rows, rmask, r64, ii, m2, aa, bb, valid, m3 = _token_tile(pid, T, n, NB, BT)
     pre = tl.zeros([BT, NB], dtype=tl.float32)
     post = tl.zeros([BT, NB], dtype=tl.float32)
@@ -138,12 +154,35 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
     tl.store(hres_ptr + r64[:, None, None] * (n * n) + bb * n + aa, P, mask=m3)
 
 
-_coef_gemm = LazyJit(_coef_gemm_kernel, helpers=(_split_hi_lo,))
-_coef_token = LazyJit(_coef_token_kernel, helpers=(_token_tile, _gates))
+def _coef_fused_kernel(x_ptr, fn_ptr, part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr,
+                       hpost_ptr, hres_ptr, h_ptr, T, K, C, iters, rms_eps, hc_eps,
+                       n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, NB: tl.constexpr,
+                       BT: tl.constexpr, BK: tl.constexpr, BT_TOK: tl.constexpr,
+                       BC: tl.constexpr, PREC: tl.constexpr, LOG: tl.constexpr,
+                       PRE_MIX: tl.constexpr, X_BROADCAST: tl.constexpr):
+    # Both kernels in one launch (``fused``): a program takes BT tokens and all of K, as the
+    # GEMM kernel with one split (token tiles descending), then does the token kernel's work
+    # on them in sub-tiles of BT_TOK, reading its own projection rows back from ``part`` and,
+    # for the pre-mix, its own x rows again (just read: L2).
+    pid_t = tl.cdiv(T, BT) - 1 - tl.program_id(0)
+    _gemm_rows(pid_t, 0, x_ptr, fn_ptr, part_ptr, T, K, C, K, N, NP, BT, BK, PREC, X_BROADCAST)
+    tl.debug_barrier()  # the rows this program wrote, visible to all of its threads
+    for j in range(BT // BT_TOK):
+        _token_rows(pid_t * (BT // BT_TOK) + j, part_ptr, scale_ptr, base_ptr, mix_ptr,
+                    hpre_ptr, hpost_ptr, hres_ptr, x_ptr, h_ptr, T, 1, K, C, iters, rms_eps,
+                    hc_eps, n, N, NB, BT_TOK, BC, LOG, PRE_MIX, X_BROADCAST)
+
+
+_coef_gemm = LazyJit(_coef_gemm_kernel, helpers=(_split_hi_lo, _gemm_rows))
+_coef_token = LazyJit(_coef_token_kernel, helpers=(_token_tile, _gates, _token_rows))
+_coef_fused = LazyJit(_coef_fused_kernel, helpers=(_split_hi_lo, _gemm_rows, _token_tile, _gates,
+                                                   _token_rows))
 
 
 def _gemm_plan(cfg, T, n, C, dtype, broadcast, interpret, device, **_):
     K, N = n * C, (n + 2) * n
+    if cfg.get("fused"):  # one kernel (``_fused_plan``), one split
+        return 1, K, None
     BT, BK = (16, 32) if interpret else (cfg["BT"], cfg["BK"])
     tiles_t, k_tiles = triton_cdiv(T, BT), triton_cdiv(K, BK)
     split = max(1, min(k_tiles, (cfg["waves"] * num_sms(device)) // max(tiles_t, 1)))
@@ -160,6 +199,21 @@ def _token_plan(cfg, T, n, C, broadcast, interpret, log, with_h, **_):
                   NB=next_pow2(n), BT=cfg["BT"], BC=fit_channel_tile(cfg["BC"], C), LOG=log,
                   PRE_MIX=with_h and bool(cfg["pre_mix"]), X_BROADCAST=broadcast,
                   num_warps=cfg["num_warps"])
+
+
+def _fused_plan(cfg, log, with_h, **shape):
+    # ``cfg``: coef_gemm's (tiles, warps, stages); the token sub-tile and channel tile are
+    # coef_token's
+    tok = launch_config("coef_token", **shape)
+    T, n, C, dtype, interpret, broadcast = (shape[k] for k in ("T", "n", "C", "dtype",
+                                                                "interpret", "broadcast"))
+    BT, BK = (16, 32) if interpret else (cfg["BT"], cfg["BK"])
+    BT_TOK = min(BT, tok["BT"])
+    return Launch(_coef_fused, (triton_cdiv(T, BT),), interpret, n=n, N=(n + 2) * n,
+                  NP=max(16, next_pow2((n + 2) * n)), NB=next_pow2(n), BT=BT, BK=BK,
+                  BT_TOK=BT_TOK, BC=fit_channel_tile(tok["BC"], C), PREC=dot_mode(dtype),
+                  LOG=log, PRE_MIX=with_h, X_BROADCAST=broadcast, num_warps=cfg["num_warps"],
+                  num_stages=cfg["num_stages"])
 
 
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
@@ -180,11 +234,18 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     split, k_per_split, gemm = launch_plan("coef_gemm", _gemm_plan, **shape)
     dev, f32 = x.device, torch.float32
     part = torch.empty(split, T, N + 1, device=dev, dtype=f32)
-    gemm(x, fn.contiguous(), part, T, K, C, k_per_split, split)
     mix = torch.empty(*lead, N + 1, device=dev, dtype=f32)
     h_pre = torch.empty(*lead, n, device=dev, dtype=f32)
     h_post = torch.empty(*lead, n, device=dev, dtype=f32)
     h_res = torch.empty(*lead, n, n, device=dev, dtype=f32)
+    if gemm is None:  # ``fused``: one kernel
+        launch = launch_plan("coef_gemm", _fused_plan, log=(hc_eps == 0.0), with_h=pre_mix,
+                             **shape)
+        h = torch.empty(*lead, C, device=dev, dtype=x.dtype) if pre_mix else h_pre
+        launch(x, fn.contiguous(), part, scale.contiguous(), base.contiguous(), mix, h_pre,
+               h_post, h_res, h, T, K, C, int(iters), float(rms_eps), float(hc_eps))
+        return (h_pre, h_post, h_res, mix, h) if pre_mix else (h_pre, h_post, h_res, mix)
+    gemm(x, fn.contiguous(), part, T, K, C, k_per_split, split)
     token = launch_plan("coef_token", _token_plan, log=(hc_eps == 0.0), with_h=pre_mix, **shape)
     fused = token.kw["PRE_MIX"]
     h = torch.empty(*lead, C, device=dev, dtype=x.dtype) if fused else h_pre
