@@ -9,7 +9,8 @@ and T = 8192, C = 1024 (``gpt-small``'s), this measures
 * ``gpu_us``: the sum of its kernels' durations (torch.profiler),
 
 and ``wall_over_gpu`` (1.0 = the GPU never waits for the host), each with the cached fast
-Triton launch on and off (``TORCH_MHC_FAST_LAUNCH``); then a gpt-small training step (eager)
+Triton launch on and off (``TORCH_MHC_FAST_LAUNCH``), and compiled
+(``torch.compile(fullgraph=True)``, modes ``default`` and ``reduce-overhead``); then a gpt-small training step (eager)
 for the residual and mHC models: issue and wall time. Writes JSON.
 
     python benchmarks/host_overhead.py --out host_overhead.json
@@ -42,7 +43,10 @@ def _host_and_wall_us(fn, reps):
     return (t1 - t0) / reps * 1e6, (t2 - t0) / reps * 1e6
 
 
-def _connection(T, C, n=4, dev="cuda"):
+def _connection(T, C, n=4, dev="cuda", compile_mode=None):
+    """``(conn, leaves)``: ``conn()`` runs one connection forward + backward; with
+    ``compile_mode`` (``"default"``, ``"reduce-overhead"``) the forward is
+    ``torch.compile(fullgraph=True)``'d with that mode (its backward compiled with it)."""
     N, K = (n + 2) * n, n * C
     x = torch.randn(T, n, C, device=dev, dtype=torch.bfloat16, requires_grad=True)
     fn = (torch.randn(N, K, device=dev) * 0.02).requires_grad_()
@@ -51,11 +55,19 @@ def _connection(T, C, n=4, dev="cuda"):
     w = torch.randn(T, n, C, device=dev, dtype=torch.bfloat16)
     leaves = (x, fn, base, scale)
 
+    def forward(x, fn, base, scale):
+        h, _, h_post, h_res, link = connection_pre(x, fn, base, scale)
+        return connection_post(x, h, h_post, h_res, link)
+
+    if compile_mode is not None:
+        forward = torch.compile(forward, fullgraph=True, mode=compile_mode)
+
     def conn():
         for t in leaves:
             t.grad = None
-        h, _, h_post, h_res, link = connection_pre(x, fn, base, scale)
-        connection_post(x, h, h_post, h_res, link).backward(w)
+        if compile_mode == "reduce-overhead":  # one replay of each graph per call
+            torch.compiler.cudagraph_mark_step_begin()
+        forward(x, fn, base, scale).backward(w)
     return conn, leaves
 
 
@@ -66,6 +78,9 @@ def main():
     ap.add_argument("--out", default="host_overhead.json")
     ap.add_argument("--no-gpt-small", action="store_true",
                     help="time the connection only (mhc bench times gpt-small steps)")
+    ap.add_argument("--no-compiled", action="store_true",
+                    help="skip the compiled connection (torch.compile, default and "
+                         "reduce-overhead modes)")
     args = ap.parse_args()
     dev = torch.device("cuda")
     res = {"suite": "host_overhead", "device": _device_info(dev), **_versions(),
@@ -92,6 +107,22 @@ def main():
                   f"(wall/GPU {wall / gpu_us:.2f})", flush=True)
         del conn, leaves, grads
         torch.cuda.empty_cache()
+        # compiled: Inductor launches the kernels (no Python launchers); reduce-overhead
+        # replays CUDA graphs. GPU time of the compiled kernels (the graphs replay the same).
+        for mode in () if args.no_compiled else ("default", "reduce-overhead"):
+            conn, _ = _connection(T, C, compile_mode=mode)
+            for _ in range(3):
+                conn()
+            if mode == "default":
+                gpu_c, kernels_c = _gpu_kernel_time(conn, dev)
+            host, wall = _host_and_wall_us(conn, args.reps)
+            key = f"T{T}_C{C}_compiled_{mode}"
+            res["connection"][key] = {"host_us": host, "wall_us": wall, "gpu_us": gpu_c,
+                                      "wall_over_gpu": wall / gpu_c, "kernels": kernels_c}
+            print(f"{key}: issue {host:.0f} us, wall {wall:.0f} us, GPU {gpu_c:.0f} us "
+                  f"(wall/GPU {wall / gpu_c:.2f})", flush=True)
+            del conn
+            torch.cuda.empty_cache()
     _launch.FAST_LAUNCH = True
     ns = SimpleNamespace(seq=None, n=4, dtype="bf16", optimizer="fused", warmup=3)
     for variant in () if args.no_gpt_small else ("residual", "mhc-triton"):

@@ -94,6 +94,13 @@ def _find(model: nn.Module, cls) -> List[Tuple[nn.Module, str, nn.Module, str]]:
     return found
 
 
+def _norm_eps(norm) -> float:
+    """The epsilon of V4's unweighted RMSNorm: ``eps`` in earlier transformers releases,
+    ``variance_epsilon`` from 5.25 on."""
+    eps = getattr(norm, "eps", None)
+    return float(norm.variance_epsilon if eps is None else eps)
+
+
 def patch_deepseek_v4(model: nn.Module, n: Optional[int] = None, backend: str = "auto") -> nn.Module:
     """Patch a transformers DeepSeek-V4 model in place; see the module docstring. Returns ``model``.
 
@@ -139,7 +146,7 @@ def patch_deepseek_v4(model: nn.Module, n: Optional[int] = None, backend: str = 
             hc = HyperConnection(SublayerBranch(layer, norm, module), dim, site_n, "mhc",
                                  layer_index=2 * index + k, backend=backend,
                                  sinkhorn_iters=site.hc_sinkhorn_iters,
-                                 rms_eps=site.input_norm.eps, hc_eps=site.hc_eps,
+                                 rms_eps=_norm_eps(site.input_norm), hc_eps=site.hc_eps,
                                  device="meta")  # placeholders: V4's parameters go in below
             hc.fn, hc.base, hc.scale = site.fn, site.base, site.scale  # share, don't copy
             hc.train(site.training)
@@ -157,7 +164,7 @@ def patch_deepseek_v4(model: nn.Module, n: Optional[int] = None, backend: str = 
             raise ValueError(f"{hname}: hc_fn {tuple(head.hc_fn.shape)}, hc_base "
                              f"{tuple(head.hc_base.shape)} do not fit hc_mult={head_n}: the "
                              "checkpoint's hc_mult disagrees with the model's")
-        new_head = HyperHead(head.hc_fn.shape[1] // head_n, head_n, rms_eps=head.input_norm.eps,
+        new_head = HyperHead(head.hc_fn.shape[1] // head_n, head_n, rms_eps=_norm_eps(head.input_norm),
                              eps=head.eps, backend=backend, device="meta")
         new_head.hc_fn, new_head.hc_base, new_head.hc_scale = head.hc_fn, head.hc_base, head.hc_scale
         new_head.train(head.training)
