@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# GPU check of the launch options at gpt-small's shape (T = 8192, C = 1024, n = 4, bf16), in
+# about 7 minutes: the one-kernel forward's CUDA tests, each variant's per-kernel GPU time in
+# one process (connection_kernels.py --variants), the fastest variant of each group (at least
+# 1.5 % below the defaults) written to $OUT/tuning.json, compiled gpt-small with that tuning
+# against compiled residual, and the host overhead of one connection (eager and compiled).
+#   OUT=dir bash benchmarks/c1024_check.sh
+set -u
+OUT=${OUT:-out}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind
+nvidia-smi --query-gpu=name --format=csv,noheader
+timeout 90 python -m pytest -q -p no:warnings --tb=line tests/ops/test_coefficients_triton.py tests/ops/test_connection_triton.py -k "fused or broadcast" 2>&1 | tail -3
+G='"coef_gemm": {"fused": true, "BK": 128, "num_stages": 3'
+V='{
+"fwd:fused64": {'"$G"', "BT": 64, "num_warps": 4}},
+"fwd:fused32": {'"$G"', "BT": 32, "num_warps": 4}},
+"fwd:tok_8_128_w4": {"coef_token": {"BT": 8, "BC": 128, "pre_mix": true, "num_warps": 4}},
+"bwd:tbwd_8_128_w4": {"coef_token_bwd": {"BT": 8, "BC": 128, "pre_mix": true, "num_warps": 4}},
+"bwd:tbwd_16_64_w4": {"coef_token_bwd": {"BT": 16, "BC": 64, "pre_mix": true, "num_warps": 4}},
+"prb:prb_2_w8": {"post_res_bwd": {"BT": 2, "BC_x_NB": 4096, "num_warps": 8}}
+}'
+timeout 110 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 15 --variants "$V" --out $OUT/ck_c1024.json 2>&1 | grep -v -i warn | grep -v "^  .*\(reduce\|elementwise\|vectorized\)"
+python - <<'PY'
+import json, os
+d = json.load(open(os.environ["OUT"] + "/ck_c1024.json"))
+base = d["shapes"]["8192x1024"]["total_us"]
+best = {}
+for k, r in d["shapes"].items():
+    if "/" not in k or "total_us" not in r: continue
+    name = k.split("/", 1)[1]; grp = name.split(":")[0]
+    if r["total_us"] < best.get(grp, (base * 0.985, None))[0]:  # 1.5 % better than default
+        best[grp] = (r["total_us"], name)
+tun = {}
+for grp, (t, name) in best.items():
+    tun.update(d["variants"][name]); print("picked", name, t, "vs default", base)
+json.dump(tun, open(os.environ["OUT"] + "/tuning.json", "w"), indent=1)
+print("tuning", json.dumps(tun))
+PY
+TORCH_MHC_TUNING=$OUT/tuning.json timeout 130 python -m torch_mhc.bench --steps 10 --suite gpt-small --compile --variants residual,mhc-triton --out $OUT/gpt-small_compiled.json 2>&1 | grep -v -i warn | tail -3
+timeout 150 python benchmarks/host_overhead.py --no-gpt-small --reps 30 --out $OUT/host_overhead.json 2>&1 | grep -v -i warn | tail -8
