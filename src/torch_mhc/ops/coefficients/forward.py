@@ -1,4 +1,5 @@
-"""Forward of the fused coefficients: two kernels (the paper's kernels 1-3, Sec. 4.3.1).
+"""Forward of the fused coefficients: two kernels (the paper's kernels 1-3, Sec. 4.3.1), or
+both in one (``_coef_fused_kernel``, launch option ``fused``).
 
 1. ``_coef_gemm_kernel``: one pass over x (T, nC): the projection x fn^T for all (n+2)n
    outputs (padded to a power of two >= 16 for ``tl.dot``) and sum(x^2), split over K = nC so
@@ -223,8 +224,10 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     (``_backend.is_broadcast``) -> ``H_pre, H_post, H_res, mix`` (fp32, leading dimensions
     as ``x``'s), and with ``pre_mix`` also the pre-mix ``h = H_pre x (..., C)``: written by
     the token kernel where its launch configuration says so (``pre_mix`` in
-    ``tuning.LAUNCH_DEFAULTS["coef_token"]``), else by ``pre_mix``'s kernel. ``shape`` is
-    ``tuning.stream_shape(x)`` where the caller has it.
+    ``tuning.LAUNCH_DEFAULTS["coef_token"]``), else by ``pre_mix``'s kernel. With
+    ``coef_gemm``'s ``fused`` option one kernel does the GEMM, the per-token work and the
+    pre-mix (``_coef_fused_kernel``). ``shape`` is ``tuning.stream_shape(x)`` where the
+    caller has it.
 
     ``mix (..., N + 1)`` holds the raw projection ``x fn^T`` and ``1/r`` for the backward.
     """
