@@ -75,9 +75,9 @@ def main(argv=None):
         ("coef_token", co._coef_token, token_sig, *launch("coef_token", n=n, N=N, NB=NB, LOG=True)),
         # the forward as one kernel (``fused``; coef_gemm's tiles, coef_token's sub-tile)
         ("coef_fused", co._coef_fused,
-         dict(x_ptr=xt, fn_ptr=f32, part_ptr=f32, scale_ptr=f32, base_ptr=f32, mix_ptr=f32,
-              hpre_ptr=f32, hpost_ptr=f32, hres_ptr=f32, h_ptr=xt, T=i32, K=i32, C=i32,
-              iters=i32, rms_eps="fp32", hc_eps="fp32"),
+         dict(fn_ptr=f32, part_ptr=f32, scale_ptr=f32, base_ptr=f32, mix_ptr=f32,
+              hpre_ptr=f32, hpost_ptr=f32, hres_ptr=f32, x_ptr=xt, h_ptr=xt, T=i32, SPLIT=i32,
+              K=i32, C=i32, iters=i32, rms_eps="fp32", hc_eps="fp32"),
          dict(BT=cfg("coef_gemm")["BT"], BK=cfg("coef_gemm")["BK"],
               BT_TOK=min(cfg("coef_gemm")["BT"], cfg("coef_token")["BT"]),
               BC=cfg("coef_token")["BC"], n=n, N=N, NP=NP, NB=NB, PREC=prec, LOG=True,

@@ -19,49 +19,23 @@ import argparse
 import json
 import os
 import sys
-from collections import defaultdict
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from host_overhead import _connection  # noqa: E402
 
-from torch_mhc.bench import _commit, _device_info, _versions  # noqa: E402
-
-
-def copy_bandwidth_gbs(mib: int = 512) -> float:
-    """Device-to-device copy bandwidth (read + write bytes per second), GB/s."""
-    a = torch.empty(mib << 20, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
-    start.record()
-    for _ in range(20):
-        b.copy_(a)
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * a.numel() * 20 / (start.elapsed_time(end) * 1e-3) / 1e9
+from torch_mhc.bench import (_commit, _copy_bandwidth, _device_info,  # noqa: E402
+                             _gpu_kernel_time, _versions)
 
 
 def kernel_table(T: int, C: int, reps: int) -> dict:
     """Mean GPU microseconds per connection of each kernel, and their sum."""
-    from torch.profiler import ProfilerActivity, profile
     conn, _ = _connection(T, C)
     for _ in range(3):
         conn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            conn()
-        torch.cuda.synchronize()
-    per = defaultdict(float)
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time > 0:
-            per[e.name[:80]] += e.device_time / reps
-    rows = sorted(per.items(), key=lambda kv: -kv[1])
-    return {"kernels_us": [(k, round(v, 2)) for k, v in rows],
-            "total_us": round(sum(per.values()), 1)}
+    total, kernels = _gpu_kernel_time(conn, torch.device("cuda"), reps, top=None)
+    return {"kernels_us": kernels, "total_us": round(total, 1)}
 
 
 def main():
@@ -77,7 +51,7 @@ def main():
     except ValueError as e:
         ap.error(f"--variants is not JSON: {e}")
     from torch_mhc.ops import tuning
-    bw = copy_bandwidth_gbs()
+    bw = _copy_bandwidth(torch.device("cuda")) / 1e9  # GB/s
     out = {"suite": "connection-kernels", "device": _device_info(torch.device("cuda")),
            **_versions(), "commit": _commit(), "copy_gbs": round(bw, 1), "shapes": {},
            "variants": variants}

@@ -441,10 +441,10 @@ def _bench_ms(fn, device, reps: int = 50) -> float:
     return statistics.median(ts)
 
 
-def _gpu_kernel_time(fn, device, reps: int = 3):
+def _gpu_kernel_time(fn, device, reps: int = 3, top: Optional[int] = 8):
     """GPU time of one ``fn()`` as the sum of its kernels' durations (torch.profiler), with the
-    largest kernels: excludes the host-side gaps that ``_bench_ms`` sees when launching is
-    slower than the GPU work (small ops outside a model)."""
+    ``top`` largest kernels (all for ``None``): excludes the host-side gaps that ``_bench_ms``
+    sees when launching is slower than the GPU work (small ops outside a model)."""
     if device.type != "cuda":
         return None, []
     from torch.profiler import ProfilerActivity, profile
@@ -462,7 +462,7 @@ def _gpu_kernel_time(fn, device, reps: int = 3):
         if t and t > 0:
             rows.append((e.key[:80], t / reps))
     rows.sort(key=lambda r: -r[1])
-    return sum(t for _, t in rows), [(k, round(t, 1)) for k, t in rows[:8]]
+    return sum(t for _, t in rows), [(k, round(t, 1)) for k, t in rows[:top]]
 
 
 def _copy_bandwidth(device) -> Optional[float]:

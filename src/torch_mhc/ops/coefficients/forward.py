@@ -155,22 +155,23 @@ def _token_rows(pid, part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr
     tl.store(hres_ptr + r64[:, None, None] * (n * n) + bb * n + aa, P, mask=m3)
 
 
-def _coef_fused_kernel(x_ptr, fn_ptr, part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr,
-                       hpost_ptr, hres_ptr, h_ptr, T, K, C, iters, rms_eps, hc_eps,
+def _coef_fused_kernel(fn_ptr, part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr,
+                       hres_ptr, x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps, hc_eps,
                        n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, NB: tl.constexpr,
                        BT: tl.constexpr, BK: tl.constexpr, BT_TOK: tl.constexpr,
                        BC: tl.constexpr, PREC: tl.constexpr, LOG: tl.constexpr,
                        PRE_MIX: tl.constexpr, X_BROADCAST: tl.constexpr):
-    # Both kernels in one launch (``fused``): a program takes BT tokens and all of K, as the
-    # GEMM kernel with one split (token tiles descending), then does the token kernel's work
-    # on them in sub-tiles of BT_TOK, reading its own projection rows back from ``part`` and,
-    # for the pre-mix, its own x rows again (just read: L2).
+    # Both kernels in one launch (``fused``; the token kernel's arguments after ``fn``, SPLIT
+    # = 1): a program takes BT tokens and all of K, as the GEMM kernel with one split (token
+    # tiles descending), then does the token kernel's work on them in sub-tiles of BT_TOK,
+    # reading its own projection rows back from ``part`` and, for the pre-mix, its own x rows
+    # again (just read: L2).
     pid_t = tl.cdiv(T, BT) - 1 - tl.program_id(0)
     _gemm_rows(pid_t, 0, x_ptr, fn_ptr, part_ptr, T, K, C, K, N, NP, BT, BK, PREC, X_BROADCAST)
     tl.debug_barrier()  # the rows this program wrote, visible to all of its threads
     for j in range(BT // BT_TOK):
         _token_rows(pid_t * (BT // BT_TOK) + j, part_ptr, scale_ptr, base_ptr, mix_ptr,
-                    hpre_ptr, hpost_ptr, hres_ptr, x_ptr, h_ptr, T, 1, K, C, iters, rms_eps,
+                    hpre_ptr, hpost_ptr, hres_ptr, x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps,
                     hc_eps, n, N, NB, BT_TOK, BC, LOG, PRE_MIX, X_BROADCAST)
 
 
@@ -241,19 +242,19 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     h_pre = torch.empty(*lead, n, device=dev, dtype=f32)
     h_post = torch.empty(*lead, n, device=dev, dtype=f32)
     h_res = torch.empty(*lead, n, n, device=dev, dtype=f32)
-    if gemm is None:  # ``fused``: one kernel
-        launch = launch_plan("coef_gemm", _fused_plan, log=(hc_eps == 0.0), with_h=pre_mix,
-                             **shape)
-        h = torch.empty(*lead, C, device=dev, dtype=x.dtype) if pre_mix else h_pre
-        launch(x, fn.contiguous(), part, scale.contiguous(), base.contiguous(), mix, h_pre,
-               h_post, h_res, h, T, K, C, int(iters), float(rms_eps), float(hc_eps))
-        return (h_pre, h_post, h_res, mix, h) if pre_mix else (h_pre, h_post, h_res, mix)
-    gemm(x, fn.contiguous(), part, T, K, C, k_per_split, split)
-    token = launch_plan("coef_token", _token_plan, log=(hc_eps == 0.0), with_h=pre_mix, **shape)
+    if gemm is None:  # ``fused``: one kernel, the token kernel's arguments after ``fn``
+        token = launch_plan("coef_gemm", _fused_plan, log=(hc_eps == 0.0), with_h=pre_mix,
+                            **shape)
+        first = (fn.contiguous(),)
+    else:
+        gemm(x, fn.contiguous(), part, T, K, C, k_per_split, split)
+        token = launch_plan("coef_token", _token_plan, log=(hc_eps == 0.0), with_h=pre_mix,
+                            **shape)
+        first = ()
     fused = token.kw["PRE_MIX"]
     h = torch.empty(*lead, C, device=dev, dtype=x.dtype) if fused else h_pre
-    token(part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res, x, h, T, split,
-          K, C, int(iters), float(rms_eps), float(hc_eps))
+    token(*first, part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res, x, h, T,
+          split, K, C, int(iters), float(rms_eps), float(hc_eps))
     if not pre_mix:
         return h_pre, h_post, h_res, mix
     if not fused:
