@@ -7,7 +7,8 @@ total, and the floor: the bytes the fused design must move (``connection`` modul
 18 C per token forward, 28 C backward) over the copy bandwidth measured on the same GPU.
 ``--variants`` times launch configurations side by side in the same process: a JSON object
 ``{name: {tuning key: {option: value}}}`` (as ``TORCH_MHC_TUNING`` takes them), each run
-after the defaults (``"default"``). Writes JSON.
+after the defaults (``"default"``). Writes JSON after every timing (``"partial": true`` until
+the run ends).
 
     PYTHONPATH=src python benchmarks/connection_kernels.py --out kernels.json
     PYTHONPATH=src python benchmarks/connection_kernels.py --shapes 8192x1024 \
@@ -74,8 +75,13 @@ def main():
                   f"({100 * r['of_floor']:.0f} %)")
             for k, v in r["kernels_us"]:
                 print(f"    {v:8.2f}  {k}")
+            _write(args.out, {**out, "partial": True})  # a stopped run keeps what it measured
     tuning.TUNING.clear()
-    with open(args.out, "w") as f:
+    _write(args.out, out)
+
+
+def _write(path: str, out: dict) -> None:
+    with open(path, "w") as f:
         json.dump(out, f, indent=1)
 
 
