@@ -2,11 +2,11 @@
 # GPU check of the launch options at gpt-small's shape (T = 8192, C = 1024, n = 4, bf16), in
 # about 7 minutes: the one-kernel forward's CUDA tests, each variant's per-kernel GPU time in
 # one process (connection_kernels.py --variants), the fastest variant of each group (at least
-# 1.5 % below the defaults) written to $OUT/tuning.json, compiled gpt-small with that tuning
-# against compiled residual, and the host overhead of one connection (eager and compiled).
+# 1.5 % below the defaults) written to $OUT/tuning.json (and out/tuning.json), and compiled
+# gpt-small against compiled residual with the defaults and with that tuning.
 #   OUT=dir bash benchmarks/c1024_check.sh
 set -u
-OUT=${OUT:-out}; mkdir -p "$OUT"
+OUT=${OUT:-out}; mkdir -p "$OUT" out
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind
 nvidia-smi --query-gpu=name --format=csv,noheader
 timeout 90 python -m pytest -q -p no:warnings --tb=line tests/ops/test_coefficients_triton.py tests/ops/test_connection_triton.py -k "fused or broadcast" 2>&1 | tail -3
@@ -17,9 +17,16 @@ V='{
 "fwd:tok_8_128_w4": {"coef_token": {"BT": 8, "BC": 128, "pre_mix": true, "num_warps": 4}},
 "bwd:tbwd_8_128_w4": {"coef_token_bwd": {"BT": 8, "BC": 128, "pre_mix": true, "num_warps": 4}},
 "bwd:tbwd_16_64_w4": {"coef_token_bwd": {"BT": 16, "BC": 64, "pre_mix": true, "num_warps": 4}},
-"prb:prb_2_w8": {"post_res_bwd": {"BT": 2, "BC_x_NB": 4096, "num_warps": 8}}
+"bwd:tbwd_4_128_w2": {"coef_token_bwd": {"BT": 4, "BC": 128, "pre_mix": true, "num_warps": 2}},
+"dx:tpp4": {"coef_dx4": {"tiles_per_program": 4}},
+"dx:tpp16": {"coef_dx4": {"tiles_per_program": 16}},
+"dx:bt64": {"coef_dx4": {"BT": 64}},
+"dx:bc128_w8": {"coef_dx4": {"BC": 128, "num_warps": 8}},
+"prb:prb_2_w8": {"post_res_bwd": {"BT": 2, "BC_x_NB": 4096, "num_warps": 8}},
+"prb:prb_1_w8": {"post_res_bwd": {"num_warps": 8}},
+"prb:prb_2_w4": {"post_res_bwd": {"BT": 2, "BC_x_NB": 4096}}
 }'
-timeout 110 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 15 --variants "$V" --out $OUT/ck_c1024.json 2>&1 | grep -v -i warn | grep -v "^  .*\(reduce\|elementwise\|vectorized\)"
+timeout 200 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 15 --variants "$V" --out $OUT/ck_c1024.json 2>&1 | grep -v -i warn | grep -v "^  .*\(reduce\|elementwise\|vectorized\)"
 python - <<'PY'
 import json, os
 d = json.load(open(os.environ["OUT"] + "/ck_c1024.json"))
@@ -33,8 +40,10 @@ for k, r in d["shapes"].items():
 tun = {}
 for grp, (t, name) in best.items():
     tun.update(d["variants"][name]); print("picked", name, t, "vs default", base)
-json.dump(tun, open(os.environ["OUT"] + "/tuning.json", "w"), indent=1)
+for path in (os.environ["OUT"] + "/tuning.json", "out/tuning.json"):  # out/ stays on the machine
+    json.dump(tun, open(path, "w"), indent=1)
 print("tuning", json.dumps(tun))
 PY
-TORCH_MHC_TUNING=$OUT/tuning.json timeout 130 python -m torch_mhc.bench --steps 10 --suite gpt-small --compile --variants residual,mhc-triton --out $OUT/gpt-small_compiled.json 2>&1 | grep -v -i warn | tail -3
-timeout 150 python benchmarks/host_overhead.py --no-gpt-small --reps 30 --out $OUT/host_overhead.json 2>&1 | grep -v -i warn | tail -8
+b() { timeout "$1" python -m torch_mhc.bench --steps 10 --suite gpt-small --compile "${@:2}" 2>&1 | grep -v -i warn | tail -3; }
+b 130 --variants residual,mhc-triton --out $OUT/gpt-small_compiled_default.json
+TORCH_MHC_TUNING=$OUT/tuning.json b 100 --variants residual,mhc-triton --out $OUT/gpt-small_compiled_tuned.json
