@@ -12,8 +12,9 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 timeout 90 python -m pytest -q -p no:warnings --tb=line tests/ops/test_coefficients_triton.py tests/ops/test_connection_triton.py -k "fused or broadcast" 2>&1 | tail -3
 G='"coef_gemm": {"fused": true, "BK": 128, "num_stages": 3'
 V='{
-"fwd:fused64": {'"$G"', "BT": 64, "num_warps": 4}},
-"fwd:fused32": {'"$G"', "BT": 32, "num_warps": 4}},
+"fwd:fused64_t64_c32": {'"$G"', "BT": 64, "num_warps": 4}, "coef_token": {"BT": 64, "BC": 32}},
+"fwd:fused64_t16_c64": {'"$G"', "BT": 64, "num_warps": 4}, "coef_token": {"BT": 16, "BC": 64}},
+"fwd:fused32_t32_c64": {'"$G"', "BT": 32, "num_warps": 4}, "coef_token": {"BT": 32, "BC": 64}},
 "fwd:tok_8_128_w4": {"coef_token": {"BT": 8, "BC": 128, "pre_mix": true, "num_warps": 4}},
 "bwd:tbwd_8_128_w4": {"coef_token_bwd": {"BT": 8, "BC": 128, "pre_mix": true, "num_warps": 4}},
 "bwd:tbwd_16_64_w4": {"coef_token_bwd": {"BT": 16, "BC": 64, "pre_mix": true, "num_warps": 4}},
