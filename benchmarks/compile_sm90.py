@@ -50,8 +50,8 @@ def main(argv=None):
     def launch(key, **const):  # (constexprs, num_warps, num_stages) as the launcher passes them
         c = cfg(key)
         tiles = {k: c[k] for k in ("BT", "BC", "BK") if k in c}
-        if "pipeline_stages" in c:
-            tiles["PIPELINE_STAGES"] = c["pipeline_stages"]
+        if "pipeline_stages" in c or key.startswith("coef_token"):  # token kernels: 1 if unset
+            tiles["PIPELINE_STAGES"] = c.get("pipeline_stages", 1)
         return {**tiles, **const}, c["num_warps"], c.get("num_stages")  # None: Triton's default
 
     token_sig = dict(part_ptr=f32, scale_ptr=f32, base_ptr=f32, mix_ptr=f32, hpre_ptr=f32,
@@ -73,21 +73,18 @@ def main(argv=None):
                                             C=i32, k_per_split=i32, split=i32),
          *launch("coef_gemm", N=N, NP=NP, PREC=prec, X_BROADCAST=False)),
         ("coef_token", co._coef_token, token_sig, *launch("coef_token", n=n, N=N, NB=NB, LOG=True)),
-        # the forward as one kernel (``fused``; coef_gemm's tiles, coef_token's sub-tile)
-        ("coef_fused", co._coef_fused,
-         dict(fn_ptr=f32, part_ptr=f32, scale_ptr=f32, base_ptr=f32, mix_ptr=f32,
-              hpre_ptr=f32, hpost_ptr=f32, hres_ptr=f32, x_ptr=xt, h_ptr=xt, T=i32, SPLIT=i32,
-              K=i32, C=i32, iters=i32, rms_eps="fp32", hc_eps="fp32"),
-         dict(BT=cfg("coef_gemm")["BT"], BK=cfg("coef_gemm")["BK"],
-              BT_TOK=min(cfg("coef_gemm")["BT"], cfg("coef_token")["BT"]),
-              BC=cfg("coef_token")["BC"], n=n, N=N, NP=NP, NB=NB, PREC=prec, LOG=True,
-              PRE_MIX=True, X_BROADCAST=False),
-         cfg("coef_gemm")["num_warps"], cfg("coef_gemm")["num_stages"]),
+        # with the connection's pre-mix (``pre_mix``): the channel loop over x
+        ("coef_token(pre-mix)", co._coef_token, dict(token_sig, x_ptr=xt, h_ptr=xt, C=i32),
+         *launch("coef_token", n=n, N=N, NB=NB, LOG=True, PRE_MIX=True, X_BROADCAST=False)),
         ("coef_token(V4)", co._coef_token, token_sig,
          *launch("coef_token", n=n, N=N, NB=NB, LOG=False)),
         ("coef_token_bwd", co._coef_token_bwd, token_bwd_sig,
          *launch("coef_token_bwd", n=n, N=N, NB=NB, NN=NB * NB, NP=NP, LOG=True, HAS_DPRE=True,
                  HAS_DPOST=True, HAS_DRES=True)),
+        ("coef_token_bwd(pre-mix)", co._coef_token_bwd,
+         dict(token_bwd_sig, x_ptr=xt, dh_ptr=xt, C=i32),
+         *launch("coef_token_bwd", n=n, N=N, NB=NB, NN=NB * NB, NP=NP, LOG=True, HAS_DPRE=True,
+                 HAS_DPOST=True, HAS_DRES=True, HAS_DH=True, X_BROADCAST=False)),
         ("coef_token_bwd(V4)", co._coef_token_bwd, token_bwd_sig,
          *launch("coef_token_bwd", n=n, N=N, NB=NB, NN=NB * NB, NP=NP, LOG=False,
                  HAS_DPRE=True, HAS_DPOST=False, HAS_DRES=True)),

@@ -25,10 +25,10 @@ def _params(n, C, dtype=torch.float32):
     return fn, base, scale
 
 
-def _compare(x, fn, base, scale, hc_eps, rms_eps, tol_out, tol_grad):
+def _compare(x, fn, base, scale, hc_eps, rms_eps, tol_out, tol_grad, iters=20):
     params = [x, fn, base, scale]
-    out = mhc_coefficients(x, fn, base, scale, 20, rms_eps, hc_eps, backend="triton")
-    ref = mhc_coefficients_reference(x, fn, base, scale, 20, rms_eps, hc_eps)
+    out = mhc_coefficients(x, fn, base, scale, iters, rms_eps, hc_eps, backend="triton")
+    ref = mhc_coefficients_reference(x, fn, base, scale, iters, rms_eps, hc_eps)
     for o, r in zip(out, ref):
         assert o.dtype == torch.float32 and o.shape == r.shape
         assert torch.isfinite(o).all()
@@ -49,21 +49,15 @@ def test_fp32_forward_backward(n, C, T, hc_eps, rms_eps):
     _compare(x, fn, base, scale, hc_eps, rms_eps, 1e-5, 2e-5)
 
 
-@pytest.mark.parametrize("n,C,T,dtype", [(4, 48, 37, torch.float32), (3, 36, 19, torch.float32),
-                                         (4, 100, 21, torch.bfloat16),
-                                         (2, 40, 40, torch.bfloat16)])
+@pytest.mark.parametrize("iters", [1, 2, 3])
 @pytest.mark.parametrize("hc_eps", [0.0, 1e-6])
-def test_fused_forward_kernel(n, C, T, dtype, hc_eps, monkeypatch):
-    """The forward as one kernel (``fused`` launch option: GEMM over all of K, then the
-    per-token work on the same tokens; several token sub-tiles per program, a partial last
-    tile) gives the reference's mappings and gradients."""
-    from torch_mhc.ops import tuning
-    monkeypatch.setitem(tuning.TUNING, "coef_gemm", {"fused": True})
-    monkeypatch.setitem(tuning.TUNING, "coef_token", {"BT": 4})  # 4 sub-tiles of the 16
-    x = (torch.randn(T, n, C, device=DEV) * 2).to(dtype).requires_grad_()
+def test_few_sinkhorn_iterations(iters, hc_eps):
+    """The token backward reads each Sinkhorn step's saved inputs one step ahead; with one to
+    three steps (the first and last steps meet) it still gives the reference's gradients."""
+    n, C, T = 4, 48, 21
+    x = (torch.randn(T, n, C, device=DEV) * 2).requires_grad_()
     fn, base, scale = _params(n, C)
-    tol = (1e-5, 2e-5) if dtype == torch.float32 else (1e-4, 1e-2)
-    _compare(x, fn, base, scale, hc_eps, 1e-6, *tol)
+    _compare(x, fn, base, scale, hc_eps, 1e-6, 1e-5, 2e-5, iters=iters)
 
 
 @pytest.mark.parametrize("n,C", [(4, 100), (2, 48)])

@@ -39,21 +39,22 @@ class _TupleBranch(nn.Module):
 
 
 def _place_pre_mix(where: str, monkeypatch) -> None:
-    """Launch options that put the pre-mix in its own kernels, the coefficients' token
-    kernels, or the one-kernel forward (with the pre-mix's backward in the token kernel)."""
+    """Launch options that put the pre-mix in its own kernels or the coefficients' token
+    kernels (with their channel loop software-pipelined: ``pipeline_stages``)."""
     from torch_mhc.ops import tuning
     for key in ("coef_token", "coef_token_bwd"):
-        monkeypatch.setitem(tuning.TUNING, key, {"pre_mix": where != "own kernels"})
-    monkeypatch.setitem(tuning.TUNING, "coef_gemm", {"fused": where == "one forward kernel"})
+        monkeypatch.setitem(tuning.TUNING, key, {"pre_mix": where != "own kernels",
+                                                 "pipeline_stages": 2 if "pipelined" in where
+                                                 else 1})
 
 
 @pytest.mark.parametrize("n,C,hc_eps", [(4, 48, 0.0), (2, 100, 1e-6), (1, 40, 0.0), (8, 24, 1e-6),
                                         (3, 36, 0.0)])
-@pytest.mark.parametrize("pre_mix_in", ["own kernels", "token kernels", "one forward kernel"])
+@pytest.mark.parametrize("pre_mix_in", ["own kernels", "token kernels", "token kernels, pipelined"])
 def test_fused_connection_matches_reference(n, C, hc_eps, pre_mix_in, monkeypatch):
     """Every place of the pre-mix, forward and backward (its own kernels, the coefficients'
-    token kernels: the ``pre_mix`` launch option, or the forward as one kernel: ``fused``),
-    gives the reference's outputs and gradients."""
+    token kernels: the ``pre_mix`` launch option), gives the reference's outputs and
+    gradients."""
     _place_pre_mix(pre_mix_in, monkeypatch)
     hc = HyperConnection(_TupleBranch(C), C, n, backend="triton", hc_eps=hc_eps,
                          rms_eps=1e-6).to(DEV)
@@ -115,7 +116,7 @@ def test_output_unused_and_grad_wrt_input_only():
                                           (torch.float32, 3, 36, 3e-5),
                                           (torch.bfloat16, 4, 64, 3e-2),
                                           (torch.bfloat16, 2, 40, 3e-2)])
-@pytest.mark.parametrize("pre_mix_in", ["own kernels", "token kernels", "one forward kernel"])
+@pytest.mark.parametrize("pre_mix_in", ["own kernels", "token kernels", "token kernels, pipelined"])
 def test_broadcast_streams_read_in_place(dtype, n, C, tol, pre_mix_in, monkeypatch):
     """expand_streams(view=True) feeds the connection a stream-stride-0 view and
     reduce_streams sends back a stride-0 gradient: every kernel reads them in place (one

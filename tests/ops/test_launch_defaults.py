@@ -46,7 +46,9 @@ WINNERS = {
 #: 059fdc3 (``sweep_h200_2026-12-02_059fdc3_c1024.json``); ``post_res_bwd`` kept its default.
 WINNERS_C1024 = {
     "coef_gemm": {"BT": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 2},
-    "coef_dx4": {"BT": 32, "BC": 64, "num_warps": 4, "num_stages": 2, "loop": 8, "ls": 2},
+    # tiles_per_program 16 (was 8): 93.1 against 96.2 us, with half the dfn partials to sum
+    # (H100, commit a7cdd65, ``connection-kernels_h100_2026-12-07_a7cdd65_c1024-variants.json``)
+    "coef_dx4": {"BT": 32, "BC": 64, "num_warps": 4, "num_stages": 2, "loop": 16, "ls": 2},
     "pre_mix_fwd": {"BT": 8, "BC": 256, "num_warps": 4},
     "pre_mix_bwd": {"BT": 2, "BC": 256, "num_warps": 4},
     "post_res_fwd": {"BT": 2, "BC": 1024, "num_warps": 8},

@@ -29,7 +29,7 @@ from .._library import FusedOp
 # the kernels and launchers, imported from here by the fused connection, tests, benchmarks
 from .backward import _coef_token_bwd, coef_backward_triton, token_backward_triton
 from .backward_x import _coef_bwd_x, _coef_dfn, _coef_dx4, dx_and_dfn_triton
-from .forward import _coef_fused, _coef_gemm, _coef_token, coef_forward_triton
+from .forward import _coef_gemm, _coef_token, coef_forward_triton
 from .reference import (Coefficients, coef_backward_torch, coef_forward_torch,
                         mhc_coefficients_reference, split_logits)
 

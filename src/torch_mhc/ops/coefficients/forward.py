@@ -1,5 +1,4 @@
-"""Forward of the fused coefficients: two kernels (the paper's kernels 1-3, Sec. 4.3.1), or
-both in one (``_coef_fused_kernel``, launch option ``fused``).
+"""Forward of the fused coefficients: two kernels (the paper's kernels 1-3, Sec. 4.3.1).
 
 1. ``_coef_gemm_kernel``: one pass over x (T, nC): the projection x fn^T for all (n+2)n
    outputs (padded to a power of two >= 16 for ``tl.dot``) and sum(x^2), split over K = nC so
@@ -81,16 +80,17 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
                        x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps, hc_eps,
                        n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
                        BC: tl.constexpr, LOG: tl.constexpr, PRE_MIX: tl.constexpr,
-                       X_BROADCAST: tl.constexpr):
+                       X_BROADCAST: tl.constexpr, PIPELINE_STAGES: tl.constexpr):
     _token_rows(tl.program_id(0), part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr,
                 hres_ptr, x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps, hc_eps, n, N, NB, BT, BC,
-                LOG, PRE_MIX, X_BROADCAST)
+                LOG, PRE_MIX, X_BROADCAST, PIPELINE_STAGES)
 
 
 def _token_rows(pid, part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr, hres_ptr,
                 x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps, hc_eps, n: tl.constexpr,
                 N: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                LOG: tl.constexpr, PRE_MIX: tl.constexpr, X_BROADCAST: tl.constexpr):
+                LOG: tl.constexpr, PRE_MIX: tl.constexpr, X_BROADCAST: tl.constexpr,
+                PIPELINE_STAGES: tl.constexpr):
     """Token tile ``pid`` (``BT`` tokens) of ``_coef_token_kernel``."""
     rows, rmask, r64, ii, m2, aa, bb, valid, m3 = _token_tile(pid, T, n, NB, BT)
     pre = tl.zeros([BT, NB], dtype=tl.float32)
@@ -118,7 +118,7 @@ def _token_rows(pid, part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr
     tl.store(hpost_ptr + r64[:, None] * n + ii[None, :], h_post, mask=m2)
     if PRE_MIX:  # the pre-mix h = H_pre x (Eq. 3) of these tokens, as ``pre_mix`` computes it
         hp = tl.where(m2, h_pre, 0.0)
-        for c0 in range(0, C, BC):
+        for c0 in tl.range(0, C, BC, num_stages=PIPELINE_STAGES):
             cc = c0 + tl.arange(0, BC)
             mc = rmask[:, None] & (cc < C)[None, :]
             if X_BROADCAST:  # x a broadcast view: h = (sum_i H_pre_i) x
@@ -155,36 +155,12 @@ def _token_rows(pid, part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr
     tl.store(hres_ptr + r64[:, None, None] * (n * n) + bb * n + aa, P, mask=m3)
 
 
-def _coef_fused_kernel(fn_ptr, part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr,
-                       hres_ptr, x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps, hc_eps,
-                       n: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, NB: tl.constexpr,
-                       BT: tl.constexpr, BK: tl.constexpr, BT_TOK: tl.constexpr,
-                       BC: tl.constexpr, PREC: tl.constexpr, LOG: tl.constexpr,
-                       PRE_MIX: tl.constexpr, X_BROADCAST: tl.constexpr):
-    # Both kernels in one launch (``fused``; the token kernel's arguments after ``fn``, SPLIT
-    # = 1): a program takes BT tokens and all of K, as the GEMM kernel with one split (token
-    # tiles descending), then does the token kernel's work on them in sub-tiles of BT_TOK,
-    # reading its own projection rows back from ``part`` and, for the pre-mix, its own x rows
-    # again (just read: L2).
-    pid_t = tl.cdiv(T, BT) - 1 - tl.program_id(0)
-    _gemm_rows(pid_t, 0, x_ptr, fn_ptr, part_ptr, T, K, C, K, N, NP, BT, BK, PREC, X_BROADCAST)
-    tl.debug_barrier()  # the rows this program wrote, visible to all of its threads
-    for j in range(BT // BT_TOK):
-        _token_rows(pid_t * (BT // BT_TOK) + j, part_ptr, scale_ptr, base_ptr, mix_ptr,
-                    hpre_ptr, hpost_ptr, hres_ptr, x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps,
-                    hc_eps, n, N, NB, BT_TOK, BC, LOG, PRE_MIX, X_BROADCAST)
-
-
 _coef_gemm = LazyJit(_coef_gemm_kernel, helpers=(_split_hi_lo, _gemm_rows))
 _coef_token = LazyJit(_coef_token_kernel, helpers=(_token_tile, _gates, _token_rows))
-_coef_fused = LazyJit(_coef_fused_kernel, helpers=(_split_hi_lo, _gemm_rows, _token_tile, _gates,
-                                                   _token_rows))
 
 
 def _gemm_plan(cfg, T, n, C, dtype, broadcast, interpret, device, **_):
     K, N = n * C, (n + 2) * n
-    if cfg.get("fused"):  # one kernel (``_fused_plan``), one split
-        return 1, K, None
     BT, BK = (16, 32) if interpret else (cfg["BT"], cfg["BK"])
     tiles_t, k_tiles = triton_cdiv(T, BT), triton_cdiv(K, BK)
     split = max(1, min(k_tiles, (cfg["waves"] * num_sms(device)) // max(tiles_t, 1)))
@@ -200,22 +176,7 @@ def _token_plan(cfg, T, n, C, broadcast, interpret, log, with_h, **_):
     return Launch(_coef_token, (triton_cdiv(T, cfg["BT"]),), interpret, n=n, N=(n + 2) * n,
                   NB=next_pow2(n), BT=cfg["BT"], BC=fit_channel_tile(cfg["BC"], C), LOG=log,
                   PRE_MIX=with_h and bool(cfg["pre_mix"]), X_BROADCAST=broadcast,
-                  num_warps=cfg["num_warps"])
-
-
-def _fused_plan(cfg, log, with_h, **shape):
-    # ``cfg``: coef_gemm's (tiles, warps, stages); the token sub-tile and channel tile are
-    # coef_token's
-    tok = launch_config("coef_token", **shape)
-    T, n, C, dtype, interpret, broadcast = (shape[k] for k in ("T", "n", "C", "dtype",
-                                                                "interpret", "broadcast"))
-    BT, BK = (16, 32) if interpret else (cfg["BT"], cfg["BK"])
-    BT_TOK = min(BT, tok["BT"])
-    return Launch(_coef_fused, (triton_cdiv(T, BT),), interpret, n=n, N=(n + 2) * n,
-                  NP=max(16, next_pow2((n + 2) * n)), NB=next_pow2(n), BT=BT, BK=BK,
-                  BT_TOK=BT_TOK, BC=fit_channel_tile(tok["BC"], C), PREC=dot_mode(dtype),
-                  LOG=log, PRE_MIX=with_h, X_BROADCAST=broadcast, num_warps=cfg["num_warps"],
-                  num_stages=cfg["num_stages"])
+                  PIPELINE_STAGES=cfg.get("pipeline_stages", 1), num_warps=cfg["num_warps"])
 
 
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
@@ -225,10 +186,8 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     (``_backend.is_broadcast``) -> ``H_pre, H_post, H_res, mix`` (fp32, leading dimensions
     as ``x``'s), and with ``pre_mix`` also the pre-mix ``h = H_pre x (..., C)``: written by
     the token kernel where its launch configuration says so (``pre_mix`` in
-    ``tuning.LAUNCH_DEFAULTS["coef_token"]``), else by ``pre_mix``'s kernel. With
-    ``coef_gemm``'s ``fused`` option one kernel does the GEMM, the per-token work and the
-    pre-mix (``_coef_fused_kernel``). ``shape`` is ``tuning.stream_shape(x)`` where the
-    caller has it.
+    ``tuning.LAUNCH_DEFAULTS["coef_token"]``), else by ``pre_mix``'s kernel. ``shape`` is
+    ``tuning.stream_shape(x)`` where the caller has it.
 
     ``mix (..., N + 1)`` holds the raw projection ``x fn^T`` and ``1/r`` for the backward.
     """
@@ -242,18 +201,11 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     h_pre = torch.empty(*lead, n, device=dev, dtype=f32)
     h_post = torch.empty(*lead, n, device=dev, dtype=f32)
     h_res = torch.empty(*lead, n, n, device=dev, dtype=f32)
-    if gemm is None:  # ``fused``: one kernel, the token kernel's arguments after ``fn``
-        token = launch_plan("coef_gemm", _fused_plan, log=(hc_eps == 0.0), with_h=pre_mix,
-                            **shape)
-        first = (fn.contiguous(),)
-    else:
-        gemm(x, fn.contiguous(), part, T, K, C, k_per_split, split)
-        token = launch_plan("coef_token", _token_plan, log=(hc_eps == 0.0), with_h=pre_mix,
-                            **shape)
-        first = ()
+    gemm(x, fn.contiguous(), part, T, K, C, k_per_split, split)
+    token = launch_plan("coef_token", _token_plan, log=(hc_eps == 0.0), with_h=pre_mix, **shape)
     fused = token.kw["PRE_MIX"]
     h = torch.empty(*lead, C, device=dev, dtype=x.dtype) if fused else h_pre
-    token(*first, part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res, x, h, T,
+    token(part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res, x, h, T,
           split, K, C, int(iters), float(rms_eps), float(hc_eps))
     if not pre_mix:
         return h_pre, h_post, h_res, mix
