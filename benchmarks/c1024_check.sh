@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the launch options at gpt-small's shape (T = 8192, C = 1024, n = 4, bf16), in
-# about 7 minutes: the one-kernel forward's CUDA tests, each variant's per-kernel GPU time in
-# one process (connection_kernels.py --variants), the fastest variant of each group (at least
+# about 6 minutes: the coefficient and connection CUDA tests, each variant's per-kernel GPU time
+# in one process (connection_kernels.py --variants), the fastest variant of each group (at least
 # 1.5 % below the defaults) written to $OUT/tuning.json (and out/tuning.json), and compiled
 # gpt-small against compiled residual with the defaults and with that tuning.
 #   OUT=dir bash benchmarks/c1024_check.sh
@@ -9,25 +9,16 @@ set -u
 OUT=${OUT:-out}; mkdir -p "$OUT" out
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind
 nvidia-smi --query-gpu=name --format=csv,noheader
-timeout 90 python -m pytest -q -p no:warnings --tb=line tests/ops/test_coefficients_triton.py tests/ops/test_connection_triton.py -k "fused or broadcast" 2>&1 | tail -3
-G='"coef_gemm": {"fused": true, "BK": 128, "num_stages": 3'
+timeout 120 python -m pytest -q -p no:warnings --tb=line tests/ops/test_coefficients_triton.py tests/ops/test_connection_triton.py 2>&1 | tail -3
 V='{
-"fwd:fused64_t64_c32": {'"$G"', "BT": 64, "num_warps": 4}, "coef_token": {"BT": 64, "BC": 32}},
-"fwd:fused64_t16_c64": {'"$G"', "BT": 64, "num_warps": 4}, "coef_token": {"BT": 16, "BC": 64}},
-"fwd:fused32_t32_c64": {'"$G"', "BT": 32, "num_warps": 4}, "coef_token": {"BT": 32, "BC": 64}},
-"fwd:tok_8_128_w4": {"coef_token": {"BT": 8, "BC": 128, "pre_mix": true, "num_warps": 4}},
-"bwd:tbwd_8_128_w4": {"coef_token_bwd": {"BT": 8, "BC": 128, "pre_mix": true, "num_warps": 4}},
-"bwd:tbwd_16_64_w4": {"coef_token_bwd": {"BT": 16, "BC": 64, "pre_mix": true, "num_warps": 4}},
-"bwd:tbwd_4_128_w2": {"coef_token_bwd": {"BT": 4, "BC": 128, "pre_mix": true, "num_warps": 2}},
-"dx:tpp4": {"coef_dx4": {"tiles_per_program": 4}},
-"dx:tpp16": {"coef_dx4": {"tiles_per_program": 16}},
-"dx:bt64": {"coef_dx4": {"BT": 64}},
-"dx:bc128_w8": {"coef_dx4": {"BC": 128, "num_warps": 8}},
-"prb:prb_2_w8": {"post_res_bwd": {"BT": 2, "BC_x_NB": 4096, "num_warps": 8}},
-"prb:prb_1_w8": {"post_res_bwd": {"num_warps": 8}},
-"prb:prb_2_w4": {"post_res_bwd": {"BT": 2, "BC_x_NB": 4096}}
+"fwd:tok_p2": {"coef_token": {"pipeline_stages": 2}},
+"fwd:tok_p3": {"coef_token": {"pipeline_stages": 3}},
+"bwd:tbwd_p2": {"coef_token_bwd": {"pipeline_stages": 2}},
+"bwd:tbwd_p3": {"coef_token_bwd": {"pipeline_stages": 3}},
+"bwd:tbwd_16_64_p2": {"coef_token_bwd": {"BT": 16, "pipeline_stages": 2}},
+"dx:tpp8": {"coef_dx4": {"tiles_per_program": 8}}
 }'
-timeout 200 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 15 --variants "$V" --out $OUT/ck_c1024.json 2>&1 | grep -v -i warn | grep -v "^  .*\(reduce\|elementwise\|vectorized\)"
+timeout 150 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 15 --variants "$V" --out $OUT/ck_c1024.json 2>&1 | grep -v -i warn | grep -v "^  .*\(reduce\|elementwise\|vectorized\)"
 python - <<'PY'
 import json, os
 d = json.load(open(os.environ["OUT"] + "/ck_c1024.json"))
