@@ -38,4 +38,6 @@ print("tuning", json.dumps(tun))
 PY
 b() { timeout "$1" python -m torch_mhc.bench --steps 10 --suite gpt-small --compile "${@:2}" 2>&1 | grep -v -i warn | tail -3; }
 b 130 --variants residual,mhc-triton --out $OUT/gpt-small_compiled_default.json
-TORCH_MHC_TUNING=$OUT/tuning.json b 100 --variants residual,mhc-triton --out $OUT/gpt-small_compiled_tuned.json
+if [ "$(cat $OUT/tuning.json)" != "{}" ]; then  # a variant won: the model with it
+  TORCH_MHC_TUNING=$OUT/tuning.json b 100 --variants residual,mhc-triton --out $OUT/gpt-small_compiled_tuned.json
+fi
