@@ -52,8 +52,8 @@ def test_fp32_forward_backward(n, C, T, hc_eps, rms_eps):
 @pytest.mark.parametrize("iters", [1, 2, 3])
 @pytest.mark.parametrize("hc_eps", [0.0, 1e-6])
 def test_few_sinkhorn_iterations(iters, hc_eps):
-    """The token backward reads each Sinkhorn step's saved inputs one step ahead; with one to
-    three steps (the first and last steps meet) it still gives the reference's gradients."""
+    """One to three Sinkhorn steps (the token backward's first and last saved steps meet)
+    give the reference's mappings and gradients."""
     n, C, T = 4, 48, 21
     x = (torch.randn(T, n, C, device=DEV) * 2).requires_grad_()
     fn, base, scale = _params(n, C)

@@ -57,8 +57,11 @@ WINNERS_C1024 = {
     # ``sweep_h200_2026-12-02_239e078_token-premix_c1024.json``): backward 161 us (160-222)
     # against 312 us (180-327) with the pre-mix kernel; forward 62.9 us against 61.9 us,
     # taken for the launch it saves (eager mode is host-bound at this width)
-    "coef_token": {"BT": 4, "BC": 64, "num_warps": 1, "pre_mix": True},
-    "coef_token_bwd": {"BT": 8, "BC": 64, "num_warps": 1, "pre_mix": True},
+    # and their pre-mix loops software-pipelined, 3 stages (H200, commit 1bde13c,
+    # ``connection-kernels_h200_2026-12-07_1bde13c_c1024-variants.json``): backward 41.5
+    # against 48.3 us, forward 27.6 against 29.4 us
+    "coef_token": {"BT": 4, "BC": 64, "num_warps": 1, "pre_mix": True, "ls": 3},
+    "coef_token_bwd": {"BT": 8, "BC": 64, "num_warps": 1, "pre_mix": True, "ls": 3},
 }
 #: option names the sweeps used then, as the table names them now
 RENAMED = {"loop": "tiles_per_program", "ls": "pipeline_stages"}

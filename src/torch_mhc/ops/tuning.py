@@ -21,8 +21,8 @@ Configuration keys:
 * ``waves``: programs per multiprocessor the split-K / split-T grids aim for;
 * ``tiles_per_program``: token tiles one program of a dx pass loops over;
 * ``pipeline_stages``: software-pipeline stages of that token loop (``tl.range``; in the
-  coefficient token kernels, of the pre-mix's channel loop): 2 or more prefetch the next
-  tiles with cp.async while the current one is computed;
+  coefficient token kernels, of the pre-mix's channel loop, 1 where unset): 2 or more
+  prefetch the next tiles with cp.async while the current one is computed;
 * ``pre_mix`` (``coef_token``, ``coef_token_bwd``): the coefficient token kernel also does
   the fused connection's pre-mix, ``h = H_pre x`` forward and ``<dh, x_i>`` backward,
   reading ``x`` in channel tiles of ``BC`` (one launch fewer), instead of the pre-mix
@@ -30,7 +30,9 @@ Configuration keys:
 
 The defaults are the fastest configurations ``benchmarks/sweep.py`` found at T = C = 4096,
 n = 4, bf16 (H100, H200); the ``C_max: 1024`` rows are the fastest at gpt-small's shape,
-T = 8192, C = 1024 (H200, commit 059fdc3, ``sweep_h200_2026-12-02_059fdc3_c1024.json``:
+T = 8192, C = 1024 (H200, commit 059fdc3, ``sweep_h200_2026-12-02_059fdc3_c1024.json``;
+the token kernels' ``pipeline_stages`` and the dx pass's ``tiles_per_program`` from
+``connection-kernels_h200_2026-12-07_1bde13c_c1024-variants.json`` and its H100 twin:
 pre-mix forward 84 -> 29 us, post-res forward 59 -> 42 us, GEMM 69 -> 44 us, dx pass
 256 -> 190 us); other shapes use the same kernels with the rules below.
 ``TORCH_MHC_TUNING`` (a JSON object ``{key: {option: value}}``, or a path to one) overrides
@@ -64,12 +66,12 @@ LAUNCH_DEFAULTS: dict = {
     # and <dh, x_i> backward, reading x in channel tiles of BC, instead of the pre-mix
     # kernels; sweep_h200_2026-12-02_239e078_token-premix_c*.json)
     "coef_token": [({"n_max": 4, "C_max": 1024},  # one launch fewer for +1 us (62.9 vs 61.9)
-                    dict(BT=4, BC=64, pre_mix=True, num_warps=1)),
+                    dict(BT=4, BC=64, pre_mix=True, num_warps=1, pipeline_stages=3)),
                    ({"n_max": 4}, dict(BT=8, BC=64, pre_mix=False, num_warps=1)),
                    ({}, dict(BT=8, BC=64, pre_mix=False, num_warps=2))],
     # backward: per-token gradients of the mappings, then the pass over x
     "coef_token_bwd": [({"n_max": 4, "C_max": 1024},  # token + dx pass 161 vs 312 us
-                        dict(BT=8, BC=64, pre_mix=True, num_warps=1)),
+                        dict(BT=8, BC=64, pre_mix=True, num_warps=1, pipeline_stages=3)),
                        ({"n_max": 4}, dict(BT=4, BC=128, pre_mix=False, num_warps=1)),
                        ({}, dict(BT=4, BC=128, pre_mix=False, num_warps=2))],
     # bf16 streams, n <= 4: dx and dfn in one pass, one 2D tile per stream

@@ -92,22 +92,15 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
             # d H_res -> d comb (transpose), then through P = exp(L)
             gy = g_res * P
             tl.debug_barrier()
-            # each step's two inputs are read one step ahead: the reads' latency overlaps
-            # the previous step's arithmetic instead of adding to the dependency chain
-            L1 = tl.load(scr + (2 * iters - 1) * NN, mask=m3, other=-1.0e30)
-            L0 = tl.load(scr + (2 * iters - 2) * NN, mask=m3, other=-1.0e30)
             for kk in range(iters):
                 k = iters - 1 - kk
-                kn = tl.maximum(k - 1, 0)
-                N1 = tl.load(scr + (2 * kn + 1) * NN, mask=m3, other=-1.0e30)
-                N0 = tl.load(scr + (2 * kn) * NN, mask=m3, other=-1.0e30)
                 # y = Lin - lse(Lin) along axis 1  =>  dLin = dy - softmax(Lin) * sum(dy)
-                mx = tl.max(L1, axis=1)
-                Q = tl.exp(L1 - mx[:, None, :])
+                Lin = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=-1.0e30)
+                mx = tl.max(Lin, axis=1)
+                Q = tl.exp(Lin - mx[:, None, :])
                 Q = tl.where(valid, Q / tl.sum(Q, axis=1)[:, None, :], 0.0)
                 gy = tl.where(valid, gy - Q * tl.sum(gy, axis=1)[:, None, :], 0.0)
-                Lin = L0
-                L1, L0 = N1, N0
+                Lin = tl.load(scr + (2 * k) * NN, mask=m3, other=-1.0e30)
                 mx = tl.max(Lin, axis=2)
                 Q = tl.exp(Lin - mx[:, :, None])
                 Q = tl.where(valid, Q / tl.sum(Q, axis=2)[:, :, None], 0.0)
@@ -128,22 +121,15 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
             gy = g_res
             tl.debug_barrier()
             # y = m / (sum(m) + eps)  =>  dm = (dy - sum(dy * y)) / (sum(m) + eps)
-            # (inputs read one step ahead, as in the log domain above)
-            M1 = tl.load(scr + (2 * iters - 1) * NN, mask=m3, other=0.0)
-            M0 = tl.load(scr + (2 * iters - 2) * NN, mask=m3, other=0.0)
             for kk in range(iters):
                 k = iters - 1 - kk
-                kn = tl.maximum(k - 1, 0)
-                N1 = tl.load(scr + (2 * kn + 1) * NN, mask=m3, other=0.0)
-                N0 = tl.load(scr + (2 * kn) * NN, mask=m3, other=0.0)
-                Mc = M1
+                Mc = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=0.0)
                 den_c = tl.sum(Mc, axis=1)[:, None, :] + hc_eps
                 gy = tl.where(valid, (gy - tl.sum(gy * Mc, axis=1)[:, None, :] / den_c) / den_c, 0.0)
                 if k > 0:
-                    Mr = M0
+                    Mr = tl.load(scr + (2 * k) * NN, mask=m3, other=0.0)
                     den_r = tl.sum(Mr, axis=2)[:, :, None] + hc_eps
                     gy = tl.where(valid, (gy - tl.sum(gy * Mr, axis=2)[:, :, None] / den_r) / den_r, 0.0)
-                M1, M0 = N1, N0
             # softmax: dL = s * (dy - sum(dy * s))
             d_res = tl.where(valid, S0 * (gy - tl.sum(gy * S0, axis=2)[:, :, None]), 0.0)
     else:
@@ -208,8 +194,6 @@ def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_e
     ``h = H_pre x``, ``(..., C)`` contiguous) the gradient of ``H_pre`` also gets the
     pre-mix's share, ``<dh, x_i>``: read by this kernel (launch option ``pre_mix``) or by
     the pre-mix backward kernel first; without, ``x`` only gives the launch shape."""
-    if iters < 1:  # the kernel reads the scratch of the last step first
-        raise ValueError(f"iters must be >= 1, got {iters}")
     shape = shape or stream_shape(x)
     T, n, C = shape["T"], shape["n"], shape["C"]
     (d_pre, s_pre), (d_post, s_post), (d_res, s_res) = (
