@@ -10,8 +10,10 @@ and T = 8192, C = 1024 (``gpt-small``'s), this measures
 
 and ``wall_over_gpu`` (1.0 = the GPU never waits for the host), each with the cached fast
 Triton launch on and off (``TORCH_MHC_FAST_LAUNCH``), and compiled
-(``torch.compile(fullgraph=True)``, modes ``default`` and ``reduce-overhead``); then a gpt-small training step (eager)
-for the residual and mHC models: issue and wall time. Writes JSON.
+(``torch.compile(fullgraph=True)``, modes ``default`` and ``reduce-overhead``), one
+connection alone and ``--stack`` of them as one graph (per connection: what a compiled
+model sees); then a gpt-small training step (eager) for the residual and mHC models: issue
+and wall time. Writes JSON.
 
     python benchmarks/host_overhead.py --out host_overhead.json
 """
@@ -43,31 +45,46 @@ def _host_and_wall_us(fn, reps):
     return (t1 - t0) / reps * 1e6, (t2 - t0) / reps * 1e6
 
 
-def _connection(T, C, n=4, dev="cuda", compile_mode=None):
-    """``(conn, leaves)``: ``conn()`` runs one connection forward + backward; with
-    ``compile_mode`` (``"default"``, ``"reduce-overhead"``) the forward is
-    ``torch.compile(fullgraph=True)``'d with that mode (its backward compiled with it)."""
-    N, K = (n + 2) * n, n * C
+class _Stack(torch.nn.Module):
+    """``depth`` mHC connections in a row with identity branches, their ``fn, base, scale``
+    held as parameters, as a model holds them (static inputs for CUDA graphs)."""
+
+    def __init__(self, depth, n, C, dev):
+        super().__init__()
+        N, K = (n + 2) * n, n * C
+        P = torch.nn.Parameter
+        self.fn = torch.nn.ParameterList(P(torch.randn(N, K, device=dev) * 0.02)
+                                         for _ in range(depth))
+        self.base = torch.nn.ParameterList(P(torch.randn(N, device=dev)) for _ in range(depth))
+        self.scale = torch.nn.ParameterList(P(torch.rand(3, device=dev) + 0.5)
+                                            for _ in range(depth))
+
+    def forward(self, x):
+        for fn, base, scale in zip(self.fn, self.base, self.scale):
+            h, _, h_post, h_res, link = connection_pre(x, fn, base, scale)
+            x = connection_post(x, h, h_post, h_res, link)
+        return x
+
+
+def _connection(T, C, n=4, dev="cuda", compile_mode=None, depth=1):
+    """``(conn, leaves)``: ``conn()`` runs one connection forward + backward (``depth``
+    connections in a row, ``_Stack``); with ``compile_mode`` (``"default"``,
+    ``"reduce-overhead"``) the forward is ``torch.compile(fullgraph=True)``'d with that mode
+    (its backward compiled with it). ``leaves``: the streams, then the parameters."""
     x = torch.randn(T, n, C, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    fn = (torch.randn(N, K, device=dev) * 0.02).requires_grad_()
-    base = torch.randn(N, device=dev, requires_grad=True)
-    scale = (torch.rand(3, device=dev) + 0.5).requires_grad_()
     w = torch.randn(T, n, C, device=dev, dtype=torch.bfloat16)
-    leaves = (x, fn, base, scale)
-
-    def forward(x, fn, base, scale):
-        h, _, h_post, h_res, link = connection_pre(x, fn, base, scale)
-        return connection_post(x, h, h_post, h_res, link)
-
+    stack = _Stack(depth, n, C, dev)
+    leaves = (x, *stack.parameters())
+    forward = stack
     if compile_mode is not None:
-        forward = torch.compile(forward, fullgraph=True, mode=compile_mode)
+        forward = torch.compile(stack, fullgraph=True, mode=compile_mode)
 
     def conn():
         for t in leaves:
             t.grad = None
         if compile_mode == "reduce-overhead":  # one replay of each graph per call
             torch.compiler.cudagraph_mark_step_begin()
-        forward(x, fn, base, scale).backward(w)
+        forward(x).backward(w)
     return conn, leaves
 
 
@@ -78,6 +95,9 @@ def main():
     ap.add_argument("--out", default="host_overhead.json")
     ap.add_argument("--no-gpt-small", action="store_true",
                     help="time the connection only (mhc bench times gpt-small steps)")
+    ap.add_argument("--stack", type=int, default=12,
+                    help="also compile this many connections as one graph and report per "
+                         "connection (a model's view; default: %(default)s)")
     ap.add_argument("--no-compiled", action="store_true",
                     help="skip the compiled connection (torch.compile, default and "
                          "reduce-overhead modes)")
@@ -109,18 +129,23 @@ def main():
         torch.cuda.empty_cache()
         # compiled: Inductor launches the kernels (no Python launchers); reduce-overhead
         # replays CUDA graphs. GPU time of the compiled kernels (the graphs replay the same).
-        for mode in () if args.no_compiled else ("default", "reduce-overhead"):
-            conn, _ = _connection(T, C, compile_mode=mode)
+        # A graph of one connection pays the compiled wrappers' per-call cost for that one
+        # connection; a model pays it once for all of them: ``--stack`` connections in one
+        # graph, per connection.
+        for mode, depth in [] if args.no_compiled else [
+                (m, d) for m in ("default", "reduce-overhead") for d in sorted({1, args.stack})]:
+            conn, _ = _connection(T, C, compile_mode=mode, depth=depth)
             for _ in range(3):
                 conn()
-            if mode == "default":
-                gpu_c, kernels_c = _gpu_kernel_time(conn, dev)
+            gpu_c, kernels_c = _gpu_kernel_time(conn, dev)
             host, wall = _host_and_wall_us(conn, args.reps)
-            key = f"T{T}_C{C}_compiled_{mode}"
+            host, wall, gpu_c = host / depth, wall / depth, gpu_c / depth
+            key = f"T{T}_C{C}_compiled_{mode}" + (f"_stack{depth}" if depth > 1 else "")
             res["connection"][key] = {"host_us": host, "wall_us": wall, "gpu_us": gpu_c,
-                                      "wall_over_gpu": wall / gpu_c, "kernels": kernels_c}
+                                      "wall_over_gpu": wall / gpu_c, "depth": depth,
+                                      "kernels": kernels_c}
             print(f"{key}: issue {host:.0f} us, wall {wall:.0f} us, GPU {gpu_c:.0f} us "
-                  f"(wall/GPU {wall / gpu_c:.2f})", flush=True)
+                  f"per connection (wall/GPU {wall / gpu_c:.2f})", flush=True)
             del conn
             torch.cuda.empty_cache()
     _launch.FAST_LAUNCH = True
