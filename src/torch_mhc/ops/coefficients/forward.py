@@ -18,7 +18,7 @@ import torch
 from .._launch import LazyJit, Launch, dot_mode, fit_channel_tile, next_pow2, num_sms, triton_cdiv
 from .._tiles import _gates, _split_hi_lo, _token_tile
 from ..pre_mix import pre_mix_forward_triton
-from ..tuning import launch_config, launch_plan, stream_shape
+from ..tuning import launch_plan, stream_shape
 
 
 def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, C, k_per_split, split,
