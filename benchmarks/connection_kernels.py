@@ -12,7 +12,7 @@ the run ends).
 
     PYTHONPATH=src python benchmarks/connection_kernels.py --out kernels.json
     PYTHONPATH=src python benchmarks/connection_kernels.py --shapes 8192x1024 \
-        --variants '{"fused": {"coef_gemm": {"fused": true}}}'
+        --variants '{"tok_p3": {"coef_token": {"pipeline_stages": 3}}}'
 """
 from __future__ import annotations
 

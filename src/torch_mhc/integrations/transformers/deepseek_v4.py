@@ -164,8 +164,9 @@ def patch_deepseek_v4(model: nn.Module, n: Optional[int] = None, backend: str = 
             raise ValueError(f"{hname}: hc_fn {tuple(head.hc_fn.shape)}, hc_base "
                              f"{tuple(head.hc_base.shape)} do not fit hc_mult={head_n}: the "
                              "checkpoint's hc_mult disagrees with the model's")
-        new_head = HyperHead(head.hc_fn.shape[1] // head_n, head_n, rms_eps=_norm_eps(head.input_norm),
-                             eps=head.eps, backend=backend, device="meta")
+        new_head = HyperHead(head.hc_fn.shape[1] // head_n, head_n,
+                             rms_eps=_norm_eps(head.input_norm), eps=head.eps, backend=backend,
+                             device="meta")
         new_head.hc_fn, new_head.hc_base, new_head.hc_scale = head.hc_fn, head.hc_base, head.hc_scale
         new_head.train(head.training)
         new_head._deepseek_v4_patched = True

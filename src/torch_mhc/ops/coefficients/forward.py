@@ -30,14 +30,7 @@ def _coef_gemm_kernel(x_ptr, fn_ptr, part_ptr, T, K, C, k_per_split, split,
     # ``_launch`` "launch order").
     pid = tl.program_id(0)
     pid_s = pid % split
-    _gemm_rows(tl.cdiv(T, BT) - 1 - pid // split, pid_s, x_ptr, fn_ptr, part_ptr, T, K, C,
-               k_per_split, N, NP, BT, BK, PREC, X_BROADCAST)
-
-
-def _gemm_rows(pid_t, pid_s, x_ptr, fn_ptr, part_ptr, T, K, C, k_per_split, N: tl.constexpr,
-               NP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
-               X_BROADCAST: tl.constexpr):
-    """Token tile ``pid_t``, K-slice ``pid_s`` of ``_coef_gemm_kernel``."""
+    pid_t = tl.cdiv(T, BT) - 1 - pid // split
     rows = pid_t * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
@@ -81,17 +74,7 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
                        n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
                        BC: tl.constexpr, LOG: tl.constexpr, PRE_MIX: tl.constexpr,
                        X_BROADCAST: tl.constexpr, PIPELINE_STAGES: tl.constexpr):
-    _token_rows(tl.program_id(0), part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr,
-                hres_ptr, x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps, hc_eps, n, N, NB, BT, BC,
-                LOG, PRE_MIX, X_BROADCAST, PIPELINE_STAGES)
-
-
-def _token_rows(pid, part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr, hres_ptr,
-                x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps, hc_eps, n: tl.constexpr,
-                N: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                LOG: tl.constexpr, PRE_MIX: tl.constexpr, X_BROADCAST: tl.constexpr,
-                PIPELINE_STAGES: tl.constexpr):
-    """Token tile ``pid`` (``BT`` tokens) of ``_coef_token_kernel``."""
+    pid = tl.program_id(0)
     rows, rmask, r64, ii, m2, aa, bb, valid, m3 = _token_tile(pid, T, n, NB, BT)
     pre = tl.zeros([BT, NB], dtype=tl.float32)
     post = tl.zeros([BT, NB], dtype=tl.float32)
@@ -155,8 +138,8 @@ def _token_rows(pid, part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_ptr
     tl.store(hres_ptr + r64[:, None, None] * (n * n) + bb * n + aa, P, mask=m3)
 
 
-_coef_gemm = LazyJit(_coef_gemm_kernel, helpers=(_split_hi_lo, _gemm_rows))
-_coef_token = LazyJit(_coef_token_kernel, helpers=(_token_tile, _gates, _token_rows))
+_coef_gemm = LazyJit(_coef_gemm_kernel, helpers=(_split_hi_lo,))
+_coef_token = LazyJit(_coef_token_kernel, helpers=(_token_tile, _gates))
 
 
 def _gemm_plan(cfg, T, n, C, dtype, broadcast, interpret, device, **_):
@@ -197,16 +180,16 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     split, k_per_split, gemm = launch_plan("coef_gemm", _gemm_plan, **shape)
     dev, f32 = x.device, torch.float32
     part = torch.empty(split, T, N + 1, device=dev, dtype=f32)
+    gemm(x, fn.contiguous(), part, T, K, C, k_per_split, split)
     mix = torch.empty(*lead, N + 1, device=dev, dtype=f32)
     h_pre = torch.empty(*lead, n, device=dev, dtype=f32)
     h_post = torch.empty(*lead, n, device=dev, dtype=f32)
     h_res = torch.empty(*lead, n, n, device=dev, dtype=f32)
-    gemm(x, fn.contiguous(), part, T, K, C, k_per_split, split)
     token = launch_plan("coef_token", _token_plan, log=(hc_eps == 0.0), with_h=pre_mix, **shape)
     fused = token.kw["PRE_MIX"]
     h = torch.empty(*lead, C, device=dev, dtype=x.dtype) if fused else h_pre
-    token(part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res, x, h, T,
-          split, K, C, int(iters), float(rms_eps), float(hc_eps))
+    token(part, scale.contiguous(), base.contiguous(), mix, h_pre, h_post, h_res, x, h, T, split,
+          K, C, int(iters), float(rms_eps), float(hc_eps))
     if not pre_mix:
         return h_pre, h_post, h_res, mix
     if not fused:
