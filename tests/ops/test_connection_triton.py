@@ -238,3 +238,103 @@ def test_mappings_with_other_consumers(extra):
     assert rel_error(out, ref) < 1e-5
     for a, b in zip(g, g_ref):
         assert rel_error(a, b) < 3e-5
+
+
+def _chain_of_two(n, C, dtype):
+    torch.manual_seed(5)
+    hcs = [HyperConnection(_TupleBranch(C), C, n, backend="triton", rms_eps=1e-6,
+                           layer_index=i).to(DEV) for i in range(3)]
+    for hc in hcs:
+        _randomise(hc)
+        hc.branch.to(dtype)
+    return hcs
+
+
+@pytest.mark.parametrize("dtype,n,C,tol", [(torch.float32, 4, 40, 1e-5),
+                                          (torch.float32, 3, 36, 1e-5),
+                                          (torch.bfloat16, 4, 64, 1e-2)])
+def test_chained_connections_match_unchained(dtype, n, C, tol):
+    """``project_for``: each post-res computes the next connection's projection, which that
+    connection takes as ``projection`` instead of reading the streams for it. Outputs, extra
+    branch outputs and every gradient equal the unchained connections' (the same numbers up
+    to the order of the projection's sums)."""
+    hcs = _chain_of_two(n, C, dtype)
+    x = torch.randn(3, 5, n, C, device=DEV).to(dtype).requires_grad_()
+    gain = torch.tensor(1.5, device=DEV, requires_grad=True)
+    leaves = [x, gain] + [p for hc in hcs for p in hc.parameters()]
+    w = torch.randn(3, 5, n, C, device=DEV)
+
+    def run(chain):
+        s, p, aux = x, None, 0
+        for i, hc in enumerate(hcs):
+            last = i == len(hcs) - 1
+            if chain and not last:
+                s, p, a = hc(s, gain, projection=p, project_for=hcs[i + 1])
+                assert p is not None and p.dtype == torch.float32 and not p.requires_grad
+            else:
+                s, a = hc(s, gain, projection=p if chain else None)
+            aux = aux + a
+        loss = (s.float() * w).sum() + aux
+        return s, torch.autograd.grad(loss, leaves)
+
+    (out, g), (ref, g_ref) = run(True), run(False)
+    assert rel_error(out, ref) < tol / 10
+    for a, b in zip(g, g_ref):
+        assert rel_error(a, b) < tol
+
+
+def test_project_for_where_it_cannot():
+    """``project_for`` returns None for the projection where the next connection cannot take
+    it (another mode or width, the PyTorch backend), and a projection that does not belong
+    to the streams is refused."""
+    n, C = 4, 24
+    hc = HyperConnection(nn.Linear(C, C), C, n, backend="triton").to(DEV)
+    x = torch.randn(6, n, C, device=DEV)
+    for other in (HyperConnection(nn.Linear(C, C), C, n, mode="hc").to(DEV),
+                  HyperConnection(nn.Linear(2 * C, 2 * C), 2 * C, n, backend="triton").to(DEV),
+                  HyperConnection(nn.Linear(C, C), C, n, backend="torch").to(DEV)):
+        out, p = hc(x, project_for=other)
+        assert p is None and torch.equal(out, hc(x))
+    torch_hc = HyperConnection(nn.Linear(C, C), C, n, backend="torch").to(DEV)
+    out, p = torch_hc(x, project_for=hc)
+    assert p is None and torch.equal(out, torch_hc(x))
+    _, p = hc(x, project_for=hc)
+    with pytest.raises(ValueError, match="does not belong"):
+        hc(x[:3], projection=p)
+
+
+def test_gpt_and_deep_stack_chained_equal_unchained():
+    """The models chain their connections by default (``GPTConfig.chain_connections``); the
+    loss and gradients are those of the unchained model."""
+    from torch_mhc.models import DeepStack, DeepStackConfig
+    torch.manual_seed(0)
+    idx = torch.randint(0, 64, (2, 12), device=DEV)
+    cfgs = {True: gpt_config("tiny", d_model=48, n_layer=2, n_head=2, seq_len=12,
+                             vocab_size=64, mlp_hidden=64, backend="triton"),
+            False: gpt_config("tiny", d_model=48, n_layer=2, n_head=2, seq_len=12,
+                              vocab_size=64, mlp_hidden=64, backend="triton",
+                              chain_connections=False)}
+    results = []
+    for chain in (True, False):
+        torch.manual_seed(1)
+        model = GPT(cfgs[chain]).to(DEV)
+        _randomise(model)
+        _, loss = model(idx, idx)
+        results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+    (loss, g), (loss_ref, g_ref) = results
+    assert abs(loss.item() - loss_ref.item()) < 1e-6 * abs(loss_ref.item())
+    for a, b in zip(g, g_ref):
+        assert rel_error(a, b) < 1e-5
+    torch.manual_seed(2)
+    stack = DeepStack(DeepStackConfig(vocab_size=64, seq_len=12, depth=3, width=32,
+                                      backend="triton")).to(DEV)
+    _randomise(stack)
+    _, loss = stack(idx, idx)
+    g = torch.autograd.grad(loss, list(stack.parameters()))
+    for hc in stack.connections()[1:]:
+        hc.backend = "torch"  # the first projects for none of them: nothing chained
+    _, loss_ref = stack(idx, idx)
+    g_ref = torch.autograd.grad(loss_ref, list(stack.parameters()))
+    assert rel_error(loss, loss_ref) < 1e-5
+    for a, b in zip(g, g_ref):
+        assert rel_error(a, b) < 1e-4
