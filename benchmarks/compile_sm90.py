@@ -49,9 +49,7 @@ def main(argv=None):
 
     def launch(key, **const):  # (constexprs, num_warps, num_stages) as the launcher passes them
         c = cfg(key)
-        # (post_res_proj's BK is a run-time argument: the channels per program)
-        tiles = {k: c[k] for k in ("BT", "BC", "BK") if k in c
-                 and not (key == "post_res_proj" and k == "BK")}
+        tiles = {k: c[k] for k in ("BT", "BC", "BK") if k in c}
         if "pipeline_stages" in c or key.startswith("coef_token"):  # token kernels: 1 if unset
             tiles["PIPELINE_STAGES"] = c.get("pipeline_stages", 1)
         return {**tiles, **const}, c["num_warps"], c.get("num_stages")  # None: Triton's default
@@ -111,12 +109,6 @@ def main(argv=None):
         ("post_res_fwd", po._post_res_fwd, dict(x_ptr=xt, y_ptr=xt, hpost_ptr=f32, hres_ptr=f32,
                                                  out_ptr=xt, T=i32, C=i32),
          *launch("post_res_fwd", n=n, NB=NB, X_BROADCAST=True)),
-        # post-res that also projects for the next connection (chained connections)
-        ("post_res_proj", po._post_res_proj, dict(x_ptr=xt, y_ptr=xt, hpost_ptr=f32,
-                                                   hres_ptr=f32, fn_ptr=f32, out_ptr=xt,
-                                                   part_ptr=f32, T=i32, C=i32, K=i32,
-                                                   c_per_split=i32),
-         *launch("post_res_proj", n=n, N=N, NB=NB, NP=NP, PREC=prec, X_BROADCAST=False)),
         ("post_res_bwd", po._post_res_bwd, post_bwd_sig,
          *launch("post_res_bwd", n=n, NB=NB, WRITE_DX=False, X_BROADCAST=False,
                  G_BROADCAST=True)),
@@ -130,8 +122,7 @@ def main(argv=None):
         fn = lazy.jit(interpret=False)
         # what a real launch specialises on: 16-byte aligned pointers, sizes divisible by 16
         attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, v in sig.items()
-                 if v.startswith("*") or k in ("C", "K", "k_per_split", "t_per_split",
-                                                             "c_per_split")}
+                 if v.startswith("*") or k in ("C", "K", "k_per_split", "t_per_split")}
         try:
             full = {k: sig.get(k, "constexpr") for k in fn.arg_names}  # Triton 3.3 wants all
             c = triton.compile(ASTSource(fn=fn, signature=full, constexprs=const, attrs=attrs),

@@ -144,16 +144,16 @@ def main():
         # replays CUDA graphs. GPU time of the compiled kernels (the graphs replay the same).
         # A graph of one connection pays the compiled wrappers' per-call cost for that one
         # connection; a model pays it once for all of them: ``--stack`` connections in one
-        # graph (chained, as the models chain them), per connection.
+        # graph, per connection.
         for mode, depth in [] if args.no_compiled else [
                 (m, d) for m in ("default", "reduce-overhead") for d in sorted({1, args.stack})]:
-            conn, _ = _connection(T, C, compile_mode=mode, depth=depth, chain=depth > 1)
+            conn, _ = _connection(T, C, compile_mode=mode, depth=depth)
             for _ in range(3):
                 conn()
             gpu_c, kernels_c = _gpu_kernel_time(conn, dev)
             host, wall = _host_and_wall_us(conn, args.reps)
             host, wall, gpu_c = host / depth, wall / depth, gpu_c / depth
-            key = f"T{T}_C{C}_compiled_{mode}" + (f"_stack{depth}_chained" if depth > 1 else "")
+            key = f"T{T}_C{C}_compiled_{mode}" + (f"_stack{depth}" if depth > 1 else "")
             res["connection"][key] = {"host_us": host, "wall_us": wall, "gpu_us": gpu_c,
                                       "wall_over_gpu": wall / gpu_c, "depth": depth,
                                       "kernels": kernels_c}

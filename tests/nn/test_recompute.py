@@ -149,8 +149,7 @@ def _streams_kept(model, block, idx, tgt):
     model.cfg.recompute_block = block
     refs = []
     hooks = [hc.register_forward_hook(
-        lambda m, i, out: refs.append(StorageWeakRef(
-            (out[0] if isinstance(out, tuple) else out).untyped_storage())))
+        lambda m, i, out: refs.append(StorageWeakRef(out.untyped_storage())))
         for hc in model.connections()]
     try:
         _, loss = model(idx, tgt)

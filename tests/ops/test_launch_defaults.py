@@ -76,7 +76,6 @@ KERNEL_KEYS = {
     "_coef_bwd_x_kernel": "coef_dx", "_coef_dfn_kernel": "coef_dfn",
     "_pre_mix_fwd_kernel": "pre_mix_fwd", "_pre_mix_bwd_kernel": "pre_mix_bwd",
     "_post_res_fwd_kernel": "post_res_fwd", "_post_res_bwd_kernel": "post_res_bwd",
-    "_post_res_proj_kernel": "post_res_proj",
     "_broadcast_kernel": "broadcast_streams", "_sum_kernel": "sum_streams",
 }
 #: a configuration no built-in one resembles (kernels are no-ops here: any value launches)
@@ -119,7 +118,6 @@ def _run_every_launcher(T=64, C=64):
     pre_mix.pre_mix_forward_triton(x, hp)
     pre_mix.pre_mix_backward_triton(x, hp, y, False)
     post_res.post_res_forward_triton(x, y, hq, hr)
-    post_res.post_res_project_triton(x, y, hq, hr, fn)
     post_res.post_res_backward_triton(x, y, hq, hr, x, False)
     streams._broadcast_impl(y, n, 1.0)
     streams._sum_impl(x, 1.0)

@@ -116,22 +116,20 @@ def _post_res_proj_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, fn_ptr, out_ptr, pa
                           K, c_per_split, n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr,
                           NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                           PREC: tl.constexpr, X_BROADCAST: tl.constexpr):
-    # ``out`` as _post_res_fwd_kernel computes it (the same float32 operations: the same bits)
-    # and the next connection's projection partials in the coefficient GEMM's format:
+    # ``out`` as _post_res_fwd_kernel computes it (the same float32 operations in the same
+    # order: the same bits), one stream at a time in [BT, BC] tiles, and from the same
+    # registers the next connection's projection partials in the coefficient GEMM's format:
     #   part[s, t, :N] = sum_i out_i[t, slice s] fn[:, i C + slice s]^T,
     #   part[s, t, N] = sum_i ||out_i[t, slice s]||^2
-    # over the channels [s * c_per_split, (s + 1) * c_per_split). Each channel tile of out is
-    # written, then read back one stream at a time as the GEMM reads it (from L2: this
-    # program just wrote it), as stored (rounded to its dtype).
+    # over the channels [s * c_per_split, (s + 1) * c_per_split), computed from ``out`` as
+    # stored (rounded to its dtype), as the GEMM reads it back. The x_j tiles are read once
+    # from memory per channel tile; the n - 1 further reads hit L1.
     pid_s = tl.program_id(1)
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
-    ii = tl.arange(0, NB)
-    m2 = rmask[:, None] & (ii < n)[None, :]
     oo = tl.arange(0, NP)
     omask = oo < N
-    hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
     acc = tl.zeros([BT, NP], dtype=tl.float32)
     ss = tl.zeros([BT], dtype=tl.float32)
     for c0 in range(0, c_per_split, BC):
@@ -139,41 +137,40 @@ def _post_res_proj_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, fn_ptr, out_ptr, pa
         cmask = cc < C
         mc = rmask[:, None] & cmask[None, :]
         y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
-        out = hp[:, :, None] * y[:, None, :]
-        if X_BROADCAST:
+        if X_BROADCAST:  # x a broadcast view: sum_j H_res[i, j] x_j = (row sum i of H_res) x
             x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
-            hr = tl.load(hres_ptr + r64[:, None, None] * (n * n) + ii[None, :, None] * n
-                         + ii[None, None, :], mask=m2[:, :, None] & (ii < n)[None, None, :],
-                         other=0.0)
-            out += tl.sum(hr, axis=2)[:, :, None] * x2.to(tl.float32)[:, None, :]
-        else:
-            for j in tl.static_range(n):
-                xj = tl.load(x_ptr + r64[:, None] * K + j * C + cc[None, :], mask=mc, other=0.0)
-                hj = tl.load(hres_ptr + r64[:, None] * (n * n) + ii[None, :] * n + j, mask=m2,
-                             other=0.0)
-                out += hj[:, :, None] * xj.to(tl.float32)[:, None, :]
-        tl.store(out_ptr + r64[:, None, None] * K + ii[None, :, None] * C + cc[None, None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=m2[:, :, None] & cmask[None, None, :])
-        tl.debug_barrier()  # the tile as stored, visible to every thread of the program
-        for i in range(n):  # (a loop, not unrolled: one stream's operands live at a time)
-            a = tl.load(out_ptr + r64[:, None] * K + i * C + cc[None, :], mask=mc, other=0.0)
-            af = a.to(tl.float32)
-            ss += tl.sum(af * af, axis=1)
+        for i in tl.static_range(n):
+            hp = tl.load(hpost_ptr + r64 * n + i, mask=rmask, other=0.0)
+            out = hp[:, None] * y
+            if X_BROADCAST:
+                jj = tl.arange(0, NB)
+                hr = tl.load(hres_ptr + r64[:, None] * (n * n) + i * n + jj[None, :],
+                             mask=rmask[:, None] & (jj < n)[None, :], other=0.0)
+                out += tl.sum(hr, axis=1)[:, None] * x2.to(tl.float32)
+            else:
+                for j in tl.static_range(n):
+                    xj = tl.load(x_ptr + r64[:, None] * K + j * C + cc[None, :], mask=mc,
+                                 other=0.0)
+                    hj = tl.load(hres_ptr + r64 * (n * n) + i * n + j, mask=rmask, other=0.0)
+                    out += hj[:, None] * xj.to(tl.float32)
+            ob = out.to(out_ptr.dtype.element_ty)  # zero outside the tile's rows and channels
+            tl.store(out_ptr + r64[:, None] * K + i * C + cc[None, :], ob, mask=mc)
+            of = ob.to(tl.float32)
+            ss += tl.sum(of * of, axis=1)
             w = tl.load(fn_ptr + oo[None, :] * K + i * C + cc[:, None],
                         mask=omask[None, :] & cmask[:, None], other=0.0).to(tl.float32)
             if PREC >= 2:  # bf16 out: w = hi + lo, two bf16 products (as the GEMM)
                 w_hi, w_lo = _split_hi_lo(w, PREC)
                 if PREC == 2:
-                    acc = tl.dot(a, w_hi, acc)
-                    acc = tl.dot(a, w_lo, acc)
+                    acc = tl.dot(ob, w_hi, acc)
+                    acc = tl.dot(ob, w_lo, acc)
                 else:
-                    acc = tl.dot(af, w_hi, acc, input_precision="ieee")
-                    acc = tl.dot(af, w_lo, acc, input_precision="ieee")
+                    acc = tl.dot(of, w_hi, acc, input_precision="ieee")
+                    acc = tl.dot(of, w_lo, acc, input_precision="ieee")
             elif PREC == 1:
-                acc = tl.dot(af, w, acc, input_precision="tf32x3")
+                acc = tl.dot(of, w, acc, input_precision="tf32x3")
             else:
-                acc = tl.dot(af, w, acc, input_precision="ieee")
-        tl.debug_barrier()  # (the next tile's stores come after every read of this one)
+                acc = tl.dot(of, w, acc, input_precision="ieee")
     prow = part_ptr + (pid_s * T + r64) * (N + 1)
     tl.store(prow[:, None] + oo[None, :], acc, mask=rmask[:, None] & omask[None, :])
     tl.store(prow + N, ss, mask=rmask)

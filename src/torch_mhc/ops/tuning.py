@@ -102,10 +102,8 @@ LAUNCH_DEFAULTS: dict = {
                      ({}, dict(BT=1, BC_x_NB=16384, num_warps=8))],
     "post_res_bwd": dict(BT=1, BC_x_NB=4096, num_warps=4),
     # post-res forward that also computes the next connection's projection partials (the
-    # GEMM's work): BK channels of every stream per program, in tiles of BC. Chosen free of
-    # register spills on sm_90 (benchmarks/compile_sm90.py: 135 registers, no stack; 64 x 64
-    # tiles with 4 warps spill 488 bytes)
-    "post_res_proj": dict(BT=64, BC=32, BK=512, num_warps=8, num_stages=1),
+    # GEMM's work): BK channels of every stream per program, in tiles of BC
+    "post_res_proj": dict(BT=64, BC=64, BK=512, num_warps=4, num_stages=2),
     # the model's boundaries: one token per program row, a channel slice of every stream
     "broadcast_streams": dict(BC=1024, num_warps=4),
     "sum_streams": dict(BC=1024, num_warps=4),
