@@ -116,63 +116,64 @@ def _post_res_proj_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, fn_ptr, out_ptr, pa
                           K, c_per_split, n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr,
                           NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                           PREC: tl.constexpr, X_BROADCAST: tl.constexpr):
-    # ``out`` as _post_res_fwd_kernel computes it (the same float32 operations in the same
-    # order: the same bits), one stream at a time in [BT, BC] tiles, and from the same
-    # registers the next connection's projection partials in the coefficient GEMM's format:
-    #   part[s, t, :N] = sum_i out_i[t, slice s] fn[:, i C + slice s]^T,
-    #   part[s, t, N] = sum_i ||out_i[t, slice s]||^2
-    # over the channels [s * c_per_split, (s + 1) * c_per_split), computed from ``out`` as
-    # stored (rounded to its dtype), as the GEMM reads it back. The x_j tiles are read once
-    # from memory per channel tile; the n - 1 further reads hit L1.
+    # ``out`` exactly as _post_res_fwd_kernel computes it, and from the same registers the
+    # next connection's projection partials, in the coefficient GEMM's format:
+    #   part[s, t, :N] = out[t, :, slice s] . fn[:, :, slice s],  part[s, t, N] = sum out^2
+    # over the channels [s * c_per_split, (s + 1) * c_per_split) of every stream, computed
+    # from ``out`` as stored (rounded to its dtype), as the GEMM would read it back.
     pid_s = tl.program_id(1)
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
+    ii = tl.arange(0, NB)
+    m2 = rmask[:, None] & (ii < n)[None, :]
     oo = tl.arange(0, NP)
-    omask = oo < N
+    hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
     acc = tl.zeros([BT, NP], dtype=tl.float32)
     ss = tl.zeros([BT], dtype=tl.float32)
     for c0 in range(0, c_per_split, BC):
         cc = pid_s * c_per_split + c0 + tl.arange(0, BC)
-        cmask = cc < C
-        mc = rmask[:, None] & cmask[None, :]
+        mc = rmask[:, None] & (cc < C)[None, :]
         y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
-        if X_BROADCAST:  # x a broadcast view: sum_j H_res[i, j] x_j = (row sum i of H_res) x
+        out = hp[:, :, None] * y[:, None, :]
+        if X_BROADCAST:
             x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
-        for i in tl.static_range(n):
-            hp = tl.load(hpost_ptr + r64 * n + i, mask=rmask, other=0.0)
-            out = hp[:, None] * y
-            if X_BROADCAST:
-                jj = tl.arange(0, NB)
-                hr = tl.load(hres_ptr + r64[:, None] * (n * n) + i * n + jj[None, :],
-                             mask=rmask[:, None] & (jj < n)[None, :], other=0.0)
-                out += tl.sum(hr, axis=1)[:, None] * x2.to(tl.float32)
+            hr = tl.load(hres_ptr + r64[:, None, None] * (n * n) + ii[None, :, None] * n
+                         + ii[None, None, :], mask=m2[:, :, None] & (ii < n)[None, None, :],
+                         other=0.0)
+            out += tl.sum(hr, axis=2)[:, :, None] * x2.to(tl.float32)[:, None, :]
+        else:
+            for j in tl.static_range(n):
+                xj = tl.load(x_ptr + r64[:, None] * K + j * C + cc[None, :], mask=mc, other=0.0)
+                hj = tl.load(hres_ptr + r64[:, None] * (n * n) + ii[None, :] * n + j, mask=m2,
+                             other=0.0)
+                out += hj[:, :, None] * xj.to(tl.float32)[:, None, :]
+        ob = out.to(out_ptr.dtype.element_ty)  # zero outside the tile's rows and channels
+        tl.store(out_ptr + r64[:, None, None] * K + ii[None, :, None] * C + cc[None, None, :],
+                 ob, mask=m2[:, :, None] & (cc < C)[None, None, :])
+        of = ob.to(tl.float32)
+        ss += tl.sum(tl.sum(of * of, axis=2), axis=1)
+        # w[i, c, o] = fn[o, i C + c]: the tile's K-slice, rows i C + c as out's [BT, NB BC]
+        w = tl.load(fn_ptr + oo[None, None, :] * K + ii[:, None, None] * C + cc[None, :, None],
+                    mask=(ii < n)[:, None, None] & (cc < C)[None, :, None]
+                    & (oo < N)[None, None, :], other=0.0).to(tl.float32)
+        w = tl.reshape(w, [NB * BC, NP])
+        if PREC >= 2:  # bf16 out: w = hi + lo, two bf16 products (as the GEMM)
+            w_hi, w_lo = _split_hi_lo(w, PREC)
+            if PREC == 2:
+                a = tl.reshape(ob, [BT, NB * BC])
+                acc = tl.dot(a, w_hi, acc)
+                acc = tl.dot(a, w_lo, acc)
             else:
-                for j in tl.static_range(n):
-                    xj = tl.load(x_ptr + r64[:, None] * K + j * C + cc[None, :], mask=mc,
-                                 other=0.0)
-                    hj = tl.load(hres_ptr + r64 * (n * n) + i * n + j, mask=rmask, other=0.0)
-                    out += hj[:, None] * xj.to(tl.float32)
-            ob = out.to(out_ptr.dtype.element_ty)  # zero outside the tile's rows and channels
-            tl.store(out_ptr + r64[:, None] * K + i * C + cc[None, :], ob, mask=mc)
-            of = ob.to(tl.float32)
-            ss += tl.sum(of * of, axis=1)
-            w = tl.load(fn_ptr + oo[None, :] * K + i * C + cc[:, None],
-                        mask=omask[None, :] & cmask[:, None], other=0.0).to(tl.float32)
-            if PREC >= 2:  # bf16 out: w = hi + lo, two bf16 products (as the GEMM)
-                w_hi, w_lo = _split_hi_lo(w, PREC)
-                if PREC == 2:
-                    acc = tl.dot(ob, w_hi, acc)
-                    acc = tl.dot(ob, w_lo, acc)
-                else:
-                    acc = tl.dot(of, w_hi, acc, input_precision="ieee")
-                    acc = tl.dot(of, w_lo, acc, input_precision="ieee")
-            elif PREC == 1:
-                acc = tl.dot(of, w, acc, input_precision="tf32x3")
-            else:
-                acc = tl.dot(of, w, acc, input_precision="ieee")
+                a = tl.reshape(of, [BT, NB * BC])
+                acc = tl.dot(a, w_hi, acc, input_precision="ieee")
+                acc = tl.dot(a, w_lo, acc, input_precision="ieee")
+        elif PREC == 1:
+            acc = tl.dot(tl.reshape(of, [BT, NB * BC]), w, acc, input_precision="tf32x3")
+        else:
+            acc = tl.dot(tl.reshape(of, [BT, NB * BC]), w, acc, input_precision="ieee")
     prow = part_ptr + (pid_s * T + r64) * (N + 1)
-    tl.store(prow[:, None] + oo[None, :], acc, mask=rmask[:, None] & omask[None, :])
+    tl.store(prow[:, None] + oo[None, :], acc, mask=rmask[:, None] & (oo < N)[None, :])
     tl.store(prow + N, ss, mask=rmask)
 
 

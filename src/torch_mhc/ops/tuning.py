@@ -103,7 +103,7 @@ LAUNCH_DEFAULTS: dict = {
     "post_res_bwd": dict(BT=1, BC_x_NB=4096, num_warps=4),
     # post-res forward that also computes the next connection's projection partials (the
     # GEMM's work): BK channels of every stream per program, in tiles of BC
-    "post_res_proj": dict(BT=64, BC=64, BK=512, num_warps=4, num_stages=2),
+    "post_res_proj": dict(BT=64, BC=32, BK=512, num_warps=8, num_stages=2),
     # the model's boundaries: one token per program row, a channel slice of every stream
     "broadcast_streams": dict(BC=1024, num_warps=4),
     "sum_streams": dict(BC=1024, num_warps=4),
