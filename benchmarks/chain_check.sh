@@ -17,5 +17,5 @@ V='{
 "p_16_64_1024_w4": {"post_res_proj": {"BT": 16, "BC": 64, "BK": 1024, "num_warps": 4, "num_stages": 2}}
 }'
 timeout 100 python benchmarks/connection_kernels.py --shapes 8192x1024,4096x4096 --chain --reps 15 --out $OUT/ck_chain.json 2>&1 | grep -v -i warn | grep -v "^  .*\(reduce\|elementwise\|vectorized\)"
-timeout 120 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 15 --variants "$V" --chain-only --out $OUT/ck_chain_variants.json 2>&1 | grep -v -i warn | grep "us, floor\|post_res_proj\|failed"
+timeout 120 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 15 --variants "$V" --chain --out $OUT/ck_chain_variants.json 2>&1 | grep -v -i warn | grep "us, floor\|post_res_proj\|failed"
 timeout 230 python -m torch_mhc.bench --steps 10 --suite gpt-small --compile --variants residual,mhc-triton,mhc-triton-unchained --out $OUT/gpt-small_compiled.json 2>&1 | grep -v -i warn | tail -5

@@ -48,8 +48,6 @@ def main():
     ap.add_argument("--chain", action="store_true",
                     help="also time each variant as a chained connection (its post-res "
                          "computes the next connection's projection)")
-    ap.add_argument("--chain-only", action="store_true",
-                    help="time each variant as a chained connection only")
     ap.add_argument("--variants", default="{}",
                     help="JSON {name: {tuning key: {option: value}}} timed after the defaults")
     args = ap.parse_args()
@@ -65,8 +63,7 @@ def main():
     for s in args.shapes.split(","):
         T, C = map(int, s.split("x"))
         for name, over in variants.items():
-            for chain in ((True,) if args.chain_only else (False, True) if args.chain
-                          else (False,)):
+            for chain in (False, True) if args.chain else (False,):
                 # bf16 bytes over copy bandwidth; a chained connection reads x n times fewer
                 floor = (18 - 4 * chain + 28) * C * T * 2 / (bw * 1e9) * 1e6
                 key = s + ("" if name == "default" else f"/{name}") + ("/chain" if chain else "")
