@@ -11,7 +11,7 @@ after the defaults (``"default"``). Writes JSON after every timing (``"partial":
 the run ends).
 
     PYTHONPATH=src python benchmarks/connection_kernels.py --out kernels.json
-    PYTHONPATH=src python benchmarks/connection_kernels.py --shapes 8192x1024 --chain \
+    PYTHONPATH=src python benchmarks/connection_kernels.py --shapes 8192x1024 \
         --variants '{"tok_p3": {"coef_token": {"pipeline_stages": 3}}}'
 """
 from __future__ import annotations
@@ -30,10 +30,9 @@ from torch_mhc.bench import (_commit, _copy_bandwidth, _device_info,  # noqa: E4
                              _gpu_kernel_time, _versions)
 
 
-def kernel_table(T: int, C: int, reps: int, chain: bool = False) -> dict:
-    """Mean GPU microseconds per connection of each kernel, and their sum (``chain``: the
-    connection in a chain, its post-res computing the next one's projection)."""
-    conn, _ = _connection(T, C, chain=chain)
+def kernel_table(T: int, C: int, reps: int) -> dict:
+    """Mean GPU microseconds per connection of each kernel, and their sum."""
+    conn, _ = _connection(T, C)
     for _ in range(3):
         conn()
     total, kernels = _gpu_kernel_time(conn, torch.device("cuda"), reps, top=None)
@@ -45,9 +44,6 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--shapes", default="8192x1024,4096x4096", help="TxC,TxC")
     ap.add_argument("--out", default="connection_kernels.json")
-    ap.add_argument("--chain", action="store_true",
-                    help="also time each variant as a chained connection (its post-res "
-                         "computes the next connection's projection)")
     ap.add_argument("--variants", default="{}",
                     help="JSON {name: {tuning key: {option: value}}} timed after the defaults")
     args = ap.parse_args()
@@ -62,27 +58,24 @@ def main():
            "variants": variants}
     for s in args.shapes.split(","):
         T, C = map(int, s.split("x"))
+        floor = (18 + 28) * C * T * 2 / (bw * 1e9) * 1e6  # bf16 bytes over copy bandwidth
         for name, over in variants.items():
-            for chain in (False, True) if args.chain else (False,):
-                # bf16 bytes over copy bandwidth; a chained connection reads x n times fewer
-                floor = (18 - 4 * chain + 28) * C * T * 2 / (bw * 1e9) * 1e6
-                key = s + ("" if name == "default" else f"/{name}") + ("/chain" if chain else "")
-                tuning.TUNING.clear()
-                tuning.TUNING.update(over)
-                try:
-                    r = kernel_table(T, C, args.reps, chain)
-                except Exception as e:  # a configuration that does not compile or fit
-                    print(f"{key}: failed: {e!r}"[:300])
-                    out["shapes"][key] = {"error": repr(e)[:300]}
-                    continue
-                r["floor_us"] = round(floor, 1)
-                r["of_floor"] = round(floor / r["total_us"], 3)
-                out["shapes"][key] = r
-                print(f"{key}: {r['total_us']} us, floor {r['floor_us']} us "
-                      f"({100 * r['of_floor']:.0f} %)")
-                for k, v in r["kernels_us"]:
-                    print(f"    {v:8.2f}  {k}")
-                _write(args.out, {**out, "partial": True})  # a stopped run keeps its results
+            tuning.TUNING.clear()
+            tuning.TUNING.update(over)
+            try:
+                r = kernel_table(T, C, args.reps)
+            except Exception as e:  # a configuration that does not compile or fit
+                print(f"T={T} C={C} {name}: failed: {e!r}"[:300])
+                out["shapes"][f"{s}/{name}"] = {"error": repr(e)[:300]}
+                continue
+            r["floor_us"] = round(floor, 1)
+            r["of_floor"] = round(floor / r["total_us"], 3)
+            out["shapes"][s if name == "default" else f"{s}/{name}"] = r
+            print(f"T={T} C={C} {name}: {r['total_us']} us, floor {r['floor_us']} us "
+                  f"({100 * r['of_floor']:.0f} %)")
+            for k, v in r["kernels_us"]:
+                print(f"    {v:8.2f}  {k}")
+            _write(args.out, {**out, "partial": True})  # a stopped run keeps what it measured
     tuning.TUNING.clear()
     _write(args.out, out)
 

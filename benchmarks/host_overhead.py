@@ -47,15 +47,10 @@ def _host_and_wall_us(fn, reps):
 
 class _Stack(torch.nn.Module):
     """``depth`` mHC connections in a row with identity branches, their ``fn, base, scale``
-    held as parameters, as a model holds them (static inputs for CUDA graphs).
+    held as parameters, as a model holds them (static inputs for CUDA graphs)."""
 
-    ``chain``: each post-res also computes the next connection's projection (the last one's
-    for the first, so that a call is the steady state of a longer chain): ``forward(x,
-    projection)`` takes the projection of ``x`` and returns the next one's."""
-
-    def __init__(self, depth, n, C, dev, chain=False):
+    def __init__(self, depth, n, C, dev):
         super().__init__()
-        self.chain = chain
         N, K = (n + 2) * n, n * C
         P = torch.nn.Parameter
         self.fn = torch.nn.ParameterList(P(torch.randn(N, K, device=dev) * 0.02)
@@ -64,40 +59,32 @@ class _Stack(torch.nn.Module):
         self.scale = torch.nn.ParameterList(P(torch.rand(3, device=dev) + 0.5)
                                             for _ in range(depth))
 
-    def forward(self, x, projection=None):
-        depth = len(self.fn)
-        for i, (fn, base, scale) in enumerate(zip(self.fn, self.base, self.scale)):
-            h, _, h_post, h_res, link = connection_pre(x, fn, base, scale, part=projection)
-            if self.chain:
-                x, projection = connection_post(x, h, h_post, h_res, link,
-                                                self.fn[(i + 1) % depth])
-            else:
-                x = connection_post(x, h, h_post, h_res, link)
-        return x, projection
+    def forward(self, x):
+        for fn, base, scale in zip(self.fn, self.base, self.scale):
+            h, _, h_post, h_res, link = connection_pre(x, fn, base, scale)
+            x = connection_post(x, h, h_post, h_res, link)
+        return x
 
 
-def _connection(T, C, n=4, dev="cuda", compile_mode=None, depth=1, chain=False):
+def _connection(T, C, n=4, dev="cuda", compile_mode=None, depth=1):
     """``(conn, leaves)``: ``conn()`` runs one connection forward + backward (``depth``
-    connections in a row, ``_Stack``, chained with ``chain``); with ``compile_mode``
-    (``"default"``, ``"reduce-overhead"``) the forward is ``torch.compile(fullgraph=True)``'d
-    with that mode (its backward compiled with it). ``leaves``: the streams, then the
-    parameters."""
+    connections in a row, ``_Stack``); with ``compile_mode`` (``"default"``,
+    ``"reduce-overhead"``) the forward is ``torch.compile(fullgraph=True)``'d with that mode
+    (its backward compiled with it). ``leaves``: the streams, then the parameters."""
     x = torch.randn(T, n, C, device=dev, dtype=torch.bfloat16, requires_grad=True)
     w = torch.randn(T, n, C, device=dev, dtype=torch.bfloat16)
-    stack = _Stack(depth, n, C, dev, chain)
+    stack = _Stack(depth, n, C, dev)
     leaves = (x, *stack.parameters())
     forward = stack
     if compile_mode is not None:
         forward = torch.compile(stack, fullgraph=True, mode=compile_mode)
-    # a chain's steady state: each call gets a projection (of the streams one call made)
-    projection = stack(x.detach())[1] if chain else None
 
     def conn():
         for t in leaves:
             t.grad = None
         if compile_mode == "reduce-overhead":  # one replay of each graph per call
             torch.compiler.cudagraph_mark_step_begin()
-        forward(x, projection)[0].backward(w)
+        forward(x).backward(w)
     return conn, leaves
 
 

@@ -161,10 +161,8 @@ def _build_gpt(preset: str, variant: str, args, device):
     if variant == "residual":
         cfg = gpt_config(preset, connection="residual", **over)
     else:
-        backend = {"mhc-triton": "triton", "mhc-triton-recompute": "triton",
-                   "mhc-triton-unchained": "triton", "mhc-torch": "torch", "liger": "torch"}[variant]
-        if variant == "mhc-triton-unchained":  # each connection projects its own streams
-            over["chain_connections"] = False
+        backend = {"mhc-triton": "triton", "mhc-triton-recompute": "triton", "mhc-torch": "torch",
+                   "liger": "torch"}[variant]
         if variant == "mhc-triton-recompute":  # stream kept every L_r connections (Eq. 20)
             over["recompute_block"] = -1
         cfg = gpt_config(preset, connection="mhc", n=args.n, backend=backend, **over)
@@ -643,8 +641,7 @@ def run_bench(args, save=None) -> Dict:
     return {**{k: res[k] for k in order if k in res}, **{k: v for k, v in res.items() if k not in order}}
 
 
-VARIANTS = ("residual", "mhc-triton", "mhc-triton-unchained", "mhc-triton-recompute", "mhc-torch",
-            "liger")
+VARIANTS = ("residual", "mhc-triton", "mhc-triton-recompute", "mhc-torch", "liger")
 
 
 def _check_args(args) -> Optional[str]:
@@ -760,8 +757,7 @@ EPILOG = """suites (--suite):
              the PyTorch reference, with the share of this GPU's copy bandwidth
 
 variants (--variants): residual (the baseline), mhc-triton (fused kernels),
-  mhc-triton-unchained (the same without each post-res computing the next connection's
-  projection), mhc-triton-recompute (stream recomputed in blocks, paper Eq. 20), mhc-torch (the
+  mhc-triton-recompute (stream recomputed in blocks, paper Eq. 20), mhc-torch (the
   PyTorch reference), liger (Liger-Kernel's LigerMHC, when liger_kernel imports)
 
 examples:

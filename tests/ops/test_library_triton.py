@@ -6,8 +6,7 @@ import torch
 
 from torch_mhc.ops import _library
 from torch_mhc.ops.coefficients import coefficients_op
-from torch_mhc.ops.connection import (_connection_post, _connection_post_project, _connection_pre,
-                                      _link, _pre_backward)
+from torch_mhc.ops.connection import _connection_post, _connection_pre, _link, _pre_backward
 from torch_mhc.ops.post_res import post_res_backward_op, post_res_op
 from torch_mhc.ops.pre_mix import pre_mix_backward_op, pre_mix_op
 from torch_mhc.testing import rel_error
@@ -40,18 +39,13 @@ def test_opcheck_forward_ops(dtype, T, n, C):
     h_post = torch.rand(T, n, dtype=cdt, device=DEV).requires_grad_()
     h_res = torch.rand(T, n, n, dtype=cdt, device=DEV).requires_grad_()
     y = torch.randn(T, C, dtype=dtype, device=DEV).requires_grad_()
-    part = _connection_post_project.impl(x.detach(), None, y.detach(), h_post.detach(),
-                                         h_res.detach(), fn.detach())[1]
     cases = [
         (coefficients_op, (x, fn, base, scale, 20, 1e-6, 0.0)),
         (coefficients_op, (x, fn, base, scale, 5, 1e-6, 1e-6)),  # V4's eps form
         (pre_mix_op, (x, h_pre)),
         (post_res_op, (x, y, h_post, h_res)),
-        (_connection_pre, (x, fn, base, scale, 20, 1e-6, 0.0, None)),
-        (_connection_pre, (x, fn, base, scale, 20, 1e-6, 0.0, part)),
+        (_connection_pre, (x, fn, base, scale, 20, 1e-6, 0.0)),
         (_connection_post, (x, _link(x.detach()).requires_grad_(), y, h_post, h_res)),
-        (_connection_post_project, (x, _link(x.detach()).requires_grad_(), y, h_post, h_res,
-                                    fn.detach())),
     ]
     for op, args in cases:
         torch.library.opcheck(op.op, args, test_utils=FAST)
@@ -85,10 +79,10 @@ def test_opcheck_connection_leading_dims():
     x4 = x.detach().view(2, 3, n, C).requires_grad_()
     h, h_pre, h_post, h_res, mix, link = _connection_pre.impl(x4.detach(), fn.detach(),
                                                               base.detach(), scale.detach(),
-                                                              20, 1e-6, 0.0, None)
+                                                              20, 1e-6, 0.0)
     assert h.shape == (2, 3, C) and h_res.shape == (2, 3, n, n) and link.shape == x4.shape
     y = torch.randn(2, 3, C, device=DEV).requires_grad_()
-    torch.library.opcheck(_connection_pre.op, (x4, fn, base, scale, 20, 1e-6, 0.0, None),
+    torch.library.opcheck(_connection_pre.op, (x4, fn, base, scale, 20, 1e-6, 0.0),
                           test_utils=FAST)
     torch.library.opcheck(_connection_post.op, (x4, _link(x4.detach()).requires_grad_(), y,
                                                 h_post.requires_grad_(), h_res.requires_grad_()),
@@ -103,7 +97,7 @@ def test_opcheck_connection_leading_dims():
 def test_opcheck_dynamic_shapes():
     """AOT dispatch with dynamic shapes, once for the connection pair (the slowest check)."""
     x, fn, base, scale = _inputs(4, 4, 16, torch.float32)
-    torch.library.opcheck(_connection_pre.op, (x, fn, base, scale, 20, 1e-6, 0.0, None),
+    torch.library.opcheck(_connection_pre.op, (x, fn, base, scale, 20, 1e-6, 0.0),
                           test_utils="test_aot_dispatch_dynamic")
 
 

@@ -50,31 +50,3 @@ def test_gradcheck_fp64_glue():
             torch.rand(3, 2, dtype=torch.float64, device=DEV, requires_grad=True),
             torch.rand(3, 2, 2, dtype=torch.float64, device=DEV, requires_grad=True))
     assert torch.autograd.gradcheck(lambda *a: post_res(*a, backend="triton"), args)
-
-
-@pytest.mark.parametrize("n,C,T,split", [(4, 100, 37, None), (4, 64, 20, 16), (3, 48, 19, 16),
-                                         (1, 24, 5, None), (2, 40, 33, 16)])
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 3e-5)])
-@pytest.mark.parametrize("broadcast", [False, True])
-def test_project_is_forward_plus_next_projection(n, C, T, split, dtype, tol, broadcast,
-                                                 monkeypatch):
-    """The post-res pass that also projects for the next connection writes the streams bit
-    for bit as the plain post-res kernel, and per-slice partials (``split`` channels of each
-    stream per slice: several slices) that sum to the coefficient GEMM's ``out fn^T`` and
-    ``sum out^2`` of the stored streams (bf16: fn split hi + lo, as the GEMM)."""
-    from torch_mhc.ops import tuning
-    from torch_mhc.ops.post_res import post_res_forward_triton, post_res_project_triton
-    if split is not None:
-        monkeypatch.setitem(tuning.TUNING, "post_res_proj", {"BK": split})
-    x = torch.randn(T, 1 if broadcast else n, C, device=DEV).to(dtype)
-    x = x.expand(T, n, C) if broadcast else x
-    y = torch.randn(T, C, device=DEV).to(dtype)
-    h_post, h_res = 2 * torch.rand(T, n, device=DEV), torch.rand(T, n, n, device=DEV)
-    fn = torch.randn((n + 2) * n, n * C, device=DEV)
-    out, part = post_res_project_triton(x, y, h_post, h_res, fn)
-    assert torch.equal(out, post_res_forward_triton(x, y, h_post, h_res))
-    slices = 1 if split is None or split >= C else -(-C // split)
-    assert part.shape == (slices, T, (n + 2) * n + 1) and part.dtype == torch.float32
-    flat = out.double().reshape(T, n * C)
-    assert rel_error(part.sum(0)[:, :-1], flat @ fn.double().T) < tol
-    assert rel_error(part.sum(0)[:, -1], (flat * flat).sum(1)) < 1e-6

@@ -76,13 +76,8 @@ class DeepStack(nn.Module):
         x = expand_streams(self.embed(idx), self.cfg.streams, view=True)
         with stream_recompute(resolve_block_size(self.cfg.recompute_block, self.cfg.streams,
                                                  self.cfg.depth)):
-            projection, last = None, len(self.layers) - 1
-            for i, layer in enumerate(self.layers):
-                if i == last:
-                    x = layer(x, projection=projection)
-                else:  # each post-res computes the next connection's input projection
-                    x, projection = layer(x, projection=projection,
-                                          project_for=self.layers[i + 1])
+            for layer in self.layers:
+                x = layer(x)
         logits = self.head(self.norm(reduce_streams(x)))
         loss = None
         if targets is not None:

@@ -47,9 +47,6 @@ class GPTConfig:
     # stream recomputation (docs/recompute.md): 0 off; k > 0 keep every k-th stream;
     # -1 the paper's block size for 2 * n_layer connections (Eq. 20)
     recompute_block: int = 0
-    # each connection's post-res also computes the next one's input projection (mHC on the
-    # Triton backend: n stream widths per token fewer to read; the same numbers either way)
-    chain_connections: bool = True
 
     def __post_init__(self):
         if self.d_model % self.n_head:
@@ -129,20 +126,9 @@ class Block(nn.Module):
                   sinkhorn_iters=cfg.sinkhorn_iters, **cfg.hc_options)
         self.attn = HyperConnection(Attention(cfg), cfg.d_model, layer_index=2 * index, **kw)
         self.mlp = HyperConnection(SwiGLU(cfg), cfg.d_model, layer_index=2 * index + 1, **kw)
-        self.chain = cfg.chain_connections
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                projection: Optional[torch.Tensor] = None,
-                project_for: Optional[HyperConnection] = None):
-        """Streams -> ``(streams, projection for project_for)``: with
-        ``cfg.chain_connections`` each connection's post-res computes the next one's input
-        projection (:meth:`HyperConnection.forward`), else the projection is None."""
-        if not self.chain:
-            return self.mlp(self.attn(x, cos, sin)), None
-        x, projection = self.attn(x, cos, sin, projection=projection, project_for=self.mlp)
-        if project_for is None:
-            return self.mlp(x, projection=projection), None
-        return self.mlp(x, projection=projection, project_for=project_for)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.attn(x, cos, sin))
 
 
 class GPT(nn.Module):
@@ -193,11 +179,9 @@ class GPT(nn.Module):
         x = expand_streams(self.embed(idx), self.cfg.streams, view=True)
         recompute = resolve_block_size(self.cfg.recompute_block, self.cfg.streams,
                                        2 * self.cfg.n_layer)
-        projection, last = None, len(self.blocks) - 1
         with stream_recompute(recompute):
-            for i, block in enumerate(self.blocks):
-                nxt = self.blocks[i + 1].attn if i < last else None
-                x, projection = block(x, self.rope_cos, self.rope_sin, projection, nxt)
+            for block in self.blocks:
+                x = block(x, self.rope_cos, self.rope_sin)
         logits = self.head(self.norm(reduce_streams(x)))
         loss = None
         if targets is not None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..ops._backend import check_backend
-from .modes import MODES, connection_mode, hc_bias_init, mhc_bias_init, with_projection
+from .modes import MODES, connection_mode, hc_bias_init, mhc_bias_init
 
 __all__ = ["HyperConnection", "MODES", "mhc_bias_init", "hc_bias_init",
            "connection_parameters", "no_weight_decay_parameters"]
@@ -133,26 +133,10 @@ class HyperConnection(nn.Module):
         self._check_streams(streams)
         return MODES[self.mode].mappings(self, streams)
 
-    def forward(self, streams: torch.Tensor, *args, projection: Optional[torch.Tensor] = None,
-                project_for: Optional["HyperConnection"] = None, **kwargs):
-        """Streams ``(..., n, dim)`` -> next streams (plus any extra outputs of the branch).
-
-        Chaining consecutive connections (what ``GPT`` and ``DeepStack`` do): with
-        ``project_for=next_connection`` the call returns ``(streams, projection, *extra)``,
-        where ``projection`` is the next mHC connection's input projection of the new
-        streams, computed by the fused post-res pass that writes them (or None where it
-        cannot: another mode, backend or shape, a sharded parameter); pass it to that
-        connection as ``projection=``, which then skips its own pass over the streams for
-        it (Triton backend; n stream widths of memory traffic per token fewer). Gradients
-        are the same as without it.
-        """
+    def forward(self, streams: torch.Tensor, *args, **kwargs):
+        """Streams ``(..., n, dim)`` -> next streams (plus any extra outputs of the branch)."""
         self._check_streams(streams)
-        spec = MODES[self.mode]
-        if spec.projects and (projection is not None or project_for is not None):
-            return spec.forward(self, streams, *args, projection=projection,
-                                project_for=project_for, **kwargs)
-        out = spec.forward(self, streams, *args, **kwargs)
-        return out if project_for is None else with_projection(out, None)
+        return MODES[self.mode].forward(self, streams, *args, **kwargs)
 
 
 def connection_parameters(model: nn.Module) -> List[nn.Parameter]:

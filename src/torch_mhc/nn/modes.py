@@ -39,11 +39,11 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 
-from ..ops._backend import kernel_impl, resolve_backend
+from ..ops._backend import resolve_backend
 from ..ops.coefficients import mhc_coefficients
 from ..ops.connection import connection_post, connection_pre, post_forward
 from ..ops.hc_coefficients import hc_coefficients_reference
@@ -53,7 +53,7 @@ from ._init import copy_into
 from .recompute import current_recompute
 
 __all__ = ["ConnectionMode", "MODES", "register_mode", "connection_mode", "mapped_forward",
-           "split_output", "pack_output", "with_projection", "register_recompute", "mhc_bias_init", "hc_bias_init"]
+           "split_output", "pack_output", "register_recompute", "mhc_bias_init", "hc_bias_init"]
 
 Shapes = Dict[str, Tuple[int, ...]]
 Mappings = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -108,9 +108,6 @@ class ConnectionMode:
             check; default :func:`mapped_forward`.
         fused_mix: :func:`mapped_forward` runs pre-mix and post-res on the connection's
             backend (Triton where it resolves so) instead of PyTorch.
-        projects: ``forward`` takes the keywords ``projection`` and ``project_for`` (see
-            :meth:`~torch_mhc.HyperConnection.forward`) and returns the projection after
-            the new streams when ``project_for`` is given.
     """
 
     name: str
@@ -121,7 +118,6 @@ class ConnectionMode:
     streams: Callable[[int], int] = _all_streams
     forward: Callable[..., Any] = mapped_forward
     fused_mix: bool = False
-    projects: bool = False
 
 
 MODES: Dict[str, ConnectionMode] = {}
@@ -202,71 +198,20 @@ def _mhc_mappings(hc, streams: torch.Tensor) -> Mappings:
                             hc.hc_eps, backend=hc.backend)
 
 
-def _mhc_forward(hc, streams: torch.Tensor, *args, projection=None, project_for=None,
-                 **kwargs):
+def _mhc_forward(hc, streams: torch.Tensor, *args, **kwargs):
     """On the Triton backend, the fused connection (``torch_mhc.ops.connection``): one
     coefficient + pre-mix half, the branch, one post-res half; a single ``dx`` pass.
-    Otherwise :func:`mapped_forward`.
-
-    ``project_for``: the next connection; where it can take it (:func:`_projection_weight`),
-    the post-res pass also computes that connection's projection of the new streams,
-    returned after them (else None is), for its ``projection``."""
+    Otherwise :func:`mapped_forward`."""
     if resolve_backend(hc.backend, streams) != "triton":
-        out = mapped_forward(hc, streams, *args, **kwargs)
-        return out if project_for is None else with_projection(out, None)
-    if projection is not None:
-        _check_projection(projection, streams, hc.fn)
+        return mapped_forward(hc, streams, *args, **kwargs)
     h, h_pre, h_post, h_res, link = connection_pre(
-        streams, hc.fn, hc.base, hc.scale, hc.sinkhorn_iters, hc.rms_eps, hc.hc_eps,
-        projection)
+        streams, hc.fn, hc.base, hc.scale, hc.sinkhorn_iters, hc.rms_eps, hc.hc_eps)
     if hc.record_mappings:
         hc.last_mappings = (h_pre.detach(), h_post.detach(), h_res.detach())
     y, rest = split_output(hc.branch(h, *args, **kwargs))
-    fn_next = None if project_for is None else _projection_weight(hc, streams, project_for)
-    if fn_next is None:
-        new, part = connection_post(streams, y, h_post, h_res, link), None
-    else:
-        new, part = connection_post(streams, y, h_post, h_res, link, fn_next)
+    new = connection_post(streams, y, h_post, h_res, link)
     register_recompute(new, streams, post_forward, y, h_post, h_res)
-    return pack_output(new, rest if project_for is None else (part, *rest))
-
-
-def with_projection(out, projection):
-    """A mode's output ``streams`` or ``(streams, *rest)`` as ``(streams, projection, *rest)``."""
-    return (out[0], projection, *out[1:]) if isinstance(out, tuple) else (out, projection)
-
-
-def _projection_weight(hc, streams: torch.Tensor, nxt) -> Optional[torch.Tensor]:
-    """``nxt.fn`` when the fused post-res of ``hc`` can compute ``nxt``'s projection: ``nxt``
-    an mHC connection of the same shape that runs the Triton kernels on these streams, its
-    ``fn`` a whole tensor (not a shard of FSDP's, gathered only when ``nxt`` runs); else
-    None."""
-    if (getattr(nxt, "mode", None) != "mhc" or nxt.n != hc.n or nxt.dim != hc.dim
-            or kernel_impl(streams) != "triton"
-            or resolve_backend(nxt.backend, streams) != "triton"):
-        return None
-    fn = nxt.fn
-    return None if _is_shard(fn) or fn.device != streams.device else fn
-
-
-def _is_shard(t: torch.Tensor) -> bool:
-    """True for a DTensor (a parameter FSDP2 or tensor parallelism shards)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - a build without torch.distributed
-        return False
-    return isinstance(t, DTensor)
-
-
-def _check_projection(projection: torch.Tensor, streams: torch.Tensor, fn: torch.Tensor):
-    n, C = streams.shape[-2:]
-    T = streams.numel() // (n * C)
-    if (projection.dim() != 3 or projection.shape[1] != T
-            or projection.shape[2] != fn.shape[0] + 1):
-        raise ValueError(
-            f"projection of shape {tuple(projection.shape)} does not belong to streams "
-            f"{tuple(streams.shape)}: pass what the previous connection returned when called "
-            "with project_for=this connection")
+    return pack_output(new, rest)
 
 
 # -- hc ------------------------------------------------------------------------------------
@@ -312,7 +257,7 @@ def _one_stream(n: int) -> int:
 
 register_mode(ConnectionMode("mhc", _mhc_mappings, _mhc_parameters, _mhc_reset,
                              no_weight_decay=("base", "scale"), forward=_mhc_forward,
-                             fused_mix=True, projects=True))
+                             fused_mix=True))
 register_mode(ConnectionMode("hc", _hc_mappings, _hc_parameters, _hc_reset,
                              no_weight_decay=("alpha", "bias")))
 register_mode(ConnectionMode("residual", _residual_mappings, streams=_one_stream,

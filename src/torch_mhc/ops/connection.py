@@ -46,7 +46,7 @@ from ._library import FusedOp
 from .coefficients import (_COEF_IMPL, coef_backward_fake, coef_backward_triton,
                            coef_forward_triton, input_grads, save_for_input_grads)
 from .post_res import (map_grads, post_res_backward_op, post_res_forward_impl,
-                       post_res_forward_triton, post_res_project_triton, projection_slices)
+                       post_res_forward_triton)
 from .pre_mix import _PRE_IMPL
 from .tuning import stream_shape
 
@@ -81,12 +81,11 @@ def _lead(t: torch.Tensor, x: torch.Tensor, inner: int) -> torch.Tensor:
     return t if t.dim() == lead + inner else t.view(*x.shape[:lead], *t.shape[t.dim() - inner:])
 
 
-def _pre_impl(x, fn, base, scale, iters, rms_eps, hc_eps, part=None):
+def _pre_impl(x, fn, base, scale, iters, rms_eps, hc_eps):
     xs, impl, shape = _streams(x)
     if impl == "triton":
         h_pre, h_post, h_res, mix, h = coef_forward_triton(xs, fn, base, scale, iters, rms_eps,
-                                                           hc_eps, shape, pre_mix=True,
-                                                           part=part)
+                                                           hc_eps, shape, pre_mix=True)
     else:
         h_pre, h_post, h_res, mix = _COEF_IMPL[impl][0](xs, fn, base, scale, iters, rms_eps,
                                                         hc_eps)
@@ -114,7 +113,7 @@ def _link(x: torch.Tensor) -> torch.Tensor:
     return zero.expand(x.shape)
 
 
-def _pre_fake(x, fn, base, scale, iters, rms_eps, hc_eps, part=None):
+def _pre_fake(x, fn, base, scale, iters, rms_eps, hc_eps):
     lead, (n, C) = x.shape[:-2], x.shape[-2:]
     new = functools.partial(x.new_empty, dtype=compute_dtype(x))
     return (x.new_empty(*lead, C), new(*lead, n), new(*lead, n), new(*lead, n, n),
@@ -153,18 +152,17 @@ _pre_backward = FusedOp(
 
 def _pre_setup(ctx, inputs, output):
     _, h_pre, _, h_res, mix, _ = output
-    save_for_input_grads(ctx, inputs[:7], mix, h_pre, h_res)
+    save_for_input_grads(ctx, inputs, mix, h_pre, h_res)
 
 
 def _pre_backward_formula(ctx, dh, d_pre, d_post, d_res, _d_mix, g):
-    # none for ``part``: the dx pass differentiates the projection of x itself
-    return *input_grads(ctx, _pre_backward, dh, d_pre, d_post, d_res, g), None
+    return input_grads(ctx, _pre_backward, dh, d_pre, d_post, d_res, g)
 
 
 _connection_pre = FusedOp(
     "connection_pre", _pre_impl, _pre_fake, _pre_setup, _pre_backward_formula,
     schema="(Tensor x, Tensor fn, Tensor base, Tensor scale, int iters, float rms_eps, "
-           "float hc_eps, Tensor? part) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+           "float hc_eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
 # -- post half: post-res -------------------------------------------------------------------------
@@ -193,80 +191,25 @@ _connection_post = FusedOp(
     schema="(Tensor x, Tensor link, Tensor y, Tensor h_post, Tensor h_res) -> Tensor")
 
 
-# -- post half that also projects for the next connection ----------------------------------------
-
-def _project_impl(x, link, y, h_post, h_res, fn_next):
-    xs, impl, shape = _streams(x)
-    if impl == "triton":
-        out, part = post_res_project_triton(xs, y.contiguous(), h_post.contiguous(),
-                                            h_res.contiguous(), fn_next.contiguous(), shape)
-        return _lead(out, x, 2), part
-    out = post_forward(x, y, h_post, h_res)  # the twins: one slice, as the GEMM's math
-    flat = out.reshape(-1, fn_next.shape[1]).to(compute_dtype(out))
-    part = torch.cat([flat @ fn_next.to(flat.dtype).T, (flat * flat).sum(-1, keepdim=True)], -1)
-    return out, part.float().unsqueeze(0)
-
-
-def _project_fake(x, link, y, h_post, h_res, fn_next):
-    n, C = x.shape[-2:]
-    xs = as_streams(x)
-    S = projection_slices(stream_shape(xs)) if kernel_impl(xs) == "triton" else 1
-    return x.new_empty(x.shape), x.new_empty(S, x.numel() // (n * C), (n + 2) * n + 1,
-                                             dtype=torch.float32)
-
-
-def _project_setup(ctx, inputs, output):
-    _post_setup(ctx, inputs[:5], output[0])
-    ctx.mark_non_differentiable(output[1])
-    ctx.set_materialize_grads(False)
-
-
-def _project_backward_formula(ctx, g, _d_part):
-    # ``part`` carries no gradient: the next connection's dx pass differentiates its
-    # projection of ``out`` (and its ``fn``) itself
-    return *_post_backward_formula(ctx, g), None
-
-
-_connection_post_project = FusedOp(
-    "connection_post_project", _project_impl, _project_fake, _project_setup,
-    _project_backward_formula,
-    schema="(Tensor x, Tensor link, Tensor y, Tensor h_post, Tensor h_res, Tensor fn_next) "
-           "-> (Tensor, Tensor)")
-
-
 # -- the two halves as HyperConnection calls them ------------------------------------------------
 
 def connection_pre(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
-                   iters: int = 20, rms_eps: float = 1e-20, hc_eps: float = 0.0,
-                   part: Optional[torch.Tensor] = None):
+                   iters: int = 20, rms_eps: float = 1e-20, hc_eps: float = 0.0):
     """Coefficients and pre-mix of one mHC connection (Eq. 7-9 and ``h = H_pre x``).
 
     Returns ``(h (..., C), H_pre, H_post, H_res, link)``; pass ``link`` to
-    :func:`connection_post` with the same ``x``. ``part``: the projection partials of ``x``
-    under ``fn`` from the previous connection's :func:`connection_post` (``fn_next=fn``);
-    the projection's pass over ``x`` is then skipped (the Triton kernels only: the PyTorch
-    twins ignore it).
+    :func:`connection_post` with the same ``x``.
     """
     h, h_pre, h_post, h_res, _, link = _connection_pre(
-        x, fn, base, scale, int(iters), float(rms_eps), float(hc_eps), part)
+        x, fn, base, scale, int(iters), float(rms_eps), float(hc_eps))
     return h, h_pre, h_post, h_res, link
 
 
 def connection_post(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
-                    h_res: torch.Tensor, link: torch.Tensor,
-                    fn_next: Optional[torch.Tensor] = None):
+                    h_res: torch.Tensor, link: torch.Tensor) -> torch.Tensor:
     """Post + residual of one mHC connection, ``H_res x + H_post^T y``; pairs with
-    :func:`connection_pre` (which computes this op's ``dx`` term in its backward).
-
-    With ``fn_next`` (the next connection's ``fn``, Triton kernels only) returns
-    ``(out, part)``: ``part`` holds the projection partials of ``out`` under ``fn_next``,
-    computed in the same pass (no gradient flows through it); hand it to the next
-    connection's :func:`connection_pre` as ``part``, which then skips its own read of
-    ``out`` for the projection: n stream widths of traffic per token fewer.
-    """
-    if fn_next is None:
-        return _connection_post(x, link, y, h_post, h_res)
-    return _connection_post_project(x, link, y, h_post, h_res, fn_next)
+    :func:`connection_pre` (which computes this op's ``dx`` term in its backward)."""
+    return _connection_post(x, link, y, h_post, h_res)
 
 
 def post_forward(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,

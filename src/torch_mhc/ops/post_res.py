@@ -18,9 +18,9 @@ import torch
 
 from ._backend import (as_streams, compute_dtype, interpret_mode, is_broadcast, kernel_impl,
                        resolve_backend)
-from ._launch import LazyJit, Launch, dot_mode, fit_channel_tile, next_pow2, triton_cdiv
+from ._launch import LazyJit, Launch, fit_channel_tile, next_pow2, triton_cdiv
 from ._library import FusedOp, tracing
-from ._tiles import _row_tile, _split_hi_lo
+from ._tiles import _row_tile
 from .tuning import launch_plan, stream_shape
 
 __all__ = ["post_res", "post_res_reference"]
@@ -112,73 +112,7 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
         tl.store(dx_ptr + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
 
 
-def _post_res_proj_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, fn_ptr, out_ptr, part_ptr, T, C,
-                          K, c_per_split, n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr,
-                          NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                          PREC: tl.constexpr, X_BROADCAST: tl.constexpr):
-    # ``out`` exactly as _post_res_fwd_kernel computes it, and from the same registers the
-    # next connection's projection partials, in the coefficient GEMM's format:
-    #   part[s, t, :N] = out[t, :, slice s] . fn[:, :, slice s],  part[s, t, N] = sum out^2
-    # over the channels [s * c_per_split, (s + 1) * c_per_split) of every stream, computed
-    # from ``out`` as stored (rounded to its dtype), as the GEMM would read it back.
-    pid_s = tl.program_id(1)
-    rows = tl.program_id(0) * BT + tl.arange(0, BT)
-    rmask = rows < T
-    r64 = rows.to(tl.int64)
-    ii = tl.arange(0, NB)
-    m2 = rmask[:, None] & (ii < n)[None, :]
-    oo = tl.arange(0, NP)
-    hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
-    acc = tl.zeros([BT, NP], dtype=tl.float32)
-    ss = tl.zeros([BT], dtype=tl.float32)
-    for c0 in range(0, c_per_split, BC):
-        cc = pid_s * c_per_split + c0 + tl.arange(0, BC)
-        mc = rmask[:, None] & (cc < C)[None, :]
-        y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
-        out = hp[:, :, None] * y[:, None, :]
-        if X_BROADCAST:
-            x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
-            hr = tl.load(hres_ptr + r64[:, None, None] * (n * n) + ii[None, :, None] * n
-                         + ii[None, None, :], mask=m2[:, :, None] & (ii < n)[None, None, :],
-                         other=0.0)
-            out += tl.sum(hr, axis=2)[:, :, None] * x2.to(tl.float32)[:, None, :]
-        else:
-            for j in tl.static_range(n):
-                xj = tl.load(x_ptr + r64[:, None] * K + j * C + cc[None, :], mask=mc, other=0.0)
-                hj = tl.load(hres_ptr + r64[:, None] * (n * n) + ii[None, :] * n + j, mask=m2,
-                             other=0.0)
-                out += hj[:, :, None] * xj.to(tl.float32)[:, None, :]
-        ob = out.to(out_ptr.dtype.element_ty)  # zero outside the tile's rows and channels
-        tl.store(out_ptr + r64[:, None, None] * K + ii[None, :, None] * C + cc[None, None, :],
-                 ob, mask=m2[:, :, None] & (cc < C)[None, None, :])
-        of = ob.to(tl.float32)
-        ss += tl.sum(tl.sum(of * of, axis=2), axis=1)
-        # w[i, c, o] = fn[o, i C + c]: the tile's K-slice, rows i C + c as out's [BT, NB BC]
-        w = tl.load(fn_ptr + oo[None, None, :] * K + ii[:, None, None] * C + cc[None, :, None],
-                    mask=(ii < n)[:, None, None] & (cc < C)[None, :, None]
-                    & (oo < N)[None, None, :], other=0.0).to(tl.float32)
-        w = tl.reshape(w, [NB * BC, NP])
-        if PREC >= 2:  # bf16 out: w = hi + lo, two bf16 products (as the GEMM)
-            w_hi, w_lo = _split_hi_lo(w, PREC)
-            if PREC == 2:
-                a = tl.reshape(ob, [BT, NB * BC])
-                acc = tl.dot(a, w_hi, acc)
-                acc = tl.dot(a, w_lo, acc)
-            else:
-                a = tl.reshape(of, [BT, NB * BC])
-                acc = tl.dot(a, w_hi, acc, input_precision="ieee")
-                acc = tl.dot(a, w_lo, acc, input_precision="ieee")
-        elif PREC == 1:
-            acc = tl.dot(tl.reshape(of, [BT, NB * BC]), w, acc, input_precision="tf32x3")
-        else:
-            acc = tl.dot(tl.reshape(of, [BT, NB * BC]), w, acc, input_precision="ieee")
-    prow = part_ptr + (pid_s * T + r64) * (N + 1)
-    tl.store(prow[:, None] + oo[None, :], acc, mask=rmask[:, None] & (oo < N)[None, :])
-    tl.store(prow + N, ss, mask=rmask)
-
-
 _post_res_fwd = LazyJit(_post_res_fwd_kernel, helpers=(_row_tile,))
-_post_res_proj = LazyJit(_post_res_proj_kernel, helpers=(_split_hi_lo,))
 _post_res_bwd = LazyJit(_post_res_bwd_kernel, helpers=(_row_tile,))
 
 
@@ -206,39 +140,6 @@ def post_res_forward_triton(x, y, h_post, h_res, shape=None):
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     launch(x, y, h_post, h_res, out, shape["T"], shape["C"])
     return out
-
-
-def _proj_plan(cfg, T, n, C, dtype, broadcast, interpret, **_):
-    BT, BC = (16, 16) if interpret else (cfg["BT"], cfg["BC"])
-    BC = min(BC, next_pow2(C))
-    c_per_split = triton_cdiv(min(cfg["BK"], C), BC) * BC
-    S = triton_cdiv(C, c_per_split)
-    N = (n + 2) * n
-    return S, c_per_split, Launch(
-        _post_res_proj, (triton_cdiv(T, BT), S), interpret, n=n, N=N, NB=next_pow2(n),
-        NP=max(16, next_pow2(N)), BT=BT, BC=BC, PREC=dot_mode(dtype), X_BROADCAST=broadcast,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-
-
-def projection_slices(shape: dict) -> int:
-    """How many channel slices :func:`post_res_project_triton` splits ``part`` into at
-    this launch shape (``tuning.stream_shape`` of the streams)."""
-    return launch_plan("post_res_proj", _proj_plan, **shape)[0]
-
-
-def post_res_project_triton(x, y, h_post, h_res, fn, shape=None):
-    """``(out, part)``: ``out`` as :func:`post_res_forward_triton` computes it (bit for bit)
-    and, from the same pass, the projection partials of ``out`` under the *next*
-    connection's ``fn [(n+2)n, nC]``: ``part (S, T, (n+2)n + 1)`` float32 as the
-    coefficient GEMM writes them (``coefficients.forward``), so that the next connection's
-    forward skips its read of the streams."""
-    shape = shape or stream_shape(x)
-    T, n, C = shape["T"], shape["n"], shape["C"]
-    S, c_per_split, launch = launch_plan("post_res_proj", _proj_plan, **shape)
-    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    part = torch.empty(S, T, (n + 2) * n + 1, device=x.device, dtype=torch.float32)
-    launch(x, y, h_post, h_res, fn, out, part, T, C, n * C, c_per_split)
-    return out, part
 
 
 def post_res_backward_triton(x, y, h_post, h_res, g, write_dx=True, shape=None):

@@ -14,8 +14,7 @@ elementwise kernels tile them).
 
 Configuration keys:
 
-* ``BT``, ``BC``, ``BK``: tiles over tokens, channels (per stream) and the GEMM reduction
-  (``post_res_proj``: the channels of every stream one program reduces over);
+* ``BT``, ``BC``, ``BK``: tiles over tokens, channels (per stream) and the GEMM reduction;
 * ``BC_x_NB``: instead of ``BC``, the channel tile over all streams padded to a power of two:
   ``BC = max(16, BC_x_NB // next_pow2(n))``;
 * ``num_warps``, ``num_stages``: Triton's launch options;
@@ -101,9 +100,6 @@ LAUNCH_DEFAULTS: dict = {
                      ({"row_max": 2048}, dict(BT=1, BC_x_NB=16384, num_warps=4)),
                      ({}, dict(BT=1, BC_x_NB=16384, num_warps=8))],
     "post_res_bwd": dict(BT=1, BC_x_NB=4096, num_warps=4),
-    # post-res forward that also computes the next connection's projection partials (the
-    # GEMM's work): BK channels of every stream per program, in tiles of BC
-    "post_res_proj": dict(BT=64, BC=32, BK=512, num_warps=8, num_stages=2),
     # the model's boundaries: one token per program row, a channel slice of every stream
     "broadcast_streams": dict(BC=1024, num_warps=4),
     "sum_streams": dict(BC=1024, num_warps=4),

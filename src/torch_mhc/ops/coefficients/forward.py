@@ -164,7 +164,7 @@ def _token_plan(cfg, T, n, C, broadcast, interpret, log, with_h, **_):
 
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
                         iters: int, rms_eps: float, hc_eps: float, shape=None,
-                        pre_mix: bool = False, part=None):
+                        pre_mix: bool = False):
     """Kernels 1-2: streams ``x (..., n, C)`` contiguous or broadcast
     (``_backend.is_broadcast``) -> ``H_pre, H_post, H_res, mix`` (fp32, leading dimensions
     as ``x``'s), and with ``pre_mix`` also the pre-mix ``h = H_pre x (..., C)``: written by
@@ -173,19 +173,14 @@ def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, s
     ``tuning.stream_shape(x)`` where the caller has it.
 
     ``mix (..., N + 1)`` holds the raw projection ``x fn^T`` and ``1/r`` for the backward.
-    ``part`` (``(S, T, N + 1)`` float32): the GEMM's partial sums, computed already by the
-    previous connection's post-res (``post_res.post_res_project_triton``); the GEMM is then
-    skipped.
     """
     shape = shape or stream_shape(x)
     T, n, C = shape["T"], shape["n"], shape["C"]
     K, N, lead = n * C, (n + 2) * n, x.shape[:-2]
+    split, k_per_split, gemm = launch_plan("coef_gemm", _gemm_plan, **shape)
     dev, f32 = x.device, torch.float32
-    if part is None:
-        split, k_per_split, gemm = launch_plan("coef_gemm", _gemm_plan, **shape)
-        part = torch.empty(split, T, N + 1, device=dev, dtype=f32)
-        gemm(x, fn.contiguous(), part, T, K, C, k_per_split, split)
-    split = part.shape[0]
+    part = torch.empty(split, T, N + 1, device=dev, dtype=f32)
+    gemm(x, fn.contiguous(), part, T, K, C, k_per_split, split)
     mix = torch.empty(*lead, N + 1, device=dev, dtype=f32)
     h_pre = torch.empty(*lead, n, device=dev, dtype=f32)
     h_post = torch.empty(*lead, n, device=dev, dtype=f32)
