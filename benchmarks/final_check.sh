@@ -9,7 +9,7 @@ out=${1:-${OUT:-out}}; steps=${2:-15}
 mkdir -p "$out"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor_$$}
-timeout 150 python -m pytest -q -p no:warnings --tb=short tests/ops tests/models/test_compile.py \
+timeout 270 python -m pytest -q -p no:warnings --tb=short tests/ops tests/models/test_compile.py \
   2>&1 | grep -v DEBUG | tail -6 | tee "$out/cuda_tests.log"
 b() { timeout "$1" python -m torch_mhc.bench --steps "$steps" "${@:2}" 2>&1 | grep -v -i warn | tail -3; }
 b 150 --suite gpt-small --compile --variants residual,mhc-triton --out "$out/gpt-small_compiled.json"
