@@ -78,3 +78,37 @@ def test_export():
         ref, _ = model(idx)
         out, _ = ep.module()(idx)
     assert rel_error(out, ref) < 1e-6
+
+
+@pytest.mark.parametrize("how", [
+    "mark_dynamic",  # (the CPU runs the ops opaque: one variant is enough there)
+    pytest.param("dynamic", marks=pytest.mark.skipif(DEV == "cpu", reason="CUDA: inlined kernels"))])
+def test_dynamic_sequence_length_compiles_once(how):
+    """Sequences of several lengths through one compiled graph (the length marked dynamic, or
+    ``dynamic=True``): no recompilation, and each equals eager mode. On CUDA the ops' Triton
+    kernels are traced into the graph, so their grids and sizes must stay symbolic."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    model = _model()
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(model, backend=counter, fullgraph=True,
+                             dynamic=True if how == "dynamic" else None)
+    g = torch.Generator().manual_seed(2)
+    frames = None
+    for T in (16, 11, 6):
+        idx = torch.randint(0, 64, (2, T), generator=g).to(DEV)
+        tgt = torch.randint(0, 64, (2, T), generator=g).to(DEV)
+        if how == "mark_dynamic":
+            torch._dynamo.mark_dynamic(idx, 1)
+            torch._dynamo.mark_dynamic(tgt, 1)
+        model.zero_grad(set_to_none=True)
+        _, ref = model(idx, tgt)
+        ref.backward()
+        ref_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        _, loss = compiled(idx, tgt)
+        loss.backward()
+        assert rel_error(loss, ref) < 1e-5, T
+        for k, p in model.named_parameters():
+            assert rel_error(p.grad, ref_grads[k]) < 1e-4, (T, k)
+        frames = frames or counter.frame_count  # (the first call may trace twice: a restart)
+        assert counter.frame_count == frames, f"recompiled for length {T}"

@@ -33,8 +33,9 @@ def next_pow2(v: int) -> int:
 
 
 def triton_cdiv(a: int, b: int) -> int:
-    """``ceil(a / b)`` for launch grids."""
-    return -(-int(a) // int(b))
+    """``ceil(a / b)`` for launch grids (symbolic sizes stay symbolic: no ``int()``, which
+    would specialise a dynamic shape under ``torch.compile``)."""
+    return -(-a // b)
 
 
 class LazyJit:

@@ -27,7 +27,8 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
                            T, C, K, iters, hc_eps, st_pre, st_post, st_res,
                            n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NN: tl.constexpr,
                            NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                           LOG: tl.constexpr, HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
+                           LOG: tl.constexpr, LSE_SCRATCH: tl.constexpr,
+                           HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
                            HAS_DRES: tl.constexpr, HAS_DH: tl.constexpr,
                            X_BROADCAST: tl.constexpr, PIPELINE_STAGES: tl.constexpr):
     # token tiles descending: the dx pass that follows starts from the low tokens' x and dh,
@@ -78,7 +79,35 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
         # d H_res, transposed to comb's layout
         g_res = tl.load(dres_ptr + r64[:, None, None] * st_res + bb * n + aa, mask=m3,
                         other=0.0).to(tl.float32)
-        if LOG:
+        if LOG and LSE_SCRATCH:
+            # keep only each half step's log-normaliser (n floats, not n^2): step
+            # L_out = L_in - lse(L_in) inverts as L_in = L_out + lse, and the step's softmax of
+            # its input is exp(L_out), so the backward walks the iterates back from the last
+            scr1 = scr_ptr + r64[:, None] * (2 * iters * NB) + ii[None, :]
+            for k in range(iters):
+                mx = tl.max(L, axis=2)
+                lse = mx + tl.log(tl.sum(tl.exp(L - mx[:, :, None]), axis=2))  # per comb row
+                tl.store(scr1 + (2 * k) * NB, lse, mask=m2)
+                L = tl.where(valid, L - lse[:, :, None], -1.0e30)
+                mx = tl.max(L, axis=1)
+                lse = mx + tl.log(tl.sum(tl.exp(L - mx[:, None, :]), axis=1))  # per comb column
+                tl.store(scr1 + (2 * k + 1) * NB, lse, mask=m2)
+                L = tl.where(valid, L - lse[:, None, :], -1.0e30)
+            P = tl.exp(L)
+            gy = g_res * P
+            tl.debug_barrier()
+            for kk in range(iters):
+                k = iters - 1 - kk
+                # column step: dLin = dy - exp(L_out) * sum(dy) along axis 1
+                gy = tl.where(valid, gy - tl.exp(L) * tl.sum(gy, axis=1)[:, None, :], 0.0)
+                lse = tl.load(scr1 + (2 * k + 1) * NB, mask=m2, other=0.0)
+                L = tl.where(valid, L + lse[:, None, :], -1.0e30)
+                # row step, the same along axis 2
+                gy = tl.where(valid, gy - tl.exp(L) * tl.sum(gy, axis=2)[:, :, None], 0.0)
+                lse = tl.load(scr1 + (2 * k) * NB, mask=m2, other=0.0)
+                L = tl.where(valid, L + lse[:, :, None], -1.0e30)
+            d_res = gy
+        elif LOG:
             for k in range(iters):
                 tl.store(scr + (2 * k) * NN, L, mask=m3)
                 mx = tl.max(L, axis=2)
@@ -182,7 +211,8 @@ def _token_plan(cfg, T, n, C, broadcast, interpret, log, has, **_):
     return triton_cdiv(T, BT), Launch(
         _coef_token_bwd, (triton_cdiv(T, BT),), interpret, n=n, N=(n + 2) * n, NB=NB, NN=NB * NB,
         NP=max(16, next_pow2((n + 2) * n)), BT=BT, BC=fit_channel_tile(cfg["BC"], C), LOG=log,
-        HAS_DPRE=has[0], HAS_DPOST=has[1], HAS_DRES=has[2], HAS_DH=has[3] and cfg["pre_mix"],
+        LSE_SCRATCH=log and bool(cfg.get("lse_scratch", False)), HAS_DPRE=has[0],
+        HAS_DPOST=has[1], HAS_DRES=has[2], HAS_DH=has[3] and cfg["pre_mix"],
         X_BROADCAST=broadcast, PIPELINE_STAGES=cfg.get("pipeline_stages", 1),
         num_warps=cfg["num_warps"])
 
@@ -211,7 +241,8 @@ def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_e
     dev, f32 = x.device, torch.float32
     G, dss = torch.empty(T, NP, device=dev, dtype=f32), torch.empty(T, device=dev, dtype=f32)
     red = torch.empty(nprog, 3 + N, device=dev, dtype=f32)
-    scr = torch.empty(T * 2 * int(iters) * NB * NB if has[2] else 1, device=dev, dtype=f32)
+    per_step = NB if launch.kw["LSE_SCRATCH"] else NB * NB  # floats kept per half step
+    scr = torch.empty(T * 2 * int(iters) * per_step if has[2] else 1, device=dev, dtype=f32)
     launch(mix, scale.contiguous(), base.contiguous(), d_pre if has[0] else mix,
            d_post if has[1] else mix, d_res if has[2] else mix, x, dh if has[3] else mix, G, dss,
            red, scr, T, C, K, int(iters), float(hc_eps), s_pre, s_post, s_res)

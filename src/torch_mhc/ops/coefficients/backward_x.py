@@ -343,7 +343,8 @@ def _dfn_pass(x, G):
     cfg = launch_config("coef_dfn", **stream_shape(x))
     BT, BK = (16, 32) if interpret_mode() else (cfg["BT"], cfg["BK"])
     k_tiles = triton_cdiv(K, BK)
-    tsplit = max(1, min(triton_cdiv(T, BT), (cfg["waves"] * device_sms(x.device)) // k_tiles))
+    tsplit = torch.sym_max(1, torch.sym_min(triton_cdiv(T, BT),
+                                            (cfg["waves"] * device_sms(x.device)) // k_tiles))
     t_per_split = triton_cdiv(triton_cdiv(T, BT), tsplit) * BT
     tsplit = triton_cdiv(T, t_per_split)
     dfn_p = torch.empty(tsplit, NP, K, device=x.device, dtype=torch.float32)

@@ -146,7 +146,9 @@ def _gemm_plan(cfg, T, n, C, dtype, broadcast, interpret, device, **_):
     K, N = n * C, (n + 2) * n
     BT, BK = (16, 32) if interpret else (cfg["BT"], cfg["BK"])
     tiles_t, k_tiles = triton_cdiv(T, BT), triton_cdiv(K, BK)
-    split = max(1, min(k_tiles, (cfg["waves"] * num_sms(device)) // max(tiles_t, 1)))
+    # sym_max / sym_min: a dynamic T (torch.compile) stays symbolic, with no guard
+    split = torch.sym_max(1, torch.sym_min(k_tiles, (cfg["waves"] * num_sms(device))
+                                           // torch.sym_max(tiles_t, 1)))
     k_per_split = triton_cdiv(k_tiles, split) * BK
     split = triton_cdiv(K, k_per_split)
     return split, k_per_split, Launch(
