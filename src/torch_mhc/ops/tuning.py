@@ -27,9 +27,6 @@ Configuration keys:
   the fused connection's pre-mix, ``h = H_pre x`` forward and ``<dh, x_i>`` backward,
   reading ``x`` in channel tiles of ``BC`` (one launch fewer), instead of the pre-mix
   kernels.
-* ``lse_scratch`` (``coef_token_bwd``, log-domain Sinkhorn): the backward keeps each half
-  step's ``n`` log-normalisers and walks the iterates back from the last one
-  (``L_in = L_out + lse``), instead of keeping every step's ``n x n`` input.
 
 The defaults are the fastest configurations ``benchmarks/sweep.py`` found at T = C = 4096,
 n = 4, bf16 (H100, H200); the ``C_max: 1024`` rows are the fastest at gpt-small's shape,
@@ -193,7 +190,7 @@ _RESOLVED: dict = {}
 
 #: the options a configuration may hold (see the module docstring)
 OPTIONS = frozenset({"BT", "BC", "BK", "BC_x_NB", "num_warps", "num_stages", "waves",
-                     "tiles_per_program", "pipeline_stages", "pre_mix", "lse_scratch"})
+                     "tiles_per_program", "pipeline_stages", "pre_mix"})
 
 
 def _resolve(entry, over: dict, shape: dict) -> dict:

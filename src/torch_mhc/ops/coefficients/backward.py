@@ -1,10 +1,12 @@
 """Backward of the fused coefficients, per token (the paper's kernel 3), then the pass over x.
 
 ``_coef_token_bwd_kernel`` recomputes the logits and the Sinkhorn iterations from the saved
-projection (the per-step matrices go to a transient per-token scratch that is written and
-read back by the same program, then freed) and runs them backwards: dL for the (n+2)n
-logits -> G = dmix (T, NP), d(sum x^2), partial dscale / dbase. ``backward_x`` then writes
-dx and dfn from G in one pass over x.
+projection and runs them backwards, with what it needs of each step in a transient
+per-token scratch that the same program writes and reads back (then freed): in the log
+domain each half step's n log-normalisers, from which it walks the iterates back from the
+last one (2 iters n floats a token); in DeepSeek-V4's form each step's input matrix
+(2 iters n^2). Then dL for the (n+2)n logits -> G = dmix (T, NP), d(sum x^2), partial
+dscale / dbase. ``backward_x`` then writes dx and dfn from G in one pass over x.
 
 Gradient formulas (mix = x fn^T, inv_r = (sum x^2 / K + eps)^-1/2, logit = a mix inv_r + b):
 
@@ -27,8 +29,7 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
                            T, C, K, iters, hc_eps, st_pre, st_post, st_res,
                            n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, NN: tl.constexpr,
                            NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                           LOG: tl.constexpr, LSE_SCRATCH: tl.constexpr,
-                           HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
+                           LOG: tl.constexpr, HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
                            HAS_DRES: tl.constexpr, HAS_DH: tl.constexpr,
                            X_BROADCAST: tl.constexpr, PIPELINE_STAGES: tl.constexpr):
     # token tiles descending: the dx pass that follows starts from the low tokens' x and dh,
@@ -70,8 +71,8 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
         d_post = 2.0 * d_post * s_post * (1.0 - s_post)
     else:
         d_post = tl.zeros([BT, NB], dtype=tl.float32)
-    # Sinkhorn: re-run the iterations from the logits, keeping each step's input in the
-    # per-token scratch (2 * iters matrices), then differentiate the steps in reverse order.
+    # Sinkhorn: re-run the iterations from the logits, keeping in the per-token scratch what
+    # the backward needs of each step, then differentiate the steps in reverse order.
     L = a_res * comb * inv_r[:, None, None] + b_res
     L = tl.where(valid, L, -1.0e30)
     scr = scr_ptr + r64[:, None, None] * (2 * iters * NN) + aa * NB + bb
@@ -79,7 +80,7 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
         # d H_res, transposed to comb's layout
         g_res = tl.load(dres_ptr + r64[:, None, None] * st_res + bb * n + aa, mask=m3,
                         other=0.0).to(tl.float32)
-        if LOG and LSE_SCRATCH:
+        if LOG:
             # keep only each half step's log-normaliser (n floats, not n^2): step
             # L_out = L_in - lse(L_in) inverts as L_in = L_out + lse, and the step's softmax of
             # its input is exp(L_out), so the backward walks the iterates back from the last
@@ -106,34 +107,6 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
                 gy = tl.where(valid, gy - tl.exp(L) * tl.sum(gy, axis=2)[:, :, None], 0.0)
                 lse = tl.load(scr1 + (2 * k) * NB, mask=m2, other=0.0)
                 L = tl.where(valid, L + lse[:, :, None], -1.0e30)
-            d_res = gy
-        elif LOG:
-            for k in range(iters):
-                tl.store(scr + (2 * k) * NN, L, mask=m3)
-                mx = tl.max(L, axis=2)
-                L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, :, None]), axis=2)))[:, :, None]
-                L = tl.where(valid, L, -1.0e30)
-                tl.store(scr + (2 * k + 1) * NN, L, mask=m3)
-                mx = tl.max(L, axis=1)
-                L = L - (mx + tl.log(tl.sum(tl.exp(L - mx[:, None, :]), axis=1)))[:, None, :]
-                L = tl.where(valid, L, -1.0e30)
-            P = tl.exp(L)
-            # d H_res -> d comb (transpose), then through P = exp(L)
-            gy = g_res * P
-            tl.debug_barrier()
-            for kk in range(iters):
-                k = iters - 1 - kk
-                # y = Lin - lse(Lin) along axis 1  =>  dLin = dy - softmax(Lin) * sum(dy)
-                Lin = tl.load(scr + (2 * k + 1) * NN, mask=m3, other=-1.0e30)
-                mx = tl.max(Lin, axis=1)
-                Q = tl.exp(Lin - mx[:, None, :])
-                Q = tl.where(valid, Q / tl.sum(Q, axis=1)[:, None, :], 0.0)
-                gy = tl.where(valid, gy - Q * tl.sum(gy, axis=1)[:, None, :], 0.0)
-                Lin = tl.load(scr + (2 * k) * NN, mask=m3, other=-1.0e30)
-                mx = tl.max(Lin, axis=2)
-                Q = tl.exp(Lin - mx[:, :, None])
-                Q = tl.where(valid, Q / tl.sum(Q, axis=2)[:, :, None], 0.0)
-                gy = tl.where(valid, gy - Q * tl.sum(gy, axis=2)[:, :, None], 0.0)
             d_res = gy
         else:
             mx = tl.max(L, axis=2)
@@ -211,8 +184,7 @@ def _token_plan(cfg, T, n, C, broadcast, interpret, log, has, **_):
     return triton_cdiv(T, BT), Launch(
         _coef_token_bwd, (triton_cdiv(T, BT),), interpret, n=n, N=(n + 2) * n, NB=NB, NN=NB * NB,
         NP=max(16, next_pow2((n + 2) * n)), BT=BT, BC=fit_channel_tile(cfg["BC"], C), LOG=log,
-        LSE_SCRATCH=log and bool(cfg.get("lse_scratch", False)), HAS_DPRE=has[0],
-        HAS_DPOST=has[1], HAS_DRES=has[2], HAS_DH=has[3] and cfg["pre_mix"],
+        HAS_DPRE=has[0], HAS_DPOST=has[1], HAS_DRES=has[2], HAS_DH=has[3] and cfg["pre_mix"],
         X_BROADCAST=broadcast, PIPELINE_STAGES=cfg.get("pipeline_stages", 1),
         num_warps=cfg["num_warps"])
 
@@ -241,7 +213,7 @@ def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_e
     dev, f32 = x.device, torch.float32
     G, dss = torch.empty(T, NP, device=dev, dtype=f32), torch.empty(T, device=dev, dtype=f32)
     red = torch.empty(nprog, 3 + N, device=dev, dtype=f32)
-    per_step = NB if launch.kw["LSE_SCRATCH"] else NB * NB  # floats kept per half step
+    per_step = NB if launch.kw["LOG"] else NB * NB  # floats kept per half step
     scr = torch.empty(T * 2 * int(iters) * per_step if has[2] else 1, device=dev, dtype=f32)
     launch(mix, scale.contiguous(), base.contiguous(), d_pre if has[0] else mix,
            d_post if has[1] else mix, d_res if has[2] else mix, x, dh if has[3] else mix, G, dss,
