@@ -41,7 +41,8 @@ def _compare(x, fn, base, scale, hc_eps, rms_eps, tol_out, tol_grad, iters=20):
         assert rel_error(a, b) < tol_grad, (name, rel_error(a, b), tol_grad)
 
 
-@pytest.mark.parametrize("n,C,T", [(1, 48, 37), (2, 100, 37), (4, 48, 37), (4, 100, 19), (8, 24, 13)])
+@pytest.mark.parametrize("n,C,T", [(1, 48, 37), (2, 100, 37), (3, 40, 11), (4, 48, 37), (4, 100, 19),
+                                   (8, 24, 13)])
 @pytest.mark.parametrize("hc_eps,rms_eps", [(0.0, 1e-20), (1e-6, 1e-6)])
 def test_fp32_forward_backward(n, C, T, hc_eps, rms_eps):
     x = (torch.randn(T, n, C, device=DEV) * 2).requires_grad_()
