@@ -219,3 +219,44 @@ def test_launch_plan_is_derived_once_per_shape_and_follows_overrides(monkeypatch
     monkeypatch.setitem(tuning.TUNING, "probe", {"BT": 8, "num_warps": 8})
     assert plan("probe", derive, T=64, n=4, C=256, dtype_bytes=2) == ((8,), 8)
     assert calls[-1] == dict(BT=8, BC=256, num_warps=8)
+
+
+@pytest.mark.parametrize("C", [1024, 4096])
+def test_launch_plans_keep_a_dynamic_token_count_symbolic(C, monkeypatch):
+    """Under ``torch.compile`` with dynamic shapes the kernels are traced with a symbolic
+    token count T: every launch plan (grids, split counts, buffer sizes) must come out as an
+    expression of T with no guard on it, or a compiled model would specialise (or recompile
+    for) each sequence length. (On a GPU, ``tests/models/test_compile.py`` runs lengths
+    through one compiled graph.)"""
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+    from torch_mhc.ops.coefficients import backward, backward_x, forward
+    env = ShapeEnv()
+    T = env.create_symintnode(env.create_symbol(8192, ConstantSource("T"),
+                                                dynamic_dim=DimDynamic.DYNAMIC), hint=8192)
+    monkeypatch.setattr(forward, "num_sms", lambda index: 132)
+    shape = dict(T=T, n=4, C=C, dtype_bytes=2, dtype=torch.bfloat16, broadcast=False,
+                 interpret=False, device=0)
+    plans = {
+        "coef_gemm": tuning.launch_plan("coef_gemm", forward._gemm_plan, **shape),
+        "coef_token": tuning.launch_plan("coef_token", forward._token_plan, log=True,
+                                         with_h=True, **shape),
+        "coef_token_bwd": tuning.launch_plan("coef_token_bwd", backward._token_plan, log=True,
+                                             has=(True,) * 4, **shape),
+        "coef_dx4": tuning.launch_plan("coef_dx4", backward_x._dx4_plan,
+                                       flags=(True, True, False), **shape),
+        "post_res_fwd": tuning.launch_plan("post_res_fwd", post_res._fwd_plan, **shape),
+        "post_res_bwd": tuning.launch_plan("post_res_bwd", post_res._bwd_plan, write_dx=False,
+                                           g_broadcast=False, **shape),
+        "pre_mix_fwd": tuning.launch_plan("pre_mix_fwd", pre_mix._fwd_plan, **shape),
+        "pre_mix_bwd": tuning.launch_plan("pre_mix_bwd", pre_mix._bwd_plan, write_dx=True,
+                                          **shape),
+    }
+    for key, plan in plans.items():
+        values = plan if isinstance(plan, tuple) else (plan,)
+        grid = values[-1].grid
+        assert any(isinstance(g, torch.SymInt) for g in grid), (key, grid)  # T is in it
+        for v in (*values[:-1], *grid):
+            if isinstance(v, torch.SymInt):  # an expression of T, evaluated at its hint
+                assert v.node.expr.free_symbols, (key, v)
+    assert not env.guards, [str(g.expr) for g in env.guards]
