@@ -259,4 +259,10 @@ def test_launch_plans_keep_a_dynamic_token_count_symbolic(C, monkeypatch):
         for v in (*values[:-1], *grid):
             if isinstance(v, torch.SymInt):  # an expression of T, evaluated at its hint
                 assert v.node.expr.free_symbols, (key, v)
+    # the dx pass's dfn partials (``tsplit`` of them, symbolic) summed as a traced graph does
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    tsplit = plans["coef_dx4"][0]
+    with FakeTensorMode(shape_env=env):
+        dfn = backward_x._sum_partials(torch.empty(tsplit, 32, 4 * C), 24)
+    assert dfn.shape == (24, 4 * C)
     assert not env.guards, [str(g.expr) for g in env.guards]

@@ -289,10 +289,11 @@ def _dx_tiles(cfg, C):
     return cfg["BT"], min(cfg["BC"], next_pow2(C))
 
 
-def _sum_partials(dfn_p, tsplit, N, K):
-    """dfn from the per-token-range partials ``(tsplit, NP, K)``, summed as contiguous rows
-    (an outer reduction torch vectorises)."""
-    return dfn_p.view(tsplit, -1)[:, :N * K].sum(0).view(N, K) if tsplit > 1 else dfn_p[0, :N]
+def _sum_partials(dfn_p, N):
+    """dfn from the per-token-range partials ``(tsplit, NP, K)``: an outer reduction, with no
+    branch on ``tsplit`` and no view across it (either would guard a compiled graph's
+    dynamic token count)."""
+    return dfn_p[:, :N].sum(0)
 
 
 def _dx4_plan(cfg, T, n, C, dtype, broadcast, interpret, flags, **_):
@@ -318,7 +319,7 @@ def _dx4_pass(x, fn, G, dss, h_pre, dh, h_res, gout, shape):
     # interleaved token tiles: ``tsplit`` programs per channel slice, each every tsplit-th
     launch(x, fn.contiguous(), G, dss, dx, dfn_p, *_extras(G, h_pre, dh, h_res, gout), T, C, K,
            tiles, tsplit)
-    return dx, _sum_partials(dfn_p, tsplit, N, K)
+    return dx, _sum_partials(dfn_p, N)
 
 
 def _dx_pass(x, fn, G, dss, h_pre, dh, h_res, gout):
@@ -351,4 +352,4 @@ def _dfn_pass(x, G):
     _coef_dfn[(k_tiles, tsplit)](x, G, dfn_p, T, K, t_per_split, N=N, NP=NP, BT=BT, BK=BK,
                                  PREC=dot_mode(x.dtype), num_warps=cfg["num_warps"],
                                  num_stages=cfg["num_stages"])
-    return _sum_partials(dfn_p, tsplit, N, K)
+    return _sum_partials(dfn_p, N)
