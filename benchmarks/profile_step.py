@@ -6,7 +6,7 @@ backward + optimizer without a synchronisation: if it is close to the wall time,
 launch-bound), and one profiled step (torch.profiler): summed kernel time and the top
 kernels / CPU ops. Writes JSON.
 
-    PYTHONPATH=src python benchmarks/profile_step.py --suite gpt-small --out prof.json
+    PYTHONPATH=src python benchmarks/profile_step.py --suite gpt-small [--compile] --out prof.json
 """
 from __future__ import annotations
 
@@ -46,16 +46,17 @@ def profile_variant(suite, variant, args, device):
     model, cfg = _build_gpt(args.preset or suite, variant, ns, device)
     batch = args.batch or (1 if suite == "layer" else 8)
     opt = make_optimizer(model, args.optimizer, device)
+    fwd = torch.compile(model, fullgraph=True) if args.compile else model
     idx = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len), device=device)
     tgt = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len), device=device)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        _, loss = model(idx, tgt)
+        _, loss = fwd(idx, tgt)
         loss.backward()
         opt.step()
 
-    for _ in range(3):
+    for _ in range(5 if args.compile else 3):
         step()
     torch.cuda.synchronize()
     walls, issue = [], []
@@ -99,11 +100,13 @@ def main():
     ap.add_argument("--seq", type=int, default=None)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--optimizer", choices=("fused", "foreach"), default="fused")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile(model, fullgraph=True) each variant (Inductor default)")
     ap.add_argument("--out", default="profile_step.json")
     args = ap.parse_args()
     device = torch.device("cuda")
-    out = {"suite": args.suite, "device": _device_info(device), **_versions(), "commit": _commit(),
-           "variants": {}}
+    out = {"suite": args.suite, "compiled": args.compile, "device": _device_info(device),
+           **_versions(), "commit": _commit(), "variants": {}}
     for v in args.variants.split(","):
         out["variants"][v] = r = profile_variant(args.suite, v, args, device)
         print(f"{args.suite} {v}: wall {r['wall_ms']:.2f} ms, issue {r['issue_ms']:.2f} ms, "
@@ -112,6 +115,16 @@ def main():
             print(f"    {t:9.1f} us x{c:4d}  {k[:90]}")
         for k, t, c in r["top_cpu_self_us"][:10]:
             print(f"    cpu {t:9.1f} us x{c:4d}  {k[:80]}")
+    if len(out["variants"]) == 2:  # what the second variant adds, kernel by kernel
+        (_, a), (vb, b) = out["variants"].items()
+        ta = {k: (t, c) for k, t, c in a["gpu_kernels_us"]}
+        tb = {k: (t, c) for k, t, c in b["gpu_kernels_us"]}
+        diff = sorted(((k, round(tb.get(k, (0.0, 0))[0] - ta.get(k, (0.0, 0))[0], 1),
+                        tb.get(k, (0.0, 0))[1]) for k in {*ta, *tb}), key=lambda r: -abs(r[1]))
+        out["kernel_diff_us"] = diff[:40]
+        print(f"kernels {vb} minus the first variant (us, one step):")
+        for k, t, c in diff[:25]:
+            print(f"    {t:9.1f} x{c:4d}  {k[:90]}")
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
 
