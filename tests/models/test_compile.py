@@ -112,3 +112,46 @@ def test_dynamic_sequence_length_compiles_once(how):
             assert rel_error(p.grad, ref_grads[k]) < 1e-4, (T, k)
         frames = frames or counter.frame_count  # (the first call may trace twice: a restart)
         assert counter.frame_count == frames, f"recompiled for length {T}"
+
+
+def _post_res_calls(gm) -> int:
+    """Calls of the fused post-res forward in a graph: the op itself (CPU: kept opaque) or
+    its Triton kernel (CUDA: the op traced into the graph)."""
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    post, calls = torch.ops.torch_mhc.connection_post.default, 0
+    for node in gm.graph.nodes:
+        if node.target is post:
+            calls += 1
+        elif "triton_kernel_wrapper" in str(node.target):
+            kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
+            calls += getattr(kernel, "fn", kernel).__name__ == "_post_res_fwd_kernel"
+    return calls
+
+
+@pytest.mark.parametrize("block, recomputed", [(0, 0), (2, 2)])
+def test_compiled_stream_recompute(block, recomputed):
+    """``recompute_block`` under ``torch.compile``: the compiled backward reruns the fused
+    post-res op once for each dropped stream it needs (4 connections, blocks of 2: the
+    outputs of connections 1 and 3 are dropped; the last one is needed by no backward) and
+    none without recomputation; loss and gradients equal eager mode."""
+    from functorch.compile import min_cut_rematerialization_partition
+    from torch._dynamo.backends.common import aot_autograd
+    graphs = {}
+
+    def keep(kind):
+        def compiler(gm, _):
+            graphs[kind] = gm
+            return gm
+        return compiler
+
+    backend = aot_autograd(fw_compiler=keep("fw"), bw_compiler=keep("bw"),
+                           partition_fn=min_cut_rematerialization_partition)
+    model = _model()
+    model.cfg.recompute_block = block
+    eager_loss, eager_grads = _loss_and_grads(model, model)
+    loss, grads = _loss_and_grads(model, torch.compile(model, backend=backend, fullgraph=True))
+    counts = {k: _post_res_calls(gm) for k, gm in graphs.items()}
+    assert counts == {"fw": 4, "bw": recomputed}, counts
+    assert rel_error(loss, eager_loss) < 1e-5
+    for k, g in eager_grads.items():
+        assert rel_error(grads[k], g) < 1e-4, k

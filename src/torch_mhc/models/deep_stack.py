@@ -17,7 +17,7 @@ from torch import nn
 
 from ..nn import HyperConnection, RMSNorm, connection_mode, expand_streams, reduce_streams
 from ..nn.hyper_connection import connection_parameters
-from ..nn.recompute import resolve_block_size, stream_recompute
+from ..nn.recompute import recompute_streams, resolve_block_size
 
 __all__ = ["DeepStack", "DeepStackConfig"]
 
@@ -74,15 +74,18 @@ class DeepStack(nn.Module):
         """Token ids ``(B, T)`` -> ``(logits (B, T, vocab), loss)``; ``loss`` is the mean
         cross-entropy against ``targets (B, T)``, or None without targets."""
         x = expand_streams(self.embed(idx), self.cfg.streams, view=True)
-        with stream_recompute(resolve_block_size(self.cfg.recompute_block, self.cfg.streams,
-                                                 self.cfg.depth)):
-            for layer in self.layers:
-                x = layer(x)
+        x = recompute_streams(self._layers, x, resolve_block_size(
+            self.cfg.recompute_block, self.cfg.streams, self.cfg.depth))
         logits = self.head(self.norm(reduce_streams(x)))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return logits, loss
+
+    def _layers(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
 
     def num_parameters(self) -> int:
         """Parameter count."""

@@ -19,7 +19,7 @@ from torch import nn
 from ..nn import HyperConnection, RMSNorm, connection_mode, expand_streams, reduce_streams
 from ..nn.hyper_connection import connection_parameters
 from ..nn._init import copy_into
-from ..nn.recompute import resolve_block_size, stream_recompute
+from ..nn.recompute import recompute_streams, resolve_block_size
 from .presets import GPT_PRESETS
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config"]
@@ -179,14 +179,17 @@ class GPT(nn.Module):
         x = expand_streams(self.embed(idx), self.cfg.streams, view=True)
         recompute = resolve_block_size(self.cfg.recompute_block, self.cfg.streams,
                                        2 * self.cfg.n_layer)
-        with stream_recompute(recompute):
-            for block in self.blocks:
-                x = block(x, self.rope_cos, self.rope_sin)
+        x = recompute_streams(self._blocks, x, recompute)
         logits = self.head(self.norm(reduce_streams(x)))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return logits, loss
+
+    def _blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, self.rope_cos, self.rope_sin)
+        return x
 
     def num_parameters(self) -> int:
         """Parameter count (tied weights counted once)."""

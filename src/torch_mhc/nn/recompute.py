@@ -25,12 +25,23 @@ connections that saved them (autograd frees saved tensors as it goes).
 second backward recomputes nothing, and memory after the first backward equals that of no
 recomputation. Forwards under ``torch.no_grad()`` register nothing. Only the innermost
 ``saved_tensors_hooks`` are active, so connections inside ``torch.utils.checkpoint`` (which
-installs its own) save nothing through this context. Eager mode only: code traced by
-``torch.compile`` neither enters the context nor registers (it runs as without recomputation).
+installs its own) save nothing through this context. The context is eager only: code traced by
+``torch.compile`` neither enters it nor registers.
+
+Compiled models: :func:`recompute_streams` runs a stack of connections with the same block
+rule in both modes. Eager, it is this context; traced by ``torch.compile``, it is one
+``torch.utils.checkpoint`` region with a selective policy (:class:`StreamPolicy`): the fused
+post-res ops (``torch_mhc.connection_post``, ``torch_mhc.post_res``) whose outputs fall
+inside a block must be recomputed, everything else is saved as without checkpointing. The
+compiled backward then reruns those post-res ops (their kernels) from the saved ``y_l``,
+``H_post,l``, ``H_res,l`` and the block's first stream, which is Eq. 20's recomputation
+decided at compile time. It covers the fused Triton backend; the PyTorch reference's
+post-res is plain tensor code that Inductor's partitioner handles by its own rules.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from typing import Callable, Optional, Union
@@ -39,7 +50,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 __all__ = ["stream_recompute", "StreamRecompute", "current_recompute", "optimal_block_size",
-           "resolve_block_size"]
+           "resolve_block_size", "recompute_streams", "StreamPolicy"]
 
 _STATE = threading.local()
 
@@ -226,3 +237,55 @@ def stream_recompute(block: int):
     if block == 0 or torch.compiler.is_compiling():
         return contextlib.nullcontext()
     return StreamRecompute(block)
+
+
+class StreamPolicy:
+    """Selective-checkpoint policy (``torch.utils.checkpoint.create_selective_checkpoint_contexts``)
+    of :func:`recompute_streams` under ``torch.compile``: counts the fused post-res calls of
+    one forward in order and marks the output of each one that does not close a block of
+    ``block`` connections as must-recompute; every other op is saved (prefer-save), as
+    without checkpointing. A fresh policy per traced forward (the count starts at 0)."""
+
+    def __init__(self, block: int):
+        from torch.utils.checkpoint import CheckpointPolicy
+
+        from ..ops import connection, post_res  # noqa: F401  (registers the ops)
+        self.block, self.connections, self._policy = block, 0, CheckpointPolicy
+        self._posts = {torch.ops.torch_mhc.connection_post.default,
+                       torch.ops.torch_mhc.post_res.default}
+
+    def __call__(self, ctx, func, *args, **kwargs):
+        if func not in self._posts:
+            return self._policy.PREFER_SAVE
+        if not ctx.is_recompute:
+            self.connections += 1
+        if self.connections % self.block == 0:  # closes a block: kept
+            return self._policy.PREFER_SAVE
+        return self._policy.MUST_RECOMPUTE
+
+
+def _policy_contexts(block: int):
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+    return create_selective_checkpoint_contexts(StreamPolicy(block))
+
+
+def recompute_streams(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                      block: int) -> torch.Tensor:
+    """``fn(x)``, a stack of connections from streams ``x``, keeping only every ``block``-th
+    connection output for backward (``block = 0``: all of them).
+
+    Eager: :func:`stream_recompute` around ``fn``. Traced by ``torch.compile``: one
+    non-reentrant ``torch.utils.checkpoint`` region around ``fn`` with :class:`StreamPolicy`,
+    so the compiled backward recomputes the dropped streams with the fused post-res kernels
+    (module doc). Gradients are the same either way.
+    """
+    if block == 0:
+        return fn(x)
+    if not torch.compiler.is_compiling():
+        with stream_recompute(block):
+            return fn(x)
+    if block == 1:
+        return fn(x)
+    from torch.utils.checkpoint import checkpoint
+    return checkpoint(fn, x, use_reentrant=False,
+                      context_fn=functools.partial(_policy_contexts, block))
