@@ -82,6 +82,16 @@ def test_diagnostics_do_not_change_training(small, tmp_path):
     assert not _records(tmp_path / "off" / "run", "diag")
 
 
+def test_stream_recompute_does_not_change_training(small, tmp_path):
+    on = Trainer(_cfg(small, tmp_path / "on", n_layer=2, recompute_block=2, max_steps=3))
+    assert on.model.cfg.recompute_block == 2
+    on.fit()
+    Trainer(_cfg(small, tmp_path / "off", n_layer=2, max_steps=3)).fit()
+    assert _losses(tmp_path / "on" / "run") == _losses(tmp_path / "off" / "run")
+    with pytest.raises(ConfigError, match="recompute_block"):
+        _cfg(small, tmp_path, recompute_block=-2)
+
+
 def test_modes_share_initial_weights_and_data(small, tmp_path):
     models = {m: Trainer(_cfg(small, tmp_path / m, connection=m)).model
               for m in ("residual", "hc", "mhc")}

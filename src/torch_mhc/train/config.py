@@ -110,6 +110,9 @@ class TrainConfig:
                             "bfloat16 (bf16)", "runtime",
                     ("auto", "float32", "fp32", "bfloat16", "bf16"))
     compile: bool = _f(False, "torch.compile the model", "runtime")
+    recompute_block: int = _f(0, "keep every k-th residual stream for backward and recompute "
+                              "the others (paper Eq. 20; eager or --compile): 0 off, -1 the "
+                              "paper's block size; gradients unchanged", "runtime")
     parallel: str = _f("none", "data parallelism under torchrun: none, ddp or fsdp (FSDP2); "
                                "--batch-size is the global batch, split over the ranks",
                        "runtime", PARALLEL_MODES)
@@ -159,6 +162,9 @@ class TrainConfig:
         for name in ("warmup_steps", "diag_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.recompute_block < -1:
+            raise ConfigError(f"recompute_block must be >= -1 (-1: the paper's size, 0: off), "
+                              f"got {self.recompute_block}")
         if self.vocab_size is not None and self.vocab_size < 2:
             raise ConfigError(f"vocab_size must be >= 2, got {self.vocab_size}")
         if self.mlp_hidden is not None and self.mlp_hidden < 1:
@@ -201,8 +207,8 @@ RESUME_KEYS = ("preset", "model", "connection", "n", "n_layer", "d_model", "n_he
                "token_dtype", "batch_size", "grad_accum", "seed")
 # Where and how a run executes, not what it computes: the only settings a resumed
 # comparison may change (its modes must stay comparable).
-RUNTIME_KEYS = ("device", "dtype", "compile", "parallel", "backend", "progress",
-                "tensorboard")
+RUNTIME_KEYS = ("device", "dtype", "compile", "recompute_block", "parallel", "backend",
+                "progress", "tensorboard")
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}

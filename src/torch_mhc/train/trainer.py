@@ -65,12 +65,14 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
                                  n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model,
                                  mlp_hidden=cfg.mlp_hidden, connection=cfg.connection,
                                  n=cfg.n, backend=cfg.backend,
-                                 sinkhorn_iters=cfg.sinkhorn_iters))
+                                 sinkhorn_iters=cfg.sinkhorn_iters,
+                                 recompute_block=cfg.recompute_block))
         return DeepStack(DeepStackConfig(vocab_size=vocab_size, seq_len=cfg.seq_len,
                                          depth=cfg.n_layer, width=cfg.d_model,
                                          connection=cfg.connection, n=cfg.n,
                                          backend=cfg.backend,
-                                         sinkhorn_iters=cfg.sinkhorn_iters))
+                                         sinkhorn_iters=cfg.sinkhorn_iters,
+                                         recompute_block=cfg.recompute_block))
     except (ValueError, TypeError) as e:
         raise ConfigError(f"cannot build the model: {e}") from None
 
