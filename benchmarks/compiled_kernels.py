@@ -1,0 +1,47 @@
+"""Per-kernel GPU time of mHC connections in eager mode against the same connections compiled
+(``torch.compile(fullgraph=True)``, kernels traced into the graph): which kernel a compiled
+model runs slower. ``depth`` connections in a row (identity branches), forward + backward,
+bf16, n = 4; kernel times per connection. Writes JSON.
+
+    PYTHONPATH=src python benchmarks/compiled_kernels.py --T 8192 --C 1024 --out k.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from host_overhead import _connection
+from torch_mhc.bench import _commit, _device_info, _gpu_kernel_time, _versions
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--T", type=int, default=8192)
+    ap.add_argument("--C", type=int, default=1024)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--out", default="compiled_kernels.json")
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    res = {"suite": "compiled-kernels", "device": _device_info(dev), **_versions(),
+           "commit": _commit(), "T": args.T, "C": args.C, "depth": args.depth, "modes": {}}
+    for mode in (None, "default"):
+        conn, _ = _connection(args.T, args.C, compile_mode=mode, depth=args.depth)
+        for _ in range(3):
+            conn()
+        total, kernels = _gpu_kernel_time(conn, dev, top=None)
+        name = mode or "eager"
+        res["modes"][name] = {"gpu_us": total / args.depth,
+                              "kernels_us": [(k, round(t / args.depth, 1)) for k, t in kernels]}
+        print(f"{name}: {total / args.depth:.1f} us per connection")
+        for k, t in kernels[:12]:
+            print(f"    {t / args.depth:7.1f}  {k}")
+        del conn
+        torch.cuda.empty_cache()
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
