@@ -1,0 +1,53 @@
+"""Where the host time of compiled mHC connections goes: cProfile of ``--depth`` connections
+compiled as one graph (``torch.compile(fullgraph=True)``, Inductor default mode, kernels
+traced into the graph), forward + backward, issued ``--reps`` times. Prints the issue and
+wall time per connection and the top functions by own time. ``TORCH_LOGS=output_code``
+shows the Inductor wrapper code around each fused kernel launch.
+
+    PYTHONPATH=src:benchmarks python benchmarks/profile_compiled_host.py
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--T", type=int, default=8192)
+    ap.add_argument("--C", type=int, default=1024)
+    ap.add_argument("--depth", type=int, default=12)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--top", type=int, default=45)
+    args = ap.parse_args()
+    from host_overhead import _connection
+    conn, _ = _connection(args.T, args.C, compile_mode="default", depth=args.depth)
+    for _ in range(3):
+        conn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.reps):
+        conn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    per = 1e6 / (args.reps * args.depth)
+    print(f"per connection: issue {(t1 - t0) * per:.0f} us, wall {(t2 - t0) * per:.0f} us")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(args.reps):
+        conn()
+    prof.disable()
+    torch.cuda.synchronize()
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.top)
+    print(s.getvalue()[-12000:])
+
+
+if __name__ == "__main__":
+    main()
