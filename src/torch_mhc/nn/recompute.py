@@ -35,8 +35,9 @@ post-res ops (``torch_mhc.connection_post``, ``torch_mhc.post_res``) whose outpu
 inside a block must be recomputed, everything else is saved as without checkpointing. The
 compiled backward then reruns those post-res ops (their kernels) from the saved ``y_l``,
 ``H_post,l``, ``H_res,l`` and the block's first stream, which is Eq. 20's recomputation
-decided at compile time. It covers the fused Triton backend; the PyTorch reference's
-post-res is plain tensor code that Inductor's partitioner handles by its own rules.
+decided at compile time. It covers mHC on the fused Triton backend (and modes registered
+with ``fused_mix``); HC and the PyTorch reference run post-res as plain tensor code, which
+Inductor's partitioner saves or recomputes by its own rules.
 """
 from __future__ import annotations
 
