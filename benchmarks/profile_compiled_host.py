@@ -12,7 +12,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import time
 
 import torch
 
@@ -25,19 +24,12 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--top", type=int, default=45)
     args = ap.parse_args()
-    from host_overhead import _connection
+    from host_overhead import _connection, _host_and_wall_us
     conn, _ = _connection(args.T, args.C, compile_mode="default", depth=args.depth)
     for _ in range(3):
         conn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(args.reps):
-        conn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    t2 = time.perf_counter()
-    per = 1e6 / (args.reps * args.depth)
-    print(f"per connection: issue {(t1 - t0) * per:.0f} us, wall {(t2 - t0) * per:.0f} us")
+    issue, wall = _host_and_wall_us(conn, args.reps)
+    print(f"per connection: issue {issue / args.depth:.0f} us, wall {wall / args.depth:.0f} us")
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(args.reps):

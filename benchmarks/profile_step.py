@@ -117,10 +117,13 @@ def main():
             print(f"    cpu {t:9.1f} us x{c:4d}  {k[:80]}")
     if len(out["variants"]) == 2:  # what the second variant adds, kernel by kernel
         (_, a), (vb, b) = out["variants"].items()
-        ta = {k: (t, c) for k, t, c in a["gpu_kernels_us"]}
+        ta = {k: t for k, t, _ in a["gpu_kernels_us"]}
         tb = {k: (t, c) for k, t, c in b["gpu_kernels_us"]}
-        diff = sorted(((k, round(tb.get(k, (0.0, 0))[0] - ta.get(k, (0.0, 0))[0], 1),
-                        tb.get(k, (0.0, 0))[1]) for k in {*ta, *tb}), key=lambda r: -abs(r[1]))
+        diff = []
+        for k in {*ta, *tb}:
+            t, c = tb.get(k, (0.0, 0))
+            diff.append((k, round(t - ta.get(k, 0.0), 1), c))
+        diff.sort(key=lambda r: -abs(r[1]))
         out["kernel_diff_us"] = diff[:40]
         print(f"kernels {vb} minus the first variant (us, one step):")
         for k, t, c in diff[:25]:

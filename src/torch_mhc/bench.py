@@ -25,10 +25,10 @@ also holds ``paired_overhead_pct`` (median over rounds of mHC's step over the re
 
 The JSON holds ``suite, overhead_pct, peak_mem_overhead_pct, device, torch, triton, commit,
 config`` (the overheads of ``overhead_of``: ``mhc-triton`` where it ran, else the first other
-variant, over the residual) and one entry per variant (``median_ms``, all step times, ``peak_mem_gib``: the peak
-above what was allocated before its model was built). ``--out`` is rewritten after each
-variant (each op of ``kernels``) with ``"partial": true``, so a run that is stopped keeps
-what it measured; the finished run's JSON replaces it.
+variant, over the residual) and one entry per variant (``median_ms``, all step times,
+``peak_mem_gib``: the peak above what was allocated before its model was built). ``--out`` is
+rewritten after each variant (each op of ``kernels``) with ``"partial": true``, so a run that
+is stopped keeps what it measured; the finished run's JSON replaces it.
 """
 from __future__ import annotations
 

@@ -243,24 +243,24 @@ def stream_recompute(block: int):
 class StreamPolicy:
     """Selective-checkpoint policy (``torch.utils.checkpoint.create_selective_checkpoint_contexts``)
     of :func:`recompute_streams` under ``torch.compile``: counts the fused post-res calls of
-    one forward in order and marks the output of each one that does not close a block of
-    ``block`` connections as must-recompute; every other op is saved (prefer-save), as
-    without checkpointing. A fresh policy per traced forward (the count starts at 0)."""
+    one forward in order (and, apart, those of a recomputation) and marks the output of each
+    one that does not close a block of ``block`` connections as must-recompute; every other
+    op is saved (prefer-save), as without checkpointing. A fresh policy per traced forward."""
 
     def __init__(self, block: int):
         from torch.utils.checkpoint import CheckpointPolicy
 
         from ..ops import connection, post_res  # noqa: F401  (registers the ops)
-        self.block, self.connections, self._policy = block, 0, CheckpointPolicy
+        self.block, self._policy = block, CheckpointPolicy
+        self._seen = [0, 0]  # post-res calls of the forward, of a recomputation
         self._posts = {torch.ops.torch_mhc.connection_post.default,
                        torch.ops.torch_mhc.post_res.default}
 
     def __call__(self, ctx, func, *args, **kwargs):
         if func not in self._posts:
             return self._policy.PREFER_SAVE
-        if not ctx.is_recompute:
-            self.connections += 1
-        if self.connections % self.block == 0:  # closes a block: kept
+        self._seen[ctx.is_recompute] += 1
+        if self._seen[ctx.is_recompute] % self.block == 0:  # closes a block: kept
             return self._policy.PREFER_SAVE
         return self._policy.MUST_RECOMPUTE
 
@@ -280,12 +280,10 @@ def recompute_streams(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     so the compiled backward recomputes the dropped streams with the fused post-res kernels
     (module doc). Gradients are the same either way.
     """
-    if block == 0:
-        return fn(x)
     if not torch.compiler.is_compiling():
-        with stream_recompute(block):
+        with stream_recompute(block):  # (block 0: a null context)
             return fn(x)
-    if block == 1:
+    if block <= 1:
         return fn(x)
     from torch.utils.checkpoint import checkpoint
     return checkpoint(fn, x, use_reentrant=False,
