@@ -10,10 +10,13 @@ set -u
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind
 nvidia-smi --query-gpu=name --format=csv,noheader
-TORCH_LOGS=output_code timeout 90 python benchmarks/compiled_kernels.py --depth 4 \
-  --out "$OUT/compiled_kernels.json" 2>"$OUT/output_code.log" | tail -30
+TORCH_LOGS=output_code timeout 120 python benchmarks/compiled_kernels.py --depth 4 \
+  --inductor reorder_for_peak_memory=0 \
+  --out "$OUT/compiled_kernels.json" 2>"$OUT/output_code.log" | tail -45
 grep -n -B3 -A3 "_coef_token_kernel[_0-9]*\.run\|_coef_gemm_kernel[_0-9]*\.run" \
-  "$OUT/output_code.log" | head -80 > "$OUT/token_launch.txt"; gzip -f "$OUT/output_code.log"
+  "$OUT/output_code.log" | head -80 > "$OUT/token_launch.txt"
+grep -n -A12 "user_autotune" "$OUT/output_code.log" | grep -A12 "_coef_token_kernel\|_coef_gemm" \
+  | head -60 > "$OUT/token_meta.txt"; gzip -f "$OUT/output_code.log"
 for v in 0 1; do
   echo "== static launch of user-defined kernels: $v"
   TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS=$v timeout 70 \

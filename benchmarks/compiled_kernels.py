@@ -1,7 +1,9 @@
 """Per-kernel GPU time of mHC connections in eager mode against the same connections compiled
 (``torch.compile(fullgraph=True)``, kernels traced into the graph): which kernel a compiled
 model runs slower. ``depth`` connections in a row (identity branches), forward + backward,
-bf16, n = 4; kernel times per connection. Writes JSON.
+bf16, n = 4; kernel times per connection. ``--inductor key=value`` adds a third run compiled
+with those ``torch._inductor.config`` settings (e.g. ``reorder_for_peak_memory=0``). Writes
+JSON.
 
     PYTHONPATH=src python benchmarks/compiled_kernels.py --T 8192 --C 1024 --out k.json
 """
@@ -21,17 +23,25 @@ def main():
     ap.add_argument("--T", type=int, default=8192)
     ap.add_argument("--C", type=int, default=1024)
     ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="torch._inductor.config setting for an extra compiled run (repeatable)")
     ap.add_argument("--out", default="compiled_kernels.json")
     args = ap.parse_args()
+    options = {k: int(v) if v.lstrip("-").isdigit() else v
+               for k, v in (o.split("=", 1) for o in args.inductor)}
     dev = torch.device("cuda")
     res = {"suite": "compiled-kernels", "device": _device_info(dev), **_versions(),
            "commit": _commit(), "T": args.T, "C": args.C, "depth": args.depth, "modes": {}}
-    for mode in (None, "default"):
-        conn, _ = _connection(args.T, args.C, compile_mode=mode, depth=args.depth)
-        for _ in range(3):
-            conn()
+    runs = [("eager", None, {}), ("default", "default", {})]
+    if options:
+        runs.append(("default " + ",".join(args.inductor), "default", options))
+    for name, mode, opts in runs:
+        torch._dynamo.reset()
+        with torch._inductor.config.patch(opts):
+            conn, _ = _connection(args.T, args.C, compile_mode=mode, depth=args.depth)
+            for _ in range(3):
+                conn()
         total, kernels = _gpu_kernel_time(conn, dev, top=None)
-        name = mode or "eager"
         res["modes"][name] = {"gpu_us": total / args.depth,
                               "kernels_us": [(k, round(t / args.depth, 1)) for k, t in kernels]}
         print(f"{name}: {total / args.depth:.1f} us per connection")
