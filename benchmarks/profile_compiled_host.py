@@ -2,7 +2,8 @@
 compiled as one graph (``torch.compile(fullgraph=True)``, Inductor default mode, kernels
 traced into the graph), forward + backward, issued ``--reps`` times. Prints the issue and
 wall time per connection and the top functions by own time. ``TORCH_LOGS=output_code``
-shows the Inductor wrapper code around each fused kernel launch.
+shows the Inductor wrapper code around each fused kernel launch. ``--mode eager`` profiles the
+same connections uncompiled (the fused ops' own Python launchers).
 
     PYTHONPATH=src:benchmarks python benchmarks/profile_compiled_host.py
 """
@@ -23,9 +24,12 @@ def main():
     ap.add_argument("--depth", type=int, default=12)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--top", type=int, default=45)
+    ap.add_argument("--mode", default="default", choices=("default", "eager"),
+                    help="torch.compile mode, or eager (default: %(default)s)")
     args = ap.parse_args()
     from host_overhead import _connection, _host_and_wall_us
-    conn, _ = _connection(args.T, args.C, compile_mode="default", depth=args.depth)
+    conn, _ = _connection(args.T, args.C, depth=args.depth,
+                          compile_mode=None if args.mode == "eager" else args.mode)
     for _ in range(3):
         conn()
     issue, wall = _host_and_wall_us(conn, args.reps)
