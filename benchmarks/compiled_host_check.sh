@@ -19,7 +19,7 @@ grep -n -A12 "user_autotune" "$OUT/output_code.log" | grep -A12 "_coef_token_ker
   | head -60 > "$OUT/token_meta.txt"; gzip -f "$OUT/output_code.log"
 for v in 0 1; do
   echo "== static launch of user-defined kernels: $v"
-  TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS=$v timeout 70 \
+  TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS=$v timeout 60 \
     python benchmarks/profile_compiled_host.py --depth 4 --reps 20 --top 16 2>&1 \
     | grep -v -i warn | head -40 | tee "$OUT/compiled_host_static$v.txt"
 done
@@ -27,6 +27,6 @@ b() { timeout "$1" python -m torch_mhc.bench --steps 15 --suite gpt-small "${@:2
   | grep -v -i warn | tail -3; }
 b 120 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
 TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS=1 \
-  b 100 --compile --variants mhc-triton --out "$OUT/gpt-small_compiled_static.json"
-b 120 --compile reduce-overhead --variants residual,mhc-triton \
+  b 130 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled_static.json"
+b 110 --compile reduce-overhead --variants residual,mhc-triton \
   --out "$OUT/gpt-small_compiled_reduce-overhead.json"
