@@ -10,9 +10,9 @@ set -u
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind
 nvidia-smi --query-gpu=name --format=csv,noheader
-TORCH_LOGS=output_code timeout 120 python benchmarks/compiled_kernels.py --depth 4 \
-  --inductor reorder_for_peak_memory=0 \
-  --out "$OUT/compiled_kernels.json" 2>"$OUT/output_code.log" | tail -45
+TORCH_LOGS=output_code timeout 150 python benchmarks/compiled_kernels.py --depth 4 \
+  --inductor reorder_for_peak_memory=0 --opaque \
+  --out "$OUT/compiled_kernels.json" 2>"$OUT/output_code.log" | tail -60
 grep -n -B3 -A3 "_coef_token_kernel[_0-9]*\.run\|_coef_gemm_kernel[_0-9]*\.run" \
   "$OUT/output_code.log" | head -80 > "$OUT/token_launch.txt"
 grep -n -A12 "user_autotune" "$OUT/output_code.log" | grep -A12 "_coef_token_kernel\|_coef_gemm" \

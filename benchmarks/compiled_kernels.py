@@ -2,8 +2,9 @@
 (``torch.compile(fullgraph=True)``, kernels traced into the graph): which kernel a compiled
 model runs slower. ``depth`` connections in a row (identity branches), forward + backward,
 bf16, n = 4; kernel times per connection. ``--inductor key=value`` adds a third run compiled
-with those ``torch._inductor.config`` settings (e.g. ``reorder_for_peak_memory=0``). Writes
-JSON.
+with those ``torch._inductor.config`` settings (e.g. ``reorder_for_peak_memory=0``);
+``--opaque`` one with the fused ops kept opaque (``TORCH_MHC_INLINE_KERNELS=0``: the compiled
+graph calls the ops, whose own launchers start the kernels). Writes JSON.
 
     PYTHONPATH=src python benchmarks/compiled_kernels.py --T 8192 --C 1024 --out k.json
 """
@@ -15,6 +16,7 @@ import json
 import torch
 
 from host_overhead import _connection
+from torch_mhc.ops import _library
 from torch_mhc.bench import _commit, _device_info, _gpu_kernel_time, _versions
 
 
@@ -25,6 +27,8 @@ def main():
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
                     help="torch._inductor.config setting for an extra compiled run (repeatable)")
+    ap.add_argument("--opaque", action="store_true",
+                    help="add a compiled run with the fused ops kept opaque")
     ap.add_argument("--out", default="compiled_kernels.json")
     args = ap.parse_args()
     options = {k: int(v) if v.lstrip("-").isdigit() else v
@@ -35,8 +39,11 @@ def main():
     runs = [("eager", None, {}), ("default", "default", {})]
     if options:
         runs.append(("default " + ",".join(args.inductor), "default", options))
+    if args.opaque:
+        runs.append(("default opaque", "default", {}))
     for name, mode, opts in runs:
         torch._dynamo.reset()
+        _library.INLINE_KERNELS = not name.endswith("opaque")
         with torch._inductor.config.patch(opts):
             conn, _ = _connection(args.T, args.C, compile_mode=mode, depth=args.depth)
             for _ in range(3):
