@@ -52,6 +52,8 @@ def main(argv=None):
         tiles = {k: c[k] for k in ("BT", "BC", "BK") if k in c}
         if "pipeline_stages" in c or key.startswith("coef_token"):  # token kernels: 1 if unset
             tiles["PIPELINE_STAGES"] = c.get("pipeline_stages", 1)
+        if key.startswith("coef_token"):  # odd programs: Sinkhorn first (``phase_split``)
+            tiles["PHASE_SPLIT"] = bool(c.get("phase_split", False))
         return {**tiles, **const}, c["num_warps"], c.get("num_stages")  # None: Triton's default
 
     token_sig = dict(part_ptr=f32, scale_ptr=f32, base_ptr=f32, mix_ptr=f32, hpre_ptr=f32,
@@ -76,6 +78,10 @@ def main(argv=None):
         # with the connection's pre-mix (``pre_mix``): the channel loop over x
         ("coef_token(pre-mix)", co._coef_token, dict(token_sig, x_ptr=xt, h_ptr=xt, C=i32),
          *launch("coef_token", n=n, N=N, NB=NB, LOG=True, PRE_MIX=True, X_BROADCAST=False)),
+        ("coef_token(pre-mix, phases split)", co._coef_token, dict(token_sig, x_ptr=xt, h_ptr=xt,
+                                                                   C=i32),
+         *launch("coef_token", n=n, N=N, NB=NB, LOG=True, PRE_MIX=True, X_BROADCAST=False,
+                 PHASE_SPLIT=True)),
         ("coef_token(V4)", co._coef_token, token_sig,
          *launch("coef_token", n=n, N=N, NB=NB, LOG=False)),
         ("coef_token_bwd", co._coef_token_bwd, token_bwd_sig,
@@ -85,6 +91,11 @@ def main(argv=None):
          dict(token_bwd_sig, x_ptr=xt, dh_ptr=xt, C=i32),
          *launch("coef_token_bwd", n=n, N=N, NB=NB, NN=NB * NB, NP=NP, LOG=True, HAS_DPRE=True,
                  HAS_DPOST=True, HAS_DRES=True, HAS_DH=True, X_BROADCAST=False)),
+        ("coef_token_bwd(pre-mix, phases split)", co._coef_token_bwd,
+         dict(token_bwd_sig, x_ptr=xt, dh_ptr=xt, C=i32),
+         *launch("coef_token_bwd", n=n, N=N, NB=NB, NN=NB * NB, NP=NP, LOG=True, HAS_DPRE=True,
+                 HAS_DPOST=True, HAS_DRES=True, HAS_DH=True, X_BROADCAST=False,
+                 PHASE_SPLIT=True)),
         ("coef_token_bwd(V4)", co._coef_token_bwd, token_bwd_sig,
          *launch("coef_token_bwd", n=n, N=N, NB=NB, NN=NB * NB, NP=NP, LOG=False,
                  HAS_DPRE=True, HAS_DPOST=False, HAS_DRES=True)),

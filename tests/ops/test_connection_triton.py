@@ -40,17 +40,20 @@ class _TupleBranch(nn.Module):
 
 def _place_pre_mix(where: str, monkeypatch) -> None:
     """Launch options that put the pre-mix in its own kernels or the coefficients' token
-    kernels (with their channel loop software-pipelined: ``pipeline_stages``)."""
+    kernels (with their channel loop software-pipelined: ``pipeline_stages``; with odd
+    programs running it after the Sinkhorn: ``phase_split``)."""
     from torch_mhc.ops import tuning
     for key in ("coef_token", "coef_token_bwd"):
         monkeypatch.setitem(tuning.TUNING, key, {"pre_mix": where != "own kernels",
                                                  "pipeline_stages": 2 if "pipelined" in where
-                                                 else 1})
+                                                 else 1,
+                                                 "phase_split": "split" in where})
 
 
 @pytest.mark.parametrize("n,C,hc_eps", [(4, 48, 0.0), (2, 100, 1e-6), (1, 40, 0.0), (8, 24, 1e-6),
                                         (3, 36, 0.0)])
-@pytest.mark.parametrize("pre_mix_in", ["own kernels", "token kernels", "token kernels, pipelined"])
+@pytest.mark.parametrize("pre_mix_in", ["own kernels", "token kernels", "token kernels, pipelined",
+                                        "token kernels, phases split"])
 def test_fused_connection_matches_reference(n, C, hc_eps, pre_mix_in, monkeypatch):
     """Every place of the pre-mix, forward and backward (its own kernels, the coefficients'
     token kernels: the ``pre_mix`` launch option), gives the reference's outputs and
@@ -116,7 +119,8 @@ def test_output_unused_and_grad_wrt_input_only():
                                           (torch.float32, 3, 36, 3e-5),
                                           (torch.bfloat16, 4, 64, 3e-2),
                                           (torch.bfloat16, 2, 40, 3e-2)])
-@pytest.mark.parametrize("pre_mix_in", ["own kernels", "token kernels", "token kernels, pipelined"])
+@pytest.mark.parametrize("pre_mix_in", ["own kernels", "token kernels", "token kernels, pipelined",
+                                        "token kernels, phases split"])
 def test_broadcast_streams_read_in_place(dtype, n, C, tol, pre_mix_in, monkeypatch):
     """expand_streams(view=True) feeds the connection a stream-stride-0 view and
     reduce_streams sends back a stride-0 gradient: every kernel reads them in place (one

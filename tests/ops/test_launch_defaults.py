@@ -80,10 +80,11 @@ KERNEL_KEYS = {
 }
 #: a configuration no built-in one resembles (kernels are no-ops here: any value launches)
 SENTINEL = dict(BT=8, BC=32, BK=16, num_warps=2, num_stages=5, waves=3, tiles_per_program=2,
-                pipeline_stages=4, pre_mix=True)
+                pipeline_stages=4, pre_mix=True, phase_split=True)
 #: launch arguments that carry a configuration value as it is
 AS_PASSED = {"BT": "BT", "BC": "BC", "BK": "BK", "num_warps": "num_warps",
-             "num_stages": "num_stages", "PIPELINE_STAGES": "pipeline_stages"}
+             "num_stages": "num_stages", "PIPELINE_STAGES": "pipeline_stages",
+             "PHASE_SPLIT": "phase_split"}
 
 
 @pytest.fixture

@@ -26,7 +26,11 @@ Configuration keys:
 * ``pre_mix`` (``coef_token``, ``coef_token_bwd``): the coefficient token kernel also does
   the fused connection's pre-mix, ``h = H_pre x`` forward and ``<dh, x_i>`` backward,
   reading ``x`` in channel tiles of ``BC`` (one launch fewer), instead of the pre-mix
-  kernels.
+  kernels;
+* ``phase_split`` (``coef_token``, ``coef_token_bwd``, with ``pre_mix``): odd programs run
+  the Sinkhorn (forward or backward) before their pass over ``x`` instead of after it, so
+  that while some programs stream ``x`` others compute (all of them are resident at once:
+  the kernels are latency-bound, NOTES 2026-12-07). Off where unset.
 
 The defaults are the fastest configurations ``benchmarks/sweep.py`` found at T = C = 4096,
 n = 4, bf16 (H100, H200); the ``C_max: 1024`` rows are the fastest at gpt-small's shape,
@@ -190,7 +194,7 @@ _RESOLVED: dict = {}
 
 #: the options a configuration may hold (see the module docstring)
 OPTIONS = frozenset({"BT", "BC", "BK", "BC_x_NB", "num_warps", "num_stages", "waves",
-                     "tiles_per_program", "pipeline_stages", "pre_mix"})
+                     "tiles_per_program", "pipeline_stages", "pre_mix", "phase_split"})
 
 
 def _resolve(entry, over: dict, shape: dict) -> dict:

@@ -31,7 +31,8 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
                            NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                            LOG: tl.constexpr, HAS_DPRE: tl.constexpr, HAS_DPOST: tl.constexpr,
                            HAS_DRES: tl.constexpr, HAS_DH: tl.constexpr,
-                           X_BROADCAST: tl.constexpr, PIPELINE_STAGES: tl.constexpr):
+                           X_BROADCAST: tl.constexpr, PIPELINE_STAGES: tl.constexpr,
+                           PHASE_SPLIT: tl.constexpr):
     # token tiles descending: the dx pass that follows starts from the low tokens' x and dh,
     # which this kernel read last (still in L2, see ``_launch``)
     pid = tl.cdiv(T, BT) - 1 - tl.program_id(0)
@@ -49,28 +50,15 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
         d_pre = tl.load(dpre_ptr + r64[:, None] * st_pre + ii[None, :], mask=m2, other=0.0).to(tl.float32)
     else:
         d_pre = tl.zeros([BT, NB], dtype=tl.float32)
+    # PHASE_SPLIT: odd programs run the Sinkhorn backward before streaming dh and x, so that
+    # some programs stream while others compute (all programs are resident at once)
+    dh_late = False
+    if PHASE_SPLIT:
+        dh_late = (pid % 2) == 1
     if HAS_DH:  # the pre-mix backward (h = H_pre x, Eq. 3): dH_pre[t, i] += <dh[t], x[t, i]>
-        acc = tl.zeros([BT, NB, BC], dtype=tl.float32)
-        for c0 in tl.range(0, C, BC, num_stages=PIPELINE_STAGES):
-            cc = c0 + tl.arange(0, BC)
-            mc = rmask[:, None] & (cc < C)[None, :]
-            dh = tl.load(dh_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
-            if X_BROADCAST:  # x a broadcast (T, C) view: the same row for every stream
-                xv = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
-                acc += (xv.to(tl.float32) * dh.to(tl.float32))[:, None, :]
-            else:
-                xv = tl.load(x_ptr + r64[:, None, None] * K + ii[None, :, None] * C
-                             + cc[None, None, :], mask=m2[:, :, None] & (cc < C)[None, None, :],
-                             other=0.0)
-                acc += xv.to(tl.float32) * dh.to(tl.float32)[:, None, :]
-        d_pre += tl.where(m2, tl.sum(acc, axis=2), 0.0)
-    d_pre = d_pre * s_pre * (1.0 - s_pre)
-    if HAS_DPOST:
-        d_post = tl.load(dpost_ptr + r64[:, None] * st_post + ii[None, :], mask=m2,
-                         other=0.0).to(tl.float32)
-        d_post = 2.0 * d_post * s_post * (1.0 - s_post)
-    else:
-        d_post = tl.zeros([BT, NB], dtype=tl.float32)
+        if not dh_late:
+            d_pre += _dh_dot_x(dh_ptr, x_ptr, r64, rmask, m2, ii, C, K, BT, NB, BC,
+                               X_BROADCAST, PIPELINE_STAGES)
     # Sinkhorn: re-run the iterations from the logits, keeping in the per-token scratch what
     # the backward needs of each step, then differentiate the steps in reverse order.
     L = a_res * comb * inv_r[:, None, None] + b_res
@@ -136,6 +124,17 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
             d_res = tl.where(valid, S0 * (gy - tl.sum(gy * S0, axis=2)[:, :, None]), 0.0)
     else:
         d_res = tl.zeros([BT, NB, NB], dtype=tl.float32)
+    if HAS_DH:
+        if dh_late:
+            d_pre += _dh_dot_x(dh_ptr, x_ptr, r64, rmask, m2, ii, C, K, BT, NB, BC,
+                               X_BROADCAST, PIPELINE_STAGES)
+    d_pre = d_pre * s_pre * (1.0 - s_pre)
+    if HAS_DPOST:
+        d_post = tl.load(dpost_ptr + r64[:, None] * st_post + ii[None, :], mask=m2,
+                         other=0.0).to(tl.float32)
+        d_post = 2.0 * d_post * s_post * (1.0 - s_post)
+    else:
+        d_post = tl.zeros([BT, NB], dtype=tl.float32)
     # d logit -> G = d mix = dlogit * a / r; d inv_r; partial d scale, d base
     grow = g_ptr + r64 * NP
     tl.store(grow[:, None] + ii[None, :], d_pre * a_pre * inv_r[:, None], mask=m2)
@@ -159,7 +158,27 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
     b2 = tl.arange(0, NB)[None, :]
     tl.store(db_row + 2 * n + a2 * n + b2, db_res, mask=(a2 < n) & (b2 < n))
 
-_coef_token_bwd = LazyJit(_coef_token_bwd_kernel, helpers=(_token_tile, _gates))
+def _dh_dot_x(dh_ptr, x_ptr, r64, rmask, m2, ii, C, K, BT: tl.constexpr, NB: tl.constexpr,
+              BC: tl.constexpr, X_BROADCAST: tl.constexpr, PIPELINE_STAGES: tl.constexpr):
+    """``<dh[t], x[t, i]>`` [BT, NB] for one tile of tokens, over the channels in tiles of
+    ``BC`` (zero in padded streams)."""
+    acc = tl.zeros([BT, NB, BC], dtype=tl.float32)
+    for c0 in tl.range(0, C, BC, num_stages=PIPELINE_STAGES):
+        cc = c0 + tl.arange(0, BC)
+        mc = rmask[:, None] & (cc < C)[None, :]
+        dh = tl.load(dh_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
+        if X_BROADCAST:  # x a broadcast (T, C) view: the same row for every stream
+            xv = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
+            acc += (xv.to(tl.float32) * dh.to(tl.float32))[:, None, :]
+        else:
+            xv = tl.load(x_ptr + r64[:, None, None] * K + ii[None, :, None] * C
+                         + cc[None, None, :], mask=m2[:, :, None] & (cc < C)[None, None, :],
+                         other=0.0)
+            acc += xv.to(tl.float32) * dh.to(tl.float32)[:, None, :]
+    return tl.where(m2, tl.sum(acc, axis=2), 0.0)
+
+
+_coef_token_bwd = LazyJit(_coef_token_bwd_kernel, helpers=(_token_tile, _gates, _dh_dot_x))
 
 
 def _rows(t, inner: int):
@@ -186,7 +205,7 @@ def _token_plan(cfg, T, n, C, broadcast, interpret, log, has, **_):
         NP=max(16, next_pow2((n + 2) * n)), BT=BT, BC=fit_channel_tile(cfg["BC"], C), LOG=log,
         HAS_DPRE=has[0], HAS_DPOST=has[1], HAS_DRES=has[2], HAS_DH=has[3] and cfg["pre_mix"],
         X_BROADCAST=broadcast, PIPELINE_STAGES=cfg.get("pipeline_stages", 1),
-        num_warps=cfg["num_warps"])
+        PHASE_SPLIT=bool(cfg.get("phase_split", False)), num_warps=cfg["num_warps"])
 
 
 def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_eps, shape=None,

@@ -73,7 +73,8 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
                        x_ptr, h_ptr, T, SPLIT, K, C, iters, rms_eps, hc_eps,
                        n: tl.constexpr, N: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
                        BC: tl.constexpr, LOG: tl.constexpr, PRE_MIX: tl.constexpr,
-                       X_BROADCAST: tl.constexpr, PIPELINE_STAGES: tl.constexpr):
+                       X_BROADCAST: tl.constexpr, PIPELINE_STAGES: tl.constexpr,
+                       PHASE_SPLIT: tl.constexpr):
     pid = tl.program_id(0)
     rows, rmask, r64, ii, m2, aa, bb, valid, m3 = _token_tile(pid, T, n, NB, BT)
     pre = tl.zeros([BT, NB], dtype=tl.float32)
@@ -99,20 +100,16 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
     h_post = 2.0 * tl.sigmoid(a_post * post * inv_r[:, None] + b_post[None, :])
     tl.store(hpre_ptr + r64[:, None] * n + ii[None, :], h_pre, mask=m2)
     tl.store(hpost_ptr + r64[:, None] * n + ii[None, :], h_post, mask=m2)
+    # PHASE_SPLIT: odd programs run the Sinkhorn before the pre-mix, so that some programs
+    # stream x while others compute (all programs are resident at once)
+    mix_late = False
+    if PHASE_SPLIT:
+        mix_late = (pid % 2) == 1
     if PRE_MIX:  # the pre-mix h = H_pre x (Eq. 3) of these tokens, as ``pre_mix`` computes it
         hp = tl.where(m2, h_pre, 0.0)
-        for c0 in tl.range(0, C, BC, num_stages=PIPELINE_STAGES):
-            cc = c0 + tl.arange(0, BC)
-            mc = rmask[:, None] & (cc < C)[None, :]
-            if X_BROADCAST:  # x a broadcast view: h = (sum_i H_pre_i) x
-                x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
-                h = tl.sum(hp, axis=1)[:, None] * x2.to(tl.float32)
-            else:
-                x3 = tl.load(x_ptr + r64[:, None, None] * K + ii[None, :, None] * C
-                             + cc[None, None, :], mask=m2[:, :, None] & (cc < C)[None, None, :],
-                             other=0.0)
-                h = tl.sum(x3.to(tl.float32) * hp[:, :, None], axis=1)
-            tl.store(h_ptr + r64[:, None] * C + cc[None, :], h.to(h_ptr.dtype.element_ty), mask=mc)
+        if not mix_late:
+            _premix_tile(x_ptr, h_ptr, hp, r64, rmask, m2, ii, C, K, BC, X_BROADCAST,
+                         PIPELINE_STAGES)
     # Eq. 19, 9: Sinkhorn on comb (= H_res^T): normalising comb rows (axis 2) is T_c on H_res
     L = a_res * comb * inv_r[:, None, None] + b_res
     if LOG:  # paper: log domain, columns then rows of H_res
@@ -136,10 +133,32 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
             P = P / (tl.sum(P, axis=1)[:, None, :] + hc_eps)
     # H_res[t, b, a] = comb[t, a, b]
     tl.store(hres_ptr + r64[:, None, None] * (n * n) + bb * n + aa, P, mask=m3)
+    if PRE_MIX:
+        if mix_late:
+            _premix_tile(x_ptr, h_ptr, hp, r64, rmask, m2, ii, C, K, BC, X_BROADCAST,
+                         PIPELINE_STAGES)
+
+
+def _premix_tile(x_ptr, h_ptr, hp, r64, rmask, m2, ii, C, K, BC: tl.constexpr,
+                 X_BROADCAST: tl.constexpr, PIPELINE_STAGES: tl.constexpr):
+    """``h = H_pre x`` for one tile of tokens (``hp``: their H_pre, zero-padded), over the
+    channels in tiles of ``BC``."""
+    for c0 in tl.range(0, C, BC, num_stages=PIPELINE_STAGES):
+        cc = c0 + tl.arange(0, BC)
+        mc = rmask[:, None] & (cc < C)[None, :]
+        if X_BROADCAST:  # x a broadcast view: h = (sum_i H_pre_i) x
+            x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
+            h = tl.sum(hp, axis=1)[:, None] * x2.to(tl.float32)
+        else:
+            x3 = tl.load(x_ptr + r64[:, None, None] * K + ii[None, :, None] * C
+                         + cc[None, None, :], mask=m2[:, :, None] & (cc < C)[None, None, :],
+                         other=0.0)
+            h = tl.sum(x3.to(tl.float32) * hp[:, :, None], axis=1)
+        tl.store(h_ptr + r64[:, None] * C + cc[None, :], h.to(h_ptr.dtype.element_ty), mask=mc)
 
 
 _coef_gemm = LazyJit(_coef_gemm_kernel, helpers=(_split_hi_lo,))
-_coef_token = LazyJit(_coef_token_kernel, helpers=(_token_tile, _gates))
+_coef_token = LazyJit(_coef_token_kernel, helpers=(_token_tile, _gates, _premix_tile))
 
 
 def _gemm_plan(cfg, T, n, C, dtype, broadcast, interpret, device, **_):
@@ -161,7 +180,8 @@ def _token_plan(cfg, T, n, C, broadcast, interpret, log, with_h, **_):
     return Launch(_coef_token, (triton_cdiv(T, cfg["BT"]),), interpret, n=n, N=(n + 2) * n,
                   NB=next_pow2(n), BT=cfg["BT"], BC=fit_channel_tile(cfg["BC"], C), LOG=log,
                   PRE_MIX=with_h and bool(cfg["pre_mix"]), X_BROADCAST=broadcast,
-                  PIPELINE_STAGES=cfg.get("pipeline_stages", 1), num_warps=cfg["num_warps"])
+                  PIPELINE_STAGES=cfg.get("pipeline_stages", 1),
+                  PHASE_SPLIT=bool(cfg.get("phase_split", False)), num_warps=cfg["num_warps"])
 
 
 def coef_forward_triton(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
