@@ -1,7 +1,5 @@
 #!/usr/bin/env bash
-# Follow-up of compiled_host_check.sh (about 9 minutes, H100): the token kernels with their
-# programs' phases split (``phase_split``: odd programs run the Sinkhorn before streaming x)
-# against the defaults at gpt-small's shape, one process; where an eager connection's
+# Follow-up of compiled_host_check.sh (about 8 minutes, H100): where an eager connection's
 # host time goes (cProfile at gpt-small's and the layer suite's shapes), and the compiled
 # layer suite with Inductor's static launcher for user-defined Triton kernels off and on.
 # Writes under $OUT.
@@ -10,11 +8,6 @@ set -u
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind
 nvidia-smi --query-gpu=name --format=csv,noheader
-S='{"phase_split": true}'
-timeout 120 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 30 \
-  --variants "{\"split_fwd\": {\"coef_token\": $S}, \"split_bwd\": {\"coef_token_bwd\": $S},
-  \"split\": {\"coef_token\": $S, \"coef_token_bwd\": $S}, \"default_again\": {}}" \
-  --out "$OUT/connection_kernels_phase_split.json" 2>&1 | grep -v -i warn | tail -40
 for s in "8192 1024" "4096 4096"; do
   set -- $s
   echo "== eager host profile T=$1 C=$2"
