@@ -28,6 +28,10 @@ GPUS = {"h100": "H100 80GB", "h200": "H200", "h200x2": "2x H200"}
 
 #: What a variant tag means, where the file does not say it (matched on the tag's words).
 VARIANT_NOTES = {
+    "static0": "Inductor's static launcher for user-defined Triton kernels off (the default)",
+    "static1": "Inductor's static launcher for user-defined Triton kernels on "
+               "(`TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS=1`)",
+    "phase-split": "token kernels with `phase_split` (odd programs: Sinkhorn first) against the defaults",
     "cudagraph": "whole step captured in one CUDA graph (`--cuda-graph`)",
     "interleaved": "`--interleave`: every variant resident, rounds of one step each",
     "sequential": "variants one after the other (no `--interleave`), same day as the interleaved runs",
@@ -183,6 +187,8 @@ def summarise(path: Path, fields: Dict[str, str]) -> str:
     if path.suffix == ".txt":
         if suite == "ncu":
             return f"Nsight Compute report of the {fields['variant']} kernel, one launch at the layer shape"
+        if suite == "compiled-host":
+            return "issue time and cProfile of compiled mHC connections (`profile_compiled_host.py`)"
         return "printed summary of a `gpu_check.py` run" if suite == "summary" else "text"
     d = json.loads(path.read_text())
     if suite == "tuning":
