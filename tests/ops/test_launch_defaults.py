@@ -60,8 +60,13 @@ WINNERS_C1024 = {
     # and their pre-mix loops software-pipelined, 3 stages (H200, commit 1bde13c,
     # ``connection-kernels_h200_2026-12-07_1bde13c_c1024-variants.json``): backward 41.5
     # against 48.3 us, forward 27.6 against 29.4 us
-    "coef_token": {"BT": 4, "BC": 64, "num_warps": 1, "pre_mix": True, "ls": 3},
-    "coef_token_bwd": {"BT": 8, "BC": 64, "num_warps": 1, "pre_mix": True, "ls": 3},
+    # and their programs' phases split (H100, commit f5e5c99,
+    # ``connection-kernels_h100_2026-12-07_f5e5c99_phase-split.json``): backward 33.0 against
+    # 43.0 us, forward 31.0 against 34.8 us
+    "coef_token": {"BT": 4, "BC": 64, "num_warps": 1, "pre_mix": True, "ls": 3,
+                   "phase_split": True},
+    "coef_token_bwd": {"BT": 8, "BC": 64, "num_warps": 1, "pre_mix": True, "ls": 3,
+                       "phase_split": True},
 }
 #: option names the sweeps used then, as the table names them now
 RENAMED = {"loop": "tiles_per_program", "ls": "pipeline_stages"}

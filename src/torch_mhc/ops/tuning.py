@@ -30,7 +30,8 @@ Configuration keys:
 * ``phase_split`` (``coef_token``, ``coef_token_bwd``, with ``pre_mix``): odd programs run
   the Sinkhorn (forward or backward) before their pass over ``x`` instead of after it, so
   that while some programs stream ``x`` others compute (all of them are resident at once:
-  the kernels are latency-bound, NOTES 2026-12-07). Off where unset.
+  the kernels are latency-bound, NOTES 2026-12-07). Off where unset; on in the ``C_max:
+  1024`` rows, where the token kernels do the pre-mix.
 
 The defaults are the fastest configurations ``benchmarks/sweep.py`` found at T = C = 4096,
 n = 4, bf16 (H100, H200); the ``C_max: 1024`` rows are the fastest at gpt-small's shape,
@@ -69,13 +70,17 @@ LAUNCH_DEFAULTS: dict = {
     # (``pre_mix``: the token kernels also do the connection's pre-mix, h = H_pre x forward
     # and <dh, x_i> backward, reading x in channel tiles of BC, instead of the pre-mix
     # kernels; sweep_h200_2026-12-02_239e078_token-premix_c*.json)
+    # (``phase_split``: token forward 35 -> 31 us, backward 43 -> 33 us at T = 8192, C = 1024,
+    # H100, connection-kernels_h100_2026-12-07_f5e5c99_phase-split.json)
     "coef_token": [({"n_max": 4, "C_max": 1024},  # one launch fewer for +1 us (62.9 vs 61.9)
-                    dict(BT=4, BC=64, pre_mix=True, num_warps=1, pipeline_stages=3)),
+                    dict(BT=4, BC=64, pre_mix=True, num_warps=1, pipeline_stages=3,
+                         phase_split=True)),
                    ({"n_max": 4}, dict(BT=8, BC=64, pre_mix=False, num_warps=1)),
                    ({}, dict(BT=8, BC=64, pre_mix=False, num_warps=2))],
     # backward: per-token gradients of the mappings, then the pass over x
     "coef_token_bwd": [({"n_max": 4, "C_max": 1024},  # token + dx pass 161 vs 312 us
-                        dict(BT=8, BC=64, pre_mix=True, num_warps=1, pipeline_stages=3)),
+                        dict(BT=8, BC=64, pre_mix=True, num_warps=1, pipeline_stages=3,
+                             phase_split=True)),
                        ({"n_max": 4}, dict(BT=4, BC=128, pre_mix=False, num_warps=1)),
                        ({}, dict(BT=4, BC=128, pre_mix=False, num_warps=2))],
     # bf16 streams, n <= 4: dx and dfn in one pass, one 2D tile per stream
