@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# Follow-up of compiled_host_check.sh (about 8 minutes, H100): where an eager connection's
-# host time goes (cProfile at gpt-small's and the layer suite's shapes), and the compiled
-# layer suite with Inductor's static launcher for user-defined Triton kernels off and on.
+# The GPU check after compiled_host_check.sh (about 10 minutes, H100):
+#  1. the token forward eager, compiled, and eager with every kernel queued behind a GPU
+#     sleep (back to back, as a compiled graph runs them): is the compiled token forward's
+#     +21 us the queueing?
+#  2. compiled gpt-small with the phase-split token kernels (the default since f5e5c99), then
+#     with Inductor's static launcher for user-defined Triton kernels; each mHC compile
+#     needs well over 100 s;
+#  3. where an eager connection's host time goes (cProfile at gpt-small's shape).
 # Writes under $OUT.
 #   OUT=dir bash benchmarks/compiled_host_check2.sh
 set -u
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind
 nvidia-smi --query-gpu=name --format=csv,noheader
-for s in "8192 1024" "4096 4096"; do
-  set -- $s
-  echo "== eager host profile T=$1 C=$2"
-  timeout 60 python benchmarks/profile_compiled_host.py --mode eager --T "$1" --C "$2" \
-    --depth 4 --reps 20 --top 25 2>&1 | grep -v -i warn | head -45 | tee "$OUT/eager_host_T$1_C$2.txt"
-done
-b() { timeout "$1" python -m torch_mhc.bench --steps 15 --suite layer "${@:2}" 2>&1 \
+timeout 100 python benchmarks/compiled_kernels.py --depth 4 --queued \
+  --out "$OUT/compiled_kernels_queued.json" 2>&1 | grep -v -i warn | tail -40
+b() { timeout "$1" python -m torch_mhc.bench --steps 15 --suite gpt-small "${@:2}" 2>&1 \
   | grep -v -i warn | tail -3; }
-b 220 --compile --variants residual,mhc-triton --out "$OUT/layer_compiled.json"
+b 200 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
 TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS=1 \
-  b 200 --compile --variants residual,mhc-triton --out "$OUT/layer_compiled_static.json"
+  b 180 --compile --variants mhc-triton --out "$OUT/gpt-small_compiled_static.json"
+echo "== eager host profile T=8192 C=1024"
+timeout 50 python benchmarks/profile_compiled_host.py --mode eager --depth 4 --reps 20 \
+  --top 25 2>&1 | grep -v -i warn | head -45 | tee "$OUT/eager_host.txt"

@@ -4,7 +4,10 @@ model runs slower. ``depth`` connections in a row (identity branches), forward +
 bf16, n = 4; kernel times per connection. ``--inductor key=value`` adds a third run compiled
 with those ``torch._inductor.config`` settings (e.g. ``reorder_for_peak_memory=0``);
 ``--opaque`` one with the fused ops kept opaque (``TORCH_MHC_INLINE_KERNELS=0``: the compiled
-graph calls the ops, whose own launchers start the kernels). Writes JSON.
+graph calls the ops, whose own launchers start the kernels); ``--queued`` an eager run whose
+kernels are all queued behind a GPU sleep first, so that they run back to back as a
+compiled graph's do (eager mode is otherwise host-bound at this width, its kernels
+separated by idle gaps). Writes JSON.
 
     PYTHONPATH=src python benchmarks/compiled_kernels.py --T 8192 --C 1024 --out k.json
 """
@@ -29,6 +32,10 @@ def main():
                     help="torch._inductor.config setting for an extra compiled run (repeatable)")
     ap.add_argument("--opaque", action="store_true",
                     help="add a compiled run with the fused ops kept opaque")
+    ap.add_argument("--queued", action="store_true",
+                    help="add an eager run with every kernel queued before the GPU starts")
+    ap.add_argument("--sleep-cycles", type=int, default=20_000_000,
+                    help="GPU sleep before a queued run (default %(default)s, ~10 ms)")
     ap.add_argument("--out", default="compiled_kernels.json")
     args = ap.parse_args()
     options = {k: int(v) if v.lstrip("-").isdigit() else v
@@ -41,6 +48,8 @@ def main():
         runs.append(("default " + ",".join(args.inductor), "default", options))
     if args.opaque:
         runs.append(("default opaque", "default", {}))
+    if args.queued:
+        runs.append(("eager queued", None, {}))
     for name, mode, opts in runs:
         torch._dynamo.reset()
         _library.INLINE_KERNELS = not name.endswith("opaque")
@@ -48,7 +57,14 @@ def main():
             conn, _ = _connection(args.T, args.C, compile_mode=mode, depth=args.depth)
             for _ in range(3):
                 conn()
-        total, kernels = _gpu_kernel_time(conn, dev, top=None)
+        fn = conn
+        if name.endswith("queued"):  # the host issues everything while the GPU sleeps
+            def fn(conn=conn):
+                torch.cuda._sleep(args.sleep_cycles)
+                conn()
+        total, kernels = _gpu_kernel_time(fn, dev, top=None)
+        kernels = [(k, t) for k, t in kernels if "sleep" not in k and "spin" not in k]
+        total = sum(t for _, t in kernels)
         res["modes"][name] = {"gpu_us": total / args.depth,
                               "kernels_us": [(k, round(t / args.depth, 1)) for k, t in kernels]}
         print(f"{name}: {total / args.depth:.1f} us per connection")
