@@ -155,3 +155,49 @@ def test_compiled_stream_recompute(block, recomputed):
     assert rel_error(loss, eager_loss) < 1e-5
     for k, g in eager_grads.items():
         assert rel_error(grads[k], g) < 1e-4, k
+
+
+_STATIC_LAUNCH_SCRIPT = '''
+import sys
+import torch
+from torch._inductor.runtime import static_triton_launcher as stl
+sys.path.insert(0, sys.argv[1])
+import test_compile as t
+
+names = []
+for cls in (getattr(stl, "StaticallyLaunchedCudaKernel", None),
+            getattr(stl, "StaticallyLaunchedTritonKernel", None)):
+    if cls is not None and "run" in vars(cls):
+        def counted(self, *args, _run=vars(cls)["run"], **kwargs):
+            names.append(getattr(self, "name", ""))
+            return _run(self, *args, **kwargs)
+        cls.run = counted
+model = t._model()
+eager_loss, eager_grads = t._loss_and_grads(model, model)
+loss, grads = t._loss_and_grads(model, torch.compile(model, fullgraph=True))
+fused = sorted({n for n in names if n.startswith(("_coef", "_post_res", "_pre_mix"))})
+assert fused, f"no fused kernel was launched statically: {sorted(set(names))}"
+assert t.rel_error(loss, eager_loss) < 1e-5, (loss, eager_loss)
+for k, g in eager_grads.items():
+    assert t.rel_error(grads[k], g) < 1e-4, k
+print("static:", fused)
+'''
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Inductor launches the fused "
+                    "kernels itself on CUDA only")
+def test_static_launch_of_fused_kernels_equals_eager(tmp_path):
+    """With PyTorch's opt-in static launcher for user-defined Triton kernels
+    (``TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS=1``, read when Python starts:
+    a fresh process), the compiled model launches the fused kernels through it and its loss
+    and gradients still equal eager mode's (docs/compile.md)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS="1",
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", _STATIC_LAUNCH_SCRIPT,
+                        os.path.dirname(os.path.abspath(__file__))],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "static: " in r.stdout
