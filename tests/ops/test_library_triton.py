@@ -126,3 +126,57 @@ def test_eager_and_registered_paths_agree():
         traced = run()
     for a, b in zip(eager, traced):
         assert rel_error(a, b) < 1e-6
+
+
+def test_kernel_analysis_cached_per_argument_description(monkeypatch):
+    """PyTorch's read/write analysis of a fused kernel's launch (it builds the kernel's TTIR,
+    here for an sm_90 target with no GPU) runs once per kernel, constant arguments and
+    argument dtypes, not once per launch site: the same description with other tensors is
+    served from the cache, and equals the uncached analysis; another constant (no pre-mix)
+    is analysed anew and no longer writes ``h``."""
+    triton = pytest.importorskip("triton")
+    tkw = pytest.importorskip("torch._higher_order_ops.triton_kernel_wrap")
+    if not hasattr(tkw, "identify_accessed_tensors"):
+        pytest.skip("this PyTorch analyses user-defined kernels under another name")
+    from triton.backends.compiler import GPUTarget
+    from torch_mhc.ops.coefficients import forward
+
+    class Sm90:  # the target Triton builds the TTIR for, in place of a GPU driver
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+    uncached = tkw.identify_accessed_tensors
+    uncached = getattr(uncached, "__wrapped__", uncached)  # (a traced op may have cached it)
+    monkeypatch.setattr(tkw, "identify_accessed_tensors", uncached)
+    monkeypatch.setattr(_library, "_ANALYSES", {})
+    built = []
+    monkeypatch.setattr(tkw, "generate_ttir",
+                        lambda *a, _gen=tkw.generate_ttir, **k: built.append(1) or _gen(*a, **k))
+    _library._cache_kernel_analysis()
+    assert tkw.identify_accessed_tensors is not uncached
+    kernel = forward._coef_token.jit(False)
+    T, C = 64, 32
+
+    def args(pre_mix=True):
+        f32, bf16 = (lambda *s: torch.randn(*s)), (lambda *s: torch.randn(*s).bfloat16())
+        return dict(part_ptr=f32(2, T, 25), scale_ptr=f32(3), base_ptr=f32(24),
+                    mix_ptr=f32(T, 25), hpre_ptr=f32(T, 4), hpost_ptr=f32(T, 4),
+                    hres_ptr=f32(T, 4, 4), x_ptr=bf16(T, 4, C), h_ptr=bf16(T, C), T=T, SPLIT=2,
+                    K=4 * C, C=C, iters=20, rms_eps=1e-20, hc_eps=0.0, n=4, N=24, NB=4, BT=4,
+                    BC=32, LOG=True, PRE_MIX=pre_mix, X_BROADCAST=False, PIPELINE_STAGES=1,
+                    PHASE_SPLIT=True)
+
+    def writes(result):
+        return sorted(d.name for d in result.read_writes.writes)
+
+    driver = triton.runtime.driver
+    monkeypatch.setattr(driver, "_active", getattr(driver, "_active", None), raising=False)
+    driver.set_active(Sm90())  # undone by monkeypatch (a CPU has no driver to reset to)
+    first = tkw.identify_accessed_tensors(kernel, args(), {})
+    again = tkw.identify_accessed_tensors(kernel, args(), {})
+    assert len(built) == 1, "the second launch site built the TTIR again"
+    assert again is not first and writes(again) == writes(first)
+    assert writes(first) == writes(uncached(kernel, args(), {}))
+    assert writes(first) == ["h_ptr", "hpost_ptr", "hpre_ptr", "hres_ptr", "mix_ptr"]
+    no_mix = tkw.identify_accessed_tensors(kernel, args(pre_mix=False), {})
+    assert "h_ptr" not in writes(no_mix)

@@ -17,6 +17,8 @@ compiled with eager results.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import threading
 from typing import Callable, Optional
@@ -109,6 +111,7 @@ def _inline_under_compile(op, impl: Callable) -> None:
     from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
 
     def decompose(mode, func, types, args, kwargs):
+        _cache_kernel_analysis()
         if not inline_kernels(*args) or any(
                 t not in (torch.Tensor, FunctionalTensor) and not issubclass(t, FakeTensor)
                 for t in types):
@@ -121,6 +124,69 @@ def _inline_under_compile(op, impl: Callable) -> None:
             _INLINING.on = False
 
     op.register_torch_dispatch(FunctionalTensorMode, decompose)
+
+
+#: Memoise PyTorch's read/write analysis of the fused kernels' launches
+#: (``TORCH_MHC_CACHE_KERNEL_ANALYSIS=0``: analyse every launch site, as PyTorch does).
+CACHE_KERNEL_ANALYSIS = os.environ.get("TORCH_MHC_CACHE_KERNEL_ANALYSIS", "1") not in ("", "0")
+_ANALYSES: dict = {}
+
+
+def _cache_kernel_analysis() -> None:
+    """Analyse each fused kernel's launch once per argument description, not once per launch
+    site.
+
+    For every ``wrap_triton`` launch PyTorch works out which arguments the kernel writes
+    (``triton_kernel_wrap.identify_accessed_tensors``, used by functionalization and by
+    Inductor's lowering). It does so by building the kernel's TTIR each time, 30-60 ms per
+    kernel (CPU, Triton 3.8), and a model launches each fused kernel once per connection.
+    The result names the kernel's formal arguments, not buffers. So it is a function of the
+    kernel, its constant arguments, which arguments are tensors (and their dtypes) and the
+    values of the others. It is cached on exactly that, for ``torch_mhc`` kernels only, and
+    each call gets its own copy. Installed on the first traced fused op; a PyTorch without
+    this function is left as it is.
+    """
+    if not CACHE_KERNEL_ANALYSIS:
+        return
+    try:
+        from torch._higher_order_ops import triton_kernel_wrap as tkw
+    except ImportError:  # pragma: no cover - PyTorch without user-defined Triton kernels
+        return
+    analyse = getattr(tkw, "identify_accessed_tensors", None)
+    if analyse is None or getattr(analyse, "_torch_mhc_cached", False):
+        return
+
+    @functools.wraps(analyse)
+    def cached(kernel, kwargs, *rest, **more):
+        module = getattr(getattr(kernel, "fn", None), "__module__", "") or ""
+        if not module.startswith("torch_mhc."):
+            return analyse(kernel, kwargs, *rest, **more)
+        try:
+            key = (kernel, tuple(sorted((k, _describe(v)) for k, v in kwargs.items())),
+                   repr(rest), repr(sorted(more.items())))
+            hash(key)
+        except TypeError:  # something unhashable: no caching
+            return analyse(kernel, kwargs, *rest, **more)
+        hit = _ANALYSES.get(key)
+        if hit is None:
+            hit = _ANALYSES[key] = analyse(kernel, kwargs, *rest, **more)
+        return copy.deepcopy(hit)
+
+    cached._torch_mhc_cached = True
+    tkw.identify_accessed_tensors = cached
+
+
+def _describe(v):
+    """What a launch argument contributes to a kernel's TTIR: a tensor's dtype (a fake,
+    functional or Inductor tensor alike), otherwise the value itself."""
+    if isinstance(v, torch.Tensor):
+        return ("tensor", str(v.dtype))
+    get_dtype = getattr(v, "get_dtype", None)
+    if get_dtype is not None:  # an Inductor IR node (TensorBox, ...)
+        return ("tensor", str(get_dtype()))
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return (type(v).__name__, v)
+    return (type(v).__name__, str(v))  # a symbolic size, ...
 
 
 def _eager_function(name: str, impl: Callable, setup_context: Callable,
