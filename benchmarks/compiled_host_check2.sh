@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
-# The GPU check after compiled_host_check.sh (about 10 minutes, H100):
+# The GPU check after compiled_host_check.sh (H100; about 12 minutes, so two calls of 10:
+# `PART=1` and `PART=2`):
 #  1. the token forward eager, compiled, and eager with every kernel queued behind a GPU
 #     sleep (back to back, as a compiled graph runs them): is the compiled token forward's
 #     +21 us the queueing?
-#  2. compiled gpt-small with the phase-split token kernels (the default since f5e5c99), then
-#     with Inductor's static launcher for user-defined Triton kernels; each mHC compile
-#     needs well over 100 s;
-#  3. where an eager connection's host time goes (cProfile at gpt-small's shape).
+#     compiled gpt-small with the phase-split token kernels (the default since f5e5c99) and
+#     the cached kernel analysis (warmup_s: compile time);
+#  2. the same mHC model with the analysis cache off (TORCH_MHC_CACHE_KERNEL_ANALYSIS=0:
+#     compile time without it), then with Inductor's static launcher for user-defined Triton
+#     kernels; where an eager connection's host time goes (cProfile at gpt-small's shape).
 # Writes under $OUT.
-#   OUT=dir bash benchmarks/compiled_host_check2.sh
+#   OUT=dir PART=1 bash benchmarks/compiled_host_check2.sh
 set -u
-OUT=${OUT:-out}; mkdir -p "$OUT"
+OUT=${OUT:-out}; mkdir -p "$OUT"; PART=${PART:-1}
 export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/ind
 nvidia-smi --query-gpu=name --format=csv,noheader
-timeout 100 python benchmarks/compiled_kernels.py --depth 4 --queued \
-  --out "$OUT/compiled_kernels_queued.json" 2>&1 | grep -v -i warn | tail -40
 b() { timeout "$1" python -m torch_mhc.bench --steps 15 --suite gpt-small "${@:2}" 2>&1 \
   | grep -v -i warn | tail -3; }
-b 200 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
-TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS=1 \
-  b 180 --compile --variants mhc-triton --out "$OUT/gpt-small_compiled_static.json"
-echo "== eager host profile T=8192 C=1024"
-timeout 50 python benchmarks/profile_compiled_host.py --mode eager --depth 4 --reps 20 \
-  --top 25 2>&1 | grep -v -i warn | head -45 | tee "$OUT/eager_host.txt"
+if [ "$PART" = 1 ]; then
+  timeout 100 python benchmarks/compiled_kernels.py --depth 4 --queued \
+    --out "$OUT/compiled_kernels_queued.json" 2>&1 | grep -v -i warn | tail -40
+  b 240 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
+else
+  TORCH_MHC_CACHE_KERNEL_ANALYSIS=0 TORCHINDUCTOR_CACHE_DIR=/tmp/ind-nocache \
+    b 220 --compile --variants mhc-triton --out "$OUT/gpt-small_compiled_no-analysis-cache.json"
+  TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS=1 \
+    b 200 --compile --variants mhc-triton --out "$OUT/gpt-small_compiled_static.json"
+  echo "== eager host profile T=8192 C=1024"
+  timeout 50 python benchmarks/profile_compiled_host.py --mode eager --depth 4 --reps 20 \
+    --top 25 2>&1 | grep -v -i warn | head -45 | tee "$OUT/eager_host.txt"
+fi
