@@ -5,7 +5,8 @@
 #     sleep (back to back, as a compiled graph runs them): is the compiled token forward's
 #     +21 us the queueing?
 #     compiled gpt-small with the phase-split token kernels (the default since f5e5c99) and
-#     the cached kernel analysis (warmup_s: compile time);
+#     the cached kernel analysis (warmup_s: compile time); the token kernels' tiles and warps
+#     again with their phases split;
 #  2. the same mHC model with the analysis cache off (TORCH_MHC_CACHE_KERNEL_ANALYSIS=0:
 #     compile time without it), then with Inductor's static launcher for user-defined Triton
 #     kernels; where an eager connection's host time goes (cProfile at gpt-small's shape).
@@ -21,6 +22,12 @@ if [ "$PART" = 1 ]; then
   timeout 100 python benchmarks/compiled_kernels.py --depth 4 --queued \
     --out "$OUT/compiled_kernels_queued.json" 2>&1 | grep -v -i warn | tail -40
   b 240 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
+  # the token kernels' tiles again, now that their phases are split (one process)
+  timeout 100 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 30 \
+    --variants '{"fwd_bt8": {"coef_token": {"BT": 8}}, "bwd_bt4": {"coef_token_bwd": {"BT": 4}},
+    "bwd_bt16": {"coef_token_bwd": {"BT": 16}}, "fwd_w2": {"coef_token": {"num_warps": 2}},
+    "bwd_w2": {"coef_token_bwd": {"num_warps": 2}}, "default_again": {}}' \
+    --out "$OUT/connection_kernels_token-tiles.json" 2>&1 | grep -v -i warn | tail -60
 else
   TORCH_MHC_CACHE_KERNEL_ANALYSIS=0 TORCHINDUCTOR_CACHE_DIR=/tmp/ind-nocache \
     b 220 --compile --variants mhc-triton --out "$OUT/gpt-small_compiled_no-analysis-cache.json"
