@@ -4,7 +4,7 @@
 #  1. the token forward eager, compiled, and eager with every kernel queued behind a GPU
 #     sleep (back to back, as a compiled graph runs them): is the compiled token forward's
 #     +21 us the queueing?
-#     compiled gpt-small with the phase-split token kernels (the default since f5e5c99) and
+#     compiled gpt-small with the phase-split token kernels (the default since cbf7de3) and
 #     the cached kernel analysis (warmup_s: compile time); the token kernels' tiles and warps
 #     again with their phases split;
 #  2. the same mHC model with the analysis cache off (TORCH_MHC_CACHE_KERNEL_ANALYSIS=0:
