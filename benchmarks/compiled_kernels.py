@@ -57,14 +57,15 @@ def main():
             conn, _ = _connection(args.T, args.C, compile_mode=mode, depth=args.depth)
             for _ in range(3):
                 conn()
-        fn = conn
         if name.endswith("queued"):  # the host issues everything while the GPU sleeps
             def fn(conn=conn):
                 torch.cuda._sleep(args.sleep_cycles)
                 conn()
-        total, kernels = _gpu_kernel_time(fn, dev, top=None)
-        kernels = [(k, t) for k, t in kernels if "sleep" not in k and "spin" not in k]
-        total = sum(t for _, t in kernels)
+            total, kernels = _gpu_kernel_time(fn, dev, top=None)
+            kernels = [(k, t) for k, t in kernels if "spin" not in k and "sleep" not in k]
+            total = sum(t for _, t in kernels)  # without the sleep itself
+        else:
+            total, kernels = _gpu_kernel_time(conn, dev, top=None)
         res["modes"][name] = {"gpu_us": total / args.depth,
                               "kernels_us": [(k, round(t / args.depth, 1)) for k, t in kernels]}
         print(f"{name}: {total / args.depth:.1f} us per connection")
