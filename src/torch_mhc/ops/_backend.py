@@ -24,10 +24,16 @@ TRITON_TESTED = ((3, 4), (3, 10))
 TRITON_RANGE = ">={}.{},<{}.{}".format(*TRITON_TESTED[0], *TRITON_TESTED[1])
 
 
+def env_flag(name: str, default: bool) -> bool:
+    """An on/off environment switch: unset gives ``default``; ``""`` and ``"0"`` are off,
+    anything else on."""
+    return os.environ.get(name, "1" if default else "0") not in ("", "0")
+
+
 def triton_version_ok(version: str) -> bool:
     """True for a Triton version in :data:`TRITON_TESTED`, or any with
     ``TORCH_MHC_UNTESTED_TRITON=1``."""
-    if os.environ.get("TORCH_MHC_UNTESTED_TRITON", "0") not in ("", "0"):
+    if env_flag("TORCH_MHC_UNTESTED_TRITON", False):
         return True
     m = re.match(r"(\d+)\.(\d+)", version)
     return bool(m) and TRITON_TESTED[0] <= (int(m[1]), int(m[2])) < TRITON_TESTED[1]
@@ -59,7 +65,7 @@ def triton_available() -> bool:
 
 def interpret_mode() -> bool:
     """True when Triton runs its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")  # (hot: no extra call)
 
 
 def check_backend(backend: str) -> str:

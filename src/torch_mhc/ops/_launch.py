@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from ._backend import interpret_mode
+from ._backend import env_flag, interpret_mode
 from ._library import inlining
 
 
@@ -234,7 +234,7 @@ def _decorate(fn, interpret: bool):
 
 
 #: Launch cached compiled kernels directly (``TORCH_MHC_FAST_LAUNCH=0`` turns it off).
-FAST_LAUNCH = os.environ.get("TORCH_MHC_FAST_LAUNCH", "1") not in ("", "0")
+FAST_LAUNCH = env_flag("TORCH_MHC_FAST_LAUNCH", True)
 
 
 @contextlib.contextmanager

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import threading
 from typing import Callable, Optional
 
 import torch
+
+from ._backend import env_flag
 
 __all__ = ["FusedOp", "tracing"]
 
@@ -96,7 +97,7 @@ def inlining() -> bool:
 
 #: Let Inductor launch the fused kernels itself (``TORCH_MHC_INLINE_KERNELS=0``: keep the
 #: ops opaque, each call then runs the Python launchers).
-INLINE_KERNELS = os.environ.get("TORCH_MHC_INLINE_KERNELS", "1") not in ("", "0")
+INLINE_KERNELS = env_flag("TORCH_MHC_INLINE_KERNELS", True)
 
 
 def _inline_under_compile(op, impl: Callable) -> None:
@@ -128,7 +129,7 @@ def _inline_under_compile(op, impl: Callable) -> None:
 
 #: Memoise PyTorch's read/write analysis of the fused kernels' launches
 #: (``TORCH_MHC_CACHE_KERNEL_ANALYSIS=0``: analyse every launch site, as PyTorch does).
-CACHE_KERNEL_ANALYSIS = os.environ.get("TORCH_MHC_CACHE_KERNEL_ANALYSIS", "1") not in ("", "0")
+CACHE_KERNEL_ANALYSIS = env_flag("TORCH_MHC_CACHE_KERNEL_ANALYSIS", True)
 _ANALYSES: dict = {}
 
 
