@@ -19,9 +19,9 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 b() { timeout "$1" python -m torch_mhc.bench --steps 15 --suite gpt-small "${@:2}" 2>&1 \
   | grep -v -i warn | tail -3; }
 if [ "$PART" = 1 ]; then
+  b 240 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
   timeout 100 python benchmarks/compiled_kernels.py --depth 4 --queued \
     --out "$OUT/compiled_kernels_queued.json" 2>&1 | grep -v -i warn | tail -40
-  b 240 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
   # the token kernels' tiles again, now that their phases are split (one process)
   timeout 100 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 30 \
     --variants '{"fwd_bt8": {"coef_token": {"BT": 8}}, "bwd_bt4": {"coef_token_bwd": {"BT": 4}},
