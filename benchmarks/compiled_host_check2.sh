@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The GPU check after compiled_host_check.sh (H100; about 12 minutes, so two calls of 10:
-# `PART=1` and `PART=2`):
-#  1. the token forward eager, compiled, and eager with every kernel queued behind a GPU
-#     sleep (back to back, as a compiled graph runs them): is the compiled token forward's
-#     +21 us the queueing?
-#     compiled gpt-small with the phase-split token kernels (the default since cbf7de3) and
-#     the cached kernel analysis (warmup_s: compile time); the token kernels' tiles and warps
-#     again with their phases split;
+# The GPU check after compiled_host_check.sh (H100; about 20 minutes, so three calls of at
+# most 10: `PART=1`, `PART=2`, `PART=3`):
+#  1. compiled gpt-small with the phase-split token kernels (the default since cbf7de3) and
+#     the cached kernel analysis (warmup_s: compile time); the token forward eager, compiled,
+#     compiled with the ops opaque (fresh compiles: the earlier opaque run was a cache hit of
+#     the inlined build) and eager with every kernel queued behind a GPU sleep (back to back,
+#     as a compiled graph runs them), with each run's kernel builds dumped (warps, stages,
+#     registers, TTGIR, PTX): is the compiled token forward's +21 us its build or the queue?
 #  2. the same mHC model with the analysis cache off (TORCH_MHC_CACHE_KERNEL_ANALYSIS=0:
 #     compile time without it), then with Inductor's static launcher for user-defined Triton
-#     kernels; where an eager connection's host time goes (cProfile at gpt-small's shape).
+#     kernels; where an eager connection's host time goes (cProfile at gpt-small's shape);
+#  3. the token kernels' tiles and warps again with their phases split; the CUDA tests of the
+#     ops and of compiled models (the static-launch numerics test among them).
 # Writes under $OUT.
 #   OUT=dir PART=1 bash benchmarks/compiled_host_check2.sh
 set -u
@@ -20,15 +22,10 @@ b() { timeout "$1" python -m torch_mhc.bench --steps 15 --suite gpt-small "${@:2
   | grep -v -i warn | tail -3; }
 if [ "$PART" = 1 ]; then
   b 240 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
-  timeout 100 python benchmarks/compiled_kernels.py --depth 4 --queued \
-    --out "$OUT/compiled_kernels_queued.json" 2>&1 | grep -v -i warn | tail -40
-  # the token kernels' tiles again, now that their phases are split (one process)
-  timeout 100 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 30 \
-    --variants '{"fwd_bt8": {"coef_token": {"BT": 8}}, "bwd_bt4": {"coef_token_bwd": {"BT": 4}},
-    "bwd_bt16": {"coef_token_bwd": {"BT": 16}}, "fwd_w2": {"coef_token": {"num_warps": 2}},
-    "bwd_w2": {"coef_token_bwd": {"num_warps": 2}}, "default_again": {}}' \
-    --out "$OUT/connection_kernels_token-tiles.json" 2>&1 | grep -v -i warn | tail -60
-else
+  TRITON_CACHE_DIR=/tmp/tcache timeout 170 python benchmarks/compiled_kernels.py --depth 4 \
+    --queued --opaque --dump "$OUT/builds" --out "$OUT/compiled_kernels_queued.json" 2>&1 \
+    | grep -v -i warn | tail -60
+elif [ "$PART" = 2 ]; then
   TORCH_MHC_CACHE_KERNEL_ANALYSIS=0 TORCHINDUCTOR_CACHE_DIR=/tmp/ind-nocache \
     b 220 --compile --variants mhc-triton --out "$OUT/gpt-small_compiled_no-analysis-cache.json"
   TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS=1 \
@@ -36,4 +33,12 @@ else
   echo "== eager host profile T=8192 C=1024"
   timeout 50 python benchmarks/profile_compiled_host.py --mode eager --depth 4 --reps 20 \
     --top 25 2>&1 | grep -v -i warn | head -45 | tee "$OUT/eager_host.txt"
+else
+  # the token kernels' tiles again, now that their phases are split (one process)
+  timeout 100 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 30 \
+    --variants '{"fwd_bt8": {"coef_token": {"BT": 8}}, "bwd_bt4": {"coef_token_bwd": {"BT": 4}},
+    "bwd_bt16": {"coef_token_bwd": {"BT": 16}}, "fwd_w2": {"coef_token": {"num_warps": 2}},
+    "bwd_w2": {"coef_token_bwd": {"num_warps": 2}}, "default_again": {}}' \
+    --out "$OUT/connection_kernels_token-tiles.json" 2>&1 | grep -v -i warn | tail -60
+  timeout 300 python -m pytest -q -x tests/models/test_compile.py tests/ops 2>&1 | tail -15
 fi

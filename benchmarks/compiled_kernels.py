@@ -7,7 +7,11 @@ with those ``torch._inductor.config`` settings (e.g. ``reorder_for_peak_memory=0
 graph calls the ops, whose own launchers start the kernels); ``--queued`` an eager run whose
 kernels are all queued behind a GPU sleep first, so that they run back to back as a
 compiled graph's do (eager mode is otherwise host-bound at this width, its kernels
-separated by idle gaps). Writes JSON.
+separated by idle gaps). Every compiled run compiles afresh (no AOTAutograd or FX graph
+cache: those key on the traced graph, not on ``_library.INLINE_KERNELS``, so an opaque run
+would otherwise reuse the inlined build). ``--dump DIR`` writes, per run, how each fused
+kernel was built (warps, stages, registers, spills, shared memory) and its TTGIR and PTX,
+to compare a compiled graph's build of a kernel with the eager one. Writes JSON.
 
     PYTHONPATH=src python benchmarks/compiled_kernels.py --T 8192 --C 1024 --out k.json
 """
@@ -36,6 +40,8 @@ def main():
                     help="add an eager run with every kernel queued before the GPU starts")
     ap.add_argument("--sleep-cycles", type=int, default=20_000_000,
                     help="GPU sleep before a queued run (default %(default)s, ~10 ms)")
+    ap.add_argument("--dump", default=None, metavar="DIR",
+                    help="write each run's kernel builds (metadata, TTGIR, PTX) under DIR")
     ap.add_argument("--out", default="compiled_kernels.json")
     args = ap.parse_args()
     options = {k: int(v) if v.lstrip("-").isdigit() else v
@@ -53,7 +59,9 @@ def main():
     for name, mode, opts in runs:
         torch._dynamo.reset()
         _library.INLINE_KERNELS = not name.endswith("opaque")
-        with torch._inductor.config.patch(opts):
+        fresh = {} if mode is None else {"fx_graph_cache": False}
+        with torch._inductor.config.patch({**fresh, **opts}), \
+                torch._functorch.config.patch(enable_autograd_cache=False):
             conn, _ = _connection(args.T, args.C, compile_mode=mode, depth=args.depth)
             for _ in range(3):
                 conn()
@@ -68,6 +76,9 @@ def main():
             total, kernels = _gpu_kernel_time(conn, dev, top=None)
         res["modes"][name] = {"gpu_us": total / args.depth,
                               "kernels_us": [(k, round(t / args.depth, 1)) for k, t in kernels]}
+        if args.dump:
+            res["modes"][name]["builds"] = kernel_builds(
+                args.dump, name, compiled=mode is not None and not name.endswith("opaque"))
         print(f"{name}: {total / args.depth:.1f} us per connection")
         for k, t in kernels[:12]:
             print(f"    {t / args.depth:7.1f}  {k}")
@@ -75,6 +86,64 @@ def main():
         torch.cuda.empty_cache()
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
+
+
+_FUSED = ("_coef_token_kernel", "_coef_token_bwd_kernel", "_coef_gemm_kernel",
+          "_coef_dx4_kernel", "_post_res_fwd_kernel", "_post_res_bwd_kernel")
+
+
+def _eager_binaries():
+    """``(name, CompiledKernel)`` for every build of the fused kernels' JIT functions."""
+    import importlib
+    coefficients = importlib.import_module("torch_mhc.ops.coefficients")
+    post_res = importlib.import_module("torch_mhc.ops.post_res")
+    lazies = [coefficients._coef_token, coefficients._coef_token_bwd, coefficients._coef_gemm,
+              coefficients._coef_dx4, post_res._post_res_fwd, post_res._post_res_bwd]
+    for lazy in lazies:
+        jit = lazy.jit(False)
+        caches = getattr(jit, "device_caches", None)
+        tables = ([c[0] for c in caches.values()] if caches
+                  else list(getattr(jit, "cache", {}).values()))
+        for table in tables:
+            for binary in table.values():
+                yield lazy.__name__, binary
+
+
+def _compiled_binaries():
+    """``(name, CompiledKernel)`` for the fused kernels launched by Inductor's wrappers."""
+    from torch._inductor.codecache import PyCodeCache
+    mods = getattr(PyCodeCache, "modules", None) or list(getattr(PyCodeCache, "cache", {}).values())
+    for mod in mods:
+        for attr in vars(mod).values():
+            launchers = getattr(attr, "launchers", None)
+            name = getattr(getattr(attr, "fn", None), "__name__", "")
+            if launchers and name in _FUSED:
+                for launcher in launchers:
+                    yield name, getattr(launcher, "bin", launcher)
+
+
+def kernel_builds(out_dir, run, compiled):
+    """Metadata of each build of the fused kernels in this run; TTGIR and PTX into out_dir."""
+    import os
+    os.makedirs(out_dir, exist_ok=True)
+    builds = []
+    source = _compiled_binaries() if compiled else _eager_binaries()
+    for i, (name, b) in enumerate(source):
+        meta = getattr(b, "metadata", None)
+        info = {"kernel": name}
+        for key in ("num_warps", "num_stages", "shared", "maxnreg"):
+            info[key] = getattr(meta, key, None)
+        info["n_regs"], info["n_spills"] = getattr(b, "n_regs", None), getattr(b, "n_spills", None)
+        builds.append(info)
+        asm = getattr(b, "asm", {}) or {}
+        for ext in ("ttgir", "ptx"):
+            if ext in asm:
+                tag = run.replace(" ", "_").replace(",", "_").replace("=", "")
+                with open(os.path.join(out_dir, f"{tag}.{name}.{i}.{ext}"), "w") as f:
+                    f.write(asm[ext] if isinstance(asm[ext], str) else asm[ext].decode())
+    for info in builds:
+        print("   build", info)
+    return builds
 
 
 if __name__ == "__main__":
