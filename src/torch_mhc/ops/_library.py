@@ -96,7 +96,10 @@ def inlining() -> bool:
 
 
 #: Let Inductor launch the fused kernels itself (``TORCH_MHC_INLINE_KERNELS=0``: keep the
-#: ops opaque, each call then runs the Python launchers).
+#: ops opaque, each call then runs the Python launchers). PyTorch's compile caches key on the
+#: traced program, not on this switch: after flipping it, compile with
+#: ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` (or a fresh ``TORCHINDUCTOR_CACHE_DIR``), else a
+#: warm cache returns the other build.
 INLINE_KERNELS = env_flag("TORCH_MHC_INLINE_KERNELS", True)
 
 
