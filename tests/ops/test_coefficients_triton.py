@@ -160,3 +160,22 @@ def test_backward_paths(dtype, n, path, tiles_per_program, monkeypatch):
     _compare(x, fn, base, scale, 0.0, 1e-6, *tol)
     _compare(x, fn, base, scale, 1e-6, 1e-6, *tol)
     assert set(launched) == {"_dx4_pass" if path == "dx4" else "_dx_pass"}
+
+
+@pytest.mark.parametrize("S,n,C,R", [(1, 4, 40, 1), (3, 4, 100, 70), (16, 2, 48, 129),
+                                     (5, 8, 24, 9)])
+def test_gradient_partial_sums(S, n, C, R):
+    """The one launch that finishes the backward's reductions sums dfn's per-token-range
+    partials (their first N of NP rows) and the token kernel's dscale / dbase partials
+    exactly as PyTorch does (float32, fixed order): several split counts, program counts
+    that are not multiples of its row tile, blocks that end mid-row."""
+    from torch_mhc.ops.coefficients.backward_x import _grad_sums
+    torch.manual_seed(S * 100 + R)
+    N = (n + 2) * n
+    NP = max(16, 1 << (N - 1).bit_length())
+    dfn_p = torch.randn(S, NP, n * C, device=DEV)
+    red = torch.randn(R, 3 + N, device=DEV)
+    dfn, gates = _grad_sums(dfn_p, red, N)
+    assert dfn.shape == (N, n * C) and gates.shape == (3 + N,)
+    torch.testing.assert_close(dfn, dfn_p[:, :N].double().sum(0).float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gates, red.double().sum(0).float(), rtol=1e-5, atol=1e-5)

@@ -210,8 +210,9 @@ def _token_plan(cfg, T, n, C, broadcast, interpret, log, has, **_):
 
 def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_eps, shape=None,
                           dh=None):
-    """Kernel 3: ``(G (T, NP), dss (T,), d_gates)`` from the gradients of the mappings,
-    ``d_gates = [dscale (3), dbase (N)]``. With ``dh`` (the gradient of the pre-mix output
+    """Kernel 3: ``(G (T, NP), dss (T,), red)`` from the gradients of the mappings, ``red
+    (programs, 3 + N)`` the per-program partial sums of ``d_gates = [dscale (3), dbase (N)]``
+    (summed with dfn's partials after the dx pass, ``backward_x._grad_sums``). With ``dh`` (the gradient of the pre-mix output
     ``h = H_pre x``, ``(..., C)`` contiguous) the gradient of ``H_pre`` also gets the
     pre-mix's share, ``<dh, x_i>``: read by this kernel (launch option ``pre_mix``) or by
     the pre-mix backward kernel first; without, ``x`` only gives the launch shape."""
@@ -237,7 +238,7 @@ def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_e
     launch(mix, scale.contiguous(), base.contiguous(), d_pre if has[0] else mix,
            d_post if has[1] else mix, d_res if has[2] else mix, x, dh if has[3] else mix, G, dss,
            red, scr, T, C, K, int(iters), float(hc_eps), s_pre, s_post, s_res)
-    return G, dss, red.sum(0)
+    return G, dss, red
 
 
 def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, hc_eps,
@@ -252,7 +253,6 @@ def coef_backward_triton(x, fn, base, scale, mix, d_pre, d_post, d_res, iters, h
     ``tuning.stream_shape(x)`` where the caller has it).
     """
     shape = shape or stream_shape(x)
-    G, dss, d_gates = token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters,
-                                            hc_eps, shape, dh)
-    dx, dfn = dx_and_dfn_triton(x, fn, G, dss, h_pre, dh, h_res, gout, shape)
-    return dx, dfn, d_gates
+    G, dss, red = token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters,
+                                        hc_eps, shape, dh)
+    return dx_and_dfn_triton(x, fn, G, dss, red, h_pre, dh, h_res, gout, shape)

@@ -254,17 +254,21 @@ _coef_bwd_x = LazyJit(_coef_bwd_x_kernel, helpers=(_split_hi_lo,))
 _coef_dfn = LazyJit(_coef_dfn_kernel, helpers=(_split_hi_lo, _slice))
 
 
-def dx_and_dfn_triton(x, fn, G, dss, h_pre=None, dh=None, h_res=None, gout=None, shape=None):
-    """``(dx, dfn)`` from ``G = d mix (T, NP)`` and ``dss = d(sum x^2) (T,)``; with ``h_pre,
-    dh`` and ``h_res, gout`` given, ``dx`` also holds ``H_pre_i dh + sum_j H_res[j, i] gout_j``.
-    ``dx`` has ``x``'s shape; ``shape`` is ``tuning.stream_shape(x)`` where the caller has it."""
+def dx_and_dfn_triton(x, fn, G, dss, red, h_pre=None, dh=None, h_res=None, gout=None,
+                      shape=None):
+    """``(dx, dfn, d_gates)`` from ``G = d mix (T, NP)``, ``dss = d(sum x^2) (T,)`` and the
+    token kernel's partial ``d_gates`` sums ``red``; with ``h_pre, dh`` and ``h_res, gout``
+    given, ``dx`` also holds ``H_pre_i dh + sum_j H_res[j, i] gout_j``. ``dx`` has ``x``'s
+    shape; ``shape`` is ``tuning.stream_shape(x)`` where the caller has it."""
+    N = (x.shape[-2] + 2) * x.shape[-2]
     if x.dtype == torch.bfloat16 and x.shape[-2] <= 4:
-        return _dx4_pass(x, fn, G, dss, h_pre, dh, h_res, gout, shape or stream_shape(x))
-    # the general kernels read contiguous (T, n, C) streams only
-    lead, x = x.shape, x.reshape(-1, *x.shape[-2:]).contiguous()
-    gout = None if gout is None else gout.reshape(x.shape).contiguous()
-    dx = _dx_pass(x, fn, G, dss, h_pre, dh, h_res, gout)
-    return dx.view(lead), _dfn_pass(x, G)
+        dx, dfn_p = _dx4_pass(x, fn, G, dss, h_pre, dh, h_res, gout, shape or stream_shape(x))
+    else:  # the general kernels read contiguous (T, n, C) streams only
+        lead, x = x.shape, x.reshape(-1, *x.shape[-2:]).contiguous()
+        gout = None if gout is None else gout.reshape(x.shape).contiguous()
+        dx = _dx_pass(x, fn, G, dss, h_pre, dh, h_res, gout).view(lead)
+        dfn_p = _dfn_pass(x, G)
+    return (dx, *_grad_sums(dfn_p, red, N))
 
 
 def _extras(G, h_pre, dh, h_res, gout):
@@ -289,11 +293,54 @@ def _dx_tiles(cfg, C):
     return cfg["BT"], min(cfg["BC"], next_pow2(C))
 
 
-def _sum_partials(dfn_p, N):
-    """dfn from the per-token-range partials ``(tsplit, NP, K)``: an outer reduction, with no
-    branch on ``tsplit`` and no view across it (either would guard a compiled graph's
-    dynamic token count)."""
-    return dfn_p[:, :N].sum(0)
+def _grad_sums_kernel(part_ptr, red_ptr, dfn_ptr, gates_ptr, S, NK, part_stride, R,
+                      G: tl.constexpr, GB: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr):
+    # The backward's two small reductions in one launch (each was a PyTorch reduction of its
+    # own): dfn[:] = sum_s part[s, :N, :] (the first N K values of each partial, flattened,
+    # BC of them per program) in programs 0 .. cdiv(NK, BC) - 1, and in the last program
+    # gates[:] = sum_r red[r, :G] (the token kernel's per-program dscale / dbase partials,
+    # BT rows at a time). Fixed summation orders: the results do not depend on scheduling.
+    pid = tl.program_id(0)
+    if pid < tl.cdiv(NK, BC):
+        offs = pid * BC + tl.arange(0, BC)
+        m = offs < NK
+        acc = tl.zeros([BC], dtype=tl.float32)
+        ptrs = part_ptr + offs
+        for _ in range(S):  # pointers advance in 64 bits
+            acc += tl.load(ptrs, mask=m, other=0.0)
+            ptrs += part_stride
+        tl.store(dfn_ptr + offs, acc, mask=m)
+    else:
+        cols = tl.arange(0, GB)
+        rr = tl.arange(0, BT)
+        acc2 = tl.zeros([BT, GB], dtype=tl.float32)
+        for r0 in range(0, R, BT):
+            rows = r0 + rr
+            acc2 += tl.load(red_ptr + rows[:, None] * G + cols[None, :],
+                            mask=(rows < R)[:, None] & (cols < G)[None, :], other=0.0)
+        tl.store(gates_ptr + cols, tl.sum(acc2, axis=0), mask=cols < G)
+
+
+_grad_sums_lazy = LazyJit(_grad_sums_kernel)
+
+
+def _sums_plan(cfg, NK, G, interpret, **_):
+    BC = 128 if interpret else cfg["BC"]
+    return Launch(_grad_sums_lazy, (triton_cdiv(NK, BC) + 1,), interpret, G=G,
+                  GB=next_pow2(G), BC=BC, BT=cfg["BT"], num_warps=cfg["num_warps"])
+
+
+def _grad_sums(dfn_p, red, N):
+    """``(dfn (N, K), d_gates)`` from the dx pass's dfn partials ``(tsplit, NP, K)`` and the
+    token kernel's ``red (programs, 3 + N)``: one launch, no branch on ``tsplit`` or on the
+    program count (either would guard a compiled graph's dynamic token count)."""
+    S, NP, K = dfn_p.shape
+    R, G = red.shape
+    launch = launch_plan("grad_sums", _sums_plan, NK=N * K, G=G, interpret=interpret_mode())
+    dfn = torch.empty(N, K, device=dfn_p.device, dtype=torch.float32)
+    gates = torch.empty(G, device=red.device, dtype=torch.float32)
+    launch(dfn_p, red, dfn, gates, S, N * K, NP * K, R)
+    return dfn, gates
 
 
 def _dx4_plan(cfg, T, n, C, dtype, broadcast, interpret, flags, **_):
@@ -319,7 +366,7 @@ def _dx4_pass(x, fn, G, dss, h_pre, dh, h_res, gout, shape):
     # interleaved token tiles: ``tsplit`` programs per channel slice, each every tsplit-th
     launch(x, fn.contiguous(), G, dss, dx, dfn_p, *_extras(G, h_pre, dh, h_res, gout), T, C, K,
            tiles, tsplit)
-    return dx, _sum_partials(dfn_p, N)
+    return dx, dfn_p
 
 
 def _dx_pass(x, fn, G, dss, h_pre, dh, h_res, gout):
@@ -352,4 +399,4 @@ def _dfn_pass(x, G):
     _coef_dfn[(k_tiles, tsplit)](x, G, dfn_p, T, K, t_per_split, N=N, NP=NP, BT=BT, BK=BK,
                                  PREC=dot_mode(x.dtype), num_warps=cfg["num_warps"],
                                  num_stages=cfg["num_stages"])
-    return _sum_partials(dfn_p, N)
+    return dfn_p
