@@ -6,7 +6,9 @@
 #     compiled with the ops opaque (fresh compiles: the earlier opaque run was a cache hit of
 #     the inlined build) and eager with every kernel queued behind a GPU sleep (back to back,
 #     as a compiled graph runs them), with each run's kernel builds dumped (warps, stages,
-#     registers, TTGIR, PTX): is the compiled token forward's +21 us its build or the queue?
+#     registers, TTGIR, PTX), and compiled with assert_indirect_indexing off (Inductor then
+#     builds the user kernels without Triton's debug option, as eager Triton does): is the
+#     compiled token forward's +21 us its build or the queue?
 #  2. the same mHC model with the analysis cache off (TORCH_MHC_CACHE_KERNEL_ANALYSIS=0:
 #     compile time without it), then with Inductor's static launcher for user-defined Triton
 #     kernels; where an eager connection's host time goes (cProfile at gpt-small's shape);
@@ -21,9 +23,9 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 b() { timeout "$1" python -m torch_mhc.bench --steps 15 --suite gpt-small "${@:2}" 2>&1 \
   | grep -v -i warn | tail -3; }
 if [ "$PART" = 1 ]; then
-  b 240 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
-  TRITON_CACHE_DIR=/tmp/tcache timeout 170 python benchmarks/compiled_kernels.py --depth 4 \
-    --queued --opaque --dump "$OUT/builds" --out "$OUT/compiled_kernels_queued.json" 2>&1 \
+  b 220 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
+  TRITON_CACHE_DIR=/tmp/tcache timeout 300 python benchmarks/compiled_kernels.py --depth 4 \
+    --queued --opaque --inductor assert_indirect_indexing=0 --dump "$OUT/builds" --out "$OUT/compiled_kernels_queued.json" 2>&1 \
     | grep -v -i warn | tail -60
 elif [ "$PART" = 2 ]; then
   TORCH_MHC_CACHE_KERNEL_ANALYSIS=0 TORCHINDUCTOR_CACHE_DIR=/tmp/ind-nocache \
