@@ -141,6 +141,16 @@ def kernel_builds(out_dir, run, compiled):
                 tag = run.replace(" ", "_").replace(",", "_").replace("=", "")
                 with open(os.path.join(out_dir, f"{tag}.{name}.{i}.{ext}"), "w") as f:
                     f.write(asm[ext] if isinstance(asm[ext], str) else asm[ext].decode())
+    if compiled:  # the wrapper code: launch order, grids and argument values
+        import shutil
+        from torch._inductor.codecache import PyCodeCache
+        mods = (getattr(PyCodeCache, "modules", None)
+                or list(getattr(PyCodeCache, "cache", {}).values()))
+        for j, mod in enumerate(mods):
+            path = getattr(mod, "__file__", None)
+            if path and os.path.exists(path) and "_coef_token_kernel" in open(path).read():
+                tag = run.replace(" ", "_").replace(",", "_").replace("=", "")
+                shutil.copy(path, os.path.join(out_dir, f"{tag}.wrapper{j}.py"))
     for info in builds:
         print("   build", info)
     return builds
