@@ -110,8 +110,8 @@ LAUNCH_DEFAULTS: dict = {
                      ({}, dict(BT=1, BC_x_NB=16384, num_warps=8))],
     "post_res_bwd": dict(BT=1, BC_x_NB=4096, num_warps=4),
     # the backward's partial sums (dfn over token ranges, dscale / dbase over programs): BC
-    # dfn values per program, BT partial rows a step in the one program that sums the gates
-    "grad_sums": dict(BT=64, BC=1024, num_warps=4),
+    # dfn values per program, BT of its partials a step
+    "grad_sums": dict(BT=16, BC=256, num_warps=4),
     # the model's boundaries: one token per program row, a channel slice of every stream
     "broadcast_streams": dict(BC=1024, num_warps=4),
     "sum_streams": dict(BC=1024, num_warps=4),

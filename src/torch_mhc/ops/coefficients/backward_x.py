@@ -294,40 +294,41 @@ def _dx_tiles(cfg, C):
 
 
 def _grad_sums_kernel(part_ptr, red_ptr, dfn_ptr, gates_ptr, S, NK, part_stride, R,
-                      G: tl.constexpr, GB: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr):
+                      G: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr):
     # The backward's two small reductions in one launch (each was a PyTorch reduction of its
-    # own): dfn[:] = sum_s part[s, :N, :] (the first N K values of each partial, flattened,
-    # BC of them per program) in programs 0 .. cdiv(NK, BC) - 1, and in the last program
-    # gates[:] = sum_r red[r, :G] (the token kernel's per-program dscale / dbase partials,
-    # BT rows at a time). Fixed summation orders: the results do not depend on scheduling.
+    # own), every load of a program issued at once (no chain of dependent loads):
+    # * programs 0 .. cdiv(NK, BC) - 1: dfn[j] = sum_s part[s, j] over the first N K values
+    #   of each partial (flattened), BT partials a step;
+    # * the last G programs, one column c each: gates[c] = sum_r red[r, c] over the token
+    #   kernel's per-program dscale / dbase partials, BR rows a step.
+    # Fixed summation orders: the results do not depend on scheduling.
     pid = tl.program_id(0)
-    if pid < tl.cdiv(NK, BC):
+    nb = tl.cdiv(NK, BC)
+    if pid < nb:
         offs = pid * BC + tl.arange(0, BC)
-        m = offs < NK
-        acc = tl.zeros([BC], dtype=tl.float32)
-        ptrs = part_ptr + offs
-        for _ in range(S):  # pointers advance in 64 bits
-            acc += tl.load(ptrs, mask=m, other=0.0)
-            ptrs += part_stride
-        tl.store(dfn_ptr + offs, acc, mask=m)
+        ss = tl.arange(0, BT)
+        acc = tl.zeros([BT, BC], dtype=tl.float32)
+        for s0 in range(0, S, BT):
+            rows = (s0 + ss).to(tl.int64)
+            acc += tl.load(part_ptr + rows[:, None] * part_stride + offs[None, :],
+                           mask=(rows < S)[:, None] & (offs < NK)[None, :], other=0.0)
+        tl.store(dfn_ptr + offs, tl.sum(acc, axis=0), mask=offs < NK)
     else:
-        cols = tl.arange(0, GB)
-        rr = tl.arange(0, BT)
-        acc2 = tl.zeros([BT, GB], dtype=tl.float32)
-        for r0 in range(0, R, BT):
+        rr = tl.arange(0, BR)
+        acc2 = tl.zeros([BR], dtype=tl.float32)
+        for r0 in range(0, R, BR):
             rows = r0 + rr
-            acc2 += tl.load(red_ptr + rows[:, None] * G + cols[None, :],
-                            mask=(rows < R)[:, None] & (cols < G)[None, :], other=0.0)
-        tl.store(gates_ptr + cols, tl.sum(acc2, axis=0), mask=cols < G)
+            acc2 += tl.load(red_ptr + rows * G + (pid - nb), mask=rows < R, other=0.0)
+        tl.store(gates_ptr + (pid - nb), tl.sum(acc2, axis=0))
 
 
 _grad_sums_lazy = LazyJit(_grad_sums_kernel)
 
 
 def _sums_plan(cfg, NK, G, interpret, **_):
-    BC = 128 if interpret else cfg["BC"]
-    return Launch(_grad_sums_lazy, (triton_cdiv(NK, BC) + 1,), interpret, G=G,
-                  GB=next_pow2(G), BC=BC, BT=cfg["BT"], num_warps=cfg["num_warps"])
+    BC, BR = (128, 64) if interpret else (cfg["BC"], 1024)
+    return Launch(_grad_sums_lazy, (triton_cdiv(NK, BC) + G,), interpret, G=G, BC=BC,
+                  BT=cfg["BT"], BR=BR, num_warps=cfg["num_warps"])
 
 
 def _grad_sums(dfn_p, red, N):
