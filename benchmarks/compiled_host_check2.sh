@@ -27,6 +27,8 @@ if [ "$PART" = 1 ]; then
   TRITON_CACHE_DIR=/tmp/tcache timeout 300 python benchmarks/compiled_kernels.py --depth 4 \
     --queued --opaque --inductor assert_indirect_indexing=0 --dump "$OUT/builds" --out "$OUT/compiled_kernels_queued.json" 2>&1 \
     | grep -v -i warn | tail -60
+  timeout 50 python -m pytest -q -x -p no:cacheprovider tests/ops/test_coefficients_triton.py \
+    -k "partial_sums or bf16_streams" 2>&1 | tail -3
 elif [ "$PART" = 2 ]; then
   TORCH_MHC_CACHE_KERNEL_ANALYSIS=0 TORCHINDUCTOR_CACHE_DIR=/tmp/ind-nocache \
     b 220 --compile --variants mhc-triton --out "$OUT/gpt-small_compiled_no-analysis-cache.json"
