@@ -42,6 +42,7 @@ def sum_streams_reference(x: torch.Tensor, s: float = 1.0) -> torch.Tensor:
 
 
 def _broadcast_kernel(x_ptr, out_ptr, C, s, n: tl.constexpr, NB: tl.constexpr, BC: tl.constexpr):
+    s = tl.cast(s, tl.float32)  # (float64 when Inductor launches the kernel)
     t = tl.program_id(0).to(tl.int64)
     cc = tl.program_id(1) * BC + tl.arange(0, BC)
     ii = tl.arange(0, NB)
@@ -52,6 +53,7 @@ def _broadcast_kernel(x_ptr, out_ptr, C, s, n: tl.constexpr, NB: tl.constexpr, B
 
 
 def _sum_kernel(x_ptr, out_ptr, C, s, n: tl.constexpr, NB: tl.constexpr, BC: tl.constexpr):
+    s = tl.cast(s, tl.float32)  # (float64 when Inductor launches the kernel)
     t = tl.program_id(0).to(tl.int64)
     cc = tl.program_id(1) * BC + tl.arange(0, BC)
     ii = tl.arange(0, NB)

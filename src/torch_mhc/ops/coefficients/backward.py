@@ -33,6 +33,7 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
                            HAS_DRES: tl.constexpr, HAS_DH: tl.constexpr,
                            X_BROADCAST: tl.constexpr, PIPELINE_STAGES: tl.constexpr,
                            PHASE_SPLIT: tl.constexpr):
+    hc_eps = tl.cast(hc_eps, tl.float32)  # (float64 when Inductor launches the kernel)
     # token tiles descending: the dx pass that follows starts from the low tokens' x and dh,
     # which this kernel read last (still in L2, see ``_launch``)
     pid = tl.cdiv(T, BT) - 1 - tl.program_id(0)
