@@ -15,6 +15,8 @@
 #     kernels; where an eager connection's host time goes (cProfile at gpt-small's shape);
 #  3. the token kernels' tiles and warps again with their phases split; the CUDA tests of the
 #     ops and of compiled models (the static-launch numerics test among them).
+# `PART=0`: the compiled gpt-small step and per-kernel times again once the kernels turn
+# their float arguments to float32, then the step with CUDA graphs (reduce-overhead).
 # Writes under $OUT.
 #   OUT=dir PART=1 bash benchmarks/compiled_host_check2.sh
 set -u
@@ -23,7 +25,13 @@ export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACH
 nvidia-smi --query-gpu=name --format=csv,noheader
 b() { timeout "$1" python -m torch_mhc.bench --steps 15 --suite gpt-small "${@:2}" 2>&1 \
   | grep -v -i warn | tail -3; }
-if [ "$PART" = 1 ]; then
+if [ "$PART" = 0 ]; then  # after the float32 fix (commit 417a138): about 7 minutes
+  b 220 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
+  timeout 100 python benchmarks/compiled_kernels.py --depth 4 \
+    --out "$OUT/compiled_kernels.json" 2>&1 | grep -v -i warn | tail -30
+  b 110 --compile reduce-overhead --variants residual,mhc-triton \
+    --out "$OUT/gpt-small_compiled_reduce-overhead.json"
+elif [ "$PART" = 1 ]; then
   b 220 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
   TRITON_CACHE_DIR=/tmp/tcache timeout 200 python benchmarks/compiled_kernels.py --depth 4 \
     --queued --opaque --dump "$OUT/builds" --out "$OUT/compiled_kernels_queued.json" 2>&1 \
