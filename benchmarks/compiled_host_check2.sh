@@ -26,8 +26,8 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 b() { timeout "$1" python -m torch_mhc.bench --steps 15 --suite gpt-small "${@:2}" 2>&1 \
   | grep -v -i warn | tail -3; }
 if [ "$PART" = 0 ]; then  # after the float32 fix (commit 417a138): about 7 minutes
-  b 220 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
-  timeout 100 python benchmarks/compiled_kernels.py --depth 4 \
+  b 200 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
+  timeout 80 python benchmarks/compiled_kernels.py --depth 4 \
     --out "$OUT/compiled_kernels.json" 2>&1 | grep -v -i warn | tail -30
   b 110 --compile reduce-overhead --variants residual,mhc-triton \
     --out "$OUT/gpt-small_compiled_reduce-overhead.json"
