@@ -88,18 +88,18 @@ def main():
         json.dump(res, f, indent=1)
 
 
-_FUSED = ("_coef_token_kernel", "_coef_token_bwd_kernel", "_coef_gemm_kernel",
-          "_coef_dx4_kernel", "_post_res_fwd_kernel", "_post_res_bwd_kernel")
+def _fused_lazies():
+    """The fused kernels whose builds ``--dump`` records (``LazyJit`` objects)."""
+    import importlib
+    coefficients = importlib.import_module("torch_mhc.ops.coefficients")
+    post_res = importlib.import_module("torch_mhc.ops.post_res")
+    return [coefficients._coef_token, coefficients._coef_token_bwd, coefficients._coef_gemm,
+            coefficients._coef_dx4, post_res._post_res_fwd, post_res._post_res_bwd]
 
 
 def _eager_binaries():
     """``(name, CompiledKernel)`` for every build of the fused kernels' JIT functions."""
-    import importlib
-    coefficients = importlib.import_module("torch_mhc.ops.coefficients")
-    post_res = importlib.import_module("torch_mhc.ops.post_res")
-    lazies = [coefficients._coef_token, coefficients._coef_token_bwd, coefficients._coef_gemm,
-              coefficients._coef_dx4, post_res._post_res_fwd, post_res._post_res_bwd]
-    for lazy in lazies:
+    for lazy in _fused_lazies():
         jit = lazy.jit(False)
         caches = getattr(jit, "device_caches", None)
         tables = ([c[0] for c in caches.values()] if caches
@@ -109,23 +109,31 @@ def _eager_binaries():
                 yield lazy.__name__, binary
 
 
+def _inductor_modules():
+    """The wrapper modules Inductor has loaded in this process."""
+    from torch._inductor.codecache import PyCodeCache
+    return getattr(PyCodeCache, "modules", None) or list(getattr(PyCodeCache, "cache", {}).values())
+
+
 def _compiled_binaries():
     """``(name, CompiledKernel)`` for the fused kernels launched by Inductor's wrappers."""
-    from torch._inductor.codecache import PyCodeCache
-    mods = getattr(PyCodeCache, "modules", None) or list(getattr(PyCodeCache, "cache", {}).values())
-    for mod in mods:
+    fused = {lazy.__name__ for lazy in _fused_lazies()}
+    for mod in _inductor_modules():
         for attr in vars(mod).values():
             launchers = getattr(attr, "launchers", None)
             name = getattr(getattr(attr, "fn", None), "__name__", "")
-            if launchers and name in _FUSED:
+            if launchers and name in fused:
                 for launcher in launchers:
                     yield name, getattr(launcher, "bin", launcher)
 
 
 def kernel_builds(out_dir, run, compiled):
-    """Metadata of each build of the fused kernels in this run; TTGIR and PTX into out_dir."""
+    """Metadata of each build of the fused kernels in this run; TTGIR and PTX into out_dir
+    (and, for a compiled run, the wrapper code: launch order, grids, argument values)."""
     import os
+    import shutil
     os.makedirs(out_dir, exist_ok=True)
+    tag = run.replace(" ", "_").replace(",", "_").replace("=", "")
     builds = []
     source = _compiled_binaries() if compiled else _eager_binaries()
     for i, (name, b) in enumerate(source):
@@ -138,18 +146,12 @@ def kernel_builds(out_dir, run, compiled):
         asm = getattr(b, "asm", {}) or {}
         for ext in ("ttgir", "ptx"):
             if ext in asm:
-                tag = run.replace(" ", "_").replace(",", "_").replace("=", "")
                 with open(os.path.join(out_dir, f"{tag}.{name}.{i}.{ext}"), "w") as f:
                     f.write(asm[ext] if isinstance(asm[ext], str) else asm[ext].decode())
-    if compiled:  # the wrapper code: launch order, grids and argument values
-        import shutil
-        from torch._inductor.codecache import PyCodeCache
-        mods = (getattr(PyCodeCache, "modules", None)
-                or list(getattr(PyCodeCache, "cache", {}).values()))
-        for j, mod in enumerate(mods):
+    if compiled:
+        for j, mod in enumerate(_inductor_modules()):
             path = getattr(mod, "__file__", None)
             if path and os.path.exists(path) and "_coef_token_kernel" in open(path).read():
-                tag = run.replace(" ", "_").replace(",", "_").replace("=", "")
                 shutil.copy(path, os.path.join(out_dir, f"{tag}.wrapper{j}.py"))
     for info in builds:
         print("   build", info)

@@ -175,7 +175,7 @@ def test_gradient_partial_sums(S, n, C, R):
     NP = max(16, 1 << (N - 1).bit_length())
     dfn_p = torch.randn(S, NP, n * C, device=DEV)
     red = torch.randn(R, 3 + N, device=DEV)
-    dfn, gates = _grad_sums(dfn_p, red, N)
+    dfn, gates = _grad_sums(dfn_p, red)
     assert dfn.shape == (N, n * C) and gates.shape == (3 + N,)
     torch.testing.assert_close(dfn, dfn_p[:, :N].double().sum(0).float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gates, red.double().sum(0).float(), rtol=1e-5, atol=1e-5)

@@ -213,10 +213,11 @@ def token_backward_triton(x, mix, scale, base, d_pre, d_post, d_res, iters, hc_e
                           dh=None):
     """Kernel 3: ``(G (T, NP), dss (T,), red)`` from the gradients of the mappings, ``red
     (programs, 3 + N)`` the per-program partial sums of ``d_gates = [dscale (3), dbase (N)]``
-    (summed with dfn's partials after the dx pass, ``backward_x._grad_sums``). With ``dh`` (the gradient of the pre-mix output
-    ``h = H_pre x``, ``(..., C)`` contiguous) the gradient of ``H_pre`` also gets the
-    pre-mix's share, ``<dh, x_i>``: read by this kernel (launch option ``pre_mix``) or by
-    the pre-mix backward kernel first; without, ``x`` only gives the launch shape."""
+    (summed with dfn's partials after the dx pass, ``backward_x._grad_sums``). With ``dh``
+    (the gradient of the pre-mix output ``h = H_pre x``, ``(..., C)`` contiguous) the
+    gradient of ``H_pre`` also gets the pre-mix's share, ``<dh, x_i>``: read by this kernel
+    (launch option ``pre_mix``) or by the pre-mix backward kernel first; without, ``x`` only
+    gives the launch shape."""
     shape = shape or stream_shape(x)
     T, n, C = shape["T"], shape["n"], shape["C"]
     (d_pre, s_pre), (d_post, s_post), (d_res, s_res) = (

@@ -260,7 +260,6 @@ def dx_and_dfn_triton(x, fn, G, dss, red, h_pre=None, dh=None, h_res=None, gout=
     token kernel's partial ``d_gates`` sums ``red``; with ``h_pre, dh`` and ``h_res, gout``
     given, ``dx`` also holds ``H_pre_i dh + sum_j H_res[j, i] gout_j``. ``dx`` has ``x``'s
     shape; ``shape`` is ``tuning.stream_shape(x)`` where the caller has it."""
-    N = (x.shape[-2] + 2) * x.shape[-2]
     if x.dtype == torch.bfloat16 and x.shape[-2] <= 4:
         dx, dfn_p = _dx4_pass(x, fn, G, dss, h_pre, dh, h_res, gout, shape or stream_shape(x))
     else:  # the general kernels read contiguous (T, n, C) streams only
@@ -268,7 +267,7 @@ def dx_and_dfn_triton(x, fn, G, dss, red, h_pre=None, dh=None, h_res=None, gout=
         gout = None if gout is None else gout.reshape(x.shape).contiguous()
         dx = _dx_pass(x, fn, G, dss, h_pre, dh, h_res, gout).view(lead)
         dfn_p = _dfn_pass(x, G)
-    return (dx, *_grad_sums(dfn_p, red, N))
+    return (dx, *_grad_sums(dfn_p, red))
 
 
 def _extras(G, h_pre, dh, h_res, gout):
@@ -331,12 +330,13 @@ def _sums_plan(cfg, NK, G, interpret, **_):
                   BT=cfg["BT"], BR=BR, num_warps=cfg["num_warps"])
 
 
-def _grad_sums(dfn_p, red, N):
+def _grad_sums(dfn_p, red):
     """``(dfn (N, K), d_gates)`` from the dx pass's dfn partials ``(tsplit, NP, K)`` and the
     token kernel's ``red (programs, 3 + N)``: one launch, no branch on ``tsplit`` or on the
     program count (either would guard a compiled graph's dynamic token count)."""
     S, NP, K = dfn_p.shape
     R, G = red.shape
+    N = G - 3
     launch = launch_plan("grad_sums", _sums_plan, NK=N * K, G=G, interpret=interpret_mode())
     dfn = torch.empty(N, K, device=dfn_p.device, dtype=torch.float32)
     gates = torch.empty(G, device=red.device, dtype=torch.float32)
@@ -358,7 +358,7 @@ def _dx4_plan(cfg, T, n, C, dtype, broadcast, interpret, flags, **_):
 
 def _dx4_pass(x, fn, G, dss, h_pre, dh, h_res, gout, shape):
     T, n, C = shape["T"], shape["n"], shape["C"]
-    K, N, NP = n * C, (n + 2) * n, G.shape[1]
+    K, NP = n * C, G.shape[1]
     tsplit, tiles, launch = launch_plan(
         "coef_dx4", _dx4_plan, flags=(dh is not None, gout is not None, is_broadcast(gout)),
         **shape)
