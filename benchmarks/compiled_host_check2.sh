@@ -17,6 +17,10 @@
 #     ops and of compiled models (the static-launch numerics test among them).
 # `PART=0`: the compiled gpt-small step and per-kernel times again once the kernels turn
 # their float arguments to float32, then the step with CUDA graphs (reduce-overhead).
+# `PART=4`: launch variants of the projection GEMM and the dx pass at gpt-small's shape (one
+# process), then compiled gpt-small and compiled layer against compiled residual.
+# `PART=5`: the CUDA tests of the ops and compiled models, then compiled gpt-small with CUDA
+# graphs (reduce-overhead, mHC compiles for about two minutes).
 # Writes under $OUT.
 #   OUT=dir PART=1 bash benchmarks/compiled_host_check2.sh
 set -u
@@ -30,6 +34,23 @@ if [ "$PART" = 0 ]; then  # after the float32 fix (commit 417a138): about 7 minu
   timeout 80 python benchmarks/compiled_kernels.py --depth 4 \
     --out "$OUT/compiled_kernels.json" 2>&1 | grep -v -i warn | tail -30
   b 110 --compile reduce-overhead --variants residual,mhc-triton \
+    --out "$OUT/gpt-small_compiled_reduce-overhead.json"
+elif [ "$PART" = 4 ]; then  # about 8 minutes
+  timeout 150 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 30 \
+    --variants '{"g_bt128_bk64_w8": {"coef_gemm": {"BT": 128, "BK": 64, "num_warps": 8}},
+    "g_waves4": {"coef_gemm": {"waves": 4}}, "g_waves1": {"coef_gemm": {"waves": 1}},
+    "g_bk64_s4": {"coef_gemm": {"BK": 64, "num_stages": 4}},
+    "d_bc32": {"coef_dx4": {"BC": 32}}, "d_bt16": {"coef_dx4": {"BT": 16}},
+    "d_bt16_t32": {"coef_dx4": {"BT": 16, "tiles_per_program": 32}},
+    "d_w8": {"coef_dx4": {"num_warps": 8}}, "default_again": {}}' \
+    --out "$OUT/connection_kernels_gemm-dx4.json" 2>&1 | grep -v -i warn | tail -40
+  b 210 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
+  timeout 170 python -m torch_mhc.bench --steps 10 --suite layer --compile \
+    --variants residual,mhc-triton --out "$OUT/layer_compiled.json" 2>&1 | grep -v -i warn | tail -3
+elif [ "$PART" = 5 ]; then  # about 9 minutes
+  timeout 280 python -m pytest -q -x -p no:warnings tests/models/test_compile.py tests/ops \
+    2>&1 | tail -8 | tee "$OUT/cuda_tests.log"
+  b 280 --compile reduce-overhead --variants residual,mhc-triton \
     --out "$OUT/gpt-small_compiled_reduce-overhead.json"
 elif [ "$PART" = 1 ]; then
   b 220 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
