@@ -217,10 +217,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg, _ = resolve_config(overrides, config_file)
     trainer = Trainer(cfg, resume=resume, overwrite=args.overwrite)
+    finished = False
     try:
         summary = trainer.fit()
+        finished = True
     finally:
-        shutdown(trainer.rt.dist)
+        shutdown(trainer.rt.dist, finished)
     if not trainer.rt.is_main:
         return EXIT_OK
     out = cfg.out or cfg.default_out()

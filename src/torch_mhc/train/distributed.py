@@ -162,7 +162,12 @@ def load_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, mo
         set_optimizer_state_dict(model, optimizer, optim_sd, options=opts)
 
 
-def shutdown(env: DistEnv) -> None:
-    """Destroy the process group if this module started one."""
+def shutdown(env: DistEnv, finished: bool = True) -> None:
+    """Destroy the process group of a distributed run. After a run that ``finished`` on this
+    rank, wait for every rank first: a rank that tears gloo down while a peer still talks to
+    it can make the peer abort at exit. After an error, destroy it at once (a barrier could
+    wait on a rank that is gone)."""
     if env.distributed and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
