@@ -42,13 +42,18 @@ def test_bench_writes_json(tmp_path, capsys):
 
 
 def test_bench_compiled(tmp_path):
-    """``--compile``: the variants' models run through torch.compile; the JSON says so."""
+    """``--compile``: the variants' models run through torch.compile; the JSON says so, and
+    says where the warm-up's compile time went."""
     import json
     out = tmp_path / "c.json"
-    assert main([*FAST, "--compile", "--out", str(out)]) == 0
+    assert main([*FAST, "--compile", "--warmup", "1", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["compiled"] is True and res["config"]["compile"] == "default"
-    assert res["variants"]["residual"]["median_ms"] > 0
+    v = res["variants"]["residual"]
+    assert v["median_ms"] > 0
+    phases = v["compile_phases_s"]
+    assert 0 < len(phases) <= 10 and all(s > 0 for s in phases.values())
+    assert max(phases.values()) <= v["warmup_s"]
 
 
 def test_bench_interleaved_rounds(tmp_path):

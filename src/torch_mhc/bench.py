@@ -201,6 +201,24 @@ def make_optimizer(model: nn.Module, kind: str, device, capturable: bool = False
                              capturable=capturable, **flag)
 
 
+def _compile_metrics() -> Dict[str, float]:
+    """Seconds spent so far in each of torch.compile's timed phases (Dynamo's own table)."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:
+        return {}
+    return {k: sum(v) for k, v in compilation_time_metrics.items()}
+
+
+def _compile_phases(before: Dict[str, float], after: Dict[str, float], top: int = 10) -> Dict:
+    """The ``top`` phases that took longest between two :func:`_compile_metrics` snapshots
+    (nested: Dynamo's whole compile, then AOTAutograd, Inductor's lowering, code generation,
+    the kernels' builds), seconds."""
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    ranked = sorted((kv for kv in delta.items() if kv[1] > 0.01), key=lambda kv: -kv[1])
+    return {k: round(v, 2) for k, v in ranked[:top]}
+
+
 class _Trainee:
     """One benchmarked model: built, its optimizer, its batches, and ``step(i)``; warmed up
     by :meth:`warm` (which also records the peak memory of its steps)."""
@@ -241,6 +259,7 @@ class _Trainee:
         peak-memory counter restarts after them (before them with a graph, so that the
         peak includes the graph's pool)."""
         t0 = time.perf_counter()
+        before = _compile_metrics()
         cuda = self.device.type == "cuda"
         if self.graphed:  # the peak then includes the graph's own pool
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -251,6 +270,7 @@ class _Trainee:
             self.loss = self.step(i)
         _sync(self.device)
         self.warm_s = time.perf_counter() - t0
+        self.compile_phases = _compile_phases(before, _compile_metrics())
         if cuda and not self.graphed:
             torch.cuda.reset_peak_memory_stats(self.device)
 
@@ -279,6 +299,7 @@ class _Trainee:
         return {"median_ms": statistics.median(times), "min_ms": min(times), "times_ms": times,
                 "peak_mem_gib": peak, "loss": float(self.loss.detach()),
                 "warmup_s": self.warm_s,
+                **({"compile_phases_s": self.compile_phases} if self.compile_phases else {}),
                 "params_m": sum(p.numel() for p in self.model.parameters()) / 1e6}
 
     def free(self) -> None:
