@@ -54,6 +54,8 @@ def main(argv=None):
             tiles["PIPELINE_STAGES"] = c.get("pipeline_stages", 1)
         if key.startswith("coef_token"):  # odd programs: Sinkhorn first (``phase_split``)
             tiles["PHASE_SPLIT"] = bool(c.get("phase_split", False))
+        if key == "post_res_bwd":
+            tiles["LOADS_FIRST"] = c.get("loads_first", True)
         return {**tiles, **const}, c["num_warps"], c.get("num_stages")  # None: Triton's default
 
     token_sig = dict(part_ptr=f32, scale_ptr=f32, base_ptr=f32, mix_ptr=f32, hpre_ptr=f32,
@@ -122,7 +124,7 @@ def main(argv=None):
          *launch("post_res_fwd", n=n, NB=NB, X_BROADCAST=True)),
         ("post_res_bwd", po._post_res_bwd, post_bwd_sig,
          *launch("post_res_bwd", n=n, NB=NB, WRITE_DX=False, X_BROADCAST=False,
-                 G_BROADCAST=True)),
+                 G_BROADCAST=False)),
         ("post_res_bwd(dx)", po._post_res_bwd, post_bwd_sig,
          *launch("post_res_bwd", n=n, NB=NB, WRITE_DX=True, X_BROADCAST=True,
                  G_BROADCAST=False)),

@@ -64,12 +64,16 @@ def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
 def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_ptr, part_ptr,
                          T, C, n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
                          BC: tl.constexpr, WRITE_DX: tl.constexpr,
-                         X_BROADCAST: tl.constexpr, G_BROADCAST: tl.constexpr):
+                         X_BROADCAST: tl.constexpr, G_BROADCAST: tl.constexpr,
+                         LOADS_FIRST: tl.constexpr):
     # One (token tile, channel tile) per program, no loop over C (like the forward): dy for
     # the tile, and this channel slice's partial dot products
     #   part[pid_c, t, i] = <g_i, y>,  part[pid_c, t, n + i n + j] = <g_i, x_j>
     # which the launcher sums over the C / BC slices (a few MB at most). Tokens descending:
     # the previous dx pass wrote g ascending, its last rows are still in L2.
+    # LOADS_FIRST: every stream of x is loaded (one [BT, NB, BC] tile) before the first
+    # store, so that all of the program's reads are in flight at once; a load that follows a
+    # store to another buffer waits for the work before that store (no alias information).
     pid_c = tl.program_id(1)
     rows, rmask, r64, ii, cc, m2, mc = _row_tile(tl.cdiv(T, BT) - 1 - tl.program_id(0), pid_c,
                                                  T, C, n, NB, BT, BC)
@@ -83,19 +87,25 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
         g3 = tl.load(g_ptr + off3, mask=m3, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
     hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
+    if X_BROADCAST:
+        x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
+    elif LOADS_FIRST:
+        x3 = tl.load(x_ptr + off3, mask=m3, other=0.0)
     tl.store(dy_ptr + r64[:, None] * C + cc[None, :],
              tl.sum(g3 * hp[:, :, None], axis=1).to(dy_ptr.dtype.element_ty), mask=mc)
     prow = part_ptr + (pid_c * T + r64) * (n + n * n)
     tl.store(prow[:, None] + ii[None, :], tl.sum(g3 * y[:, None, :], axis=2), mask=m2)
     if X_BROADCAST:  # <g_i, x_j> = <g_i, x> for every j
-        x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
         gx = tl.sum(g3 * x2[:, None, :], axis=2)
         for j in tl.static_range(n):
             tl.store(prow[:, None] + n + ii[None, :] * n + j, gx, mask=m2)
     else:
         for j in tl.static_range(n):
-            xj = tl.load(x_ptr + r64[:, None] * (n * C) + j * C + cc[None, :], mask=mc,
-                         other=0.0).to(tl.float32)
+            if LOADS_FIRST:  # stream j of the tile (a select within each thread's values)
+                xj = tl.sum(tl.where((ii == j)[None, :, None], x3.to(tl.float32), 0.0), axis=1)
+            else:
+                xj = tl.load(x_ptr + r64[:, None] * (n * C) + j * C + cc[None, :], mask=mc,
+                             other=0.0).to(tl.float32)
             tl.store(prow[:, None] + n + ii[None, :] * n + j, tl.sum(g3 * xj[:, None, :], axis=2),
                      mask=m2)
     if WRITE_DX:  # dx_j = sum_i H_res[i, j] g_i
@@ -128,7 +138,8 @@ def _bwd_plan(cfg, T, n, C, broadcast, interpret, write_dx, g_broadcast, **_):
     S = triton_cdiv(C, BC)
     return S, Launch(_post_res_bwd, (triton_cdiv(T, BT), S), interpret, n=n, NB=next_pow2(n),
                      BT=BT, BC=BC, WRITE_DX=write_dx, G_BROADCAST=g_broadcast,
-                     X_BROADCAST=broadcast, num_warps=cfg["num_warps"])
+                     X_BROADCAST=broadcast, LOADS_FIRST=cfg.get("loads_first", True),
+                     num_warps=cfg["num_warps"])
 
 
 def post_res_forward_triton(x, y, h_post, h_res, shape=None):
