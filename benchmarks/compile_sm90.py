@@ -21,6 +21,9 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--C", type=int, default=4096)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--order", action="store_true",
+                    help="also print each kernel's global loads (L), stores (S) and barriers "
+                         "(B) in PTX order: a load after a store waits for the work before it")
     args = ap.parse_args(argv)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -155,7 +158,28 @@ def main(argv=None):
         mma = f"wgmma:{ptx.count('wgmma.mma_async')} mma:{ptx.count('mma.sync')}"
         print(f"{name:20s} warps={warps} {m.group(0) if m else res.strip()[:200]} {mma} "
               f"const={const}")
+        if args.order:
+            print(f"{'':20s} order: {_memory_order(ptx)}")
     return 0 if ok else 1
+
+
+def _memory_order(ptx: str) -> str:
+    """Global loads, stores and barriers of ``ptx`` in order, runs counted: ``L6 S1 B3 ...``."""
+    seq = []
+    for line in ptx.splitlines():
+        words = line.split()
+        op = words[1] if len(words) > 1 and words[0].startswith("@") else (words or [""])[0]
+        kind = ("L" if op.startswith(("ld.global", "cp.async")) else
+                "S" if op.startswith("st.global") else "B" if op.startswith("bar.sync") else None)
+        if kind:
+            seq.append(kind)
+    runs = []
+    for k in seq:
+        if runs and runs[-1][0] == k:
+            runs[-1][1] += 1
+        else:
+            runs.append([k, 1])
+    return " ".join(f"{k}{c}" for k, c in runs)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,11 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
         d_pre = tl.load(dpre_ptr + r64[:, None] * st_pre + ii[None, :], mask=m2, other=0.0).to(tl.float32)
     else:
         d_pre = tl.zeros([BT, NB], dtype=tl.float32)
+    if HAS_DPOST:  # (loaded before the scratch's stores: a load after them would wait)
+        d_post = tl.load(dpost_ptr + r64[:, None] * st_post + ii[None, :], mask=m2,
+                         other=0.0).to(tl.float32)
+    else:
+        d_post = tl.zeros([BT, NB], dtype=tl.float32)
     # PHASE_SPLIT: odd programs run the Sinkhorn backward before streaming dh and x, so that
     # some programs stream while others compute (all programs are resident at once)
     dh_late = False
@@ -130,12 +135,7 @@ def _coef_token_bwd_kernel(mix_ptr, scale_ptr, base_ptr, dpre_ptr, dpost_ptr, dr
             d_pre += _dh_dot_x(dh_ptr, x_ptr, r64, rmask, m2, ii, C, K, BT, NB, BC,
                                X_BROADCAST, PIPELINE_STAGES)
     d_pre = d_pre * s_pre * (1.0 - s_pre)
-    if HAS_DPOST:
-        d_post = tl.load(dpost_ptr + r64[:, None] * st_post + ii[None, :], mask=m2,
-                         other=0.0).to(tl.float32)
-        d_post = 2.0 * d_post * s_post * (1.0 - s_post)
-    else:
-        d_post = tl.zeros([BT, NB], dtype=tl.float32)
+    d_post = 2.0 * d_post * s_post * (1.0 - s_post)
     # d logit -> G = d mix = dlogit * a / r; d inv_r; partial d scale, d base
     grow = g_ptr + r64 * NP
     tl.store(grow[:, None] + ii[None, :], d_pre * a_pre * inv_r[:, None], mask=m2)

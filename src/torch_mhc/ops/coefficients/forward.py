@@ -91,6 +91,8 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
         post += tl.load(p[:, None] + n + ii[None, :], mask=m2, other=0.0)
         comb += tl.load(p[:, None, None] + 2 * n + aa * n + bb, mask=m3, other=0.0)
         ss += tl.load(p + N, mask=rmask, other=0.0)
+    # (the gates and biases loaded before the first store: a load after it would wait)
+    a_pre, a_post, a_res, b_pre, b_post, b_res = _gates(scale_ptr, base_ptr, ii, aa, bb, valid, n)
     # keep the raw projection (N floats) and 1/r for the backward
     mrow = mix_ptr + r64 * (N + 1)
     tl.store(mrow[:, None] + ii[None, :], pre, mask=m2)
@@ -98,7 +100,6 @@ def _coef_token_kernel(part_ptr, scale_ptr, base_ptr, mix_ptr, hpre_ptr, hpost_p
     tl.store(mrow[:, None, None] + 2 * n + aa * n + bb, comb, mask=m3)
     inv_r = 1.0 / tl.sqrt(ss / K + rms_eps)  # Eq. 14: r = ||vec x|| / sqrt(nC)
     tl.store(mrow + N, inv_r, mask=rmask)
-    a_pre, a_post, a_res, b_pre, b_post, b_res = _gates(scale_ptr, base_ptr, ii, aa, bb, valid, n)
     # Eq. 15-18: H~ = a * (x phi) / r + b; sigmoid, 2 sigmoid
     h_pre = tl.sigmoid(a_pre * pre * inv_r[:, None] + b_pre[None, :]) + hc_eps
     h_post = 2.0 * tl.sigmoid(a_post * post * inv_r[:, None] + b_post[None, :])
