@@ -57,7 +57,7 @@ def main(argv=None):
             tiles["PIPELINE_STAGES"] = c.get("pipeline_stages", 1)
         if key.startswith("coef_token"):  # odd programs: Sinkhorn first (``phase_split``)
             tiles["PHASE_SPLIT"] = bool(c.get("phase_split", False))
-        if key == "post_res_bwd":
+        if key in ("post_res_fwd", "post_res_bwd"):
             tiles["LOADS_FIRST"] = c.get("loads_first", True)
         return {**tiles, **const}, c["num_warps"], c.get("num_stages")  # None: Triton's default
 
@@ -124,7 +124,7 @@ def main(argv=None):
          *launch("pre_mix_bwd", n=n, NB=NB, WRITE_DX=False, X_BROADCAST=False)),
         ("post_res_fwd", po._post_res_fwd, dict(x_ptr=xt, y_ptr=xt, hpost_ptr=f32, hres_ptr=f32,
                                                  out_ptr=xt, T=i32, C=i32),
-         *launch("post_res_fwd", n=n, NB=NB, X_BROADCAST=True)),
+         *launch("post_res_fwd", n=n, NB=NB, X_BROADCAST=False)),
         ("post_res_bwd", po._post_res_bwd, post_bwd_sig,
          *launch("post_res_bwd", n=n, NB=NB, WRITE_DX=False, X_BROADCAST=False,
                  G_BROADCAST=False)),

@@ -18,7 +18,7 @@
 # `PART=0`: the compiled gpt-small step and per-kernel times again once the kernels turn
 # their float arguments to float32, then the step with CUDA graphs (reduce-overhead).
 # `PART=4`: launch variants of the projection GEMM, the dx pass and the post-res backward
-# (its x read one stream at a time, as before) at gpt-small's shape (one process), then compiled gpt-small and compiled layer against compiled residual.
+# and forward (x read one stream at a time, as before) at gpt-small's shape (one process), then compiled gpt-small and compiled layer against compiled residual.
 # `PART=5`: the CUDA tests of the ops and compiled models, then compiled gpt-small with CUDA
 # graphs (reduce-overhead, mHC compiles for about two minutes).
 # Writes under $OUT.
@@ -44,6 +44,7 @@ elif [ "$PART" = 4 ]; then  # about 8 minutes
     "d_bt16_t32": {"coef_dx4": {"BT": 16, "tiles_per_program": 32}},
     "d_w8": {"coef_dx4": {"num_warps": 8}},
     "p_stream_loads": {"post_res_bwd": {"loads_first": false}},
+    "pf_stream_loads": {"post_res_fwd": {"loads_first": false}},
     "p_w8": {"post_res_bwd": {"num_warps": 8}}, "p_w2": {"post_res_bwd": {"num_warps": 2}},
     "default_again": {}}' \
     --out "$OUT/connection_kernels_gemm-dx4.json" 2>&1 | grep -v -i warn | tail -40

@@ -32,10 +32,11 @@ def test_forward_backward(n, C, T, dtype, tol):
 
 
 @pytest.mark.parametrize("loads_first", [False, True])
-def test_backward_load_orders(monkeypatch, loads_first):
-    """The backward kernel gives the same gradients whether it reads all of x before its
-    first store (``loads_first``, the default) or one stream at a time."""
+def test_load_orders(monkeypatch, loads_first):
+    """The kernels give the same results whether they read all of x before their first
+    product or store (``loads_first``, the default) or one stream at a time."""
     from torch_mhc.ops import tuning
+    monkeypatch.setitem(tuning.TUNING, "post_res_fwd", {"loads_first": loads_first})
     monkeypatch.setitem(tuning.TUNING, "post_res_bwd", {"loads_first": loads_first})
     test_forward_backward(3, 40, 5, torch.float32, 1e-6)
     test_forward_backward(4, 48, 4, torch.bfloat16, 1e-2)

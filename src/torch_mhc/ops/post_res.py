@@ -36,17 +36,44 @@ def post_res_reference(x: torch.Tensor, y: torch.Tensor, h_post: torch.Tensor,
 
 # -- Triton kernels ------------------------------------------------------------------------------
 
+def _stream_and_hres(x_ptr, hres_ptr, r64, ii, cc, m2, mc, C, n: tl.constexpr, j: tl.constexpr):
+    """Stream ``j`` of a [BT, BC] token / channel tile of ``x`` and column ``j`` of ``H_res``
+    ([BT, NB]: ``H_res[t, i, j]``)."""
+    xj = tl.load(x_ptr + r64[:, None] * (n * C) + j * C + cc[None, :], mask=mc, other=0.0)
+    hj = tl.load(hres_ptr + r64[:, None] * (n * n) + ii[None, :] * n + j, mask=m2, other=0.0)
+    return xj, hj
+
+
 def _post_res_fwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, out_ptr, T, C,
                          n: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                         X_BROADCAST: tl.constexpr):
+                         X_BROADCAST: tl.constexpr, LOADS_FIRST: tl.constexpr):
     # tokens ascending (one channel tile at C <= 4096): the next connection's GEMM reads out
-    # descending (``_launch``)
+    # descending (``_launch``). LOADS_FIRST (n <= 4): every stream's tile and H_res column is
+    # loaded before the first product, whose broadcasts pass through shared memory behind
+    # barriers that later loads would wait for.
     rows, rmask, r64, ii, cc, m2, mc = _row_tile(tl.program_id(0), tl.program_id(1), T, C,
                                                  n, NB, BT, BC)
     y = tl.load(y_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0).to(tl.float32)
     hp = tl.load(hpost_ptr + r64[:, None] * n + ii[None, :], mask=m2, other=0.0)
+    if LOADS_FIRST and not X_BROADCAST:  # n <= 4 (the launcher's condition)
+        x0, h0 = _stream_and_hres(x_ptr, hres_ptr, r64, ii, cc, m2, mc, C, n, 0)
+        x1, h1, x2, h2, x3, h3 = x0, h0, x0, h0, x0, h0  # (placeholders where n is smaller)
+        if n > 1:
+            x1, h1 = _stream_and_hres(x_ptr, hres_ptr, r64, ii, cc, m2, mc, C, n, 1)
+        if n > 2:
+            x2, h2 = _stream_and_hres(x_ptr, hres_ptr, r64, ii, cc, m2, mc, C, n, 2)
+        if n > 3:
+            x3, h3 = _stream_and_hres(x_ptr, hres_ptr, r64, ii, cc, m2, mc, C, n, 3)
     out = hp[:, :, None] * y[:, None, :]
-    if X_BROADCAST:  # x a broadcast view: sum_j H_res[i, j] x_j = (row sum i of H_res) x
+    if LOADS_FIRST and not X_BROADCAST:
+        out += h0[:, :, None] * x0.to(tl.float32)[:, None, :]
+        if n > 1:
+            out += h1[:, :, None] * x1.to(tl.float32)[:, None, :]
+        if n > 2:
+            out += h2[:, :, None] * x2.to(tl.float32)[:, None, :]
+        if n > 3:
+            out += h3[:, :, None] * x3.to(tl.float32)[:, None, :]
+    elif X_BROADCAST:  # x a broadcast view: sum_j H_res[i, j] x_j = (row sum i of H_res) x
         x2 = tl.load(x_ptr + r64[:, None] * C + cc[None, :], mask=mc, other=0.0)
         hr = tl.load(hres_ptr + r64[:, None, None] * (n * n) + ii[None, :, None] * n
                      + ii[None, None, :], mask=m2[:, :, None] & (ii < n)[None, None, :], other=0.0)
@@ -122,7 +149,7 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
         tl.store(dx_ptr + off3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
 
 
-_post_res_fwd = LazyJit(_post_res_fwd_kernel, helpers=(_row_tile,))
+_post_res_fwd = LazyJit(_post_res_fwd_kernel, helpers=(_row_tile, _stream_and_hres))
 _post_res_bwd = LazyJit(_post_res_bwd_kernel, helpers=(_row_tile,))
 
 
@@ -130,6 +157,7 @@ def _fwd_plan(cfg, T, n, C, broadcast, interpret, **_):
     BT, BC = cfg["BT"], fit_channel_tile(cfg["BC"], C)
     return Launch(_post_res_fwd, (triton_cdiv(T, BT), triton_cdiv(C, BC)), interpret, n=n,
                   NB=next_pow2(n), BT=BT, BC=BC, X_BROADCAST=broadcast,
+                  LOADS_FIRST=cfg.get("loads_first", True) and n <= 4,
                   num_warps=cfg["num_warps"])
 
 
