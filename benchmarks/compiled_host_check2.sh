@@ -17,8 +17,9 @@
 #     ops and of compiled models (the static-launch numerics test among them).
 # `PART=0`: the compiled gpt-small step and per-kernel times again once the kernels turn
 # their float arguments to float32, then the step with CUDA graphs (reduce-overhead).
-# `PART=4`: launch variants of the projection GEMM, the dx pass and the post-res backward
-# and forward (x read one stream at a time, as before) at gpt-small's shape (one process), then compiled gpt-small and compiled layer against compiled residual.
+# `PART=4`: launch variants of the projection GEMM, the dx pass and the post-res kernels (x
+# read one stream at a time, as before) at gpt-small's shape (one process), then compiled
+# gpt-small and compiled layer against compiled residual.
 # `PART=5`: the CUDA tests of the ops and compiled models, then compiled gpt-small with CUDA
 # graphs (reduce-overhead, mHC compiles for about two minutes).
 # Writes under $OUT.
@@ -36,13 +37,12 @@ if [ "$PART" = 0 ]; then  # after the float32 fix (commit 417a138): about 7 minu
   b 110 --compile reduce-overhead --variants residual,mhc-triton \
     --out "$OUT/gpt-small_compiled_reduce-overhead.json"
 elif [ "$PART" = 4 ]; then  # about 8 minutes
-  timeout 150 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 30 \
+  timeout 180 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 30 \
     --variants '{"g_bt128_bk64_w8": {"coef_gemm": {"BT": 128, "BK": 64, "num_warps": 8}},
-    "g_waves4": {"coef_gemm": {"waves": 4}}, "g_waves1": {"coef_gemm": {"waves": 1}},
+    "g_waves4": {"coef_gemm": {"waves": 4}},
     "g_bk64_s4": {"coef_gemm": {"BK": 64, "num_stages": 4}},
     "d_bc32": {"coef_dx4": {"BC": 32}}, "d_bt16": {"coef_dx4": {"BT": 16}},
     "d_bt16_t32": {"coef_dx4": {"BT": 16, "tiles_per_program": 32}},
-    "d_w8": {"coef_dx4": {"num_warps": 8}},
     "p_stream_loads": {"post_res_bwd": {"loads_first": false}},
     "pf_stream_loads": {"post_res_fwd": {"loads_first": false}},
     "p_w8": {"post_res_bwd": {"num_warps": 8}}, "p_w2": {"post_res_bwd": {"num_warps": 2}},
