@@ -36,8 +36,11 @@ if [ "$PART" = 0 ]; then  # after the float32 fix (commit 417a138): about 7 minu
     --out "$OUT/compiled_kernels.json" 2>&1 | grep -v -i warn | tail -30
   b 110 --compile reduce-overhead --variants residual,mhc-triton \
     --out "$OUT/gpt-small_compiled_reduce-overhead.json"
-elif [ "$PART" = 4 ]; then  # about 8 minutes
-  timeout 180 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 30 \
+elif [ "$PART" = 4 ]; then  # about 9 minutes
+  timeout 80 python -m pytest -q -x -p no:warnings tests/ops/test_post_res_triton.py \
+    tests/ops/test_connection_triton.py -k "bf16 or matches_reference or load_orders" 2>&1 \
+    | tail -3 | tee "$OUT/cuda_tests.log"
+  timeout 160 python benchmarks/connection_kernels.py --shapes 8192x1024 --reps 30 \
     --variants '{"g_bt128_bk64_w8": {"coef_gemm": {"BT": 128, "BK": 64, "num_warps": 8}},
     "g_waves4": {"coef_gemm": {"waves": 4}},
     "g_bk64_s4": {"coef_gemm": {"BK": 64, "num_stages": 4}},
@@ -48,8 +51,8 @@ elif [ "$PART" = 4 ]; then  # about 8 minutes
     "p_w8": {"post_res_bwd": {"num_warps": 8}}, "p_w2": {"post_res_bwd": {"num_warps": 2}},
     "default_again": {}}' \
     --out "$OUT/connection_kernels_gemm-dx4.json" 2>&1 | grep -v -i warn | tail -40
-  b 210 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
-  timeout 170 python -m torch_mhc.bench --steps 10 --suite layer --compile \
+  b 200 --compile --variants residual,mhc-triton --out "$OUT/gpt-small_compiled.json"
+  timeout 130 python -m torch_mhc.bench --steps 10 --suite layer --compile \
     --variants residual,mhc-triton --out "$OUT/layer_compiled.json" 2>&1 | grep -v -i warn | tail -3
 elif [ "$PART" = 5 ]; then  # about 9 minutes
   timeout 280 python -m pytest -q -x -p no:warnings tests/models/test_compile.py tests/ops \
