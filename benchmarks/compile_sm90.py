@@ -57,8 +57,6 @@ def main(argv=None):
             tiles["PIPELINE_STAGES"] = c.get("pipeline_stages", 1)
         if key.startswith("coef_token"):  # odd programs: Sinkhorn first (``phase_split``)
             tiles["PHASE_SPLIT"] = bool(c.get("phase_split", False))
-        if key in ("post_res_fwd", "post_res_bwd"):
-            tiles["LOADS_FIRST"] = c.get("loads_first", True)
         return {**tiles, **const}, c["num_warps"], c.get("num_stages")  # None: Triton's default
 
     token_sig = dict(part_ptr=f32, scale_ptr=f32, base_ptr=f32, mix_ptr=f32, hpre_ptr=f32,

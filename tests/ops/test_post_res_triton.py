@@ -31,17 +31,6 @@ def test_forward_backward(n, C, T, dtype, tol):
         assert rel_error(a, b) < t, (name, rel_error(a, b))
 
 
-@pytest.mark.parametrize("loads_first", [False, True])
-def test_load_orders(monkeypatch, loads_first):
-    """The kernels give the same results whether they read all of x before their first
-    product or store (``loads_first``, the default) or one stream at a time."""
-    from torch_mhc.ops import tuning
-    monkeypatch.setitem(tuning.TUNING, "post_res_fwd", {"loads_first": loads_first})
-    monkeypatch.setitem(tuning.TUNING, "post_res_bwd", {"loads_first": loads_first})
-    test_forward_backward(3, 40, 5, torch.float32, 1e-6)
-    test_forward_backward(4, 48, 4, torch.bfloat16, 1e-2)
-
-
 def test_mixed_dtypes_autocast():
     """Under autocast the branch output is bf16 while the streams stay fp32."""
     x = torch.randn(2, 5, 4, 48, device=DEV, requires_grad=True)

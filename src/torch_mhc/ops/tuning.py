@@ -31,11 +31,7 @@ Configuration keys:
   the Sinkhorn (forward or backward) before their pass over ``x`` instead of after it, so
   that while some programs stream ``x`` others compute (all of them are resident at once:
   the kernels are latency-bound, NOTES 2026-12-07). Off where unset; on in the ``C_max:
-  1024`` rows, where the token kernels do the pre-mix;
-* ``loads_first`` (``post_res_fwd``, ``post_res_bwd``): every stream of ``x`` is loaded
-  before the kernel's first product or store, so all of a program's reads are in flight at
-  once (a load placed after a shared-memory barrier or a store is issued only once the work
-  before it is done). On where unset (the forward: at n <= 4).
+  1024`` rows, where the token kernels do the pre-mix.
 
 The defaults are the fastest configurations ``benchmarks/sweep.py`` found at T = C = 4096,
 n = 4, bf16 (H100, H200); the ``C_max: 1024`` rows are the fastest at gpt-small's shape,
@@ -206,8 +202,7 @@ _RESOLVED: dict = {}
 
 #: the options a configuration may hold (see the module docstring)
 OPTIONS = frozenset({"BT", "BC", "BK", "BC_x_NB", "num_warps", "num_stages", "waves",
-                     "tiles_per_program", "pipeline_stages", "pre_mix", "phase_split",
-                     "loads_first"})
+                     "tiles_per_program", "pipeline_stages", "pre_mix", "phase_split"})
 
 
 def _resolve(entry, over: dict, shape: dict) -> dict:
