@@ -182,6 +182,38 @@ def test_kernel_analysis_cached_per_argument_description(monkeypatch):
     assert "h_ptr" not in writes(no_mix)
 
 
+def test_kernel_analysis_cached_under_the_older_name(monkeypatch):
+    """PyTorch releases that call their analysis ``identify_mutated_tensors`` (it returns
+    the written arguments' names) get the same cache: one analysis per kernel and argument
+    description, a copy per call; other kernels pass through uncached."""
+    tkw = pytest.importorskip("torch._higher_order_ops.triton_kernel_wrap")
+    from torch_mhc.ops.coefficients import forward
+    calls = []
+
+    def identify_mutated_tensors(kernel, kwargs, tma_descriptor_metadata=None):
+        calls.append(kernel)
+        return ["h_ptr", "mix_ptr"]
+
+    for name in _library._ANALYSIS_NAMES:
+        monkeypatch.delattr(tkw, name, raising=False)
+    monkeypatch.setattr(tkw, "identify_mutated_tensors", identify_mutated_tensors,
+                        raising=False)
+    monkeypatch.setattr(_library, "_ANALYSES", {})
+    _library._cache_kernel_analysis()
+    cached = tkw.identify_mutated_tensors
+    assert cached is not identify_mutated_tensors
+    kernel = forward._coef_token.jit(False)
+    args = lambda: dict(x_ptr=torch.randn(8, 4, 16).bfloat16(), T=8, BT=4)  # noqa: E731
+    first, again = cached(kernel, args(), {}), cached(kernel, args(), {})
+    assert first == again == ["h_ptr", "mix_ptr"] and first is not again
+    assert calls == [kernel]
+    cached(kernel, dict(args(), BT=8), {})  # another constant: analysed anew
+    other = object()  # not a torch_mhc kernel: never cached
+    cached(other, args(), {})
+    cached(other, args(), {})
+    assert calls == [kernel, kernel, other, other]
+
+
 def _float_kernels():
     """Each fused kernel that takes float arguments, its runtime signature (the float
     arguments typed float64, as Inductor passes Python floats) and a configuration."""

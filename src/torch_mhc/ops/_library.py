@@ -136,19 +136,24 @@ CACHE_KERNEL_ANALYSIS = env_flag("TORCH_MHC_CACHE_KERNEL_ANALYSIS", True)
 _ANALYSES: dict = {}
 
 
+#: PyTorch's analysis of a user-defined kernel launch: ``identify_accessed_tensors`` in
+#: recent releases, ``identify_mutated_tensors`` (the written arguments' names) before
+_ANALYSIS_NAMES = ("identify_accessed_tensors", "identify_mutated_tensors")
+
+
 def _cache_kernel_analysis() -> None:
     """Analyse each fused kernel's launch once per argument description, not once per launch
     site.
 
     For every ``wrap_triton`` launch PyTorch works out which arguments the kernel writes
-    (``triton_kernel_wrap.identify_accessed_tensors``, used by functionalization and by
-    Inductor's lowering). It does so by building the kernel's TTIR each time, 30-60 ms per
-    kernel (CPU, Triton 3.8), and a model launches each fused kernel once per connection.
-    The result names the kernel's formal arguments, not buffers. So it is a function of the
-    kernel, its constant arguments, which arguments are tensors (and their dtypes) and the
-    values of the others. It is cached on exactly that, for ``torch_mhc`` kernels only, and
-    each call gets its own copy. Installed on the first traced fused op; a PyTorch without
-    this function is left as it is.
+    (``triton_kernel_wrap.identify_accessed_tensors``, ``identify_mutated_tensors`` in older
+    releases; used by functionalization and by Inductor's lowering). It does so by building
+    the kernel's TTIR each time, 30-60 ms per kernel (CPU, Triton 3.8), and a model launches
+    each fused kernel once per connection. The result names the kernel's formal arguments,
+    not buffers. So it is a function of the kernel, its constant arguments, which arguments
+    are tensors (and their dtypes) and the values of the others. It is cached on exactly
+    that, for ``torch_mhc`` kernels only, and each call gets its own copy. Installed on the
+    first traced fused op; a PyTorch with neither function is left as it is.
     """
     if not CACHE_KERNEL_ANALYSIS:
         return
@@ -156,9 +161,14 @@ def _cache_kernel_analysis() -> None:
         from torch._higher_order_ops import triton_kernel_wrap as tkw
     except ImportError:  # pragma: no cover - PyTorch without user-defined Triton kernels
         return
-    analyse = getattr(tkw, "identify_accessed_tensors", None)
-    if analyse is None or getattr(analyse, "_torch_mhc_cached", False):
-        return
+    for name in _ANALYSIS_NAMES:
+        analyse = getattr(tkw, name, None)
+        if analyse is not None and not getattr(analyse, "_torch_mhc_cached", False):
+            setattr(tkw, name, _cached_analysis(analyse))
+
+
+def _cached_analysis(analyse: Callable) -> Callable:
+    """``analyse`` memoised for ``torch_mhc`` kernels (see :func:`_cache_kernel_analysis`)."""
 
     @functools.wraps(analyse)
     def cached(kernel, kwargs, *rest, **more):
@@ -166,7 +176,7 @@ def _cache_kernel_analysis() -> None:
         if not module.startswith("torch_mhc."):
             return analyse(kernel, kwargs, *rest, **more)
         try:
-            key = (kernel, tuple(sorted((k, _describe(v)) for k, v in kwargs.items())),
+            key = (analyse, kernel, tuple(sorted((k, _describe(v)) for k, v in kwargs.items())),
                    repr(rest), repr(sorted(more.items())))
             hash(key)
         except TypeError:  # something unhashable: no caching
@@ -177,7 +187,7 @@ def _cache_kernel_analysis() -> None:
         return copy.deepcopy(hit)
 
     cached._torch_mhc_cached = True
-    tkw.identify_accessed_tensors = cached
+    return cached
 
 
 def _describe(v):
