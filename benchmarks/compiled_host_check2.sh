@@ -17,9 +17,10 @@
 #     ops and of compiled models (the static-launch numerics test among them).
 # `PART=0`: the compiled gpt-small step and per-kernel times again once the kernels turn
 # their float arguments to float32, then the step with CUDA graphs (reduce-overhead).
-# `PART=4`: launch variants of the projection GEMM, the dx pass and the post-res kernels (x
-# read one stream at a time, as before) at gpt-small's shape (one process), then compiled
-# gpt-small and compiled layer against compiled residual.
+# `PART=4`: launch variants of the projection GEMM, the dx pass and the post-res backward at
+# gpt-small's shape (one process), then compiled gpt-small and compiled layer against compiled
+# residual. (Run at commit c3229b5 with two more variants, the post-res kernels reading x one
+# stream at a time through a `loads_first` option since removed.)
 # `PART=5`: the CUDA tests of the ops and compiled models, then compiled gpt-small with CUDA
 # graphs (reduce-overhead, mHC compiles for about two minutes).
 # Writes under $OUT.
@@ -46,8 +47,6 @@ elif [ "$PART" = 4 ]; then  # about 9 minutes
     "g_bk64_s4": {"coef_gemm": {"BK": 64, "num_stages": 4}},
     "d_bc32": {"coef_dx4": {"BC": 32}}, "d_bt16": {"coef_dx4": {"BT": 16}},
     "d_bt16_t32": {"coef_dx4": {"BT": 16, "tiles_per_program": 32}},
-    "p_stream_loads": {"post_res_bwd": {"loads_first": false}},
-    "pf_stream_loads": {"post_res_fwd": {"loads_first": false}},
     "p_w8": {"post_res_bwd": {"num_warps": 8}}, "p_w2": {"post_res_bwd": {"num_warps": 2}},
     "default_again": {}}' \
     --out "$OUT/connection_kernels_gemm-dx4.json" 2>&1 | grep -v -i warn | tail -40
