@@ -22,7 +22,7 @@
 # residual. (Run at commit c3229b5 with two more variants, the post-res kernels reading x one
 # stream at a time through a `loads_first` option since removed.)
 # `PART=6`: compile time of the mHC gpt-small with the kernel-analysis cache (which wraps
-# `identify_mutated_tensors` too since commit c0a9f3a) and without it, fresh caches each
+# `identify_mutated_tensors` too since commit c0a9f3a) and without it, fresh Inductor and Triton caches each
 # (`compile_phases_s` in the JSON), then the rest of the CUDA tests.
 # `PART=5`: the CUDA tests of the ops and compiled models, then compiled gpt-small with CUDA
 # graphs (reduce-overhead, mHC compiles for about two minutes).
@@ -57,9 +57,10 @@ elif [ "$PART" = 4 ]; then  # about 9 minutes
   timeout 130 python -m torch_mhc.bench --steps 10 --suite layer --compile \
     --variants residual,mhc-triton --out "$OUT/layer_compiled.json" 2>&1 | grep -v -i warn | tail -3
 elif [ "$PART" = 6 ]; then  # about 8 minutes
-  TORCHINDUCTOR_CACHE_DIR=/tmp/ind-cached b 200 --compile --variants mhc-triton \
+  TRITON_CACHE_DIR=/tmp/tc-cached TORCHINDUCTOR_CACHE_DIR=/tmp/ind-cached b 200 --compile --variants mhc-triton \
     --out "$OUT/gpt-small_compiled_analysis-cache.json"
-  TORCH_MHC_CACHE_KERNEL_ANALYSIS=0 TORCHINDUCTOR_CACHE_DIR=/tmp/ind-uncached \
+  TORCH_MHC_CACHE_KERNEL_ANALYSIS=0 TRITON_CACHE_DIR=/tmp/tc-uncached \
+    TORCHINDUCTOR_CACHE_DIR=/tmp/ind-uncached \
     b 200 --compile --variants mhc-triton --out "$OUT/gpt-small_compiled_no-analysis-cache.json"
   timeout 150 python -m pytest -q -x -p no:warnings tests/models/test_compile.py 2>&1 \
     | tail -3 | tee "$OUT/cuda_tests_compile.log"
