@@ -53,7 +53,6 @@ def test_bench_compiled(tmp_path):
     assert v["median_ms"] > 0
     phases = v["compile_phases_s"]
     assert 0 < len(phases) <= 10 and all(s > 0 for s in phases.values())
-    assert max(phases.values()) <= v["warmup_s"]
 
 
 def test_bench_interleaved_rounds(tmp_path):

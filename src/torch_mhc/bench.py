@@ -211,9 +211,10 @@ def _compile_metrics() -> Dict[str, float]:
 
 
 def _compile_phases(before: Dict[str, float], after: Dict[str, float], top: int = 10) -> Dict:
-    """The ``top`` phases that took longest between two :func:`_compile_metrics` snapshots
-    (nested: Dynamo's whole compile, then AOTAutograd, Inductor's lowering, code generation,
-    the kernels' builds), seconds."""
+    """The ``top`` phases that took longest between two :func:`_compile_metrics` snapshots,
+    seconds. Phases nest (Dynamo's whole compile, then AOTAutograd, Inductor's lowering, code
+    generation, the kernels' builds), and one that runs in parallel workers is summed over
+    them, so a phase can exceed the wall time of the warm-up."""
     delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
     ranked = sorted((kv for kv in delta.items() if kv[1] > 0.01), key=lambda kv: -kv[1])
     return {k: round(v, 2) for k, v in ranked[:top]}
