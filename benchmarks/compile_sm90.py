@@ -7,6 +7,7 @@ C = 4096 (costs no device time; uses the ptxas/cuobjdump bundled with Triton).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import subprocess
@@ -171,13 +172,7 @@ def _memory_order(ptx: str) -> str:
                 "S" if op.startswith("st.global") else "B" if op.startswith("bar.sync") else None)
         if kind:
             seq.append(kind)
-    runs = []
-    for k in seq:
-        if runs and runs[-1][0] == k:
-            runs[-1][1] += 1
-        else:
-            runs.append([k, 1])
-    return " ".join(f"{k}{c}" for k, c in runs)
+    return " ".join(f"{k}{len(list(run))}" for k, run in itertools.groupby(seq))
 
 
 if __name__ == "__main__":

@@ -148,11 +148,15 @@ def kernel_builds(out_dir, run, compiled):
             if ext in asm:
                 with open(os.path.join(out_dir, f"{tag}.{name}.{i}.{ext}"), "w") as f:
                     f.write(asm[ext] if isinstance(asm[ext], str) else asm[ext].decode())
-    if compiled:
+    if compiled:  # the wrappers that launch a fused kernel
+        fused = [lazy.__name__ for lazy in _fused_lazies()]
         for j, mod in enumerate(_inductor_modules()):
             path = getattr(mod, "__file__", None)
-            if path and os.path.exists(path) and "_coef_token_kernel" in open(path).read():
-                shutil.copy(path, os.path.join(out_dir, f"{tag}.wrapper{j}.py"))
+            if path and os.path.exists(path):
+                with open(path) as f:
+                    code = f.read()
+                if any(name in code for name in fused):
+                    shutil.copy(path, os.path.join(out_dir, f"{tag}.wrapper{j}.py"))
     for info in builds:
         print("   build", info)
     return builds

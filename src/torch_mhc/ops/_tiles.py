@@ -73,3 +73,10 @@ def _row_tile(pid_t, pid_c, T, C, n: tl.constexpr, NB: tl.constexpr, BT: tl.cons
     m2 = rmask[:, None] & (ii < n)[None, :]
     mc = rmask[:, None] & (cc < C)[None, :]
     return rows, rmask, rows.to(tl.int64), ii, cc, m2, mc
+
+
+def _stream(tile, ii, j):
+    """Stream ``j`` of a [BT, NB, BC] tile as a float32 [BT, BC] tile (``ii``: the stream
+    indices; a select within each thread's values when the tile keeps its NB streams
+    together)."""
+    return tl.sum(tl.where((ii == j)[None, :, None], tile.to(tl.float32), 0.0), axis=1)

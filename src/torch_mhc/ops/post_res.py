@@ -20,7 +20,7 @@ from ._backend import (as_streams, compute_dtype, interpret_mode, is_broadcast, 
                        resolve_backend)
 from ._launch import LazyJit, Launch, fit_channel_tile, next_pow2, triton_cdiv
 from ._library import FusedOp, tracing
-from ._tiles import _row_tile
+from ._tiles import _row_tile, _stream
 from .tuning import launch_plan, stream_shape
 
 __all__ = ["post_res", "post_res_reference"]
@@ -101,17 +101,16 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
         for j in tl.static_range(n):
             tl.store(prow[:, None] + n + ii[None, :] * n + j, gx, mask=m2)
     else:
-        for j in tl.static_range(n):  # stream j of the tile (a select within each thread)
-            xj = tl.sum(tl.where((ii == j)[None, :, None], x3.to(tl.float32), 0.0), axis=1)
-            tl.store(prow[:, None] + n + ii[None, :] * n + j, tl.sum(g3 * xj[:, None, :], axis=2),
-                     mask=m2)
+        for j in tl.static_range(n):
+            tl.store(prow[:, None] + n + ii[None, :] * n + j,
+                     tl.sum(g3 * _stream(x3, ii, j)[:, None, :], axis=2), mask=m2)
     if WRITE_DX:  # dx_j = sum_i H_res[i, j] g_i
         dx = tl.zeros([BT, NB, BC], dtype=tl.float32)
         for i in tl.static_range(n):
             if G_BROADCAST:
                 gi = g2
             else:  # stream i of the g tile loaded above
-                gi = tl.sum(tl.where((ii == i)[None, :, None], g3, 0.0), axis=1)
+                gi = _stream(g3, ii, i)
             hi = tl.load(hres_ptr + r64[:, None] * (n * n) + i * n + ii[None, :], mask=m2,
                          other=0.0)
             dx += hi[:, :, None] * gi[:, None, :]
@@ -119,7 +118,7 @@ def _post_res_bwd_kernel(x_ptr, y_ptr, hpost_ptr, hres_ptr, g_ptr, dx_ptr, dy_pt
 
 
 _post_res_fwd = LazyJit(_post_res_fwd_kernel, helpers=(_row_tile,))
-_post_res_bwd = LazyJit(_post_res_bwd_kernel, helpers=(_row_tile,))
+_post_res_bwd = LazyJit(_post_res_bwd_kernel, helpers=(_row_tile, _stream))
 
 
 def _fwd_plan(cfg, T, n, C, broadcast, interpret, **_):
