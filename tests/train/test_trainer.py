@@ -66,6 +66,31 @@ def test_resume_gives_the_same_losses(small, tmp_path, monkeypatch, mode):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_compiled_training_equals_eager(small, tmp_path):
+    # reduce-overhead: CUDA graphs on a GPU (the gradients accumulated in place, the losses
+    # summed as they come); on a CPU Inductor runs it without graphs, the same code path here
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    kw = dict(max_steps=3, grad_accum=2, device=dev, dtype="float32")
+    Trainer(_cfg(small, tmp_path / "eager", **kw)).fit()
+    Trainer(_cfg(small, tmp_path / "compiled", compile=True, compile_mode="reduce-overhead",
+                 **kw)).fit()
+    runs = [{r["step"]: r for r in _records(tmp_path / d / "run", k)}
+            for d in ("eager", "compiled") for k in ("train", "eval")]
+    for eager, compiled in ((runs[0], runs[2]), (runs[1], runs[3])):
+        assert eager.keys() == compiled.keys() and len(eager) > 1
+        for step, r in eager.items():
+            for key in ("loss", "grad_norm", "val_loss"):
+                if key in r:
+                    assert compiled[step][key] == pytest.approx(r[key], rel=1e-4), (step, key)
+
+
+def test_compile_mode_needs_compile_and_one_process(small, tmp_path):
+    with pytest.raises(ConfigError, match="needs compile"):
+        _cfg(small, tmp_path, compile_mode="reduce-overhead")
+    with pytest.raises(ConfigError, match="one process"):
+        _cfg(small, tmp_path, compile=True, compile_mode="reduce-overhead", parallel="ddp")
+
+
 def test_resume_refuses_a_different_config(small, tmp_path):
     Trainer(_cfg(small, tmp_path, connection="hc")).fit()
     other = _cfg(small, tmp_path, connection="mhc", d_model=64)

@@ -77,6 +77,7 @@ TRAIN_EPILOG = """examples:
   mhc train --preset small --data wikitext2   # one GPU
   mhc train --data notes/ --seq-len 256 --max-steps 2000 --lr 1e-3
   mhc train --data fineweb10B/ --vocab-size 50304 --preset medium --compile
+  mhc train --preset small --compile --compile-mode reduce-overhead   # CUDA graphs
   mhc train --config run.toml --lr 1e-3       # the flag overrides the file
   mhc train --out runs/a --resume --max-steps 400   # continue the run in runs/a, longer
 """ + f"""

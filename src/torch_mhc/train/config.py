@@ -24,6 +24,11 @@ __all__ = ["TrainConfig", "ConfigError", "PRESETS", "RESUME_KEYS", "RUNTIME_KEYS
            "config_to_dict", "config_from_dict"]
 
 
+# torch.compile's modes; the ones that capture CUDA graphs need the trainer's care (see
+# Trainer.train_step) and run on one GPU
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
 # The presets (every field marked preset=True) come from the one table of
 # torch_mhc.models.presets, which the model configs read too.
 PRESETS: Dict[str, Dict[str, Any]] = TRAIN_PRESETS
@@ -110,6 +115,12 @@ class TrainConfig:
                             "bfloat16 (bf16)", "runtime",
                     ("auto", "float32", "fp32", "bfloat16", "bf16"))
     compile: bool = _f(False, "torch.compile the model", "runtime")
+    compile_mode: str = _f("default", "torch.compile mode with --compile: default, or "
+                                      "reduce-overhead (the step's kernels replayed as CUDA "
+                                      "graphs: for a host that issues kernels more slowly "
+                                      "than the GPU runs them; one GPU), max-autotune "
+                                      "(CUDA graphs too), max-autotune-no-cudagraphs",
+                           "runtime", COMPILE_MODES)
     recompute_block: int = _f(0, "keep every k-th residual stream for backward and recompute "
                               "the others (paper Eq. 20; eager or --compile): 0 off, -1 the "
                               "paper's block size; gradients unchanged", "runtime")
@@ -162,6 +173,12 @@ class TrainConfig:
         for name in ("warmup_steps", "diag_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(f"compile_mode {self.compile_mode!r} needs compile (add --compile)")
+        if self.compile and self.compile_mode in GRAPH_MODES and self.parallel != "none":
+            raise ConfigError(f"compile_mode {self.compile_mode!r} (CUDA graphs) runs on one "
+                              f"process; with parallel {self.parallel!r} use --compile-mode "
+                              "default or max-autotune-no-cudagraphs")
         if self.recompute_block < -1:
             raise ConfigError(f"recompute_block must be >= -1 (-1: the paper's size, 0: off), "
                               f"got {self.recompute_block}")
@@ -207,8 +224,8 @@ RESUME_KEYS = ("preset", "model", "connection", "n", "n_layer", "d_model", "n_he
                "token_dtype", "batch_size", "grad_accum", "seed")
 # Where and how a run executes, not what it computes: the only settings a resumed
 # comparison may change (its modes must stay comparable).
-RUNTIME_KEYS = ("device", "dtype", "compile", "recompute_block", "parallel", "backend",
-                "progress", "tensorboard")
+RUNTIME_KEYS = ("device", "dtype", "compile", "compile_mode", "recompute_block", "parallel",
+                "backend", "progress", "tensorboard")
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}

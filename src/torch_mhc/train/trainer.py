@@ -41,7 +41,7 @@ from ..diagnostics import probe_diagnostics, step_stats
 from ..models import GPT, DeepStack, DeepStackConfig, GPTConfig
 from ..nn.hyper_connection import no_weight_decay_parameters
 from .checkpoint import CheckpointError, CheckpointManager, find_checkpoint, set_rng_state
-from .config import (RESUME_KEYS, ConfigError, TrainConfig, config_changes, config_to_dict,
+from .config import (GRAPH_MODES, RESUME_KEYS, ConfigError, TrainConfig, config_changes, config_to_dict,
                      format_changes)
 from .distributed import all_reduce_mean, reshard, wrap_model
 from .logs import RunLog, read_log, summarize
@@ -174,7 +174,12 @@ class Trainer:
         self.connections = self.model.connections()
         # DDP wraps; FSDP2 shards self.model in place. self.model stays the user's module.
         wrapped = wrap_model(self.model, rt.dist, bf16=rt.autocast_dtype is not None)
-        self.step_model = torch.compile(wrapped) if cfg.compile else wrapped
+        self.step_model = torch.compile(wrapped, mode=cfg.compile_mode) if cfg.compile \
+            else wrapped
+        # CUDA graphs (reduce-overhead, max-autotune): a replay overwrites the outputs of the
+        # one before, so each step is marked, losses are summed as they come and gradients
+        # are accumulated in place (see train_step)
+        self.graphs = cfg.compile and cfg.compile_mode in GRAPH_MODES
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg, rt.device)
         if rt.is_main:  # inputs are good: only now touch the disk
@@ -295,15 +300,19 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean validation loss over the fixed validation batches."""
         self.model.eval()
-        losses = []
+        total = torch.zeros((), device=self.rt.device)
         for i in range(self.cfg.eval_batches):
-            x, y = self._batch(self.val_data, i)
-            with self.rt.autocast():
-                _, loss = self.step_model(x, y)
-            losses.append(loss.float())
+            total += self._loss(*self._batch(self.val_data, i)).float()
         self.model.train()
         reshard(self.model)
-        return all_reduce_mean(float(torch.stack(losses).mean()), self.rt.dist)
+        return all_reduce_mean(float(total) / self.cfg.eval_batches, self.rt.dist)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of one batch through the (compiled) model, under autocast."""
+        if self.graphs:  # a new step: the graphs' earlier outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.rt.autocast():
+            return self.step_model(x, y)[1]
 
     def diagnose(self) -> Dict[str, Any]:
         """Diagnostics on the fixed probe batch (see :mod:`torch_mhc.diagnostics`)."""
@@ -325,10 +334,14 @@ class Trainer:
         record = cfg.step_stats and not cfg.compile
         for c in self.connections:
             c.record_mappings = record
+        if self.graphs:
+            # with .grad already there autograd adds into it; with none it would keep the
+            # backward graph's output buffer itself as .grad, which the next replay overwrites
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
         for micro in range(cfg.grad_accum):
-            x, y = self._batch(self.train_data, step, micro)
-            with self.rt.autocast():
-                _, loss = self.step_model(x, y)
+            loss = self._loss(*self._batch(self.train_data, step, micro))
             (loss / cfg.grad_accum).backward()
             total += loss.detach().float()
         extra = step_stats(self.connections) if cfg.step_stats else {}  # before clipping
@@ -345,7 +358,7 @@ class Trainer:
         finite = math.isfinite(loss_v) and math.isfinite(gnorm_v)
         if finite:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self.graphs)
         dt = time.perf_counter() - t0
         self.elapsed += dt
         return {"type": "train", "step": step + 1, "loss": loss_v, "lr": lr,
