@@ -19,6 +19,9 @@ FAST = ["bench", "--suite", "layer", "--preset", "tiny", "--device", "cpu", "--s
     (["--suite", "kernels", "--interleave"], "--interleave applies to the layer and gpt-small"),
     (["--suite", "kernels", "--compile"], "--compile applies to the layer and gpt-small"),
     (["--compile", "--cuda-graph"], "--compile and --cuda-graph are exclusive"),
+    (["--compile-scope", "block"], "--compile-scope needs --compile"),
+    (["--compile", "--compile-scope", "block", "--variants", "mhc-triton-recompute"],
+     "stream recomputation spans blocks"),
 ])
 def test_bench_bad_arguments(tmp_path, capsys, extra, phrase):
     (tmp_path / "f").write_text("x")
@@ -41,14 +44,17 @@ def test_bench_writes_json(tmp_path, capsys):
     assert '"suite": "layer"' in out.read_text()
 
 
-def test_bench_compiled(tmp_path):
-    """``--compile``: the variants' models run through torch.compile; the JSON says so, and
-    says where the warm-up's compile time went."""
+@pytest.mark.parametrize("scope", ["model", "block"])
+def test_bench_compiled(tmp_path, scope):
+    """``--compile``: the variants' models run through torch.compile (whole, or block by
+    block); the JSON says so, and says where the warm-up's compile time went."""
     import json
     out = tmp_path / "c.json"
-    assert main([*FAST, "--compile", "--warmup", "1", "--out", str(out)]) == 0
+    assert main([*FAST, "--compile", "--compile-scope", scope, "--warmup", "1",
+                 "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["compiled"] is True and res["config"]["compile"] == "default"
+    assert res["config"]["compile_scope"] == scope
     v = res["variants"]["residual"]
     assert v["median_ms"] > 0
     phases = v["compile_phases_s"]

@@ -240,7 +240,10 @@ class _Trainee:
         self.loss = None
         self.compile_mode = getattr(args, "compile", None)
         self.forward = self.model
-        if self.compile_mode:  # the whole model in one graph where it can be (not Liger's)
+        if self.compile_mode and getattr(args, "compile_scope", "model") == "block":
+            from .models import compile_blocks
+            compile_blocks(self.model, self.compile_mode, fullgraph=variant != "liger")
+        elif self.compile_mode:  # the whole model in one graph where it can be (not Liger's)
             self.forward = torch.compile(self.model, mode=self.compile_mode,
                                          fullgraph=variant != "liger")
 
@@ -443,6 +446,8 @@ def _model_suite(suite: str, args, device, save=None) -> Dict:
                      "optimizer": f"AdamW({_optimizer_kind(args.optimizer, device)})",
                      "cuda_graph": bool(getattr(args, "cuda_graph", False)),
                      "compile": getattr(args, "compile", None),
+                     "compile_scope": (getattr(args, "compile_scope", "model")
+                                       if getattr(args, "compile", None) else None),
                      "seq_len": args.seq or None,
                      "interleave": bool(getattr(args, "interleave", False)),
                      "timing": "CUDA events around zero_grad+forward+backward+step, median"
@@ -701,6 +706,12 @@ def _check_args(args) -> Optional[str]:
         return "--compile and --cuda-graph are exclusive (use --compile reduce-overhead)"
     if getattr(args, "compile", None) and args.suite == "kernels":
         return "--compile applies to the layer and gpt-small suites"
+    if getattr(args, "compile_scope", "model") != "model":
+        if not getattr(args, "compile", None):
+            return "--compile-scope needs --compile"
+        if "mhc-triton-recompute" in (args.variants or ""):
+            return ("--compile-scope block: stream recomputation spans blocks; time "
+                    "mhc-triton-recompute with --compile-scope model")
     if getattr(args, "cuda_graph", False):
         if not torch.cuda.is_available() or (args.device and torch.device(args.device).type != "cuda"):
             return "--cuda-graph needs a CUDA device"
@@ -844,6 +855,10 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                         "the fused mHC ops are custom ops inside it) with this mode "
                         "(default: default) and time the compiled steps; overhead_pct is then "
                         "compiled mHC over compiled residual")
+    p.add_argument("--compile-scope", choices=("model", "block"), default="model",
+                   help="with --compile: model (the whole model as one graph) or block (each "
+                        "transformer block compiled on its own, the compiled code shared by "
+                        "the others: less compile time) (default: %(default)s)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="layer/gpt-small: capture each training step in one CUDA graph and time "
                         "its replays (removes the host launch overhead that small models pay)")

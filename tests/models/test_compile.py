@@ -4,7 +4,7 @@ eager forward and gradients, the exported program equals the module."""
 import pytest
 import torch
 
-from torch_mhc.models import GPT, GPTConfig
+from torch_mhc.models import GPT, GPTConfig, compile_blocks
 from torch_mhc.testing import rel_error, triton_interpreter
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -58,15 +58,25 @@ def test_no_graph_breaks(monkeypatch):
     assert any("torch_mhc.connection_pre" in o for o in ops), ops  # the fused ops are in it
 
 
-def test_compiled_equals_eager():
+@pytest.mark.parametrize("scope", ["model", "block"])
+def test_compiled_equals_eager(scope):
     model = _model()
     eager_loss, eager_grads = _loss_and_grads(model, model)
-    compiled = torch.compile(model, fullgraph=True)
+    if scope == "block":  # each block compiled on its own (torch_mhc.models.regional)
+        compiled = compile_blocks(model)
+    else:
+        compiled = torch.compile(model, fullgraph=True)
     for _ in range(2):  # the second call runs the cached compiled graph
         loss, grads = _loss_and_grads(model, compiled)
         assert rel_error(loss, eager_loss) < 1e-5
         for k, g in eager_grads.items():
             assert rel_error(grads[k], g) < 1e-4, k
+    assert sorted(k for k, _ in model.named_parameters()) == sorted(eager_grads)  # names unchanged
+
+
+def test_compile_blocks_needs_compile_units():
+    with pytest.raises(TypeError, match="compile_units"):
+        compile_blocks(torch.nn.Linear(2, 2))
 
 
 def test_export():

@@ -68,18 +68,26 @@ def test_resume_gives_the_same_losses(small, tmp_path, monkeypatch, mode):
 
 def test_compiled_training_equals_eager(small, tmp_path):
     # reduce-overhead: CUDA graphs on a GPU (the gradients accumulated in place, the losses
-    # summed as they come); on a CPU Inductor runs it without graphs, the same code path here
+    # summed as they come); on a CPU Inductor runs it without graphs, the same code path here.
+    # Block scope: three blocks compiled one by one, the diagnostics run them eagerly.
+    # (A whole compiled model equals eager in tests/models/test_compile.py.)
+    from torch._dynamo.utils import counters
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    kw = dict(max_steps=3, grad_accum=2, device=dev, dtype="float32")
+    kw = dict(max_steps=3, grad_accum=2, n_layer=3, device=dev, dtype="float32")
     Trainer(_cfg(small, tmp_path / "eager", **kw)).fit()
+    torch._dynamo.reset()
+    counters.clear()
     Trainer(_cfg(small, tmp_path / "compiled", compile=True, compile_mode="reduce-overhead",
-                 **kw)).fit()
+                 compile_scope="block", **kw)).fit()
+    # training and evaluation each: the first block (broadcast streams) and one graph that
+    # the other two blocks share
+    assert counters["stats"]["unique_graphs"] == 4
     runs = [{r["step"]: r for r in _records(tmp_path / d / "run", k)}
-            for d in ("eager", "compiled") for k in ("train", "eval")]
-    for eager, compiled in ((runs[0], runs[2]), (runs[1], runs[3])):
+            for d in ("eager", "compiled") for k in ("train", "eval", "diag")]
+    for eager, compiled in zip(runs[:3], runs[3:]):
         assert eager.keys() == compiled.keys() and len(eager) > 1
         for step, r in eager.items():
-            for key in ("loss", "grad_norm", "val_loss"):
+            for key in ("loss", "grad_norm", "val_loss", "grad_param"):
                 if key in r:
                     assert compiled[step][key] == pytest.approx(r[key], rel=1e-4), (step, key)
 
@@ -89,6 +97,10 @@ def test_compile_mode_needs_compile_and_one_process(small, tmp_path):
         _cfg(small, tmp_path, compile_mode="reduce-overhead")
     with pytest.raises(ConfigError, match="one process"):
         _cfg(small, tmp_path, compile=True, compile_mode="reduce-overhead", parallel="ddp")
+    with pytest.raises(ConfigError, match="needs compile"):
+        _cfg(small, tmp_path, compile_scope="block")
+    with pytest.raises(ConfigError, match="spans blocks"):
+        _cfg(small, tmp_path, compile=True, compile_scope="block", recompute_block=2)
 
 
 def test_resume_refuses_a_different_config(small, tmp_path):

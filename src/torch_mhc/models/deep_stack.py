@@ -70,6 +70,10 @@ class DeepStack(nn.Module):
         """The ``HyperConnection`` modules in depth order."""
         return list(self.layers)
 
+    def compile_units(self):
+        """The layers, which :func:`~torch_mhc.models.compile_blocks` compiles one by one."""
+        return list(self.layers)
+
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
         """Token ids ``(B, T)`` -> ``(logits (B, T, vocab), loss)``; ``loss`` is the mean
         cross-entropy against ``targets (B, T)``, or None without targets."""

@@ -170,6 +170,10 @@ class GPT(nn.Module):
         """The ``HyperConnection`` modules in depth order (attention, MLP, attention, ...)."""
         return [hc for b in self.blocks for hc in (b.attn, b.mlp)]
 
+    def compile_units(self):
+        """The blocks, which :func:`~torch_mhc.models.compile_blocks` compiles one by one."""
+        return list(self.blocks)
+
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
         """Token ids ``(B, T)`` -> ``(logits (B, T, vocab), loss)``; ``loss`` is the mean
         cross-entropy against ``targets (B, T)``, or None without targets."""

@@ -18,6 +18,7 @@ to ``max_skips`` in a row.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -38,7 +39,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..data import PROBE_STREAM, TRAIN_STREAM, VAL_STREAM, BatchSampler, load_corpus
 from ..diagnostics import probe_diagnostics, step_stats
-from ..models import GPT, DeepStack, DeepStackConfig, GPTConfig
+from ..models import GPT, DeepStack, DeepStackConfig, GPTConfig, compile_blocks, force_eager
 from ..nn.hyper_connection import no_weight_decay_parameters
 from .checkpoint import CheckpointError, CheckpointManager, find_checkpoint, set_rng_state
 from .config import (GRAPH_MODES, RESUME_KEYS, ConfigError, TrainConfig, config_changes, config_to_dict,
@@ -173,9 +174,11 @@ class Trainer:
         self.model = build_model(cfg, self.vocab_size).to(rt.device)
         self.connections = self.model.connections()
         # DDP wraps; FSDP2 shards self.model in place. self.model stays the user's module.
+        whole = cfg.compile and cfg.compile_scope == "model"
+        if cfg.compile and not whole:  # before DDP wraps the model
+            compile_blocks(self.model, cfg.compile_mode)
         wrapped = wrap_model(self.model, rt.dist, bf16=rt.autocast_dtype is not None)
-        self.step_model = torch.compile(wrapped, mode=cfg.compile_mode) if cfg.compile \
-            else wrapped
+        self.step_model = torch.compile(wrapped, mode=cfg.compile_mode) if whole else wrapped
         # CUDA graphs (reduce-overhead, max-autotune): a replay overwrites the outputs of the
         # one before, so each step is marked, losses are summed as they come and gradients
         # are accumulated in place (see train_step)
@@ -317,7 +320,11 @@ class Trainer:
     def diagnose(self) -> Dict[str, Any]:
         """Diagnostics on the fixed probe batch (see :mod:`torch_mhc.diagnostics`)."""
         x, y = self._batch(self.probe_data, 0)
-        out = probe_diagnostics(self.model, x, y, self.rt.autocast, self.connections)
+        # compiled blocks run eagerly here: the diagnostics hook into the connections
+        eager = force_eager() if self.cfg.compile and self.cfg.compile_scope != "model" \
+            else contextlib.nullcontext()
+        with eager:
+            out = probe_diagnostics(self.model, x, y, self.rt.autocast, self.connections)
         reshard(self.model)
         return out
 
