@@ -22,9 +22,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INDEX = RESULTS / "INDEX.md"
-NAME = re.compile(r"^(?P<suite>[a-z0-9-]+)_(?P<gpu>h100|h200|h200x2)_(?P<date>\d{4}-\d\d-\d\d)_"
+NAME = re.compile(r"^(?P<suite>[a-z0-9-]+)_(?P<gpu>h100|h200|h200x2|cpu)_(?P<date>\d{4}-\d\d-\d\d)_"
                   r"(?P<commit>[0-9a-f]{7})(?:_(?P<variant>[A-Za-z0-9_-]+))?$")
-GPUS = {"h100": "H100 80GB", "h200": "H200", "h200x2": "2x H200"}
+GPUS = {"h100": "H100 80GB", "h200": "H200", "h200x2": "2x H200", "cpu": "CPU (2 cores)"}
 
 #: What a variant tag means, where the file does not say it (matched on the tag's words).
 VARIANT_NOTES = {

@@ -450,7 +450,8 @@ def _model_suite(suite: str, args, device, save=None) -> Dict:
                                        if getattr(args, "compile", None) else None),
                      "seq_len": args.seq or None,
                      "interleave": bool(getattr(args, "interleave", False)),
-                     "timing": "CUDA events around zero_grad+forward+backward+step, median"
+                     "timing": ("CUDA events" if device.type == "cuda" else "host clock")
+                               + " around zero_grad+forward+backward+step, median"
                                + (" of rounds with one step per variant, order rotated"
                                   if getattr(args, "interleave", False) else "")}
     return out

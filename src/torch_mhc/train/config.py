@@ -126,8 +126,8 @@ class TrainConfig:
                            "runtime", COMPILE_MODES)
     compile_scope: str = _f("model", "what --compile compiles: model (the whole model as one "
                                      "graph) or block (each block on its own, the compiled "
-                                     "code reused by the others: about a tenth of the compile "
-                                     "time of a 12-block mHC GPT; PyTorch 2.6+)", "runtime",
+                                     "code reused by the others: a fifth of the compile time "
+                                     "of a 12-block mHC GPT on the CPU; PyTorch 2.6+)", "runtime",
                             COMPILE_SCOPES)
     recompute_block: int = _f(0, "keep every k-th residual stream for backward and recompute "
                               "the others (paper Eq. 20; eager or --compile): 0 off, -1 the "
