@@ -8,14 +8,15 @@ compiles the first block and reuses its code for the others, since their paramet
 graph inputs. The first block compiles twice: it takes the embedding's broadcast streams
 (``expand_streams(..., view=True)``), the others contiguous ones.
 
-Each block is then a call into a compiled graph of its own: a few microseconds of host time
-per block and step more than one whole-model graph, and Inductor does not fuse across
-blocks (the fused connections' kernels end at a block's boundary anyway).
+Each block is then a call into a compiled graph of its own (its guards and runtime wrapper:
+host time per block and step that one whole-model graph pays once), and Inductor does not
+fuse across blocks (the fused connections' kernels end at a block's boundary anyway).
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import nn
 
 __all__ = ["compile_blocks", "force_eager"]
@@ -43,5 +44,4 @@ def force_eager():
     """A context in which compiled code runs its original Python eagerly
     (``torch.compiler.set_stance("force_eager")``, PyTorch 2.6 and later): module and tensor
     hooks and the connections' recorded mappings then work inside compiled blocks."""
-    import torch
     return torch.compiler.set_stance("force_eager")

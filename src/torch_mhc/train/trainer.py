@@ -42,8 +42,8 @@ from ..diagnostics import probe_diagnostics, step_stats
 from ..models import GPT, DeepStack, DeepStackConfig, GPTConfig, compile_blocks, force_eager
 from ..nn.hyper_connection import no_weight_decay_parameters
 from .checkpoint import CheckpointError, CheckpointManager, find_checkpoint, set_rng_state
-from .config import (GRAPH_MODES, RESUME_KEYS, ConfigError, TrainConfig, config_changes, config_to_dict,
-                     format_changes)
+from .config import (GRAPH_MODES, RESUME_KEYS, ConfigError, TrainConfig, config_changes,
+                     config_to_dict, format_changes)
 from .distributed import all_reduce_mean, reshard, wrap_model
 from .logs import RunLog, read_log, summarize
 from .schedules import lr_at
