@@ -66,7 +66,7 @@ def test_resume_gives_the_same_losses(small, tmp_path, monkeypatch, mode):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_compiled_training_equals_eager(small, tmp_path):
+def test_compiled_training_equals_eager(small, tmp_path, capsys):
     # reduce-overhead: CUDA graphs on a GPU (the gradients accumulated in place, the losses
     # summed as they come); on a CPU Inductor runs it without graphs, the same code path here.
     # Block scope: three blocks compiled one by one, the diagnostics run them eagerly.
@@ -82,6 +82,7 @@ def test_compiled_training_equals_eager(small, tmp_path):
     # training and evaluation each: the first block (broadcast streams) and one graph that
     # the other two blocks share
     assert counters["stats"]["unique_graphs"] == 4
+    assert "torch.compile (reduce-overhead mode, block scope)" in capsys.readouterr().out
     runs = [{r["step"]: r for r in _records(tmp_path / d / "run", k)}
             for d in ("eager", "compiled") for k in ("train", "eval", "diag")]
     for eager, compiled in zip(runs[:3], runs[3:]):

@@ -416,6 +416,11 @@ class Trainer:
                  f"{cfg.streams} stream(s)), {head['params'] / 1e6:.2f}M parameters, "
                  f"data {self.corpus.describe()}, {rt.device} {rt.dtype_name}, "
                  f"{cfg.max_steps} steps x {self.tokens_per_step:,} tokens -> {self.out}")
+        if cfg.compile:
+            self.say(f"torch.compile ({cfg.compile_mode} mode, {cfg.compile_scope} scope): the "
+                     "first evaluation and training step compile, which can take minutes"
+                     + (" (--compile-scope block compiles faster)"
+                        if cfg.compile_scope == "model" else ""))
         rt.reset_peak_memory()
         self.bar = tqdm(total=cfg.max_steps, initial=start, desc=self.desc, unit="step",
                         dynamic_ncols=True, disable=not (cfg.progress and rt.is_main))
