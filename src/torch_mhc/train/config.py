@@ -197,8 +197,8 @@ class TrainConfig:
                                   "use --compile-scope model")
             if self.parallel == "fsdp":
                 raise ConfigError(f"compile_scope {self.compile_scope!r} with parallel 'fsdp' "
-                                  "is not supported (FSDP2 hooks into each block); use "
-                                  "--compile-scope model")
+                                  "is not supported (FSDP2's hooks inside a compiled block "
+                                  "break its graph); use --compile-scope model")
         if self.compile and self.compile_mode in GRAPH_MODES and self.parallel != "none":
             raise ConfigError(f"compile_mode {self.compile_mode!r} (CUDA graphs) runs on one "
                               f"process; with parallel {self.parallel!r} use --compile-mode "
