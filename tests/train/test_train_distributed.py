@@ -73,6 +73,18 @@ def test_two_ranks_match_one_process(single, tmp_path, parallel):
                                                                        "step_00000004"]
 
 
+def test_fsdp_with_blocks_compiled_one_by_one(tmp_path):
+    # bf16: the branches are FSDP2 units of their own inside each compiled block, whose
+    # hooks PyTorch runs outside Dynamo (graph breaks); against the same run eager
+    bf16 = ("--parallel", "fsdp", "--dtype", "bfloat16")
+    _run(tmp_path / "eager", *bf16, nproc=2)
+    _run(tmp_path / "block", *bf16, "--compile", "--compile-scope", "block", nproc=2)
+    (t1, v1, _), (t2, v2, _) = _records(tmp_path / "eager"), _records(tmp_path / "block")
+    assert [s for s, *_ in t2] == [1, 2, 3, 4]
+    _close(t2, t1, rel=2e-3)
+    _close(v2, v1, rel=2e-3)
+
+
 def test_checkpoint_of_two_fsdp_ranks_resumes_on_one(single, tmp_path):
     two = tmp_path / "two"
     _run(two, "--parallel", "fsdp", nproc=2)

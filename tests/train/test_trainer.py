@@ -102,8 +102,6 @@ def test_compile_mode_needs_compile_and_one_process(small, tmp_path):
         _cfg(small, tmp_path, compile_scope="block")
     with pytest.raises(ConfigError, match="spans blocks"):
         _cfg(small, tmp_path, compile=True, compile_scope="block", recompute_block=2)
-    with pytest.raises(ConfigError, match="FSDP2's hooks"):
-        _cfg(small, tmp_path, compile=True, compile_scope="block", parallel="fsdp")
 
 
 def test_resume_refuses_a_different_config(small, tmp_path):

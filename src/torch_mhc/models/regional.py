@@ -29,7 +29,9 @@ def compile_blocks(model: nn.Module, mode: Optional[str] = None,
 
     The rest of the model (embedding, final norm, head, loss) stays eager; parameter names
     and ``state_dict`` keys do not change. Run diagnostics or anything that hooks into the
-    blocks under :func:`force_eager`.
+    blocks under :func:`force_eager`. Compile before wrapping the model in DDP or FSDP2;
+    with FSDP2 units inside the blocks pass ``fullgraph=False`` (PyTorch runs FSDP2's hooks
+    outside Dynamo, so each such unit breaks the block's graph).
     """
     units = getattr(model, "compile_units", None)
     if units is None:

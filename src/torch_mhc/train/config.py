@@ -195,10 +195,6 @@ class TrainConfig:
                 raise ConfigError(f"compile_scope {self.compile_scope!r} and recompute_block "
                                   f"{self.recompute_block}: stream recomputation spans blocks; "
                                   "use --compile-scope model")
-            if self.parallel == "fsdp":
-                raise ConfigError(f"compile_scope {self.compile_scope!r} with parallel 'fsdp' "
-                                  "is not supported (FSDP2's hooks inside a compiled block "
-                                  "break its graph); use --compile-scope model")
         if self.compile and self.compile_mode in GRAPH_MODES and self.parallel != "none":
             raise ConfigError(f"compile_mode {self.compile_mode!r} (CUDA graphs) runs on one "
                               f"process; with parallel {self.parallel!r} use --compile-mode "

@@ -175,8 +175,10 @@ class Trainer:
         self.connections = self.model.connections()
         # DDP wraps; FSDP2 shards self.model in place. self.model stays the user's module.
         whole = cfg.compile and cfg.compile_scope == "model"
-        if cfg.compile and not whole:  # before DDP wraps the model
-            compile_blocks(self.model, cfg.compile_mode)
+        if cfg.compile and not whole:  # before DDP / FSDP2 wrap the model
+            # FSDP2 runs its hooks outside Dynamo: a block breaks its graph at each FSDP2
+            # unit inside it (the branches, with bf16), as a whole compiled model does
+            compile_blocks(self.model, cfg.compile_mode, fullgraph=cfg.parallel != "fsdp")
         wrapped = wrap_model(self.model, rt.dist, bf16=rt.autocast_dtype is not None)
         self.step_model = torch.compile(wrapped, mode=cfg.compile_mode) if whole else wrapped
         # CUDA graphs (reduce-overhead, max-autotune): a replay overwrites the outputs of the
