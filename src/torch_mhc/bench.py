@@ -391,6 +391,8 @@ def _model_suite(suite: str, args, device, save=None) -> Dict:
     variants = list(VARIANTS)
     if args.variants:
         variants = [v for v in args.variants.split(",") if v]
+    elif getattr(args, "compile", None) and getattr(args, "compile_scope", "model") == "block":
+        variants.remove("mhc-triton-recompute")  # its recomputation spans blocks
     out: Dict = {"variants": {}}
     liger_cls, why = _liger_mhc_class()
     if liger_cls is None:
@@ -710,7 +712,7 @@ def _check_args(args) -> Optional[str]:
     if getattr(args, "compile_scope", "model") != "model":
         if not getattr(args, "compile", None):
             return "--compile-scope needs --compile"
-        if "mhc-triton-recompute" in (args.variants or ""):
+        if "mhc-triton-recompute" in (args.variants or "").split(","):
             return ("--compile-scope block: stream recomputation spans blocks; time "
                     "mhc-triton-recompute with --compile-scope model")
     if getattr(args, "cuda_graph", False):
@@ -859,7 +861,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-scope", choices=("model", "block"), default="model",
                    help="with --compile: model (the whole model as one graph) or block (each "
                         "transformer block compiled on its own, the compiled code shared by "
-                        "the others: less compile time) (default: %(default)s)")
+                        "the others: less compile time; the default variants then leave out "
+                        "mhc-triton-recompute, whose recomputation spans blocks) "
+                        "(default: %(default)s)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="layer/gpt-small: capture each training step in one CUDA graph and time "
                         "its replays (removes the host launch overhead that small models pay)")

@@ -175,7 +175,8 @@ class Trainer:
         self.connections = self.model.connections()
         # DDP wraps; FSDP2 shards self.model in place. self.model stays the user's module.
         whole = cfg.compile and cfg.compile_scope == "model"
-        if cfg.compile and not whole:  # before DDP / FSDP2 wrap the model
+        self.blocks_compiled = cfg.compile and not whole
+        if self.blocks_compiled:  # before DDP / FSDP2 wrap the model
             # FSDP2 runs its hooks outside Dynamo: a block breaks its graph at each FSDP2
             # unit inside it (the branches, with bf16), as a whole compiled model does
             compile_blocks(self.model, cfg.compile_mode, fullgraph=cfg.parallel != "fsdp")
@@ -323,9 +324,7 @@ class Trainer:
         """Diagnostics on the fixed probe batch (see :mod:`torch_mhc.diagnostics`)."""
         x, y = self._batch(self.probe_data, 0)
         # compiled blocks run eagerly here: the diagnostics hook into the connections
-        eager = force_eager() if self.cfg.compile and self.cfg.compile_scope != "model" \
-            else contextlib.nullcontext()
-        with eager:
+        with force_eager() if self.blocks_compiled else contextlib.nullcontext():
             out = probe_diagnostics(self.model, x, y, self.rt.autocast, self.connections)
         reshard(self.model)
         return out
